@@ -1,0 +1,157 @@
+"""The DRF API: whole replies, the session API, cancel. Views validate, call a service, serialize."""
+
+from adrf.views import APIView as AsyncAPIView
+from drf_spectacular.utils import extend_schema, inline_serializer
+from rest_framework import serializers, status
+from rest_framework.generics import ListAPIView
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from chat import services
+from chat.serializers import ChatRequestSerializer, MessageSerializer, SessionSerializer, parse_chat_request
+from sessions_admin.models import Reply
+
+ERROR_RESPONSE = inline_serializer(
+    "Error",
+    {
+        "detail": serializers.CharField(),
+        "code": serializers.CharField(),
+        "errors": serializers.DictField(required=False),
+    },
+)
+USAGE = inline_serializer(
+    "Usage",
+    {
+        "input_tokens": serializers.IntegerField(),
+        "output_tokens": serializers.IntegerField(),
+        "total_tokens": serializers.IntegerField(),
+    },
+)
+CHAT_RESPONSE = inline_serializer(
+    "ChatResponse",
+    {
+        "response": serializers.CharField(),
+        "session_id": serializers.CharField(),
+        "conversation_id": serializers.CharField(),
+        "chat_id": serializers.CharField(),
+        "message_id": serializers.CharField(),
+        "follow_ups": serializers.ListField(child=serializers.CharField()),
+        "usage": USAGE,
+        "timestamp": serializers.DateTimeField(),
+    },
+)
+ERRORS = {code: ERROR_RESPONSE for code in (400, 401, 403, 404, 409, 413, 415, 429, 502, 503, 504)}
+
+
+def chat_response_body(event) -> dict:
+    return {
+        "response": event.content,
+        "session_id": event.session_id,
+        "conversation_id": event.conversation_id,
+        "chat_id": event.chat_id,
+        "message_id": event.message_id,
+        "follow_ups": event.follow_ups,
+        "usage": event.usage.as_dict(),
+        "timestamp": event.timestamp,
+    }
+
+
+class ChatSendApi(AsyncAPIView):
+    """Send a message and get the whole reply."""
+
+    @extend_schema(
+        request=ChatRequestSerializer,
+        responses={200: CHAT_RESPONSE, **ERRORS},
+        summary="Chat: the whole reply as JSON",
+        tags=["chat"],
+    )
+    async def post(self, request):
+        chat_request = parse_chat_request(request.data)
+        completed = await services.achat_send(
+            owner=request.auth, chat_request=chat_request, transport=Reply.Transport.SYNC
+        )
+        return Response(chat_response_body(completed))
+
+
+class ChatCancelApi(AsyncAPIView):
+    """Stop a reply in progress; the upstream chat is closed and cancelled too."""
+
+    @extend_schema(
+        request=None,
+        responses={
+            200: inline_serializer(
+                "CancelResponse", {"chat_id": serializers.CharField(), "status": serializers.CharField()}
+            ),
+            **ERRORS,
+        },
+        summary="Cancel a reply in progress",
+        tags=["chat"],
+    )
+    async def post(self, request, chat_id: str):
+        return Response(await services.achat_cancel(owner=request.auth, chat_id=chat_id))
+
+
+class SessionListApi(ListAPIView):
+    """The caller's sessions, newest activity first."""
+
+    serializer_class = SessionSerializer
+
+    def get_queryset(self):
+        return services.session_list(owner=self.request.auth)
+
+    @extend_schema(tags=["sessions"], responses={200: SessionSerializer(many=True), **ERRORS})
+    def get(self, request, *args, **kwargs):
+        return super().get(request, *args, **kwargs)
+
+
+class SessionDetailApi(APIView):
+    @extend_schema(tags=["sessions"], responses={200: SessionSerializer, **ERRORS}, summary="Session info")
+    def get(self, request, session_id: str):
+        session = services.session_get(owner=request.auth, session_id=session_id)
+        return Response(SessionSerializer(session).data)
+
+    @extend_schema(tags=["sessions"], responses={204: None, **ERRORS}, summary="Delete a session and its records")
+    def delete(self, request, session_id: str):
+        services.session_delete(owner=request.auth, session_id=session_id)
+        return Response(status=status.HTTP_204_NO_CONTENT)
+
+
+class SessionMessagesApi(ListAPIView):
+    """The current conversation's messages, oldest first."""
+
+    serializer_class = MessageSerializer
+
+    def get_queryset(self):
+        return services.session_messages(owner=self.request.auth, session_id=self.kwargs["session_id"])
+
+    @extend_schema(tags=["sessions"], responses={200: MessageSerializer(many=True), **ERRORS})
+    def get(self, request, *args, **kwargs):
+        return super().get(request, *args, **kwargs)
+
+
+class SessionClearApi(APIView):
+    @extend_schema(
+        tags=["sessions"],
+        request=None,
+        responses={
+            200: inline_serializer(
+                "ClearResponse",
+                {
+                    "session_id": serializers.CharField(),
+                    "cleared_at": serializers.DateTimeField(),
+                    "message": serializers.CharField(),
+                },
+            ),
+            **ERRORS,
+        },
+        summary="Forget the context; the next turn starts a new Coze conversation",
+    )
+    def post(self, request, session_id: str):
+        session = services.session_clear(owner=request.auth, session_id=session_id)
+        return Response(
+            {
+                "session_id": session.session_id,
+                "cleared_at": session.cleared_at,
+                "message": "Context cleared; the next message starts a new conversation.",
+            }
+        )

@@ -1,0 +1,153 @@
+"""Who is asking (API.md §2): an API client with a Bearer key, a logged-in user, or — when
+CHAT_ALLOW_ANONYMOUS is on — an anonymous browser identified by its session.
+
+The same rules serve DRF views (authentication classes), the async SSE views (`aresolve_owner`)
+and the WebSocket consumer (`owner_from_scope`). Session-based callers get CSRF checks on unsafe
+methods; key-based callers don't need them.
+"""
+
+import uuid
+from datetime import timedelta
+
+from django.conf import settings
+from django.middleware.csrf import CsrfViewMiddleware
+from django.utils import timezone
+from rest_framework import authentication, exceptions, permissions
+
+from chat.db import db_async
+from chat.errors import ChatError
+from chat.services import Owner
+from sessions_admin.models import ApiClient, hash_api_key
+
+BROWSER_SESSION_KEY = "chat_browser_id"
+LAST_USED_PRECISION = timedelta(minutes=1)
+
+
+def bearer_key(authorization: str) -> str | None:
+    """The key of an `Authorization: Bearer <key>` header; None when the header is absent."""
+    if not authorization:
+        return None
+    scheme, _, key = authorization.strip().partition(" ")
+    if scheme.lower() != "bearer" or not key.strip():
+        raise ChatError("unauthenticated", "Use 'Authorization: Bearer <api key>'.")
+    return key.strip()
+
+
+def owner_from_api_key(raw_key: str) -> Owner:
+    """The owner for an API key; ChatError("unauthenticated") if unknown or deactivated."""
+    client = ApiClient.objects.filter(key_hash=hash_api_key(raw_key), is_active=True).only("pk", "last_used_at").first()
+    if client is None:
+        raise ChatError("unauthenticated", "Invalid or deactivated API key.")
+    now = timezone.now()
+    # Record use at minute precision: one write per client per minute, not per request.
+    if client.last_used_at is None or now - client.last_used_at > LAST_USED_PRECISION:
+        ApiClient.objects.filter(pk=client.pk).update(last_used_at=now)
+    return Owner(key=client.owner_key, api_client_id=client.pk)
+
+
+aowner_from_api_key = db_async(owner_from_api_key)
+
+
+def owner_for_user(user) -> Owner:
+    return Owner(key=f"user:{user.pk}", user_id=user.pk)
+
+
+def owner_for_browser(browser_id: str) -> Owner:
+    return Owner(key=f"browser:{browser_id}")
+
+
+def csrf_failure(request) -> str | None:
+    """The CSRF failure reason for a session-authenticated request, None when it passes."""
+
+    def no_response(request):  # pragma: no cover - never called by process_view
+        return None
+
+    check = CsrfViewMiddleware(no_response)
+    check.process_request(request)
+    return check.process_view(request, None, (), {})
+
+
+def _csrf_or_raise(request) -> None:
+    if request.method not in ("GET", "HEAD", "OPTIONS", "TRACE") and csrf_failure(request):
+        raise ChatError("forbidden", "CSRF check failed: send the X-CSRFToken header from the page.")
+
+
+async def aresolve_owner(request) -> Owner:
+    """For async Django views. Raises ChatError("unauthenticated"/"forbidden")."""
+    key = bearer_key(request.headers.get("Authorization", ""))
+    if key is not None:
+        return await aowner_from_api_key(key)
+    user = await request.auser()
+    if user.is_authenticated:
+        _csrf_or_raise(request)
+        return owner_for_user(user)
+    if settings.CHAT_ALLOW_ANONYMOUS:
+        _csrf_or_raise(request)
+        browser_id = await request.session.aget(BROWSER_SESSION_KEY)
+        if not browser_id:
+            browser_id = uuid.uuid4().hex
+            await request.session.aset(BROWSER_SESSION_KEY, browser_id)
+        return owner_for_browser(browser_id)
+    raise ChatError("unauthenticated")
+
+
+def ensure_browser_id(request) -> str:
+    """Give this browser an owner id in its session (the chat page calls this)."""
+    browser_id = request.session.get(BROWSER_SESSION_KEY)
+    if not browser_id:
+        browser_id = uuid.uuid4().hex
+        request.session[BROWSER_SESSION_KEY] = browser_id
+    return browser_id
+
+
+# --- DRF --------------------------------------------------------------------------------------
+
+
+class ApiKeyAuthentication(authentication.BaseAuthentication):
+    """`Authorization: Bearer <key>`; `request.auth` becomes the Owner."""
+
+    keyword = "Bearer"
+
+    def authenticate(self, request):
+        try:
+            key = bearer_key(request.headers.get("Authorization", ""))
+            if key is None:
+                return None
+            return (None, owner_from_api_key(key))
+        except ChatError as error:
+            raise exceptions.AuthenticationFailed(error.detail) from None
+
+    def authenticate_header(self, request) -> str:
+        return 'Bearer realm="api"'
+
+
+class BrowserSessionAuthentication(authentication.BaseAuthentication):
+    """A logged-in Django session, or an anonymous browser session when allowed; CSRF enforced."""
+
+    def authenticate(self, request):
+        django_request = request._request
+        user = getattr(django_request, "user", None)
+        if user is not None and user.is_authenticated:
+            owner = owner_for_user(user)
+        elif settings.CHAT_ALLOW_ANONYMOUS and hasattr(django_request, "session"):
+            browser_id = django_request.session.get(BROWSER_SESSION_KEY)
+            if not browser_id:
+                if request.method in ("GET", "HEAD", "OPTIONS"):
+                    return None  # nothing of theirs to show; don't create a session for it
+                browser_id = ensure_browser_id(django_request)
+            owner = owner_for_browser(browser_id)
+        else:
+            return None
+        reason = csrf_failure(django_request) if request.method not in ("GET", "HEAD", "OPTIONS", "TRACE") else None
+        if reason:
+            raise exceptions.PermissionDenied(f"CSRF check failed: {reason}")
+        return (user if user is not None and user.is_authenticated else None, owner)
+
+
+class IsChatOwner(permissions.BasePermission):
+    """Any authenticated owner; what they may see is scoped by the services."""
+
+    def has_permission(self, request, view) -> bool:
+        if isinstance(request.auth, Owner):
+            return True
+        raise exceptions.NotAuthenticated()

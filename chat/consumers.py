@@ -1,0 +1,131 @@
+"""WebSocket transport, `ws/chat/` (API.md §5).
+
+Frames in: `{"type":"chat", …body}`, `{"type":"cancel"[, "chat_id"]}`, `{"type":"ping"}`.
+Frames out: the same objects as the SSE `data` lines, `{"type":"done"}` after each reply, and
+`{"type":"pong"}`. Each reply runs in its own task so `receive` and `disconnect` never wait on
+the upstream. A bad frame gets an `error` object; the socket stays open.
+"""
+
+import asyncio
+import json
+import logging
+
+from channels.db import database_sync_to_async
+from channels.generic.websocket import AsyncJsonWebsocketConsumer
+from django.conf import settings
+
+from chat import services
+from chat.auth import (
+    BROWSER_SESSION_KEY,
+    aowner_from_api_key,
+    bearer_key,
+    owner_for_browser,
+    owner_for_user,
+)
+from chat.errors import ChatError
+from chat.serializers import parse_chat_request
+from sessions_admin.models import Reply
+
+logger = logging.getLogger(__name__)
+
+CLOSE_UNAUTHENTICATED = 4401
+CHAT_FRAME_EXTRA_FIELDS = frozenset({"type"})
+
+
+class ChatConsumer(AsyncJsonWebsocketConsumer):
+    async def connect(self) -> None:
+        self.owner: services.Owner | None = None
+        self.replies: dict[asyncio.Task, services.TurnControl] = {}
+        await self.accept()
+        try:
+            self.owner = await self._resolve_owner()
+        except ChatError:
+            self.owner = None
+        if self.owner is None:
+            # Accept first so the client sees the application close code, not a bare HTTP 403.
+            await self.close(code=CLOSE_UNAUTHENTICATED)
+
+    async def _resolve_owner(self) -> services.Owner | None:
+        headers = dict(self.scope.get("headers", []))
+        authorization = headers.get(b"authorization", b"").decode("latin1")
+        key = bearer_key(authorization)
+        if key is not None:
+            return await aowner_from_api_key(key)
+        user = self.scope.get("user")
+        if user is not None and user.is_authenticated:
+            return owner_for_user(user)
+        session = self.scope.get("session")
+        if settings.CHAT_ALLOW_ANONYMOUS and session is not None:
+            browser_id = await database_sync_to_async(session.get)(BROWSER_SESSION_KEY)
+            if browser_id:
+                return owner_for_browser(browser_id)
+        return None
+
+    async def receive(self, text_data=None, bytes_data=None, **kwargs) -> None:
+        if self.owner is None:
+            return
+        raw = text_data if text_data is not None else bytes_data
+        if raw is None or len(raw) > settings.CHAT_MAX_BODY_BYTES:
+            await self._send_error(ChatError("payload_too_large", "Frames are limited to 1 MiB."))
+            return
+        try:
+            frame = json.loads(raw)
+        except (ValueError, UnicodeDecodeError):
+            await self._send_error(ChatError("invalid", "Frames must be JSON objects."))
+            return
+        await self.receive_json(frame)
+
+    async def receive_json(self, content, **kwargs) -> None:
+        frame_type = content.get("type") if isinstance(content, dict) else None
+        if frame_type == "chat":
+            try:
+                chat_request = parse_chat_request(content, extra_fields=CHAT_FRAME_EXTRA_FIELDS)
+            except ChatError as error:
+                await self._send_error(error)
+                return
+            control = services.TurnControl(owner_key=self.owner.key)
+            task = asyncio.create_task(self._run_reply(chat_request, control))
+            self.replies[task] = control
+            task.add_done_callback(lambda done: self.replies.pop(done, None))
+        elif frame_type == "cancel":
+            chat_id = content.get("chat_id")
+            for control in list(self.replies.values()):
+                if not chat_id or control.chat_id == chat_id:
+                    control.stop("cancelled")
+        elif frame_type == "ping":
+            await self.send_json({"type": "pong"})
+        else:
+            await self._send_error(ChatError("invalid", "Unknown frame type; use chat, cancel or ping."))
+
+    async def _run_reply(self, chat_request: services.ChatRequest, control: services.TurnControl) -> None:
+        try:
+            async for event in services.achat_events(
+                owner=self.owner, chat_request=chat_request, transport=Reply.Transport.WEBSOCKET, control=control
+            ):
+                if event is not services.PING:
+                    await self.send_json(event.as_dict())
+        except ChatError as error:
+            await self._send_error(error)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            logger.exception("WebSocket reply failed")
+            await self._send_error(ChatError("internal_error"))
+        await self.send_json({"type": "done"})
+
+    async def _send_error(self, error: ChatError) -> None:
+        await self.send_json(error.as_event())
+
+    async def disconnect(self, code) -> None:
+        # The client is gone: stop its replies (stored as cancelled) and wait for the records.
+        tasks = list(self.replies)
+        for control in self.replies.values():
+            control.stop("cancelled")
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+    @classmethod
+    async def encode_json(cls, content) -> str:
+        return json.dumps(content, ensure_ascii=False, separators=(",", ":"))

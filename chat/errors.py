@@ -1,0 +1,138 @@
+"""One error type for the whole chat path, and its renderings.
+
+`ChatError` carries a machine code from API.md §3, the HTTP status that goes with it, a human
+detail that never contains secrets, whether retrying may help, and an optional Retry-After.
+The DRF exception handler, the SSE `error` frame and the WebSocket `error` frame are all built
+from it, so the three transports answer the same failure the same way.
+"""
+
+import logging
+
+from django.core.exceptions import RequestDataTooBig
+from django.http import Http404, JsonResponse
+from rest_framework import exceptions as drf_exceptions
+from rest_framework.response import Response
+
+logger = logging.getLogger(__name__)
+
+# code -> (HTTP status, default detail, retryable by default)
+ERROR_CODES: dict[str, tuple[int, str, bool]] = {
+    "invalid": (400, "The request is invalid.", False),
+    "unauthenticated": (401, "Authentication is required: send 'Authorization: Bearer <api key>'.", False),
+    "forbidden": (403, "You are not allowed to do this.", False),
+    "bot_not_allowed": (403, "This bot_id is not allowed.", False),
+    "not_found": (404, "Not found.", False),
+    "method_not_allowed": (405, "Method not allowed.", False),
+    "session_busy": (409, "This session already has a reply in progress; wait for it or cancel it.", True),
+    "cancelled": (409, "The reply was cancelled.", False),
+    "payload_too_large": (413, "The request body is too large.", False),
+    "unsupported_media_type": (415, "The request body must be application/json.", False),
+    "rate_limited": (429, "Too many requests; slow down.", True),
+    "upstream_rate_limited": (429, "Coze is rate limiting this server; retry later.", True),
+    "internal_error": (500, "Internal server error.", True),
+    "upstream_auth_failed": (502, "Coze rejected this server's credentials; the server needs reconfiguring.", False),
+    "upstream_error": (502, "Coze answered with an error.", True),
+    "upstream_unavailable": (503, "Coze could not be reached.", True),
+    "service_unavailable": (503, "The service is temporarily unavailable; retry shortly.", True),
+    "interrupted": (503, "The server is shutting down; retry the message.", True),
+    "upstream_timeout": (504, "Coze went silent for too long.", True),
+}
+
+
+class ChatError(Exception):
+    """A failure with a defined answer for the client.
+
+    `code` is one of ERROR_CODES; `status`, `detail` and `retryable` default from it.
+    `upstream_code` and `logid` are kept for storage and logs, never shown as internals.
+    """
+
+    def __init__(
+        self,
+        code: str,
+        detail: str | None = None,
+        *,
+        retryable: bool | None = None,
+        retry_after: int | None = None,
+        errors: dict | None = None,
+        upstream_code: int | None = None,
+        logid: str | None = None,
+    ):
+        status, default_detail, default_retryable = ERROR_CODES[code]
+        self.code = code
+        self.status = status
+        self.detail = detail or default_detail
+        self.retryable = default_retryable if retryable is None else retryable
+        self.retry_after = retry_after
+        self.errors = errors
+        self.upstream_code = upstream_code
+        self.logid = logid
+        super().__init__(f"{code}: {self.detail}")
+
+    def as_body(self) -> dict:
+        body = {"detail": self.detail, "code": self.code}
+        if self.errors:
+            body["errors"] = self.errors
+        return body
+
+    def as_event(self) -> dict:
+        return {"type": "error", "code": self.code, "detail": self.detail, "retryable": self.retryable}
+
+    def headers(self) -> dict[str, str]:
+        return {"Retry-After": str(self.retry_after)} if self.retry_after is not None else {}
+
+
+def json_error_response(error: ChatError) -> JsonResponse:
+    response = JsonResponse(error.as_body(), status=error.status, json_dumps_params={"ensure_ascii": False})
+    for name, value in error.headers().items():
+        response[name] = value
+    if error.code == "unauthenticated":
+        response["WWW-Authenticate"] = 'Bearer realm="api"'
+    return response
+
+
+def chat_error_from_drf(exc: Exception) -> ChatError | None:
+    """Translate DRF/Django exceptions into ChatError; None when unknown."""
+    if isinstance(exc, ChatError):
+        return exc
+    if isinstance(exc, drf_exceptions.ValidationError):
+        errors = exc.detail if isinstance(exc.detail, dict) else {"non_field_errors": exc.detail}
+        return ChatError("invalid", _first_message(errors), errors=errors)
+    if isinstance(exc, drf_exceptions.ParseError):
+        return ChatError("invalid", "Malformed JSON in the request body.")
+    if isinstance(exc, drf_exceptions.UnsupportedMediaType):
+        return ChatError("unsupported_media_type")
+    if isinstance(exc, (drf_exceptions.NotAuthenticated, drf_exceptions.AuthenticationFailed)):
+        return ChatError("unauthenticated", str(exc.detail))
+    if isinstance(exc, drf_exceptions.PermissionDenied):
+        return ChatError("forbidden", str(exc.detail))
+    if isinstance(exc, (drf_exceptions.NotFound, Http404)):
+        return ChatError("not_found")
+    if isinstance(exc, drf_exceptions.MethodNotAllowed):
+        return ChatError("method_not_allowed", str(exc.detail))
+    if isinstance(exc, drf_exceptions.Throttled):
+        return ChatError("rate_limited", retry_after=int(exc.wait or 1))
+    if isinstance(exc, RequestDataTooBig):
+        return ChatError("payload_too_large")
+    return None
+
+
+def api_exception_handler(exc: Exception, context: dict) -> Response:
+    """DRF's EXCEPTION_HANDLER: every API error is `{"detail", "code"[, "errors"]}`."""
+    error = chat_error_from_drf(exc)
+    if error is None:
+        view = context.get("view")
+        logger.exception("Unhandled error in %s", type(view).__name__ if view else "API view")
+        error = ChatError("internal_error")
+    headers = error.headers()
+    if error.code == "unauthenticated":
+        headers["WWW-Authenticate"] = 'Bearer realm="api"'
+    return Response(error.as_body(), status=error.status, headers=headers)
+
+
+def _first_message(errors: dict) -> str:
+    for field, messages in errors.items():
+        message = messages[0] if isinstance(messages, list) and messages else messages
+        if isinstance(message, dict):
+            return f"{field}: {_first_message(message)}"
+        return f"{field}: {message}" if field != "non_field_errors" else str(message)
+    return ERROR_CODES["invalid"][1]

@@ -1,0 +1,200 @@
+"""Validation of the chat request body (API.md §4), shared by the three transports, and the
+read-side serializers of the session API."""
+
+import json
+import re
+
+from django.conf import settings
+from rest_framework import serializers
+
+from chat.errors import ChatError
+from chat.services import ChatRequest
+from sessions_admin.models import ChatSession, Message
+
+SESSION_ID_RE = re.compile(r"^[A-Za-z0-9_.:-]{1,128}$")
+MAX_MAP_ITEMS = 16
+MAX_MAP_KEY = 64
+MAX_MAP_VALUE = 512
+MAX_ADDITIONAL_MESSAGES = 100
+
+
+class StringMapField(serializers.DictField):
+    """A flat map of strings, within Coze's limits (16 pairs, keys ≤ 64, values ≤ 512 chars)."""
+
+    child = serializers.CharField(allow_blank=True, trim_whitespace=False, max_length=MAX_MAP_VALUE)
+
+    def to_internal_value(self, data):
+        value = super().to_internal_value(data)
+        if len(value) > MAX_MAP_ITEMS:
+            raise serializers.ValidationError(f"At most {MAX_MAP_ITEMS} entries.")
+        for key in value:
+            if not 1 <= len(key) <= MAX_MAP_KEY:
+                raise serializers.ValidationError(f"Keys must be 1 to {MAX_MAP_KEY} characters.")
+        return value
+
+
+class AdditionalMessageSerializer(serializers.Serializer):
+    role = serializers.ChoiceField(choices=["user", "assistant"], default="user")
+    type = serializers.ChoiceField(choices=["question", "answer"], required=False)
+    content = serializers.CharField(trim_whitespace=False, allow_blank=False)
+    content_type = serializers.ChoiceField(choices=["text", "object_string"], default="text")
+    meta_data = StringMapField(required=False)
+
+    def to_internal_value(self, data):
+        if isinstance(data, dict) and isinstance(data.get("content"), list):
+            # Earlier clients send object_string content as a JSON list rather than a string.
+            data = {**data, "content": json.dumps(data["content"], ensure_ascii=False)}
+            data.setdefault("content_type", "object_string")
+        unknown = set(data) - set(self.fields) if isinstance(data, dict) else set()
+        if unknown:
+            raise serializers.ValidationError({name: ["Unknown field."] for name in sorted(unknown)})
+        return super().to_internal_value(data)
+
+
+class ChatRequestSerializer(serializers.Serializer):
+    message = serializers.CharField(required=False, trim_whitespace=False, allow_blank=False)
+    session_id = serializers.CharField(required=False, trim_whitespace=False)
+    user_id = serializers.CharField(required=False, trim_whitespace=False, max_length=128)
+    bot_id = serializers.CharField(required=False, trim_whitespace=False, max_length=64)
+    custom_variables = StringMapField(required=False)
+    meta_data = StringMapField(required=False)
+    additional_messages = serializers.ListField(
+        child=AdditionalMessageSerializer(), required=False, allow_empty=False, max_length=MAX_ADDITIONAL_MESSAGES
+    )
+
+    def validate_session_id(self, value: str) -> str:
+        if not SESSION_ID_RE.match(value):
+            raise serializers.ValidationError("Use 1 to 128 characters of A-Z a-z 0-9 _ . : -")
+        return value
+
+    def validate(self, attrs):
+        has_message = "message" in attrs
+        has_additional = bool(attrs.get("additional_messages"))
+        if has_message == has_additional:
+            raise serializers.ValidationError({"message": ["Send either message or additional_messages."]})
+        if has_additional and not any(item["role"] == "user" for item in attrs["additional_messages"]):
+            raise serializers.ValidationError({"additional_messages": ["Include at least one user message."]})
+        return attrs
+
+
+def parse_chat_request(data, *, extra_fields: frozenset[str] = frozenset()) -> ChatRequest:
+    """Validate a decoded JSON body; raises ChatError (invalid, payload_too_large, bot_not_allowed).
+
+    `extra_fields` are tolerated and ignored (the WebSocket frame's `type`).
+    """
+    if not isinstance(data, dict):
+        raise ChatError("invalid", "The body must be a JSON object.")
+    unknown = set(data) - set(ChatRequestSerializer._declared_fields) - extra_fields
+    if unknown:
+        raise ChatError(
+            "invalid",
+            f"Unknown field: {sorted(unknown)[0]}",
+            errors={name: ["Unknown field."] for name in sorted(unknown)},
+        )
+    message = data.get("message")
+    limit = settings.CHAT_MAX_MESSAGE_CHARS
+    if isinstance(message, str) and len(message) > limit:
+        raise ChatError("payload_too_large", f"The message is longer than {limit} characters.")
+    body = {key: value for key, value in data.items() if key not in extra_fields}
+    serializer = ChatRequestSerializer(data=body)
+    if not serializer.is_valid():
+        errors = serializer.errors
+        field, messages = next(iter(errors.items()))
+        first = messages[0] if isinstance(messages, list) and messages else messages
+        raise ChatError("invalid", f"{field}: {first}", errors=_plain(errors))
+    attrs = serializer.validated_data
+    additional = attrs.get("additional_messages")
+    if additional and sum(len(item["content"]) for item in additional) > limit:
+        raise ChatError("payload_too_large", f"The messages are longer than {limit} characters.")
+    bot_id = attrs.get("bot_id")
+    if bot_id and bot_id not in settings.COZE_ALLOWED_BOT_IDS:
+        raise ChatError("bot_not_allowed", f"bot_id {bot_id!r} is not allowed on this server.")
+    return ChatRequest(
+        message=attrs.get("message"),
+        session_id=attrs.get("session_id"),
+        user_id=attrs.get("user_id"),
+        bot_id=bot_id,
+        custom_variables=dict(attrs.get("custom_variables") or {}),
+        meta_data=dict(attrs.get("meta_data") or {}),
+        additional_messages=[dict(item) for item in additional] if additional else None,
+    )
+
+
+def _plain(errors):
+    """DRF's ErrorDetail tree as plain JSON values."""
+    if isinstance(errors, dict):
+        return {key: _plain(value) for key, value in errors.items()}
+    if isinstance(errors, list):
+        return [_plain(value) for value in errors]
+    return str(errors)
+
+
+def parse_json_bytes(body: bytes, content_type: str):
+    """Decode a request body; raises ChatError (unsupported_media_type, payload_too_large, invalid)."""
+    if content_type.split(";")[0].strip().lower() != "application/json":
+        raise ChatError("unsupported_media_type")
+    if len(body) > settings.CHAT_MAX_BODY_BYTES:
+        raise ChatError("payload_too_large", "The request body is larger than 1 MiB.")
+    try:
+        return json.loads(body)
+    except (ValueError, UnicodeDecodeError):
+        raise ChatError("invalid", "Malformed JSON in the request body.") from None
+
+
+# --- read side --------------------------------------------------------------------------------
+
+
+class UsageField(serializers.Field):
+    def __init__(self, **kwargs):
+        kwargs["source"] = "*"
+        kwargs["read_only"] = True
+        super().__init__(**kwargs)
+
+    def to_representation(self, obj):
+        return {
+            "input_tokens": obj.input_tokens,
+            "output_tokens": obj.output_tokens,
+            "total_tokens": obj.total_tokens,
+        }
+
+
+class SessionSerializer(serializers.ModelSerializer):
+    user_id = serializers.CharField(source="coze_user_id")
+    conversation_id = serializers.SerializerMethodField()
+    status = serializers.CharField()
+    usage = UsageField()
+
+    class Meta:
+        model = ChatSession
+        fields = [
+            "session_id",
+            "user_id",
+            "bot_id",
+            "conversation_id",
+            "created_at",
+            "last_activity",
+            "message_count",
+            "status",
+            "usage",
+        ]
+
+    def get_conversation_id(self, session: ChatSession) -> str | None:
+        conversation = session.current_conversation
+        return (conversation.coze_conversation_id or None) if conversation else None
+
+
+class MessageSerializer(serializers.ModelSerializer):
+    type = serializers.CharField(source="kind")
+    chat_id = serializers.SerializerMethodField()
+    status = serializers.SerializerMethodField()
+
+    class Meta:
+        model = Message
+        fields = ["id", "role", "type", "content", "content_type", "chat_id", "status", "created_at"]
+
+    def get_chat_id(self, message: Message) -> str | None:
+        return (message.reply.coze_chat_id or None) if message.reply else None
+
+    def get_status(self, message: Message) -> str | None:
+        """How the reply this message belongs to ended (answers can be partial)."""
+        return message.reply.status if message.reply else None

@@ -1,0 +1,52 @@
+"""Server-Sent Events framing: pure functions, no Django.
+
+Each event is `id:`, `event:` and exactly one `data:` line. JSON never contains a raw newline
+(json.dumps escapes it), so content is carried byte for byte without re-chunking.
+"""
+
+import json
+
+PING = b": ping\n\n"
+
+
+def encode_json(data: dict) -> str:
+    return json.dumps(data, ensure_ascii=False, separators=(",", ":"))
+
+
+def sse_event(event_id: int, event: str, data: dict) -> bytes:
+    return f"id: {event_id}\nevent: {event}\ndata: {encode_json(data)}\n\n".encode()
+
+
+def sse_done(event_id: int) -> bytes:
+    return f"id: {event_id}\nevent: done\ndata: [DONE]\n\n".encode()
+
+
+def sse_data(data: dict | str) -> bytes:
+    """A bare `data:` event, as the earlier FastAPI services sent them (API.md §8)."""
+    payload = data if isinstance(data, str) else encode_json(data)
+    return f"data: {payload}\n\n".encode()
+
+
+def parse_sse(text: str) -> list[dict]:
+    """Split an SSE body into events: `{"id", "event", "data"}` plus `{"comment"}` for `:` lines.
+
+    Used by tests and the terminal client; tolerant of `\\r\\n` line ends.
+    """
+    events: list[dict] = []
+    current: dict = {}
+    for line in text.replace("\r\n", "\n").split("\n"):
+        if line == "":
+            if current:
+                events.append(current)
+                current = {}
+            continue
+        if line.startswith(":"):
+            events.append({"comment": line[1:].strip()})
+            continue
+        field, _, value = line.partition(":")
+        if value.startswith(" "):
+            value = value[1:]
+        current[field] = value if field not in current else current[field] + "\n" + value
+    if current:
+        events.append(current)
+    return events

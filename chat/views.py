@@ -1,0 +1,120 @@
+"""Async Django views: the SSE chat stream, the chat page and the health check."""
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+
+from channels.layers import get_channel_layer
+from django.conf import settings
+from django.db import connection
+from django.http import HttpRequest, HttpResponse, JsonResponse, StreamingHttpResponse
+from django.shortcuts import render
+from django.views.decorators.csrf import csrf_exempt, ensure_csrf_cookie
+from django.views.decorators.http import require_GET, require_POST
+
+from chat import coze, services
+from chat.auth import aresolve_owner, ensure_browser_id
+from chat.db import db_async
+from chat.errors import ChatError, json_error_response
+from chat.events import ChatEvent
+from chat.serializers import parse_chat_request, parse_json_bytes
+from chat.sse import PING, sse_done, sse_event
+from sessions_admin.models import Reply
+
+logger = logging.getLogger(__name__)
+
+SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+
+
+async def _render_sse(first: ChatEvent | services.Ping, events: AsyncIterator) -> AsyncIterator[bytes]:
+    event_id = 0
+    item = first
+    try:
+        while True:
+            if item is services.PING:
+                yield PING
+            else:
+                event_id += 1
+                yield sse_event(event_id, item.type, item.as_dict())
+            try:
+                item = await anext(events)
+            except StopAsyncIteration:
+                break
+    except ChatError as error:
+        # Only reachable when a heartbeat went out before Coze accepted the chat.
+        event_id += 1
+        yield sse_event(event_id, "error", error.as_event())
+    event_id += 1
+    yield sse_done(event_id)
+
+
+async def start_sse_stream(request: HttpRequest, *, transport: str, render=_render_sse) -> HttpResponse:
+    """Authenticate, validate, start the turn; errors before the first event are JSON responses."""
+    try:
+        owner = await aresolve_owner(request)
+        body = parse_json_bytes(request.body, request.content_type or "")
+        chat_request = parse_chat_request(body)
+        events = services.achat_events(
+            owner=owner,
+            chat_request=chat_request,
+            transport=transport,
+            heartbeat=settings.CHAT_SSE_HEARTBEAT,
+        )
+        first = await anext(events)
+    except ChatError as error:
+        return json_error_response(error)
+    return StreamingHttpResponse(
+        render(first, events), content_type="text/event-stream; charset=utf-8", headers=SSE_HEADERS
+    )
+
+
+@csrf_exempt  # API-key clients have no CSRF token; session callers are checked in aresolve_owner.
+@require_POST
+async def chat_stream_view(request: HttpRequest) -> HttpResponse:
+    """POST /api/chat/stream: the reply as Server-Sent Events (API.md §5)."""
+    return await start_sse_stream(request, transport=Reply.Transport.SSE)
+
+
+@require_GET
+@ensure_csrf_cookie
+def chat_page_view(request: HttpRequest) -> HttpResponse:
+    """The browser chat page."""
+    if settings.CHAT_ALLOW_ANONYMOUS or request.user.is_authenticated:
+        ensure_browser_id(request)
+    return render(
+        request,
+        "chat/index.html",
+        {
+            "demo_mode": coze.coze_mode() == "simulator",
+            "allow_anonymous": settings.CHAT_ALLOW_ANONYMOUS,
+            "heartbeat_seconds": settings.CHAT_SSE_HEARTBEAT,
+        },
+    )
+
+
+@db_async
+def _database_ok() -> None:
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT 1")
+
+
+async def _channel_layer_ok() -> None:
+    layer = get_channel_layer()
+    channel = await layer.new_channel(prefix="health.")
+    await layer.send(channel, {"type": "health.check"})
+    await layer.receive(channel)
+
+
+@require_GET
+async def health_view(request: HttpRequest) -> JsonResponse:
+    """GET /health: 200 when the database and channel layer answer, else 503 naming the failing part."""
+    body = {"status": "ok", "database": "ok", "channel_layer": "ok", "coze": coze.coze_mode()}
+    checks = {"database": _database_ok(), "channel_layer": _channel_layer_ok()}
+    for name, check in checks.items():
+        try:
+            await asyncio.wait_for(check, timeout=3)
+        except Exception as exc:  # noqa: BLE001 - any failure makes that part unavailable
+            logger.warning("Health check: %s unavailable: %s", name, exc)
+            body[name] = "unavailable"
+            body["status"] = "unavailable"
+    return JsonResponse(body, status=200 if body["status"] == "ok" else 503)

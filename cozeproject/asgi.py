@@ -1,0 +1,43 @@
+"""ASGI entry point: HTTP (including SSE) and WebSocket from one application."""
+
+import os
+
+from django.core.asgi import get_asgi_application
+
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "cozeproject.settings")
+
+# Set up Django before importing anything that touches models (consumers, auth middleware).
+django_asgi_app = get_asgi_application()
+
+from channels.auth import AuthMiddlewareStack  # noqa: E402
+from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
+from channels.security.websocket import OriginValidator  # noqa: E402
+from django.conf import settings  # noqa: E402
+
+from chat.routing import websocket_urlpatterns  # noqa: E402
+
+
+class BrowserOriginValidator(OriginValidator):
+    """Origin check for browsers only.
+
+    Channels' validator rejects a missing Origin. Browsers always send one, so a socket without it
+    is a non-browser client, which has to authenticate with its API key instead: let it through to
+    the consumer, which closes it with 4401 when it has no valid key. A present Origin must match
+    ALLOWED_HOSTS or CORS_ALLOWED_ORIGINS.
+    """
+
+    def valid_origin(self, parsed_origin) -> bool:
+        if parsed_origin is None:
+            return True
+        return self.validate_origin(parsed_origin)
+
+
+application = ProtocolTypeRouter(
+    {
+        "http": django_asgi_app,
+        "websocket": BrowserOriginValidator(
+            AuthMiddlewareStack(URLRouter(websocket_urlpatterns)),
+            [*settings.ALLOWED_HOSTS, *settings.CORS_ALLOWED_ORIGINS],
+        ),
+    }
+)

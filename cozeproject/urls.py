@@ -1,0 +1,20 @@
+from django.contrib import admin
+from django.urls import path
+from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
+
+from chat import apis, views
+
+urlpatterns = [
+    path("", views.chat_page_view, name="chat-page"),
+    path("health", views.health_view, name="health"),
+    path("api/chat", apis.ChatSendApi.as_view(), name="chat-send"),
+    path("api/chat/stream", views.chat_stream_view, name="chat-stream"),
+    path("api/chats/<str:chat_id>/cancel", apis.ChatCancelApi.as_view(), name="chat-cancel"),
+    path("api/sessions", apis.SessionListApi.as_view(), name="session-list"),
+    path("api/sessions/<str:session_id>", apis.SessionDetailApi.as_view(), name="session-detail"),
+    path("api/sessions/<str:session_id>/messages", apis.SessionMessagesApi.as_view(), name="session-messages"),
+    path("api/sessions/<str:session_id>/clear", apis.SessionClearApi.as_view(), name="session-clear"),
+    path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
+    path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="swagger-ui"),
+    path("admin/", admin.site.urls),
+]

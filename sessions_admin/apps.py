@@ -1,0 +1,6 @@
+from django.apps import AppConfig
+
+
+class SessionsAdminConfig(AppConfig):
+    name = "sessions_admin"
+    verbose_name = "Chat records"

@@ -1,0 +1,191 @@
+"""The records of every chat: who asked, in which session and Coze conversation, what was said,
+and what each reply cost.
+
+Ownership: every ChatSession belongs to exactly one owner, written as `owner_key`
+("client:<id>", "user:<id>" or "browser:<uuid>"); `session_id` is unique per owner, so two owners
+may both use "s1". The `api_client`/`user` foreign keys repeat the owner for admin filters.
+"""
+
+import hashlib
+import secrets
+
+from django.conf import settings
+from django.db import models
+from django.utils import timezone
+
+API_KEY_PREFIX = "cz_"
+
+
+def hash_api_key(raw_key: str) -> str:
+    # Keys are 256-bit random values, so a fast hash is enough: there is nothing to brute-force.
+    return hashlib.sha256(raw_key.encode()).hexdigest()
+
+
+class ApiClient(models.Model):
+    """An API consumer authenticating with `Authorization: Bearer <key>`; the key is stored hashed."""
+
+    name = models.CharField(max_length=100)
+    key_prefix = models.CharField(max_length=16, help_text="The key's first characters, to recognise it.")
+    key_hash = models.CharField(max_length=64, unique=True, editable=False)
+    is_active = models.BooleanField(default=True)
+    created_at = models.DateTimeField(default=timezone.now)
+    last_used_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        verbose_name = "API client"
+        ordering = ["name"]
+
+    def __str__(self) -> str:
+        return self.name
+
+    @classmethod
+    def create_with_key(cls, *, name: str) -> tuple["ApiClient", str]:
+        """Create a client; returns it with its raw key, which is not stored and can't be shown again."""
+        raw_key = API_KEY_PREFIX + secrets.token_urlsafe(32)
+        client = cls.objects.create(name=name, key_prefix=raw_key[:10], key_hash=hash_api_key(raw_key))
+        return client, raw_key
+
+    @property
+    def owner_key(self) -> str:
+        return f"client:{self.pk}"
+
+
+class ChatSession(models.Model):
+    class Status(models.TextChoices):
+        ACTIVE = "active"
+        BUSY = "busy"
+
+    owner_key = models.CharField(max_length=80)
+    api_client = models.ForeignKey(ApiClient, null=True, blank=True, on_delete=models.CASCADE)
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.CASCADE)
+    session_id = models.CharField(max_length=128)
+    coze_user_id = models.CharField(max_length=128)
+    bot_id = models.CharField(max_length=64)
+    current_conversation = models.ForeignKey(
+        "Conversation", null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    created_at = models.DateTimeField(default=timezone.now)
+    last_activity = models.DateTimeField(default=timezone.now)
+    cleared_at = models.DateTimeField(null=True, blank=True)
+    # Messages of the current conversation (user turns and answers), kept as a counter so session
+    # info costs no COUNT.
+    message_count = models.PositiveIntegerField(default=0)
+    input_tokens = models.PositiveBigIntegerField(default=0)
+    output_tokens = models.PositiveBigIntegerField(default=0)
+    total_tokens = models.PositiveBigIntegerField(default=0)
+    # The reply lock: one reply at a time per session, across worker processes. A lease that
+    # expires so a crashed holder can't block the session forever.
+    lock_token = models.CharField(max_length=32, blank=True, default="")
+    locked_until = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["owner_key", "session_id"], name="unique_session_per_owner"),
+        ]
+        indexes = [
+            models.Index(fields=["owner_key", "-last_activity"], name="session_owner_activity"),
+            models.Index(fields=["-last_activity"], name="session_last_activity"),
+        ]
+
+    def __str__(self) -> str:
+        return self.session_id
+
+    @property
+    def status(self) -> str:
+        if self.locked_until and self.locked_until > timezone.now():
+            return self.Status.BUSY
+        return self.Status.ACTIVE
+
+
+class Conversation(models.Model):
+    """One Coze conversation of a session. Clearing a session starts a new one; old ones stay."""
+
+    session = models.ForeignKey(ChatSession, on_delete=models.CASCADE, related_name="conversations")
+    coze_conversation_id = models.CharField(max_length=64, blank=True, default="", db_index=True)
+    bot_id = models.CharField(max_length=64)
+    created_at = models.DateTimeField(default=timezone.now)
+    last_activity = models.DateTimeField(default=timezone.now)
+    message_count = models.PositiveIntegerField(default=0)
+    total_tokens = models.PositiveBigIntegerField(default=0)
+
+    class Meta:
+        indexes = [models.Index(fields=["-last_activity"], name="conversation_last_activity")]
+
+    def __str__(self) -> str:
+        return self.coze_conversation_id or f"conversation {self.pk}"
+
+
+class Reply(models.Model):
+    """One turn's answer, i.e. one Coze chat: how it ended, its tokens and its timing."""
+
+    class Status(models.TextChoices):
+        IN_PROGRESS = "in_progress"
+        COMPLETED = "completed"
+        FAILED = "failed"
+        CANCELLED = "cancelled"
+        INTERRUPTED = "interrupted"
+
+    class Transport(models.TextChoices):
+        SYNC = "sync"
+        SSE = "sse"
+        WEBSOCKET = "websocket"
+        COMPAT = "compat"
+
+    session = models.ForeignKey(ChatSession, on_delete=models.CASCADE, related_name="replies")
+    conversation = models.ForeignKey(Conversation, on_delete=models.CASCADE, related_name="replies")
+    owner_key = models.CharField(max_length=80)
+    api_client = models.ForeignKey(ApiClient, null=True, blank=True, on_delete=models.CASCADE)
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.CASCADE)
+    bot_id = models.CharField(max_length=64)
+    coze_chat_id = models.CharField(max_length=64, blank=True, default="", db_index=True)
+    coze_logid = models.CharField(max_length=128, blank=True, default="")
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.IN_PROGRESS)
+    error_code = models.CharField(max_length=40, blank=True, default="")
+    error_detail = models.TextField(blank=True, default="")
+    transport = models.CharField(max_length=16, choices=Transport.choices)
+    input_tokens = models.PositiveIntegerField(default=0)
+    output_tokens = models.PositiveIntegerField(default=0)
+    total_tokens = models.PositiveIntegerField(default=0)
+    time_to_first_token_ms = models.PositiveIntegerField(null=True, blank=True)
+    duration_ms = models.PositiveIntegerField(null=True, blank=True)
+    # Channel-layer name of the worker streaming this reply, so a cancel can reach it from any worker.
+    worker_channel = models.CharField(max_length=200, blank=True, default="")
+    started_at = models.DateTimeField(default=timezone.now)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        verbose_name_plural = "replies"
+        indexes = [
+            models.Index(fields=["-started_at"], name="reply_started"),
+            models.Index(fields=["status", "-started_at"], name="reply_status_started"),
+            models.Index(fields=["bot_id", "-started_at"], name="reply_bot_started"),
+        ]
+
+    def __str__(self) -> str:
+        return self.coze_chat_id or f"reply {self.pk}"
+
+
+class Message(models.Model):
+    class Role(models.TextChoices):
+        USER = "user"
+        ASSISTANT = "assistant"
+
+    class Kind(models.TextChoices):
+        QUESTION = "question"
+        ANSWER = "answer"
+        FOLLOW_UP = "follow_up"
+
+    conversation = models.ForeignKey(Conversation, on_delete=models.CASCADE, related_name="messages")
+    reply = models.ForeignKey(Reply, null=True, blank=True, on_delete=models.CASCADE, related_name="messages")
+    role = models.CharField(max_length=16, choices=Role.choices)
+    kind = models.CharField(max_length=16, choices=Kind.choices)
+    content = models.TextField()
+    content_type = models.CharField(max_length=32, default="text")
+    coze_message_id = models.CharField(max_length=64, blank=True, default="")
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        indexes = [models.Index(fields=["conversation", "id"], name="message_conversation_order")]
+
+    def __str__(self) -> str:
+        return f"{self.role}: {self.content[:40]}"

@@ -447,32 +447,43 @@ async def _finish(
     *,
     cancel_upstream: bool = False,
 ) -> None:
-    """Close the upstream first (stops generation reaching us within the second), then store."""
+    """Close the upstream, then store the outcome, exactly once per turn.
+
+    Runs as its own task behind a shield: when the turn is being cancelled (client gone, cancel
+    request, shutdown), a further cancellation must neither leave the connection open nor lose
+    the record.
+    """
     if outcome.finished:
         return
     outcome.finished = True
+    await asyncio.shield(
+        _in_background(_close_and_store(turn, outcome, started, upstream, ids_recorded, cancel_upstream))
+    )
+
+
+async def _close_and_store(
+    turn: TurnContext,
+    outcome: TurnOutcome,
+    started: float,
+    upstream: "coze.UpstreamChat | None",
+    ids_recorded: asyncio.Task | None,
+    cancel_upstream: bool,
+) -> None:
     if upstream is not None:
         try:
+            # Closing the HTTP response is what stops the stream reaching us (and Coze sending it).
             await upstream.aclose()
         except Exception:
             logger.debug("closing the upstream stream failed", exc_info=True)
     if cancel_upstream and outcome.chat_id and outcome.conversation_id:
-        # Closing the connection stops the stream; Coze's cancel also stops generation and billing.
+        # Coze's cancel stops generation and billing on its side; closing alone may not.
         _in_background(coze.achat_cancel(conversation_id=outcome.conversation_id, chat_id=outcome.chat_id))
-    store = _in_background(_store_outcome(turn, outcome, started, ids_recorded))
-    # Shielded: a second cancellation of the caller must not lose the record.
-    await asyncio.shield(store)
-
-
-async def _store_outcome(
-    turn: TurnContext, outcome: TurnOutcome, started: float, ids_recorded: asyncio.Task | None
-) -> None:
     if ids_recorded is not None:
         await asyncio.wait([ids_recorded])
     try:
         await turn_finish(turn=turn, outcome=outcome, started=started)
     except Exception:
-        # Nothing more we can do here; the lock lease expires and startup recovery marks the reply.
+        # Nothing more to do here: the lock lease expires and startup recovery marks the reply.
         logger.exception("Could not store the outcome of reply %s", turn.reply_pk)
 
 
@@ -544,7 +555,8 @@ async def achat_events(
             timer.cancel()
         task = control.task
         if not task.done():
-            task.cancel()
+            if not task.cancelling():
+                task.cancel()
             # The turn stores its own outcome; wait for that, whatever it raises.
             await asyncio.wait([task])
         if not task.cancelled():

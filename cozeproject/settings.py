@@ -4,7 +4,9 @@ Every variable is documented in README.md. Bad values fail loudly with Improperl
 start-up rather than surfacing later as odd behaviour.
 """
 
+import os
 import sys
+import tempfile
 from pathlib import Path
 
 import environ
@@ -156,7 +158,9 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     DATABASES["default"].setdefault("OPTIONS", {})["timeout"] = 20
     # A file, not shared-cache memory: the chat service's threads write concurrently, and shared
     # cache fails such writes at once instead of waiting.
-    DATABASES["default"]["TEST"] = {"NAME": str(BASE_DIR / "test-db.sqlite3")}
+    DATABASES["default"]["TEST"] = {
+        "NAME": str(Path(tempfile.gettempdir()) / f"cozeproject-test-{os.getpid()}.sqlite3")
+    }
 
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 

@@ -85,6 +85,13 @@ class ChatSession(models.Model):
         indexes = [
             models.Index(fields=["owner_key", "-last_activity"], name="session_owner_activity"),
             models.Index(fields=["-last_activity"], name="session_last_activity"),
+            # Admin search and `clear_chat_sessions --session-id/--user-id` match these exactly.
+            models.Index(fields=["session_id"], name="session_session_id"),
+            models.Index(fields=["coze_user_id"], name="session_coze_user_id"),
+            # Only sessions holding a lock: the "busy" filter and startup recovery.
+            models.Index(
+                fields=["locked_until"], name="session_locked_until", condition=models.Q(locked_until__isnull=False)
+            ),
         ]
 
     def __str__(self) -> str:
@@ -109,7 +116,13 @@ class Conversation(models.Model):
     total_tokens = models.PositiveBigIntegerField(default=0)
 
     class Meta:
-        indexes = [models.Index(fields=["-last_activity"], name="conversation_last_activity")]
+        indexes = [
+            models.Index(fields=["-last_activity"], name="conversation_last_activity"),
+            # The admin's bot filter and its sortable columns, each with the default order.
+            models.Index(fields=["bot_id", "-last_activity"], name="conversation_bot_activity"),
+            models.Index(fields=["total_tokens", "id"], name="conversation_tokens"),
+            models.Index(fields=["message_count", "id"], name="conversation_messages"),
+        ]
 
     def __str__(self) -> str:
         return self.coze_conversation_id or f"conversation {self.pk}"
@@ -159,6 +172,11 @@ class Reply(models.Model):
             models.Index(fields=["-started_at"], name="reply_started"),
             models.Index(fields=["status", "-started_at"], name="reply_status_started"),
             models.Index(fields=["bot_id", "-started_at"], name="reply_bot_started"),
+            # The admin's owner filter, and its sortable columns.
+            models.Index(fields=["owner_key", "-started_at"], name="reply_owner_started"),
+            models.Index(fields=["total_tokens", "id"], name="reply_tokens"),
+            models.Index(fields=["time_to_first_token_ms", "id"], name="reply_ttft"),
+            models.Index(fields=["duration_ms", "id"], name="reply_duration"),
         ]
 
     def __str__(self) -> str:

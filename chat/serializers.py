@@ -18,10 +18,25 @@ MAX_MAP_VALUE = 512
 MAX_ADDITIONAL_MESSAGES = 100
 
 
+class StrictCharField(serializers.CharField):
+    """A string, and only a string: DRF's CharField would turn 42 or true into text."""
+
+    default_error_messages = {"not_a_string": "Must be a string."}
+
+    def __init__(self, **kwargs):
+        kwargs.setdefault("trim_whitespace", False)
+        super().__init__(**kwargs)
+
+    def to_internal_value(self, data):
+        if not isinstance(data, str):
+            self.fail("not_a_string")
+        return super().to_internal_value(data)
+
+
 class StringMapField(serializers.DictField):
     """A flat map of strings, within Coze's limits (16 pairs, keys ≤ 64, values ≤ 512 chars)."""
 
-    child = serializers.CharField(allow_blank=True, trim_whitespace=False, max_length=MAX_MAP_VALUE)
+    child = StrictCharField(allow_blank=True, max_length=MAX_MAP_VALUE)
 
     def to_internal_value(self, data):
         value = super().to_internal_value(data)
@@ -36,7 +51,7 @@ class StringMapField(serializers.DictField):
 class AdditionalMessageSerializer(serializers.Serializer):
     role = serializers.ChoiceField(choices=["user", "assistant"], default="user")
     type = serializers.ChoiceField(choices=["question", "answer"], required=False)
-    content = serializers.CharField(trim_whitespace=False, allow_blank=False)
+    content = StrictCharField(allow_blank=False)
     content_type = serializers.ChoiceField(choices=["text", "object_string"], default="text")
     meta_data = StringMapField(required=False)
 
@@ -52,10 +67,10 @@ class AdditionalMessageSerializer(serializers.Serializer):
 
 
 class ChatRequestSerializer(serializers.Serializer):
-    message = serializers.CharField(required=False, trim_whitespace=False, allow_blank=False)
-    session_id = serializers.CharField(required=False, trim_whitespace=False)
-    user_id = serializers.CharField(required=False, trim_whitespace=False, max_length=128)
-    bot_id = serializers.CharField(required=False, trim_whitespace=False, max_length=64)
+    message = StrictCharField(required=False, allow_blank=False)
+    session_id = StrictCharField(required=False)
+    user_id = StrictCharField(required=False, max_length=128)
+    bot_id = StrictCharField(required=False, max_length=64)
     custom_variables = StringMapField(required=False)
     meta_data = StringMapField(required=False)
     additional_messages = serializers.ListField(

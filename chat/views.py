@@ -6,6 +6,7 @@ from collections.abc import AsyncIterator
 
 from channels.layers import get_channel_layer
 from django.conf import settings
+from django.core.exceptions import RequestDataTooBig
 from django.db import connection
 from django.http import HttpRequest, HttpResponse, JsonResponse, StreamingHttpResponse
 from django.shortcuts import render
@@ -61,6 +62,8 @@ async def start_sse_stream(request: HttpRequest, *, transport: str, render=_rend
             heartbeat=settings.CHAT_SSE_HEARTBEAT,
         )
         first = await anext(events)
+    except RequestDataTooBig:
+        return json_error_response(ChatError("payload_too_large"))
     except ChatError as error:
         return json_error_response(error)
     return StreamingHttpResponse(

@@ -15,6 +15,7 @@ from channels.security.websocket import OriginValidator  # noqa: E402
 from django.conf import settings  # noqa: E402
 
 from chat.routing import websocket_urlpatterns  # noqa: E402
+from cozeproject.middleware import BodySizeLimitMiddleware  # noqa: E402
 
 
 class BrowserOriginValidator(OriginValidator):
@@ -34,7 +35,7 @@ class BrowserOriginValidator(OriginValidator):
 
 application = ProtocolTypeRouter(
     {
-        "http": django_asgi_app,
+        "http": BodySizeLimitMiddleware(django_asgi_app),
         "websocket": BrowserOriginValidator(
             AuthMiddlewareStack(URLRouter(websocket_urlpatterns)),
             [*settings.ALLOWED_HOSTS, *settings.CORS_ALLOWED_ORIGINS],

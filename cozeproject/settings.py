@@ -131,6 +131,8 @@ MIDDLEWARE = [
 ]
 
 ROOT_URLCONF = "cozeproject.urls"
+LOGIN_REDIRECT_URL = "/"
+LOGOUT_REDIRECT_URL = "/"
 
 TEMPLATES = [
     {

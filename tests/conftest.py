@@ -42,7 +42,7 @@ def coze_settings(settings, simulator):
 
 
 @pytest.fixture(scope="session", autouse=True)
-def _close_db_threads_at_end(django_db_blocker):
+def _close_db_threads_at_end(django_db_setup, django_db_blocker):
     yield
     from chat.db import close_db_threads
 

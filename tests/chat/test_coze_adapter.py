@@ -1,0 +1,107 @@
+"""The Coze adapter's error mapping, client handling and stream closing."""
+
+import asyncio
+
+import httpx
+import pytest
+from cozepy import CozeAPIError, CozeInvalidEventError
+
+from chat import coze
+from chat.errors import ChatError
+from tests.conftest import COZE_TEST_TOKEN
+
+
+@pytest.mark.parametrize(
+    ("code", "expected", "status"),
+    [
+        (4100, "upstream_auth_failed", 502),
+        (4101, "upstream_auth_failed", 502),
+        (4008, "upstream_rate_limited", 429),
+        (4009, "upstream_rate_limited", 429),
+        (4020, "upstream_rate_limited", 429),
+        (429, "upstream_rate_limited", 429),
+        (4016, "session_busy", 409),
+        (4000, "upstream_error", 502),
+        (4010, "upstream_error", 502),
+        (5000, "upstream_error", 502),
+        (500, "upstream_error", 502),
+    ],
+)
+def test_coze_codes_map_to_our_codes(code, expected, status):
+    error = coze.map_exception(CozeAPIError(code, "msg", "logid-1"), mid_stream=False)
+
+    assert (error.code, error.status) == (expected, status)
+    assert error.logid == "logid-1"
+    if expected == "upstream_rate_limited":
+        assert error.retry_after and error.retry_after > 0
+
+
+def test_permanent_coze_errors_are_not_retryable_and_transient_ones_are():
+    assert not coze.map_exception(CozeAPIError(4010, "prompt too long"), mid_stream=True).retryable
+    assert coze.map_exception(CozeAPIError(5000, "internal"), mid_stream=True).retryable
+
+
+def test_transport_errors_map_to_unavailable_timeout_or_error():
+    request = httpx.Request("POST", "http://coze.invalid")
+    assert coze.map_exception(httpx.ConnectError("refused", request=request), mid_stream=False).code == (
+        "upstream_unavailable"
+    )
+    assert coze.map_exception(httpx.ReadTimeout("slow", request=request), mid_stream=True).code == "upstream_timeout"
+    dropped = coze.map_exception(httpx.RemoteProtocolError("cut", request=request), mid_stream=True)
+    assert dropped.code == "upstream_error" and dropped.retryable
+    assert coze.map_exception(CozeInvalidEventError("", "junk"), mid_stream=True).code == "upstream_error"
+
+
+def test_error_event_payload_is_parsed_for_its_code():
+    error = coze.map_exception(Exception('error event: {"code":4020,"msg":"slow down"}'), mid_stream=True)
+
+    assert error.code == "upstream_rate_limited"
+
+
+def test_the_token_never_appears_in_error_details(settings):
+    settings.COZE_API_TOKEN = COZE_TEST_TOKEN
+    error = coze.map_exception(CozeAPIError(4000, f"bad token {COZE_TEST_TOKEN}"), mid_stream=False)
+
+    assert COZE_TEST_TOKEN not in error.detail
+    assert "[redacted]" in error.detail
+
+
+@pytest.mark.asyncio
+async def test_one_shared_client_per_event_loop():
+    assert coze.get_client() is coze.get_client()
+
+
+@pytest.mark.asyncio
+async def test_aclose_releases_the_upstream_connection(simulator):
+    upstream = await coze.achat_open(
+        bot_id="1",
+        user_id="u",
+        conversation_id=None,
+        messages=coze.build_messages(message="[sim:slow=100] long enough", additional_messages=None),
+    )
+    events = upstream.events()
+    started = await anext(events)
+    assert isinstance(started, coze.UpstreamStarted)
+
+    await upstream.aclose()
+
+    async with httpx.AsyncClient(base_url=simulator.base_url) as sim:
+        for _ in range(50):
+            chat = (await sim.get(f"/_sim/chats/{started.chat_id}")).json()
+            if chat["client_disconnected_at"]:
+                break
+            await asyncio.sleep(0.02)
+    assert chat["client_disconnected_at"] is not None
+
+
+@pytest.mark.asyncio
+async def test_refusal_raises_chat_error_before_any_event():
+    with pytest.raises(ChatError) as caught:
+        await coze.achat_open(
+            bot_id="1",
+            user_id="u",
+            conversation_id=None,
+            messages=coze.build_messages(message="[sim:auth_failed]", additional_messages=None),
+        )
+    assert caught.value.code == "upstream_auth_failed"
+    assert caught.value.logid

@@ -59,6 +59,8 @@ def chat_response_body(event) -> dict:
 class ChatSendApi(AsyncAPIView):
     """Send a message and get the whole reply."""
 
+    throttle_classes = []  # the chat service applies the owner's limits to every transport
+
     @extend_schema(
         request=ChatRequestSerializer,
         responses={200: CHAT_RESPONSE, **ERRORS},

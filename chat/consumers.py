@@ -33,6 +33,10 @@ CHAT_FRAME_EXTRA_FIELDS = frozenset({"type"})
 
 
 class ChatConsumer(AsyncJsonWebsocketConsumer):
+    # No channel-layer channel per socket: nothing is ever sent to one (cancels go through the
+    # worker's own channel, chat.cancellation), and it would cost a Redis subscription per socket.
+    channel_layer_alias = "no-channel-layer-for-chat-sockets"
+
     async def connect(self) -> None:
         self.owner: services.Owner | None = None
         self.replies: dict[asyncio.Task, services.TurnControl] = {}

@@ -37,14 +37,18 @@ def _get_executor() -> ThreadPoolExecutor:
 
 
 def _run_guarded(func: Callable[P, R], *args: P.args, **kwargs: P.kwargs) -> R:
-    try:
-        return func(*args, **kwargs)
-    except (OperationalError, InterfaceError) as exc:
-        # A dropped or refused connection: throw it away so the next call reconnects, and
-        # answer 503 instead of crashing the worker.
-        connections.close_all()
-        logger.error("Database unavailable: %s", exc)
-        raise ChatError("service_unavailable", "The database is unavailable; retry shortly.") from exc
+    for attempt in (1, 2):
+        try:
+            return func(*args, **kwargs)
+        except (OperationalError, InterfaceError) as exc:
+            # A dropped or refused connection: throw it away so the next try reconnects. One
+            # retry covers a pooled connection the database closed meanwhile (restart, failover);
+            # the functions run in a transaction, so nothing was half-written.
+            connections.close_all()
+            if attempt == 2:
+                logger.error("Database unavailable: %s", exc)
+                raise ChatError("service_unavailable", "The database is unavailable; retry shortly.") from exc
+    raise AssertionError("unreachable")
 
 
 def db_async(func: Callable[P, R]) -> Callable[P, "R"]:

@@ -9,6 +9,7 @@ from it, so the three transports answer the same failure the same way.
 import logging
 
 from django.core.exceptions import RequestDataTooBig
+from django.db import InterfaceError, OperationalError
 from django.http import Http404, JsonResponse
 from rest_framework import exceptions as drf_exceptions
 from rest_framework.response import Response
@@ -113,6 +114,9 @@ def chat_error_from_drf(exc: Exception) -> ChatError | None:
         return ChatError("rate_limited", retry_after=int(exc.wait or 1))
     if isinstance(exc, RequestDataTooBig):
         return ChatError("payload_too_large")
+    if isinstance(exc, (OperationalError, InterfaceError)):
+        logger.error("Database unavailable: %s", exc)
+        return ChatError("service_unavailable", "The database is unavailable; retry shortly.")
     return None
 
 

@@ -11,6 +11,7 @@ anywhere can stop it) and adds heartbeats, and render the events in their own fo
 """
 
 import asyncio
+import contextlib
 import logging
 import secrets
 import time
@@ -24,7 +25,7 @@ from django.db import IntegrityError, transaction
 from django.db.models import F, Q
 from django.utils import timezone
 
-from chat import cancellation, coze
+from chat import cancellation, coze, lifecycle, ratelimit
 from chat.db import db_async
 from chat.errors import ChatError
 from chat.events import (
@@ -297,7 +298,7 @@ def turn_renew_lock(*, turn: TurnContext) -> None:
 # --- the turn ---------------------------------------------------------------------------------
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, eq=False)
 class TurnControl:
     """Shared between a running turn and whoever may stop it (cancel API, WS cancel, shutdown)."""
 
@@ -312,8 +313,10 @@ class TurnControl:
             self.task.cancel()
 
 
-# Turns running in this process, by Coze chat id, for cancel requests and graceful shutdown.
+# Turns running in this process: by Coze chat id for cancel requests, and all of them (also those
+# not yet accepted by Coze) for graceful shutdown.
 running_turns: dict[str, TurnControl] = {}
+active_turns: set[TurnControl] = set()
 _background_tasks: set[asyncio.Task] = set()
 
 
@@ -325,6 +328,28 @@ def _in_background(coro) -> asyncio.Task:
 
 
 async def achat_stream(
+    *, owner: Owner, chat_request: ChatRequest, transport: str, control: TurnControl | None = None
+) -> AsyncIterator[ChatEvent]:
+    """One chat turn as events, within the owner's rate limits (see `_turn_events`).
+
+    Raises ChatError("rate_limited") before anything is stored when the owner is over its
+    requests per minute or concurrent streams.
+    """
+    await ratelimit.acheck_request(owner.key)
+    slot_id = uuid.uuid4().hex
+    slot_taken = await ratelimit.aacquire_stream(owner.key, slot_id)
+    try:
+        async with contextlib.aclosing(
+            _turn_events(owner=owner, chat_request=chat_request, transport=transport, control=control)
+        ) as events:
+            async for event in events:
+                yield event
+    finally:
+        if slot_taken:
+            _in_background(ratelimit.arelease_stream(owner.key, slot_id))
+
+
+async def _turn_events(
     *, owner: Owner, chat_request: ChatRequest, transport: str, control: TurnControl | None = None
 ) -> AsyncIterator[ChatEvent]:
     """One chat turn as events.
@@ -526,7 +551,9 @@ async def achat_events(
             queue.put_nowait(PING)
         timer = loop.call_later(heartbeat, tick)
 
+    lifecycle.ensure_process_started()
     control.task = loop.create_task(pump())
+    active_turns.add(control)
     if heartbeat:
         timer = loop.call_later(heartbeat, tick)
     started_streaming = False
@@ -551,6 +578,7 @@ async def achat_events(
                 last_event_at = loop.time()
             yield item
     finally:
+        active_turns.discard(control)
         if timer is not None:
             timer.cancel()
         task = control.task

@@ -38,6 +38,9 @@ def coze_settings(settings, simulator):
     settings.COZE_STREAM_IDLE_TIMEOUT = 5.0
     settings.CHAT_SSE_HEARTBEAT = 15.0
     settings.CHAT_ALLOW_ANONYMOUS = False
+    # Limits are tested on their own (test_rate_limits.py); elsewhere they would couple tests.
+    settings.CHAT_RATE_LIMIT_PER_MINUTE = 0
+    settings.CHAT_MAX_CONCURRENT_STREAMS = 0
     return settings
 
 

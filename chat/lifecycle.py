@@ -1,0 +1,89 @@
+"""A worker's start and end.
+
+Start: replies left "in progress" by a crashed worker are marked interrupted (the
+`mark_interrupted_replies` command does the same on demand).
+
+End: on SIGTERM, replies in flight end with a retryable `interrupted` error and are stored as
+interrupted, before the server's own shutdown runs. ASGI servers don't tell the application
+about SIGTERM before they cancel its tasks (and daphne has no lifespan events), so both hooks run
+on the first chat turn of the process, when the server's own signal handler is in place, and the
+SIGTERM handler chains to it.
+"""
+
+import asyncio
+import logging
+import os
+import signal
+import threading
+
+logger = logging.getLogger(__name__)
+
+SHUTDOWN_GRACE_SECONDS = 5.0
+
+_started = False
+_background: set[asyncio.Task] = set()
+
+
+def ensure_process_started() -> None:
+    """Once per process, on the event loop: recover crashed replies, install the SIGTERM handler."""
+    global _started
+    if _started:
+        return
+    _started = True
+    task = asyncio.get_running_loop().create_task(_recover_stuck_replies())
+    _background.add(task)
+    task.add_done_callback(_background.discard)
+    if threading.current_thread() is threading.main_thread():
+        _install_sigterm_handler()
+
+
+async def _recover_stuck_replies() -> None:
+    from chat.db import db_async
+    from sessions_admin.recovery import mark_interrupted_replies
+
+    try:
+        marked = await db_async(mark_interrupted_replies)()
+    except Exception:  # recovery is best effort; the command can be run by hand
+        logger.warning("Could not mark replies left in progress by a crashed worker", exc_info=True)
+        return
+    if marked:
+        logger.warning(
+            "Marked %d repl%s left in progress by a crashed worker as interrupted",
+            marked,
+            "y" if marked == 1 else "ies",
+        )
+
+
+def _install_sigterm_handler() -> None:
+    loop = asyncio.get_running_loop()
+    previous = signal.getsignal(signal.SIGTERM)
+
+    def on_sigterm(signum, frame) -> None:
+        loop.call_soon_threadsafe(lambda: loop.create_task(_shutdown(previous, signum, frame)))
+
+    signal.signal(signal.SIGTERM, on_sigterm)
+
+
+async def ainterrupt_all_turns(grace_seconds: float = SHUTDOWN_GRACE_SECONDS) -> int:
+    """Stop every turn of this process as `interrupted` and wait (bounded) until they are stored."""
+    from chat.services import active_turns
+
+    controls = list(active_turns)
+    for control in controls:
+        control.stop("interrupted")
+    tasks = [control.task for control in controls if control.task is not None]
+    if tasks:
+        await asyncio.wait(tasks, timeout=grace_seconds)
+        # Let the transports flush the final error event and `done` to their clients.
+        await asyncio.sleep(0.2)
+    return len(controls)
+
+
+async def _shutdown(previous, signum, frame) -> None:
+    count = await ainterrupt_all_turns()
+    logger.warning("SIGTERM: interrupted %d repl%s in flight; shutting down", count, "y" if count == 1 else "ies")
+    if callable(previous):
+        previous(signum, frame)
+    elif previous != signal.SIG_IGN:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        os.kill(os.getpid(), signal.SIGTERM)

@@ -27,7 +27,9 @@ async def aworker_channel() -> str:
     layer = get_channel_layer()
     if layer is None:
         return ""
-    name = await layer.new_channel(prefix="chat-worker.")
+    # The default prefix on purpose: channels-redis serves all of a process's channels from one
+    # receive loop keyed by prefix, and a second prefix would wait behind the first forever.
+    name = await layer.new_channel()
     if loop in _channels:  # another turn won the race while we awaited
         return _channels[loop]
     _channels[loop] = name

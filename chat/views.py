@@ -103,7 +103,7 @@ def _database_ok() -> None:
 
 async def _channel_layer_ok() -> None:
     layer = get_channel_layer()
-    channel = await layer.new_channel(prefix="health.")
+    channel = await layer.new_channel()  # default prefix: see chat.cancellation
     await layer.send(channel, {"type": "health.check"})
     await layer.receive(channel)
 

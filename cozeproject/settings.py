@@ -159,8 +159,10 @@ DATABASES = {"default": env.db_url("DATABASE_URL", default=f"sqlite:///{BASE_DIR
 DATABASES["default"]["ATOMIC_REQUESTS"] = False  # Django refuses it with async views.
 DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
-    # Several threads write the same file; wait for the lock instead of failing at once.
-    DATABASES["default"].setdefault("OPTIONS", {})["timeout"] = 20
+    # Several threads write the same file: take the write lock when a transaction begins
+    # (IMMEDIATE), so concurrent transactions wait for it instead of failing with "database is
+    # locked" when a reader tries to become a writer.
+    DATABASES["default"].setdefault("OPTIONS", {}).update({"timeout": 20, "transaction_mode": "IMMEDIATE"})
     # A file, not shared-cache memory: the chat service's threads write concurrently, and shared
     # cache fails such writes at once instead of waiting.
     DATABASES["default"]["TEST"] = {

@@ -1,29 +1,757 @@
-from django.contrib import admin
+"""Staff review of the chat records in Django admin.
 
-from sessions_admin.models import ApiClient, ChatSession, Reply
+Conversations (read-only transcripts), chat sessions, token usage per reply (with totals, a CSV
+export and a usage dashboard) and API clients. Nothing here lets staff write a transcript: the
+record admins have no add, change or delete permission, whatever the user's permissions say.
+
+Built for big tables (100k conversations, 1M messages, 500k replies): every list orders by an
+indexed column, filters match indexes, related rows come with the page's query
+(`list_select_related`, annotations), and the paginator counts at most a few pages ahead instead
+of the whole table. Content is only ever rendered through auto-escaping templates or
+`format_html`.
+"""
+
+import secrets
+
+from django.contrib import admin, messages
+from django.contrib.admin.options import IncorrectLookupParameters
+from django.contrib.admin.views.main import PAGE_VAR
+from django.core.cache import cache
+from django.core.exceptions import PermissionDenied
+from django.core.paginator import Paginator
+from django.db import connection
+from django.db.models import Avg, Count, Exists, OuterRef, Q, Subquery, Sum
+from django.http import HttpRequest, HttpResponseBadRequest
+from django.template.response import TemplateResponse
+from django.urls import path, reverse
+from django.utils import timezone
+from django.utils.functional import cached_property
+from django.utils.html import format_html
+from django.utils.http import urlencode
+
+from sessions_admin import csv_export
+from sessions_admin.dashboard import (
+    ERROR_STATUSES,
+    compact,
+    dashboard_charts,
+    horizontal_bar_chart,
+    owner_labels,
+    token_cost,
+    usage_dashboard,
+)
+from sessions_admin.models import API_KEY_PREFIX, ApiClient, ChatSession, Conversation, Message, Reply, hash_api_key
+
+CUT_STATUSES = (Reply.Status.CANCELLED, Reply.Status.INTERRUPTED)
+DASHBOARD_DAYS = (7, 30, 90)
+DASHBOARD_CACHE_SECONDS = 60
+TRANSCRIPT_TURNS_PER_PAGE = 100
+# Message text is searched with a trigram index on PostgreSQL; shorter terms can't use it.
+MIN_TEXT_SEARCH = 3
 
 
-@admin.register(ApiClient)
-class ApiClientAdmin(admin.ModelAdmin):
-    list_display = ["name", "key_prefix", "is_active", "created_at", "last_used_at"]
-    readonly_fields = ["key_prefix", "created_at", "last_used_at"]
+# --- shared pieces ----------------------------------------------------------------------------
 
 
-@admin.register(ChatSession)
-class ChatSessionAdmin(admin.ModelAdmin):
+class CappedCountPaginator(Paginator):
+    """Counts rows only a few pages past the requested one, never the whole filtered table.
+
+    `count` is exact when the result is small; otherwise it is a lower bound and `count_capped`
+    is True (the pagination template then says "more than N").
+    """
+
+    pages_ahead = 5
+
+    def __init__(self, object_list, per_page, *, page_number: int = 1, **kwargs):
+        super().__init__(object_list, per_page, **kwargs)
+        self.limit = (max(page_number, 1) + self.pages_ahead) * per_page
+
+    @cached_property
+    def count(self) -> int:
+        # No ORDER BY: any `limit + 1` matching rows will do, whichever the planner finds first.
+        return self.object_list.order_by().values("pk")[: self.limit + 1].count()
+
+    @property
+    def count_capped(self) -> bool:
+        return self.count > self.limit
+
+
+class BigTableAdmin(admin.ModelAdmin):
+    """Read-only, paginated without full counts, no bulk actions."""
+
+    show_full_result_count = False
+    list_per_page = 100
+    actions = None
+
+    def get_paginator(self, request, queryset, per_page, orphans=0, allow_empty_first_page=True):
+        try:
+            page_number = int(request.GET.get(PAGE_VAR, 1))
+        except ValueError:
+            page_number = 1
+        return CappedCountPaginator(
+            queryset, per_page, orphans=orphans, allow_empty_first_page=allow_empty_first_page, page_number=page_number
+        )
+
+    def has_add_permission(self, request, obj=None) -> bool:
+        return False
+
+    def has_change_permission(self, request, obj=None) -> bool:
+        return False
+
+    def has_delete_permission(self, request, obj=None) -> bool:
+        # Deleting goes through `clear_chat_sessions` or the session API, in batches.
+        return False
+
+
+def owner_label(owner_key: str, api_client: ApiClient | None, user) -> str:
+    if api_client is not None:
+        return f"API client {api_client.name}"
+    if user is not None:
+        return f"user {user.get_username()}"
+    return owner_labels([owner_key])[owner_key]
+
+
+def owner_link(changelist_url: str, owner_key: str, label: str):
+    return format_html('<a href="{}?{}">{}</a>', changelist_url, urlencode({"owner": owner_key}), label)
+
+
+def cost_text(tokens: int | None) -> str:
+    cost = token_cost(tokens)
+    return "" if cost is None else f"≈ {cost}"
+
+
+def distinct_values(model, column: str) -> list[str]:
+    """Distinct values of an indexed column, cheaply: PostgreSQL walks the index (a "skip scan")."""
+    if connection.vendor != "postgresql":
+        return list(model.objects.order_by(column).values_list(column, flat=True).distinct())
+    table, name = connection.ops.quote_name(model._meta.db_table), connection.ops.quote_name(column)
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"""
+            WITH RECURSIVE walk(value) AS (
+                (SELECT {name} FROM {table} ORDER BY {name} LIMIT 1)
+                UNION ALL
+                SELECT (SELECT {name} FROM {table} WHERE {name} > walk.value ORDER BY {name} LIMIT 1)
+                FROM walk WHERE walk.value IS NOT NULL
+            )
+            SELECT value FROM walk WHERE value IS NOT NULL
+            """  # noqa: S608 (names come from the model, not from input)
+        )
+        return [row[0] for row in cursor.fetchall()]
+
+
+class BotFilter(admin.SimpleListFilter):
+    title = "bot"
+    parameter_name = "bot"
+    field = "bot_id"
+
+    def lookups(self, request, model_admin):
+        # Every bot that was ever used has replies; their (bot_id, started_at) index lists them cheaply.
+        return [(bot, bot) for bot in distinct_values(Reply, "bot_id")]
+
+    def queryset(self, request, queryset):
+        if self.value():
+            return queryset.filter(**{self.field: self.value()})
+        return queryset
+
+
+class OwnerFilter(admin.SimpleListFilter):
+    """By kind of owner or by API client; any owner key ("user:5", "browser:…") works in the URL."""
+
+    title = "owner"
+    parameter_name = "owner"
+    prefix = ""  # path from the admin's model to the fields of ChatSession/Reply holding the owner
+
+    def lookups(self, request, model_admin):
+        choices = [("clients", "Any API client"), ("users", "Any logged-in user"), ("browsers", "Anonymous browsers")]
+        choices += [(client.owner_key, f"API client {client.name}") for client in ApiClient.objects.order_by("name")]
+        return choices
+
+    def queryset(self, request, queryset):
+        value, prefix = self.value(), self.prefix
+        if not value:
+            return queryset
+        if value == "clients":
+            return queryset.filter(**{f"{prefix}api_client__isnull": False})
+        if value == "users":
+            return queryset.filter(**{f"{prefix}user__isnull": False})
+        if value == "browsers":
+            return queryset.filter(**{f"{prefix}api_client__isnull": True, f"{prefix}user__isnull": True})
+        return queryset.filter(**{f"{prefix}owner_key": value})
+
+    def choices(self, changelist):
+        yield from super().choices(changelist)
+        value = self.value()
+        if value and value not in {choice for choice, _ in self.lookup_choices}:
+            # An owner picked from a row (a user or a browser): show it as the selected choice.
+            yield {"selected": True, "query_string": changelist.get_query_string(), "display": value}
+
+
+class SessionOwnerFilter(OwnerFilter):
+    prefix = "session__"
+
+
+# --- conversations ----------------------------------------------------------------------------
+
+
+def last_reply_status():
+    return Subquery(Reply.objects.filter(conversation=OuterRef("pk")).order_by("-pk").values("status")[:1])
+
+
+def conversations_whose_last_reply(statuses) -> Q:
+    """Set-based, so PostgreSQL can start from the (few) replies with these statuses."""
+    later = Reply.objects.filter(conversation=OuterRef("conversation"), pk__gt=OuterRef("pk"))
+    last_with_status = Reply.objects.filter(status__in=statuses).exclude(Exists(later))
+    return Q(pk__in=last_with_status.values("conversation_id"))
+
+
+class ConversationStatusFilter(admin.SimpleListFilter):
+    title = "status"
+    parameter_name = "status"
+
+    def lookups(self, request, model_admin):
+        return [
+            ("busy", "Busy (a reply is streaming)"),
+            ("stuck", "Stuck (left in progress)"),
+            ("failed", "Last reply failed"),
+            ("cut", "Last reply cut off"),
+            ("ok", "OK"),
+        ]
+
+    def queryset(self, request, queryset):
+        value = self.value()
+        now = timezone.now()
+        in_progress = Reply.objects.filter(status=Reply.Status.IN_PROGRESS).values("conversation_id")
+        if value == "busy":
+            return queryset.filter(pk__in=in_progress, session__locked_until__gt=now)
+        if value == "stuck":
+            return queryset.filter(pk__in=in_progress).exclude(session__locked_until__gt=now)
+        if value == "failed":
+            return queryset.filter(conversations_whose_last_reply([Reply.Status.FAILED]))
+        if value == "cut":
+            return queryset.filter(conversations_whose_last_reply(CUT_STATUSES))
+        if value == "ok":
+            return queryset.filter(last_status=Reply.Status.COMPLETED)
+        return queryset
+
+
+STATUS_LABELS = {
+    Reply.Status.COMPLETED: "ok",
+    Reply.Status.FAILED: "failed last reply",
+    Reply.Status.CANCELLED: "last reply cancelled",
+    Reply.Status.INTERRUPTED: "last reply interrupted",
+}
+
+
+def conversation_status(conversation: Conversation) -> str:
+    status = getattr(conversation, "last_status", None)
+    if status is None:
+        return "no replies"
+    if status == Reply.Status.IN_PROGRESS:
+        locked_until = conversation.session.locked_until
+        return "busy" if locked_until and locked_until > timezone.now() else "stuck (in progress)"
+    return STATUS_LABELS.get(status, status)
+
+
+SEARCH_ID_LIMIT = 1000
+
+
+def search_conversations(queryset, term: str):
+    """Exact session id, Coze conversation id or Coze user id, or words in a message.
+
+    Each kind of match is looked up through its own index. When all of them together are a few
+    hundred conversations (the usual case: an id, a rare phrase), the page is then fetched by
+    primary key; a common phrase instead stays a subquery, which the ordered scan of the list
+    meets early.
+    """
+    term = term.strip()
+    if not term:
+        return queryset
+    sources = [
+        Conversation.objects.filter(coze_conversation_id=term).values("pk"),
+        Conversation.objects.filter(
+            session__in=ChatSession.objects.filter(Q(session_id=term) | Q(coze_user_id=term)).values("pk")
+        ).values("pk"),
+    ]
+    if len(term) >= MIN_TEXT_SEARCH:
+        sources.append(Message.objects.filter(content__icontains=term).values("conversation_id").distinct())
+    found: set[int] = set()
+    for source in sources:
+        ids = list(source.values_list(source.query.values_select[0], flat=True)[: SEARCH_ID_LIMIT + 1])
+        if len(ids) > SEARCH_ID_LIMIT:
+            matches = Q()
+            for each in sources:
+                matches |= Q(pk__in=each)
+            return queryset.filter(matches)
+        found.update(ids)
+    return queryset.filter(pk__in=sorted(found))
+
+
+@admin.register(Conversation)
+class ConversationAdmin(BigTableAdmin):
     list_display = [
-        "session_id",
-        "owner_key",
+        "conversation",
+        "session_id_column",
+        "owner",
         "coze_user_id",
         "bot_id",
         "message_count",
         "total_tokens",
         "last_activity",
+        "status",
     ]
-    show_full_result_count = False
+    list_select_related = ["session", "session__api_client", "session__user"]
+    list_filter = [
+        BotFilter,
+        SessionOwnerFilter,
+        ConversationStatusFilter,
+        ("last_activity", admin.DateFieldListFilter),
+    ]
+    ordering = ["-last_activity"]
+    sortable_by = ["last_activity", "message_count", "total_tokens"]
+    search_fields = ["session__session_id"]  # shows the search box; `get_search_results` does the work
+    search_help_text = (
+        "Exact session id, Coze conversation id or Coze user id; or text in a message "
+        f"(at least {MIN_TEXT_SEARCH} characters, case-insensitive)."
+    )
+    fields = [
+        "session_link",
+        "owner",
+        "coze_user_id",
+        "bot_id",
+        "coze_conversation_id",
+        "created_at",
+        "last_activity",
+        "message_count",
+        "total_tokens",
+        "cost",
+        "status",
+    ]
+    readonly_fields = fields
+
+    def get_queryset(self, request):
+        return super().get_queryset(request).annotate(last_status=last_reply_status())
+
+    def get_search_results(self, request, queryset, search_term):
+        return search_conversations(queryset, search_term), False
+
+    @admin.display(description="conversation")
+    def conversation(self, obj: Conversation) -> str:
+        return obj.coze_conversation_id or f"#{obj.pk} (no Coze id yet)"
+
+    @admin.display(description="session id")
+    def session_id_column(self, obj: Conversation) -> str:
+        return obj.session.session_id
+
+    @admin.display(description="session")
+    def session_link(self, obj: Conversation):
+        url = reverse("admin:sessions_admin_chatsession_change", args=[obj.session_id])
+        return format_html('<a href="{}">{}</a>', url, obj.session.session_id)
+
+    @admin.display(description="owner")
+    def owner(self, obj: Conversation):
+        session = obj.session
+        label = owner_label(session.owner_key, session.api_client, session.user)
+        return owner_link(reverse("admin:sessions_admin_conversation_changelist"), session.owner_key, label)
+
+    @admin.display(description="Coze user id")
+    def coze_user_id(self, obj: Conversation) -> str:
+        return obj.session.coze_user_id
+
+    @admin.display(description="estimated cost")
+    def cost(self, obj: Conversation) -> str:
+        return cost_text(obj.total_tokens) or "(set CHAT_TOKEN_PRICE_PER_1K)"
+
+    @admin.display(description="status")
+    def status(self, obj: Conversation) -> str:
+        return conversation_status(obj)
+
+    def get_object(self, request, object_id, from_field=None):
+        queryset = self.get_queryset(request).select_related(*self.list_select_related)
+        try:
+            return queryset.get(pk=int(object_id))
+        except (ValueError, Conversation.DoesNotExist):
+            return None
+
+    def change_view(self, request, object_id, form_url="", extra_context=None):
+        conversation = self.get_object(request, object_id)
+        extra_context = extra_context or {}
+        if conversation is not None and self.has_view_permission(request, conversation):
+            extra_context["transcript"] = transcript(conversation, page=request.GET.get("page"))
+        return super().change_view(request, object_id, form_url, extra_context)
+
+
+def transcript(conversation: Conversation, *, page) -> dict:
+    """One page of a conversation as turns: the user's message, the answer, follow-ups, and the reply's record."""
+    replies = Reply.objects.filter(conversation=conversation).order_by("pk")
+    paginator = Paginator(replies, TRANSCRIPT_TURNS_PER_PAGE)
+    page_obj = paginator.get_page(page)
+    page_replies = list(page_obj.object_list)
+    by_reply = {reply.pk: {"reply": reply, "questions": [], "answers": [], "follow_ups": []} for reply in page_replies}
+    for message in Message.objects.filter(reply_id__in=list(by_reply)).order_by("pk"):
+        turn = by_reply[message.reply_id]
+        if message.role == Message.Role.USER:
+            turn["questions"].append(message)
+        elif message.kind == Message.Kind.FOLLOW_UP:
+            turn["follow_ups"].append(message)
+        else:
+            turn["answers"].append(message)
+    turns = []
+    for reply in page_replies:
+        turn = by_reply[reply.pk]
+        turn["outcome"] = reply_outcome(reply)
+        turns.append(turn)
+    loose = []
+    if not page_obj.has_next():
+        # Messages not tied to a reply (none are written today); shown so nothing is hidden.
+        loose = list(Message.objects.filter(conversation=conversation, reply__isnull=True).order_by("pk"))
+    return {"turns": turns, "page": page_obj, "loose_messages": loose, "reply_count": paginator.count}
+
+
+def reply_outcome(reply: Reply) -> dict:
+    """How a reply ended, for the transcript: a short label and whether it is a problem."""
+    if reply.status == Reply.Status.COMPLETED:
+        return {"label": "completed", "problem": False}
+    if reply.status == Reply.Status.IN_PROGRESS:
+        return {"label": "in progress", "problem": False}
+    label = {
+        Reply.Status.FAILED: "failed",
+        Reply.Status.CANCELLED: "cut off: cancelled",
+        Reply.Status.INTERRUPTED: "cut off: interrupted",
+    }.get(reply.status, reply.status)
+    if reply.error_code:
+        label = f"{label} ({reply.error_code})"
+    return {"label": label, "problem": True, "detail": reply.error_detail}
+
+
+# --- sessions ---------------------------------------------------------------------------------
+
+
+class SessionBusyFilter(admin.SimpleListFilter):
+    title = "lock"
+    parameter_name = "lock"
+
+    def lookups(self, request, model_admin):
+        return [("busy", "Busy (a reply holds the lock)"), ("free", "Free")]
+
+    def queryset(self, request, queryset):
+        now = timezone.now()
+        if self.value() == "busy":
+            return queryset.filter(locked_until__gt=now)
+        if self.value() == "free":
+            return queryset.exclude(locked_until__gt=now)
+        return queryset
+
+
+class SessionBotFilter(BotFilter):
+    pass
+
+
+@admin.register(ChatSession)
+class ChatSessionAdmin(BigTableAdmin):
+    list_display = [
+        "session_id",
+        "owner",
+        "coze_user_id",
+        "bot_id",
+        "message_count",
+        "total_tokens",
+        "last_activity",
+        "lock_status",
+    ]
+    list_select_related = ["api_client", "user"]
+    list_filter = [SessionBotFilter, OwnerFilter, SessionBusyFilter, ("last_activity", admin.DateFieldListFilter)]
+    ordering = ["-last_activity"]
+    sortable_by = ["last_activity"]
+    search_fields = ["session_id"]
+    search_help_text = "Exact session id or Coze user id."
+    fields = [
+        "session_id",
+        "owner",
+        "coze_user_id",
+        "bot_id",
+        "created_at",
+        "last_activity",
+        "cleared_at",
+        "message_count",
+        "input_tokens",
+        "output_tokens",
+        "total_tokens",
+        "cost",
+        "lock_status",
+        "conversation_links",
+    ]
+    readonly_fields = fields
+
+    def get_search_results(self, request, queryset, search_term):
+        term = search_term.strip()
+        if not term:
+            return queryset, False
+        return queryset.filter(Q(session_id=term) | Q(coze_user_id=term)), False
+
+    @admin.display(description="owner")
+    def owner(self, obj: ChatSession):
+        label = owner_label(obj.owner_key, obj.api_client, obj.user)
+        return owner_link(reverse("admin:sessions_admin_chatsession_changelist"), obj.owner_key, label)
+
+    @admin.display(description="status")
+    def lock_status(self, obj: ChatSession) -> str:
+        return obj.status
+
+    @admin.display(description="estimated cost")
+    def cost(self, obj: ChatSession) -> str:
+        return cost_text(obj.total_tokens) or "(set CHAT_TOKEN_PRICE_PER_1K)"
+
+    @admin.display(description="conversations")
+    def conversation_links(self, obj: ChatSession):
+        conversations = list(obj.conversations.order_by("-last_activity")[:50])
+        if not conversations:
+            return "none"
+        items = [
+            format_html(
+                '<li><a href="{}">{}</a> · {} messages · {} tokens · last activity {}{}</li>',
+                reverse("admin:sessions_admin_conversation_change", args=[conversation.pk]),
+                conversation.coze_conversation_id or f"#{conversation.pk}",
+                conversation.message_count,
+                conversation.total_tokens,
+                conversation.last_activity.strftime("%Y-%m-%d %H:%M"),
+                " (current)" if conversation.pk == obj.current_conversation_id else "",
+            )
+            for conversation in conversations
+        ]
+        return format_html("<ul>{}</ul>", format_html("".join(["{}"] * len(items)), *items))
+
+
+# --- token usage ------------------------------------------------------------------------------
+
+
+class ReplyBotFilter(BotFilter):
+    pass
 
 
 @admin.register(Reply)
-class ReplyAdmin(admin.ModelAdmin):
-    list_display = ["coze_chat_id", "status", "transport", "total_tokens", "time_to_first_token_ms", "started_at"]
-    show_full_result_count = False
+class ReplyAdmin(BigTableAdmin):
+    """Token usage: one row per reply, with totals for the current filter, CSV export and the dashboard."""
+
+    list_display = [
+        "started_at",
+        "coze_chat_id",
+        "session_link",
+        "bot_id",
+        "owner",
+        "status",
+        "transport",
+        "input_tokens",
+        "output_tokens",
+        "total_tokens",
+        "time_to_first_token_ms",
+        "duration_ms",
+    ]
+    list_select_related = ["session", "api_client", "user"]
+    list_filter = [
+        "status",
+        "transport",
+        ReplyBotFilter,
+        OwnerFilter,
+        ("started_at", admin.DateFieldListFilter),
+    ]
+    ordering = ["-started_at"]
+    sortable_by = ["started_at", "total_tokens", "time_to_first_token_ms", "duration_ms"]
+    search_fields = ["coze_chat_id"]
+    search_help_text = "Exact Coze chat id or session id."
+    fields = [
+        "coze_chat_id",
+        "coze_logid",
+        "conversation_link",
+        "session_link",
+        "owner",
+        "bot_id",
+        "status",
+        "error_code",
+        "error_detail",
+        "transport",
+        "input_tokens",
+        "output_tokens",
+        "total_tokens",
+        "cost",
+        "time_to_first_token_ms",
+        "duration_ms",
+        "started_at",
+        "finished_at",
+    ]
+    readonly_fields = fields
+
+    def get_search_results(self, request, queryset, search_term):
+        term = search_term.strip()
+        if not term:
+            return queryset, False
+        return queryset.filter(Q(coze_chat_id=term) | Q(session__session_id=term)), False
+
+    @admin.display(description="session", ordering=None)
+    def session_link(self, obj: Reply):
+        url = reverse("admin:sessions_admin_conversation_change", args=[obj.conversation_id])
+        return format_html('<a href="{}" title="transcript">{}</a>', url, obj.session.session_id)
+
+    @admin.display(description="conversation")
+    def conversation_link(self, obj: Reply):
+        url = reverse("admin:sessions_admin_conversation_change", args=[obj.conversation_id])
+        return format_html('<a href="{}">transcript</a>', url)
+
+    @admin.display(description="owner")
+    def owner(self, obj: Reply):
+        label = owner_label(obj.owner_key, obj.api_client, obj.user)
+        return owner_link(reverse("admin:sessions_admin_reply_changelist"), obj.owner_key, label)
+
+    @admin.display(description="estimated cost")
+    def cost(self, obj: Reply) -> str:
+        return cost_text(obj.total_tokens) or "(set CHAT_TOKEN_PRICE_PER_1K)"
+
+    def get_urls(self):
+        return [
+            path("dashboard/", self.admin_site.admin_view(self.dashboard_view), name="sessions_admin_reply_dashboard"),
+            path("export.csv", self.admin_site.admin_view(self.export_view), name="sessions_admin_reply_export"),
+            *super().get_urls(),
+        ]
+
+    def changelist_view(self, request, extra_context=None):
+        response = super().changelist_view(request, extra_context={"title": "Token usage", **(extra_context or {})})
+        context = getattr(response, "context_data", None) or {}
+        changelist = context.get("cl")
+        if changelist is not None:
+            context["usage_totals"] = usage_totals(changelist.queryset)
+            query = changelist.get_query_string(remove=[PAGE_VAR])
+            context["export_url"] = reverse("admin:sessions_admin_reply_export") + query
+            context["dashboard_url"] = reverse("admin:sessions_admin_reply_dashboard")
+        return response
+
+    def export_view(self, request: HttpRequest):
+        if not self.has_view_permission(request):
+            raise PermissionDenied
+        try:
+            changelist = self.get_changelist_instance(request)
+        except IncorrectLookupParameters:
+            return HttpResponseBadRequest("Unknown filter in the query string.")
+        return csv_export.usage_csv_response(request, changelist.queryset)
+
+    def dashboard_view(self, request: HttpRequest):
+        if not self.has_view_permission(request):
+            raise PermissionDenied
+        try:
+            days = int(request.GET.get("days", 30))
+        except ValueError:
+            days = 30
+        if days not in DASHBOARD_DAYS:
+            days = 30
+        key = f"sessions_admin:dashboard:{days}"
+        board = None if request.GET.get("refresh") else cache.get(key)
+        if board is None:
+            board = usage_dashboard(days=days)
+            board.extra["computed_at"] = timezone.now()
+            cache.set(key, board, DASHBOARD_CACHE_SECONDS)
+        changelist = reverse("admin:sessions_admin_reply_changelist")
+        charts = dashboard_charts(board)
+        charts["owners"] = horizontal_bar_chart(
+            [(entry.label, entry.tokens, f"{changelist}?{entry.url_filter}") for entry in board.top_owners],
+            title="Top owners by tokens",
+        )
+        charts["sessions"] = horizontal_bar_chart(
+            [(entry.label, entry.tokens, f"{changelist}?{entry.url_filter}") for entry in board.top_sessions],
+            title="Top sessions by tokens",
+        )
+        context = {
+            **self.admin_site.each_context(request),
+            "title": "Usage dashboard",
+            "opts": self.model._meta,
+            "board": board,
+            "charts": charts,
+            "days_choices": DASHBOARD_DAYS,
+            "days": days,
+            "cost": board.cost,
+            "error_rate_percent": board.error_rate * 100,
+            "tokens_compact": compact(board.tokens),
+            "cache_seconds": DASHBOARD_CACHE_SECONDS,
+            "changelist_url": changelist,
+        }
+        return TemplateResponse(request, "admin/sessions_admin/dashboard.html", context)
+
+
+def usage_totals(queryset) -> dict:
+    """Sums for the replies a filtered changelist shows (all pages)."""
+    totals = queryset.order_by().aggregate(
+        replies=Count("*"),
+        input_tokens=Sum("input_tokens"),
+        output_tokens=Sum("output_tokens"),
+        total_tokens=Sum("total_tokens"),
+        errors=Count("started_at", filter=Q(status__in=ERROR_STATUSES)),
+        ttft_avg_ms=Avg("time_to_first_token_ms"),
+    )
+    for name in ("input_tokens", "output_tokens", "total_tokens"):
+        totals[name] = totals[name] or 0
+    totals["cost"] = token_cost(totals["total_tokens"])
+    totals["error_rate"] = totals["errors"] / totals["replies"] if totals["replies"] else 0
+    return totals
+
+
+# --- API clients ------------------------------------------------------------------------------
+
+
+@admin.register(ApiClient)
+class ApiClientAdmin(admin.ModelAdmin):
+    """Create, name and deactivate API clients. A new client's key is shown once, on the page after creating it."""
+
+    list_display = ["name", "key_prefix", "is_active", "created_at", "last_used_at", "sessions_link"]
+    list_filter = ["is_active"]
+    search_fields = ["name", "key_prefix"]
+    ordering = ["name"]
+    actions = ["deactivate", "activate"]
+
+    def get_fields(self, request, obj=None):
+        if obj is None:
+            return ["name"]
+        return ["name", "is_active", "key_prefix", "created_at", "last_used_at"]
+
+    def get_readonly_fields(self, request, obj=None):
+        return [] if obj is None else ["key_prefix", "created_at", "last_used_at"]
+
+    def has_delete_permission(self, request, obj=None) -> bool:
+        # Deleting a client would delete every session and reply it owns; deactivate it instead.
+        return False
+
+    @admin.display(description="sessions")
+    def sessions_link(self, obj: ApiClient):
+        url = reverse("admin:sessions_admin_chatsession_changelist")
+        return format_html('<a href="{}?{}">sessions</a>', url, urlencode({"owner": obj.owner_key}))
+
+    @admin.action(description="Deactivate selected clients (their keys stop working)", permissions=["change"])
+    def deactivate(self, request, queryset):
+        count = queryset.update(is_active=False)
+        self.message_user(request, f"Deactivated {count} client(s).", messages.SUCCESS)
+
+    @admin.action(description="Reactivate selected clients", permissions=["change"])
+    def activate(self, request, queryset):
+        count = queryset.update(is_active=True)
+        self.message_user(request, f"Reactivated {count} client(s).", messages.SUCCESS)
+
+    def save_model(self, request, obj: ApiClient, form, change):
+        if not change:
+            # Same shape as ApiClient.create_with_key: only the hash is stored.
+            raw_key = API_KEY_PREFIX + secrets.token_urlsafe(32)
+            obj.key_prefix, obj.key_hash = raw_key[:10], hash_api_key(raw_key)
+            request._new_api_key = raw_key
+        super().save_model(request, obj, form, change)
+
+    def response_add(self, request, obj, post_url_continue=None):
+        raw_key = getattr(request, "_new_api_key", None)
+        if raw_key is None:
+            return super().response_add(request, obj, post_url_continue)
+        context = {
+            **self.admin_site.each_context(request),
+            "title": "API key created",
+            "opts": self.model._meta,
+            "client": obj,
+            "raw_key": raw_key,
+            "change_url": reverse("admin:sessions_admin_apiclient_change", args=[obj.pk]),
+        }
+        response = TemplateResponse(request, "admin/sessions_admin/apiclient/key_created.html", context)
+        # The key is in this page only: keep it out of caches and history snapshots.
+        response["Cache-Control"] = "no-store"
+        return response

@@ -1,0 +1,515 @@
+"""The admin's usage dashboard: the numbers (a few grouped queries over the window's replies) and
+the charts (server-side SVG, so the page needs no JavaScript and no CDN).
+
+`usage_dashboard()` is the only function that touches the database. The chart functions are
+pure: data in, an SVG string out, every label escaped.
+"""
+
+import math
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import date, datetime, timedelta
+from decimal import Decimal
+from html import escape
+
+from django.conf import settings
+from django.db import connection, transaction
+from django.db.models import Count, Q, Sum
+from django.db.models.functions import TruncDate
+from django.utils import timezone
+
+from sessions_admin.models import ApiClient, ChatSession, Reply
+
+# Replies that count as errors in the error rate: the upstream or the server failed. A user's
+# cancel is not an error.
+ERROR_STATUSES = (Reply.Status.FAILED, Reply.Status.INTERRUPTED)
+PALETTE = ["#417690", "#e0a030", "#79aec8", "#b35c5c", "#5b9e6b", "#8e6bb3", "#c7783d", "#6b7f8e"]
+
+
+# --- numbers ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class DayUsage:
+    day: date
+    tokens_by_bot: dict[str, int]
+    replies: int
+    errors: int
+    ttft_avg_ms: float | None
+    ttft_p95_ms: float | None
+
+    @property
+    def tokens(self) -> int:
+        return sum(self.tokens_by_bot.values())
+
+    @property
+    def error_rate(self) -> float:
+        return self.errors / self.replies if self.replies else 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class TopEntry:
+    """An owner or a session, with its share of the window's usage."""
+
+    key: str
+    label: str
+    replies: int
+    tokens: int
+    url_filter: str = ""  # changelist query string selecting this entry's replies
+
+
+@dataclass(frozen=True, slots=True)
+class Dashboard:
+    start: date
+    end: date
+    days: list[DayUsage]
+    bots: list[str]
+    top_owners: list[TopEntry]
+    top_sessions: list[TopEntry]
+    replies: int = 0
+    errors: int = 0
+    input_tokens: int = 0
+    output_tokens: int = 0
+    tokens: int = 0
+    ttft_avg_ms: float | None = None
+    ttft_p95_ms: float | None = None
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def error_rate(self) -> float:
+        return self.errors / self.replies if self.replies else 0.0
+
+    @property
+    def cost(self) -> Decimal | None:
+        return token_cost(self.tokens)
+
+
+def token_cost(tokens: int | None) -> Decimal | None:
+    """Estimated spend for `tokens`, from the optional CHAT_TOKEN_PRICE_PER_1K setting (None if unset)."""
+    price = getattr(settings, "CHAT_TOKEN_PRICE_PER_1K", None)
+    if price in (None, "") or tokens is None:
+        return None
+    return (Decimal(str(price)) * tokens / 1000).quantize(Decimal("0.01"))
+
+
+def percentile(values: Sequence[float], fraction: float) -> float | None:
+    """Linear-interpolated percentile, the same definition as SQL's percentile_cont."""
+    if not values:
+        return None
+    ordered = sorted(values)
+    position = (len(ordered) - 1) * fraction
+    low = math.floor(position)
+    high = min(low + 1, len(ordered) - 1)
+    return ordered[low] + (ordered[high] - ordered[low]) * (position - low)
+
+
+def usage_dashboard(*, days: int = 30, top: int = 10, now: datetime | None = None) -> Dashboard:
+    """Usage over the last `days` calendar days (today included, in the current time zone)."""
+    with transaction.atomic():
+        if connection.vendor == "postgresql":
+            # The grouped queries hash a few hundred thousand rows: keep that in memory, not on disk.
+            with connection.cursor() as cursor:
+                cursor.execute("SET LOCAL work_mem = '64MB'")
+        return _usage_dashboard(days=days, top=top, now=now)
+
+
+def _usage_dashboard(*, days: int, top: int, now: datetime | None) -> Dashboard:
+    now = now or timezone.now()
+    end = timezone.localdate(now)
+    start = end - timedelta(days=days - 1)
+    since = timezone.make_aware(datetime.combine(start, datetime.min.time()))
+    window = Reply.objects.filter(started_at__gte=since, started_at__lte=now)
+
+    per_day_bot = (
+        window.annotate(day=TruncDate("started_at"))
+        .values("day", "bot_id")
+        .annotate(
+            tokens=Sum("total_tokens"),
+            input_tokens=Sum("input_tokens"),
+            output_tokens=Sum("output_tokens"),
+            replies=Count("*"),
+            errors=Count("started_at", filter=Q(status__in=ERROR_STATUSES)),
+            ttft_sum=Sum("time_to_first_token_ms"),
+            ttft_count=Count("time_to_first_token_ms"),
+        )
+        .order_by()
+    )
+    tokens = defaultdict(lambda: defaultdict(int))
+    counts = defaultdict(lambda: [0, 0, 0, 0])  # replies, errors, ttft sum, ttft count
+    bot_totals = defaultdict(int)
+    input_tokens = output_tokens = 0
+    for row in per_day_bot:
+        tokens[row["day"]][row["bot_id"]] += row["tokens"] or 0
+        bot_totals[row["bot_id"]] += row["tokens"] or 0
+        day_counts = counts[row["day"]]
+        day_counts[0] += row["replies"]
+        day_counts[1] += row["errors"]
+        day_counts[2] += row["ttft_sum"] or 0
+        day_counts[3] += row["ttft_count"]
+        input_tokens += row["input_tokens"] or 0
+        output_tokens += row["output_tokens"] or 0
+    p95_by_day, p95_overall = _ttft_p95(window)
+
+    day_list = []
+    for offset in range(days):
+        day = start + timedelta(days=offset)
+        replies, errors, ttft_sum, ttft_count = counts.get(day, (0, 0, 0, 0))
+        day_list.append(
+            DayUsage(
+                day=day,
+                tokens_by_bot=dict(tokens.get(day, {})),
+                replies=replies,
+                errors=errors,
+                ttft_avg_ms=ttft_sum / ttft_count if ttft_count else None,
+                ttft_p95_ms=p95_by_day.get(day),
+            )
+        )
+    ttft_sum = sum(value[2] for value in counts.values())
+    ttft_count = sum(value[3] for value in counts.values())
+    return Dashboard(
+        start=start,
+        end=end,
+        days=day_list,
+        bots=sorted(bot_totals, key=lambda bot: -bot_totals[bot]),
+        top_owners=_top_owners(window, top),
+        top_sessions=_top_sessions(window, top),
+        replies=sum(value[0] for value in counts.values()),
+        errors=sum(value[1] for value in counts.values()),
+        input_tokens=input_tokens,
+        output_tokens=output_tokens,
+        tokens=sum(bot_totals.values()),
+        ttft_avg_ms=ttft_sum / ttft_count if ttft_count else None,
+        ttft_p95_ms=p95_overall,
+    )
+
+
+def _ttft_p95(window) -> tuple[dict[date, float], float | None]:
+    """p95 time to first token per day and over the whole window."""
+    timed = window.filter(time_to_first_token_ms__isnull=False)
+    if connection.vendor == "postgresql":
+        # One sort for both: ROLLUP adds the whole window's row (day NULL) to the per-day rows.
+        query, params = timed.values("started_at").query.sql_with_params()
+        where = query.split(" WHERE ", 1)[1]
+        table = connection.ops.quote_name(Reply._meta.db_table)
+        with connection.cursor() as cursor:
+            cursor.execute(
+                f"SELECT (started_at AT TIME ZONE %s)::date AS day, "  # noqa: S608 (built from the ORM's own SQL)
+                f"percentile_cont(0.95) WITHIN GROUP (ORDER BY time_to_first_token_ms) "
+                f"FROM {table} WHERE {where} GROUP BY ROLLUP (1)",
+                [timezone.get_current_timezone_name(), *params],
+            )
+            rows = cursor.fetchall()
+        return {day: p95 for day, p95 in rows if day is not None}, next((p95 for day, p95 in rows if day is None), None)
+    # Elsewhere (SQLite in development and tests) there's no percentile function: compute here.
+    values = defaultdict(list)
+    for day, ttft in timed.annotate(day=TruncDate("started_at")).values_list("day", "time_to_first_token_ms"):
+        values[day].append(ttft)
+    everything = [ttft for day_values in values.values() for ttft in day_values]
+    return {day: percentile(day_values, 0.95) for day, day_values in values.items()}, percentile(everything, 0.95)
+
+
+def owner_labels(owner_keys: Sequence[str]) -> dict[str, str]:
+    """Readable names for owner keys: the API client's name, the user's username, or "anonymous browser"."""
+    client_ids = [int(key.split(":", 1)[1]) for key in owner_keys if key.startswith("client:")]
+    user_ids = [int(key.split(":", 1)[1]) for key in owner_keys if key.startswith("user:")]
+    labels = {}
+    if client_ids:
+        for pk, name in ApiClient.objects.filter(pk__in=client_ids).values_list("pk", "name"):
+            labels[f"client:{pk}"] = f"API client {name}"
+    if user_ids:
+        from django.contrib.auth import get_user_model
+
+        User = get_user_model()
+        for pk, username in User.objects.filter(pk__in=user_ids).values_list("pk", User.USERNAME_FIELD):
+            labels[f"user:{pk}"] = f"user {username}"
+    for key in owner_keys:
+        if key not in labels:
+            kind, _, ident = key.partition(":")
+            labels[key] = f"anonymous browser {ident[:8]}" if kind == "browser" else key
+    return labels
+
+
+def _top_owners(window, top: int) -> list[TopEntry]:
+    rows = list(
+        window.values("owner_key").annotate(tokens=Sum("total_tokens"), replies=Count("*")).order_by("-tokens")[:top]
+    )
+    labels = owner_labels([row["owner_key"] for row in rows])
+    return [
+        TopEntry(
+            key=row["owner_key"],
+            label=labels[row["owner_key"]],
+            replies=row["replies"],
+            tokens=row["tokens"] or 0,
+            url_filter=f"owner={row['owner_key']}",
+        )
+        for row in rows
+    ]
+
+
+def _top_sessions(window, top: int) -> list[TopEntry]:
+    rows = list(
+        window.values("session_id").annotate(tokens=Sum("total_tokens"), replies=Count("*")).order_by("-tokens")[:top]
+    )
+    sessions = ChatSession.objects.in_bulk([row["session_id"] for row in rows])
+    labels = owner_labels([session.owner_key for session in sessions.values()])
+    entries = []
+    for row in rows:
+        session = sessions.get(row["session_id"])
+        if session is None:  # deleted meanwhile
+            continue
+        entries.append(
+            TopEntry(
+                key=str(session.pk),
+                label=f"{session.session_id} ({labels[session.owner_key]})",
+                replies=row["replies"],
+                tokens=row["tokens"] or 0,
+                url_filter=f"session__id__exact={session.pk}",
+            )
+        )
+    return entries
+
+
+# --- charts -----------------------------------------------------------------------------------
+
+
+def compact(value: float) -> str:
+    """12 → "12", 12_300 → "12.3k", 4_500_000 → "4.5M"."""
+    for limit, suffix in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if abs(value) >= limit:
+            text = f"{value / limit:.1f}".removesuffix(".0")
+            return f"{text}{suffix}"
+    return f"{value:.0f}" if float(value).is_integer() else f"{value:.1f}"
+
+
+def nice_ticks(maximum: float, count: int = 4) -> list[float]:
+    """Round axis ticks from 0 to at least `maximum`: 0, 250, 500, … ."""
+    if maximum <= 0:
+        return [0, 1]
+    raw = maximum / count
+    magnitude = 10 ** math.floor(math.log10(raw))
+    step = next(m * magnitude for m in (1, 2, 2.5, 5, 10) if m * magnitude >= raw)
+    return [step * index for index in range(math.ceil(maximum / step - 1e-9) + 1)]
+
+
+@dataclass(frozen=True, slots=True)
+class Frame:
+    """Plot geometry: an SVG of `width` by `height` with margins for the axes and the legend."""
+
+    width: int = 720
+    height: int = 240
+    left: int = 56
+    right: int = 16
+    top: int = 28
+    bottom: int = 34
+
+    @property
+    def plot_width(self) -> float:
+        return self.width - self.left - self.right
+
+    @property
+    def plot_height(self) -> float:
+        return self.height - self.top - self.bottom
+
+    def y(self, value: float, maximum: float) -> float:
+        return self.top + self.plot_height * (1 - value / maximum)
+
+
+def _svg(frame: Frame, title: str, body: list[str]) -> str:
+    return (
+        f'<svg class="chart" viewBox="0 0 {frame.width} {frame.height}" role="img" '
+        f'xmlns="http://www.w3.org/2000/svg" aria-label="{escape(title)}">'
+        f"<title>{escape(title)}</title>{''.join(body)}</svg>"
+    )
+
+
+def _axes(
+    frame: Frame, labels: Sequence[str], ticks: list[float], *, unit: str = "", right_axis: str = ""
+) -> list[str]:
+    parts = []
+    top = ticks[-1]
+    for tick in ticks:
+        y = frame.y(tick, top)
+        parts.append(
+            f'<line x1="{frame.left}" x2="{frame.width - frame.right}" y1="{y:.1f}" y2="{y:.1f}" class="grid"/>'
+            f'<text x="{frame.left - 6}" y="{y + 4:.1f}" text-anchor="end" class="tick">'
+            f"{escape(compact(tick) + unit)}</text>"
+        )
+    slot = frame.plot_width / max(len(labels), 1)
+    every = max(1, math.ceil(len(labels) / 10))
+    for index, label in enumerate(labels):
+        if index % every == 0 or index == len(labels) - 1:
+            x = frame.left + slot * (index + 0.5)
+            parts.append(
+                f'<text x="{x:.1f}" y="{frame.height - frame.bottom + 16}" text-anchor="middle" class="tick">'
+                f"{escape(label)}</text>"
+            )
+    if right_axis:
+        parts.append(
+            f'<text x="{frame.width - frame.right}" y="{frame.top - 14}" text-anchor="end" class="tick">'
+            f"{escape(right_axis)}</text>"
+        )
+    return parts
+
+
+def _legend(frame: Frame, names: Sequence[str], colours: Sequence[str], *, line: Sequence[bool] = ()) -> list[str]:
+    parts, x = [], frame.left
+    for index, (name, colour) in enumerate(zip(names, colours, strict=True)):
+        if line and line[index]:
+            parts.append(f'<line x1="{x}" x2="{x + 14}" y1="10" y2="10" stroke="{colour}" stroke-width="2.5"/>')
+        else:
+            parts.append(f'<rect x="{x}" y="4" width="12" height="12" fill="{colour}"/>')
+        parts.append(f'<text x="{x + 18}" y="14" class="legend">{escape(name)}</text>')
+        x += 30 + 7 * len(name)
+    return parts
+
+
+def stacked_bar_chart(
+    labels: Sequence[str], series: Sequence[tuple[str, Sequence[float]]], *, title: str, unit: str = ""
+) -> str:
+    """Bars per label, each stacked from the series' values (e.g. tokens per day, one series per bot)."""
+    frame = Frame()
+    totals = [sum(values[index] for _, values in series) for index in range(len(labels))]
+    ticks = nice_ticks(max(totals, default=0))
+    top = ticks[-1]
+    slot = frame.plot_width / max(len(labels), 1)
+    bar = max(slot * 0.75, 1)
+    colours = [PALETTE[index % len(PALETTE)] for index in range(len(series))]
+    body = _axes(frame, labels, ticks, unit=unit)
+    for index, label in enumerate(labels):
+        base = 0.0
+        x = frame.left + slot * index + (slot - bar) / 2
+        for (name, values), colour in zip(series, colours, strict=True):
+            value = values[index]
+            if value <= 0:
+                continue
+            y_top, y_base = frame.y(base + value, top), frame.y(base, top)
+            body.append(
+                f'<rect x="{x:.1f}" y="{y_top:.1f}" width="{bar:.1f}" height="{y_base - y_top:.1f}" fill="{colour}">'
+                f"<title>{escape(f'{label} · {name}: {value:,.0f}{unit}')}</title></rect>"
+            )
+            base += value
+    body += _legend(frame, [name for name, _ in series], colours)
+    return _svg(frame, title, body)
+
+
+def bar_and_rate_chart(
+    labels: Sequence[str], counts: Sequence[int], rates: Sequence[float], *, title: str, bar_name: str, rate_name: str
+) -> str:
+    """Bars for counts (left axis) and a line for a rate in 0..1 (right axis, percent)."""
+    frame = Frame(right=48)
+    ticks = nice_ticks(max(counts, default=0))
+    top = ticks[-1]
+    rate_top = max(nice_ticks(max(rates, default=0) * 100)[-1], 1)
+    slot = frame.plot_width / max(len(labels), 1)
+    bar = max(slot * 0.75, 1)
+    body = _axes(frame, labels, ticks, right_axis=f"{rate_name} (max {rate_top:g}%)")
+    for index, (label, count) in enumerate(zip(labels, counts, strict=True)):
+        if count:
+            x = frame.left + slot * index + (slot - bar) / 2
+            y = frame.y(count, top)
+            body.append(
+                f'<rect x="{x:.1f}" y="{y:.1f}" width="{bar:.1f}" height="{frame.y(0, top) - y:.1f}" '
+                f'fill="{PALETTE[2]}"><title>{escape(f"{label} · {bar_name}: {count:,}")}</title></rect>'
+            )
+    for tick in (0, rate_top / 2, rate_top):
+        y = frame.y(tick, rate_top)
+        body.append(
+            f'<text x="{frame.width - frame.right + 6}" y="{y + 4:.1f}" class="tick">{escape(f"{tick:g}%")}</text>'
+        )
+    points = [
+        (frame.left + slot * (index + 0.5), frame.y(rate * 100, rate_top), label, rate)
+        for index, (label, rate, count) in enumerate(zip(labels, rates, counts, strict=True))
+        if count
+    ]
+    body += _polyline(points, PALETTE[3], lambda label, rate: f"{label} · {rate_name}: {rate:.1%}")
+    body += _legend(frame, [bar_name, rate_name], [PALETTE[2], PALETTE[3]], line=[False, True])
+    return _svg(frame, title, body)
+
+
+def line_chart(
+    labels: Sequence[str], series: Sequence[tuple[str, Sequence[float | None]]], *, title: str, unit: str = ""
+) -> str:
+    """One line per series; None values leave a gap (days without data)."""
+    frame = Frame()
+    values = [value for _, series_values in series for value in series_values if value is not None]
+    ticks = nice_ticks(max(values, default=0))
+    top = ticks[-1]
+    slot = frame.plot_width / max(len(labels), 1)
+    colours = [PALETTE[(index * 3) % len(PALETTE)] for index in range(len(series))]
+    body = _axes(frame, labels, ticks, unit=unit)
+    for (name, series_values), colour in zip(series, colours, strict=True):
+        segment: list = []
+        for index, (label, value) in enumerate(zip(labels, series_values, strict=True)):
+            if value is None:
+                body += _polyline(segment, colour, lambda lb, v, n=name: f"{lb} · {n}: {v:,.0f}{unit}")
+                segment = []
+                continue
+            segment.append((frame.left + slot * (index + 0.5), frame.y(value, top), label, value))
+        body += _polyline(segment, colour, lambda lb, v, n=name: f"{lb} · {n}: {v:,.0f}{unit}")
+    body += _legend(frame, [name for name, _ in series], colours, line=[True] * len(series))
+    return _svg(frame, title, body)
+
+
+def _polyline(points: list[tuple[float, float, str, float]], colour: str, describe) -> list[str]:
+    if not points:
+        return []
+    path = " ".join(f"{x:.1f},{y:.1f}" for x, y, _, _ in points)
+    parts = [f'<polyline points="{path}" fill="none" stroke="{colour}" stroke-width="2"/>']
+    for x, y, label, value in points:
+        parts.append(
+            f'<circle cx="{x:.1f}" cy="{y:.1f}" r="2.5" fill="{colour}"><title>{escape(describe(label, value))}</title>'
+            "</circle>"
+        )
+    return parts
+
+
+def horizontal_bar_chart(rows: Sequence[tuple[str, float, str]], *, title: str, unit: str = "") -> str:
+    """A ranked list as bars: (label, value, link or "") per row, biggest first."""
+    row_height, label_width = 24, 300
+    frame = Frame(height=max(len(rows), 1) * row_height + 12, left=label_width, right=70, top=6, bottom=6)
+    top = max((value for _, value, _ in rows), default=0) or 1
+    body = []
+    if not rows:
+        body.append(f'<text x="{frame.width / 2}" y="20" text-anchor="middle" class="tick">No usage yet</text>')
+    for index, (label, value, link) in enumerate(rows):
+        y = frame.top + index * row_height
+        width = frame.plot_width * value / top
+        shown = label if len(label) <= 44 else label[:43] + "…"
+        text = f'<text x="{label_width - 8}" y="{y + 15}" text-anchor="end" class="label">{escape(shown)}</text>'
+        if link:
+            text = f'<a href="{escape(link)}">{text}</a>'
+        body.append(
+            f"{text}"
+            f'<rect x="{label_width}" y="{y + 3}" width="{max(width, 1):.1f}" height="{row_height - 8}" '
+            f'fill="{PALETTE[0]}"><title>{escape(f"{label}: {value:,.0f}{unit}")}</title></rect>'
+            f'<text x="{label_width + max(width, 1) + 6:.1f}" y="{y + 15}" class="tick">'
+            f"{escape(compact(value) + unit)}</text>"
+        )
+    return _svg(frame, title, body)
+
+
+def dashboard_charts(board: Dashboard) -> dict[str, str]:
+    """The dashboard's charts as SVG strings, by name."""
+    labels = [day.day.strftime("%b %d") for day in board.days]
+    bot_series = [(bot, [day.tokens_by_bot.get(bot, 0) for day in board.days]) for bot in board.bots]
+    return {
+        "tokens": stacked_bar_chart(labels, bot_series or [("tokens", [0] * len(labels))], title="Tokens per day"),
+        "replies": bar_and_rate_chart(
+            labels,
+            [day.replies for day in board.days],
+            [day.error_rate for day in board.days],
+            title="Replies and error rate per day",
+            bar_name="replies",
+            rate_name="error rate",
+        ),
+        "ttft": line_chart(
+            labels,
+            [
+                ("average", [day.ttft_avg_ms for day in board.days]),
+                ("p95", [day.ttft_p95_ms for day in board.days]),
+            ],
+            title="Time to first token per day",
+            unit=" ms",
+        ),
+    }

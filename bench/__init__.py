@@ -1,0 +1,1 @@
+"""The streaming benchmark: `python -m bench.run --help`. Results and method: docs/performance.md."""

@@ -1,0 +1,42 @@
+"""The gateway's ASGI application plus a query counter, for measuring database work per turn.
+
+Every SQL statement Django executes, on any thread, increments a counter (a connection execute
+wrapper installed as each connection opens); `GET /_bench/queries` answers it as JSON. Used only
+by the benchmark's "database work per turn" step, never for the timing runs.
+"""
+
+import json
+import os
+import threading
+
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "cozeproject.settings")
+
+from django.db.backends.signals import connection_created
+
+from cozeproject.asgi import application as gateway
+
+_lock = threading.Lock()
+_counts = {"queries": 0}
+
+
+def _count(execute, sql, params, many, context):
+    with _lock:
+        _counts["queries"] += 1
+    return execute(sql, params, many, context)
+
+
+def _install(sender, connection, **kwargs):
+    if _count not in connection.execute_wrappers:
+        connection.execute_wrappers.append(_count)
+
+
+connection_created.connect(_install)
+
+
+async def application(scope, receive, send):
+    if scope["type"] == "http" and scope["path"] == "/_bench/queries":
+        body = json.dumps(_counts).encode()
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"application/json")]})
+        await send({"type": "http.response.body", "body": body})
+        return
+    await gateway(scope, receive, send)

@@ -1,0 +1,930 @@
+/*
+ * The chat page: conversation view, composer, session list. Talks to the endpoints of API.md
+ * through transport.js. All bot and user text is rendered as text or as sanitised Markdown in
+ * which raw HTML is shown literally; nothing from the server is ever inserted as HTML unsanitised.
+ */
+(function () {
+  "use strict";
+
+  const { SseTransport, WsTransport, backoffDelay, csrfToken } = window.ChatTransport;
+
+  const body = document.body;
+  const heartbeatSeconds = Number(body.dataset.heartbeatSeconds) || 15;
+  const loginUrl = body.dataset.loginUrl || "/accounts/login/";
+  // Twice the heartbeat plus slack: one lost ping is not yet a dead connection.
+  const inactivityMs = Math.round(heartbeatSeconds * 2000 + 5000);
+  const MAX_AUTO_RETRIES = 4;
+  // Failures before the server accepted the turn that are worth retrying by themselves.
+  const AUTO_RETRY_CODES = new Set([
+    "network_error",
+    "timeout",
+    "rate_limited",
+    "upstream_rate_limited",
+    "upstream_unavailable",
+    "service_unavailable",
+    "interrupted",
+    "session_busy",
+    "upstream_timeout",
+  ]);
+  const STORAGE = { transport: "chat.transport", titles: "chat.titles" };
+
+  const $ = (id) => document.getElementById(id);
+  const el = {
+    thread: $("thread"),
+    conversation: $("conversation"),
+    empty: $("empty-state"),
+    form: $("composer"),
+    input: $("message"),
+    send: $("send"),
+    stop: $("stop"),
+    sessions: $("session-list"),
+    sessionsEmpty: $("session-empty"),
+    title: $("conversation-title"),
+    status: $("connection-status"),
+    banner: $("banner"),
+    jump: $("jump"),
+    toasts: $("toasts"),
+    dialog: $("confirm-dialog"),
+    sidebar: $("sidebar"),
+    scrim: $("scrim"),
+    menu: $("menu-button"),
+  };
+
+  // --- safe rendering -------------------------------------------------------------------------
+
+  function escapeHtml(text) {
+    return String(text).replace(/[&<>"']/g, (c) => ({ "&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&#39;" })[c]);
+  }
+
+  const markdown =
+    window.marked && window.DOMPurify
+      ? new window.marked.Marked({
+          gfm: true,
+          breaks: true,
+          // Raw HTML in a reply is shown as text, never interpreted.
+          renderer: {
+            html(token) {
+              const text = escapeHtml(token.text);
+              return token.block ? `<p>${text}</p>` : text;
+            },
+          },
+        })
+      : null;
+
+  if (window.DOMPurify) {
+    window.DOMPurify.addHook("afterSanitizeAttributes", (node) => {
+      if (node.tagName === "A") {
+        node.setAttribute("target", "_blank");
+        node.setAttribute("rel", "noopener noreferrer nofollow");
+      }
+      if (node.tagName === "IMG") node.setAttribute("loading", "lazy");
+    });
+  }
+
+  function renderMarkdown(target, text) {
+    if (!markdown) {
+      target.textContent = text;
+      target.classList.add("plain");
+      return;
+    }
+    try {
+      const html = markdown.parse(text);
+      target.innerHTML = window.DOMPurify.sanitize(html, { USE_PROFILE: { html: true }, FORBID_TAGS: ["style", "form", "input", "button"] });
+    } catch (error) {
+      target.textContent = text;
+    }
+  }
+
+  function svgIcon(name) {
+    const svg = document.createElementNS("http://www.w3.org/2000/svg", "svg");
+    svg.setAttribute("aria-hidden", "true");
+    const use = document.createElementNS("http://www.w3.org/2000/svg", "use");
+    use.setAttribute("href", `#i-${name}`);
+    svg.appendChild(use);
+    return svg;
+  }
+
+  function make(tag, className, text) {
+    const node = document.createElement(tag);
+    if (className) node.className = className;
+    if (text !== undefined) node.textContent = text;
+    return node;
+  }
+
+  // --- scrolling --------------------------------------------------------------------------------
+
+  let stickToBottom = true;
+
+  function nearBottom() {
+    const c = el.conversation;
+    return c.scrollHeight - c.scrollTop - c.clientHeight < 80;
+  }
+
+  function scrollToBottom(force) {
+    if (force) stickToBottom = true;
+    if (stickToBottom) {
+      el.conversation.scrollTop = el.conversation.scrollHeight;
+      el.jump.hidden = true;
+    } else {
+      el.jump.hidden = false;
+    }
+  }
+
+  el.conversation.addEventListener("scroll", () => {
+    stickToBottom = nearBottom();
+    if (stickToBottom) el.jump.hidden = true;
+  });
+  el.jump.addEventListener("click", () => scrollToBottom(true));
+
+  // --- toasts, banner, confirm --------------------------------------------------------------------
+
+  function toast(text, kind = "error") {
+    const node = make("div", `toast toast-${kind}`, text);
+    el.toasts.appendChild(node);
+    setTimeout(() => node.classList.add("leaving"), 4200);
+    setTimeout(() => node.remove(), 4600);
+  }
+
+  function showSignInBanner() {
+    el.banner.replaceChildren();
+    el.banner.append("You are not signed in, so the server won't accept messages from this browser. ");
+    const link = make("a", "", "Sign in");
+    link.href = loginUrl;
+    el.banner.append(link);
+    el.banner.hidden = false;
+  }
+
+  function confirmAction({ title, text, action }) {
+    return new Promise((resolve) => {
+      if (typeof el.dialog.showModal !== "function") {
+        resolve(window.confirm(`${title}\n\n${text}`));
+        return;
+      }
+      $("confirm-title").textContent = title;
+      $("confirm-text").textContent = text;
+      $("confirm-ok").textContent = action;
+      el.dialog.returnValue = "";
+      el.dialog.addEventListener("close", () => resolve(el.dialog.returnValue === "ok"), { once: true });
+      el.dialog.showModal();
+    });
+  }
+
+  // --- session titles (kept in this browser; the API has no titles) -------------------------------
+
+  function loadTitles() {
+    try {
+      return JSON.parse(localStorage.getItem(STORAGE.titles) || "{}");
+    } catch (error) {
+      return {};
+    }
+  }
+
+  const titles = loadTitles();
+
+  function saveTitle(sessionId, text) {
+    if (titles[sessionId]) return;
+    titles[sessionId] = text.replace(/\[sim:[^\]]*\]\s*/g, "").trim().slice(0, 80) || text.slice(0, 80);
+    try {
+      localStorage.setItem(STORAGE.titles, JSON.stringify(titles));
+    } catch (error) {
+      // storage full or disabled: titles are a nicety
+    }
+  }
+
+  function titleFor(sessionId) {
+    return titles[sessionId] || `Chat ${sessionId.slice(-6)}`;
+  }
+
+  function newSessionId() {
+    const bytes = new Uint8Array(9);
+    crypto.getRandomValues(bytes);
+    return "web-" + Array.from(bytes, (b) => b.toString(16).padStart(2, "0")).join("");
+  }
+
+  function relativeTime(iso) {
+    const then = new Date(iso).getTime();
+    if (Number.isNaN(then)) return "";
+    const seconds = Math.round((Date.now() - then) / 1000);
+    if (seconds < 45) return "just now";
+    const minutes = Math.round(seconds / 60);
+    if (minutes < 60) return `${minutes} min ago`;
+    const hours = Math.round(minutes / 60);
+    if (hours < 24) return `${hours} h ago`;
+    const days = Math.round(hours / 24);
+    if (days < 7) return `${days} d ago`;
+    return new Date(then).toLocaleDateString();
+  }
+
+  // --- API ----------------------------------------------------------------------------------------
+
+  async function api(path, { method = "GET" } = {}) {
+    const headers = { Accept: "application/json" };
+    if (method !== "GET") headers["X-CSRFToken"] = csrfToken();
+    const response = await fetch(path, { method, headers, credentials: "same-origin", cache: "no-store" });
+    if (response.status === 204) return null;
+    const payload = await response.json().catch(() => ({}));
+    if (!response.ok) {
+      const error = new Error(payload.detail || `The server answered ${response.status}.`);
+      error.code = payload.code;
+      error.status = response.status;
+      if (response.status === 401) showSignInBanner();
+      throw error;
+    }
+    return payload;
+  }
+
+  async function apiAllPages(path, maxPages = 20) {
+    let results = [];
+    let next = path;
+    for (let page = 0; next && page < maxPages; page += 1) {
+      const payload = await api(next);
+      if (Array.isArray(payload)) return payload;
+      results = results.concat(payload.results || []);
+      next = payload.next ? new URL(payload.next, location.href).pathname + new URL(payload.next, location.href).search : null;
+    }
+    return results;
+  }
+
+  // --- the assistant message ----------------------------------------------------------------------
+
+  class AssistantMessage {
+    constructor({ text = "" } = {}) {
+      this.node = make("article", "msg msg-assistant");
+      const avatar = make("div", "avatar");
+      avatar.appendChild(svgIcon("bot"));
+      this.body = make("div", "msg-body");
+      this.reasoning = make("details", "reasoning");
+      this.reasoning.hidden = true;
+      this.reasoningSummary = make("summary", "", "Reasoning");
+      this.reasoningText = make("div", "reasoning-text");
+      this.reasoning.append(this.reasoningSummary, this.reasoningText);
+      this.answer = make("div", "answer markdown");
+      this.typing = make("div", "typing");
+      this.typing.setAttribute("aria-label", "The bot is writing");
+      this.typing.append(make("span"), make("span"), make("span"));
+      this.notice = make("div", "notice");
+      this.notice.hidden = true;
+      this.meta = make("div", "msg-meta");
+      this.followUps = make("div", "follow-ups");
+      this.body.append(this.reasoning, this.answer, this.typing, this.notice, this.meta, this.followUps);
+      this.node.append(avatar, this.body);
+      this.text = text;
+      this.renderQueued = false;
+      if (text) renderMarkdown(this.answer, text);
+      this.setStatus(text ? "completed" : "waiting");
+    }
+
+    setStatus(status) {
+      this.status = status;
+      this.node.dataset.status = status;
+      this.typing.hidden = !(status === "waiting" || (status === "streaming" && this.text === ""));
+    }
+
+    reset() {
+      this.text = "";
+      this.answer.replaceChildren();
+      this.reasoning.hidden = true;
+      this.reasoning.open = false;
+      this.reasoningText.textContent = "";
+      this.reasoningStarted = null;
+      this.notice.hidden = true;
+      this.notice.replaceChildren();
+      this.meta.replaceChildren();
+      this.followUps.replaceChildren();
+      this.setStatus("waiting");
+    }
+
+    queueRender() {
+      if (this.renderQueued) return;
+      this.renderQueued = true;
+      requestAnimationFrame(() => {
+        this.renderQueued = false;
+        renderMarkdown(this.answer, this.text);
+        scrollToBottom();
+      });
+    }
+
+    apply(event) {
+      switch (event.type) {
+        case "session":
+          this.setStatus("streaming");
+          this.notice.hidden = true;
+          break;
+        case "reasoning":
+          if (this.reasoning.hidden) {
+            this.reasoning.hidden = false;
+            this.reasoningStarted = performance.now();
+            this.reasoningSummary.textContent = "Thinking…";
+          }
+          this.reasoningText.textContent += event.content;
+          scrollToBottom();
+          break;
+        case "delta":
+          this.endReasoning();
+          this.text += event.content;
+          this.setStatus("streaming");
+          this.queueRender();
+          break;
+        case "follow_up":
+          this.addFollowUp(event.content);
+          break;
+        case "completed":
+          this.endReasoning();
+          this.text = event.content;
+          renderMarkdown(this.answer, this.text);
+          this.usage = event.usage;
+          break;
+        default:
+          break;
+      }
+    }
+
+    endReasoning() {
+      if (this.reasoningStarted != null) {
+        const seconds = Math.max(1, Math.round((performance.now() - this.reasoningStarted) / 1000));
+        this.reasoningSummary.textContent = `Reasoning · ${seconds} s`;
+        this.reasoningStarted = null;
+      }
+    }
+
+    addFollowUp(text) {
+      const chip = make("button", "chip", text);
+      chip.type = "button";
+      chip.addEventListener("click", () => sendMessage(text));
+      this.followUps.appendChild(chip);
+    }
+
+    showRetrying(result, delayMs, onRetryNow) {
+      this.setStatus("retrying");
+      this.notice.hidden = false;
+      this.notice.className = "notice notice-retry";
+      const text = make("span");
+      const now = make("button", "link-button", "Retry now");
+      now.type = "button";
+      now.addEventListener("click", onRetryNow);
+      this.notice.replaceChildren(text, now);
+      const until = Date.now() + delayMs;
+      const label = result.code === "rate_limited" || result.code === "upstream_rate_limited" ? "Rate limited" : result.detail;
+      const tick = () => {
+        const left = Math.max(0, Math.ceil((until - Date.now()) / 1000));
+        text.textContent = `${label} Retrying in ${left} s… `;
+        if (left > 0 && this.status === "retrying") this.countdown = setTimeout(tick, 250);
+      };
+      clearTimeout(this.countdown);
+      tick();
+    }
+
+    finish(result, { onRetry, transportName } = {}) {
+      clearTimeout(this.countdown);
+      this.endReasoning();
+      if (this.renderQueued || this.text) renderMarkdown(this.answer, this.text);
+      this.renderQueued = false;
+      this.notice.hidden = true;
+      if (result.outcome === "completed") {
+        this.setStatus("completed");
+        this.addMeta(transportName);
+      } else if (result.outcome === "stopped") {
+        this.setStatus("stopped");
+        const badge = make("span", "stopped-badge", "Stopped");
+        this.meta.replaceChildren(badge);
+        if (!this.text) this.answer.replaceChildren(make("p", "muted", "Stopped before the bot answered."));
+      } else {
+        this.setStatus("error");
+        this.showError(result, onRetry);
+      }
+    }
+
+    showError(result, onRetry) {
+      this.notice.hidden = false;
+      this.notice.className = "notice notice-error";
+      const icon = svgIcon("alert");
+      const text = make("div", "notice-text");
+      text.append(make("strong", "", this.text ? "The reply was cut short. " : "No reply. "), result.detail || "Something went wrong.");
+      if (result.code) text.append(" ", make("code", "error-code", result.code));
+      this.notice.replaceChildren(icon, text);
+      if (result.code === "unauthenticated") {
+        const link = make("a", "btn btn-small", "Sign in");
+        link.href = loginUrl;
+        this.notice.appendChild(link);
+        showSignInBanner();
+      } else if (onRetry) {
+        const retry = make("button", "btn btn-small retry-button");
+        retry.type = "button";
+        retry.append(svgIcon("retry"), "Retry");
+        retry.addEventListener("click", onRetry);
+        this.notice.appendChild(retry);
+      }
+    }
+
+    addMeta(transportName) {
+      this.meta.replaceChildren();
+      if (this.usage && this.usage.total_tokens) this.meta.append(make("span", "", `${this.usage.total_tokens} tokens`));
+      if (transportName) this.meta.append(make("span", "", transportName === "ws" ? "WebSocket" : "SSE"));
+      const copy = make("button", "icon-button copy-button");
+      copy.type = "button";
+      copy.title = "Copy answer";
+      copy.setAttribute("aria-label", "Copy answer");
+      copy.appendChild(svgIcon("copy"));
+      copy.addEventListener("click", async () => {
+        try {
+          await navigator.clipboard.writeText(this.text);
+          toast("Copied to the clipboard", "info");
+        } catch (error) {
+          toast("Could not copy: the browser refused access to the clipboard.");
+        }
+      });
+      this.meta.append(copy);
+    }
+  }
+
+  function userMessage(text) {
+    const node = make("article", "msg msg-user");
+    const bubble = make("div", "bubble", text); // always text, never HTML
+    node.appendChild(bubble);
+    return node;
+  }
+
+  function divider(text) {
+    return make("div", "divider", text);
+  }
+
+  // --- state ----------------------------------------------------------------------------------------
+
+  const state = {
+    sessionId: null,
+    busy: false,
+    handle: null,
+    stopRequested: false,
+    wakeRetry: null,
+    transportName: "sse",
+    transport: null,
+  };
+
+  const sse = new SseTransport({ inactivityMs });
+  const ws = new WsTransport({ heartbeatMs: heartbeatSeconds * 1000, inactivityMs, onStatus: wsStatus });
+
+  function setStatus(stateName, text) {
+    el.status.dataset.state = stateName;
+    el.status.querySelector(".status-text").textContent = text;
+  }
+
+  let wsCountdown = null;
+
+  function wsStatus(stateName, extra) {
+    clearInterval(wsCountdown);
+    if (state.transportName !== "ws") return;
+    if (stateName === "open") setStatus("ok", "Connected");
+    else if (stateName === "connecting") setStatus("busy", "Connecting…");
+    else if (stateName === "reconnecting") setStatus("busy", "Reconnecting…");
+    else if (stateName === "unauthorized") {
+      setStatus("error", "Not signed in");
+      showSignInBanner();
+    } else if (stateName === "waiting") {
+      const until = Date.now() + extra.delayMs;
+      const tick = () => setStatus("warn", `Offline · retrying in ${Math.max(0, Math.ceil((until - Date.now()) / 1000))} s`);
+      tick();
+      wsCountdown = setInterval(tick, 500);
+    } else setStatus("ready", "Idle");
+  }
+
+  function sseStatus() {
+    if (state.transportName !== "sse") return;
+    if (!navigator.onLine) setStatus("warn", "Offline");
+    else setStatus(state.busy ? "ok" : "ready", state.busy ? "Streaming" : "Ready");
+  }
+
+  function selectTransport(name) {
+    state.transportName = name === "ws" ? "ws" : "sse";
+    state.transport = state.transportName === "ws" ? ws : sse;
+    try {
+      localStorage.setItem(STORAGE.transport, state.transportName);
+    } catch (error) {
+      // private mode
+    }
+    document.querySelectorAll('input[name="transport"]').forEach((radio) => {
+      radio.checked = radio.value === state.transportName;
+    });
+    body.dataset.transport = state.transportName;
+    if (state.transportName === "ws") ws.activate();
+    else {
+      ws.deactivate();
+      sseStatus();
+    }
+  }
+
+  el.status.addEventListener("click", () => {
+    if (state.transportName === "ws" && ws.state === "waiting") ws.reconnectNow();
+  });
+  window.addEventListener("online", () => {
+    if (state.transportName === "sse") sseStatus();
+  });
+  window.addEventListener("offline", () => {
+    if (state.transportName === "sse") sseStatus();
+  });
+
+  function setBusy(busy) {
+    state.busy = busy;
+    body.classList.toggle("is-busy", busy);
+    el.send.hidden = busy;
+    el.stop.hidden = !busy;
+    document.querySelectorAll('input[name="transport"]').forEach((radio) => {
+      radio.disabled = busy;
+    });
+    if (state.transportName === "sse") sseStatus();
+  }
+
+  function showEmpty(show) {
+    el.empty.hidden = !show;
+    el.thread.hidden = show;
+  }
+
+  function setTitle(text) {
+    el.title.textContent = text;
+    document.title = text === "New chat" ? "Chat" : `${text} · Chat`;
+  }
+
+  // --- sending --------------------------------------------------------------------------------------
+
+  function sleepUnlessWoken(ms) {
+    return new Promise((resolve) => {
+      const timer = setTimeout(() => {
+        state.wakeRetry = null;
+        resolve("elapsed");
+      }, ms);
+      state.wakeRetry = (why) => {
+        clearTimeout(timer);
+        state.wakeRetry = null;
+        resolve(why);
+      };
+    });
+  }
+
+  async function sendMessage(text, { retryInto } = {}) {
+    text = (text || "").trim();
+    if (!text || state.busy) return;
+    if (!state.sessionId) {
+      state.sessionId = newSessionId();
+      setHash(state.sessionId);
+    }
+    saveTitle(state.sessionId, text);
+    setTitle(titleFor(state.sessionId));
+    showEmpty(false);
+    el.thread.querySelectorAll(".follow-ups").forEach((node) => node.replaceChildren());
+
+    let view = retryInto;
+    if (view) view.reset();
+    else {
+      el.thread.appendChild(userMessage(text));
+      view = new AssistantMessage();
+      el.thread.appendChild(view.node);
+    }
+    scrollToBottom(true);
+    setBusy(true);
+    state.stopRequested = false;
+    const transport = state.transport;
+    const requestBody = { message: text, session_id: state.sessionId };
+    let result;
+    for (let attempt = 0; ; attempt += 1) {
+      state.handle = transport.start(requestBody, (event) => view.apply(event));
+      result = await state.handle.result;
+      state.handle = null;
+      const autoRetry =
+        result.outcome === "error" &&
+        !result.started &&
+        AUTO_RETRY_CODES.has(result.code) &&
+        attempt < MAX_AUTO_RETRIES &&
+        !state.stopRequested;
+      if (!autoRetry) break;
+      // Honour Retry-After when the server gives one; otherwise back off exponentially with jitter.
+      const delayMs = result.retryAfterMs != null ? result.retryAfterMs : backoffDelay(attempt, { baseMs: 1000, capMs: 20000 });
+      view.showRetrying(result, delayMs, () => state.wakeRetry && state.wakeRetry("now"));
+      const why = await sleepUnlessWoken(delayMs);
+      if (why === "stop") {
+        result = { outcome: "stopped", started: false };
+        break;
+      }
+      view.setStatus("waiting");
+      view.notice.hidden = true;
+    }
+    view.finish(result, {
+      transportName: transport.name,
+      onRetry: () => {
+        if (state.busy) return;
+        sendMessage(text, { retryInto: view });
+      },
+    });
+    setBusy(false);
+    scrollToBottom();
+    refreshSessions();
+    if (document.activeElement === document.body) el.input.focus();
+  }
+
+  function stopReply() {
+    if (!state.busy) return;
+    state.stopRequested = true;
+    if (state.wakeRetry) state.wakeRetry("stop");
+    if (state.handle) state.handle.stop();
+  }
+
+  // --- composer -----------------------------------------------------------------------------------
+
+  function autosize() {
+    el.input.style.height = "auto";
+    el.input.style.height = `${Math.min(el.input.scrollHeight, 220)}px`;
+  }
+
+  el.form.addEventListener("submit", (event) => {
+    event.preventDefault();
+    const text = el.input.value;
+    if (!text.trim() || state.busy) return;
+    el.input.value = "";
+    autosize();
+    sendMessage(text);
+  });
+  el.input.addEventListener("input", autosize);
+  el.input.addEventListener("keydown", (event) => {
+    if (event.key === "Enter" && !event.shiftKey && !event.isComposing) {
+      event.preventDefault();
+      el.form.requestSubmit();
+    }
+  });
+  document.addEventListener("keydown", (event) => {
+    if (event.key === "Escape" && state.busy && !el.dialog.open) stopReply();
+  });
+  el.stop.addEventListener("click", stopReply);
+  document.querySelectorAll(".starter").forEach((button) => {
+    button.addEventListener("click", () => sendMessage(button.dataset.prompt));
+  });
+  document.querySelectorAll('input[name="transport"]').forEach((radio) => {
+    radio.addEventListener("change", () => radio.checked && selectTransport(radio.value));
+  });
+
+  // --- sessions -----------------------------------------------------------------------------------
+
+  function setHash(sessionId) {
+    const url = sessionId ? `#s=${encodeURIComponent(sessionId)}` : location.pathname + location.search;
+    history.replaceState(null, "", url);
+  }
+
+  function hashSession() {
+    const match = location.hash.match(/^#s=(.+)$/);
+    return match ? decodeURIComponent(match[1]) : null;
+  }
+
+  function closeSidebar() {
+    body.classList.remove("sidebar-open");
+    el.scrim.hidden = true;
+    el.menu.setAttribute("aria-expanded", "false");
+  }
+
+  el.menu.addEventListener("click", () => {
+    const open = !body.classList.contains("sidebar-open");
+    body.classList.toggle("sidebar-open", open);
+    el.scrim.hidden = !open;
+    el.menu.setAttribute("aria-expanded", String(open));
+  });
+  el.scrim.addEventListener("click", closeSidebar);
+
+  let refreshing = null;
+
+  async function refreshSessions() {
+    if (refreshing) return refreshing;
+    refreshing = (async () => {
+      try {
+        const payload = await api("/api/sessions");
+        renderSessions(Array.isArray(payload) ? payload : payload.results || []);
+      } catch (error) {
+        if (error.status !== 401) console.warn("Could not load sessions", error);
+        renderSessions([]);
+      } finally {
+        refreshing = null;
+      }
+    })();
+    return refreshing;
+  }
+
+  function renderSessions(sessions) {
+    el.sessions.replaceChildren();
+    el.sessionsEmpty.hidden = sessions.length > 0;
+    for (const session of sessions) {
+      const id = session.session_id;
+      const item = make("li", "session");
+      item.dataset.sessionId = id;
+      if (id === state.sessionId) item.classList.add("active");
+      const open = make("button", "session-open");
+      open.type = "button";
+      open.title = titleFor(id);
+      open.append(make("span", "session-title", titleFor(id)));
+      const count = session.message_count;
+      const meta = `${relativeTime(session.last_activity)} · ${count} message${count === 1 ? "" : "s"}`;
+      open.append(make("span", "session-meta", meta));
+      open.addEventListener("click", () => {
+        closeSidebar();
+        openSession(id);
+      });
+      const clear = make("button", "icon-button session-clear");
+      clear.type = "button";
+      clear.title = "Clear context";
+      clear.setAttribute("aria-label", `Clear ${titleFor(id)}`);
+      clear.appendChild(svgIcon("eraser"));
+      clear.addEventListener("click", () => clearSession(id));
+      const remove = make("button", "icon-button session-delete");
+      remove.type = "button";
+      remove.title = "Delete";
+      remove.setAttribute("aria-label", `Delete ${titleFor(id)}`);
+      remove.appendChild(svgIcon("trash"));
+      remove.addEventListener("click", () => deleteSession(id));
+      const actions = make("div", "session-actions");
+      actions.append(clear, remove);
+      item.append(open, actions);
+      el.sessions.appendChild(item);
+    }
+  }
+
+  function markActive() {
+    el.sessions.querySelectorAll(".session").forEach((item) => {
+      item.classList.toggle("active", item.dataset.sessionId === state.sessionId);
+    });
+  }
+
+  function newChat() {
+    if (state.busy) stopReply();
+    state.sessionId = null;
+    setHash(null);
+    el.thread.replaceChildren();
+    showEmpty(true);
+    setTitle("New chat");
+    markActive();
+    closeSidebar();
+    el.input.focus();
+  }
+
+  async function openSession(sessionId) {
+    if (state.busy) {
+      toast("Stop the current reply before switching conversations.", "info");
+      return;
+    }
+    state.sessionId = sessionId;
+    setHash(sessionId);
+    setTitle(titleFor(sessionId));
+    markActive();
+    el.thread.replaceChildren();
+    showEmpty(false);
+    let messages;
+    try {
+      messages = await apiAllPages(`/api/sessions/${encodeURIComponent(sessionId)}/messages`);
+    } catch (error) {
+      if (error.status === 404) {
+        toast("That conversation no longer exists.");
+        newChat();
+        return;
+      }
+      toast(`Could not load the conversation: ${error.message}`);
+      return;
+    }
+    renderHistory(messages);
+  }
+
+  function renderHistory(messages) {
+    el.thread.replaceChildren();
+    if (!messages.length) {
+      el.thread.appendChild(divider("No messages in the current context."));
+      return;
+    }
+    let lastAnswer = null;
+    let pendingQuestion = null;
+    const closeQuestion = () => {
+      if (!pendingQuestion) return;
+      // A question whose reply produced no answer: say how it ended.
+      const view = new AssistantMessage();
+      const question = pendingQuestion.content;
+      view.finish(historyResult(pendingQuestion.status), {
+        onRetry: () => !state.busy && sendMessage(question, { retryInto: view }),
+      });
+      el.thread.appendChild(view.node);
+      pendingQuestion = null;
+    };
+    for (const message of messages) {
+      if (message.role === "user") {
+        closeQuestion();
+        el.thread.appendChild(userMessage(message.content));
+        pendingQuestion = message;
+      } else if (message.type === "answer") {
+        const view = new AssistantMessage({ text: message.content });
+        const question = pendingQuestion ? pendingQuestion.content : null;
+        if (message.status && message.status !== "completed") {
+          view.finish(historyResult(message.status), {
+            onRetry: question ? () => !state.busy && sendMessage(question, { retryInto: view }) : null,
+          });
+        }
+        pendingQuestion = null;
+        el.thread.appendChild(view.node);
+        lastAnswer = view;
+      } else if (message.type === "follow_up" && lastAnswer) {
+        lastAnswer.addFollowUp(message.content);
+      }
+    }
+    if (pendingQuestion && pendingQuestion.status === "in_progress") {
+      const view = new AssistantMessage();
+      view.notice.hidden = false;
+      view.notice.className = "notice";
+      view.notice.textContent = "A reply is still being written elsewhere; reopen the conversation to see it.";
+      view.setStatus("completed");
+      el.thread.appendChild(view.node);
+      pendingQuestion = null;
+    }
+    closeQuestion();
+    el.thread.querySelectorAll(".msg-assistant").forEach((node, index, all) => {
+      if (index < all.length - 1) node.querySelector(".follow-ups").replaceChildren();
+    });
+    scrollToBottom(true);
+  }
+
+  function historyResult(status) {
+    if (status === "cancelled") return { outcome: "stopped", started: true };
+    if (status === "completed") return { outcome: "completed" };
+    if (status === "interrupted")
+      return { outcome: "error", code: "interrupted", detail: "The server restarted while writing this reply.", started: true };
+    return { outcome: "error", code: "failed", detail: "This reply failed.", started: true };
+  }
+
+  async function clearSession(sessionId) {
+    const ok = await confirmAction({
+      title: "Clear this conversation's context?",
+      text: "The bot forgets what was said so far; the next message starts fresh. The transcript stays on the server for review.",
+      action: "Clear context",
+    });
+    if (!ok) return;
+    try {
+      await api(`/api/sessions/${encodeURIComponent(sessionId)}/clear`, { method: "POST" });
+    } catch (error) {
+      toast(error.code === "session_busy" ? "A reply is still being written; stop it first." : `Could not clear: ${error.message}`);
+      return;
+    }
+    if (sessionId === state.sessionId) {
+      el.thread.replaceChildren(divider("Context cleared. The next message starts a new conversation."));
+      showEmpty(false);
+    }
+    toast("Context cleared.", "info");
+    refreshSessions();
+  }
+
+  async function deleteSession(sessionId) {
+    const ok = await confirmAction({
+      title: "Delete this conversation?",
+      text: "The conversation and all its messages are deleted for good.",
+      action: "Delete",
+    });
+    if (!ok) return;
+    try {
+      await api(`/api/sessions/${encodeURIComponent(sessionId)}`, { method: "DELETE" });
+    } catch (error) {
+      if (error.status !== 404) {
+        toast(error.code === "session_busy" ? "A reply is still being written; stop it first." : `Could not delete: ${error.message}`);
+        return;
+      }
+    }
+    delete titles[sessionId];
+    try {
+      localStorage.setItem(STORAGE.titles, JSON.stringify(titles));
+    } catch (error) {
+      // ignore
+    }
+    if (sessionId === state.sessionId) newChat();
+    toast("Conversation deleted.", "info");
+    refreshSessions();
+  }
+
+  $("new-chat").addEventListener("click", newChat);
+
+  // --- start ----------------------------------------------------------------------------------------
+
+  let preferred = "sse";
+  try {
+    preferred = localStorage.getItem(STORAGE.transport) || "sse";
+  } catch (error) {
+    // private mode
+  }
+  selectTransport(new URLSearchParams(location.search).get("transport") || preferred);
+  showEmpty(true);
+  const initial = hashSession();
+  refreshSessions();
+  if (initial) openSession(initial);
+  el.input.focus();
+
+  // For tests and the curious: the page's state, read-only.
+  window.chatPage = {
+    get sessionId() {
+      return state.sessionId;
+    },
+    get busy() {
+      return state.busy;
+    },
+    get transport() {
+      return state.transportName;
+    },
+    get wsState() {
+      return ws.state;
+    },
+  };
+})();

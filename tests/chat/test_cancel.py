@@ -43,7 +43,9 @@ def test_closing_the_sse_connection_closes_upstream_within_a_second_and_stores_c
 
     chat = wait_until(lambda: sim_chat(simulator, session["chat_id"])["client_disconnected_at"], timeout=1.0)
     assert chat
-    reply = wait_until(lambda: Reply.objects.filter(coze_chat_id=session["chat_id"]).exclude(status="in_progress").first())
+    reply = wait_until(
+        lambda: Reply.objects.filter(coze_chat_id=session["chat_id"]).exclude(status="in_progress").first()
+    )
     assert reply.status == "cancelled"
     assert time.monotonic() - closed_at < 5
     partial = Message.objects.get(reply=reply, kind="answer").content
@@ -51,7 +53,7 @@ def test_closing_the_sse_connection_closes_upstream_within_a_second_and_stores_c
 
 
 def test_cancel_api_stops_a_streaming_reply_which_ends_with_an_error_event(asgi_server, http, api_key, simulator):
-    client, response, lines, session = open_stream(asgi_server, api_key, "[sim:slow=100] cancel me via the API")
+    client, _, lines, session = open_stream(asgi_server, api_key, "[sim:slow=100] cancel me via the API")
     rest: list[str] = []
     reader = threading.Thread(target=lambda: rest.extend(lines), daemon=True)
     reader.start()
@@ -65,9 +67,13 @@ def test_cancel_api_stops_a_streaming_reply_which_ends_with_an_error_event(asgi_
     data_lines = [line for line in rest if line.startswith("data: ")]
     assert data_lines[-1] == "data: [DONE]"
     assert '"code":"cancelled"' in data_lines[-2]
-    chat = wait_until(lambda: sim_chat(simulator, session["chat_id"])["client_disconnected_at"] and sim_chat(
-        simulator, session["chat_id"]
-    ), timeout=1.0)
+    chat = wait_until(
+        lambda: (
+            sim_chat(simulator, session["chat_id"])["client_disconnected_at"]
+            and sim_chat(simulator, session["chat_id"])
+        ),
+        timeout=1.0,
+    )
     assert chat["status"] == "canceled"
     reply = Reply.objects.get(coze_chat_id=session["chat_id"])
     assert reply.status == "cancelled"

@@ -153,11 +153,16 @@ def test_anonymous_browsers_chat_only_when_allowed_and_each_owns_its_sessions(as
     first, first_headers = new_browser()
     second, second_headers = new_browser()
     try:
-        assert first.post("/api/chat", json={"message": "a", "session_id": "s"}, headers=first_headers).status_code == 200
+        assert (
+            first.post("/api/chat", json={"message": "a", "session_id": "s"}, headers=first_headers).status_code == 200
+        )
         assert second.get("/api/sessions/s").status_code == 404
-        assert second.post("/api/chat", json={"message": "b", "session_id": "s"}, headers=second_headers).json()[
-            "response"
-        ] == "You said: b"
+        assert (
+            second.post("/api/chat", json={"message": "b", "session_id": "s"}, headers=second_headers).json()[
+                "response"
+            ]
+            == "You said: b"
+        )
         assert first.get("/api/sessions/s/messages").json()["results"][0]["content"] == "a"
     finally:
         for client in (first, second, browser):

@@ -1,0 +1,219 @@
+"""Several real server processes sharing the database (and Redis): the session lock, cancels and
+rate limits hold between them; SIGTERM interrupts replies in flight cleanly."""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+import redis
+from django.conf import settings as django_settings
+from django.db import connection
+
+from sessions_admin.models import Reply
+from tests.conftest import COZE_TEST_TOKEN, auth, wait_until
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def redis_available() -> bool:
+    if not django_settings.REDIS_URL:
+        return False
+    try:
+        return bool(redis.from_url(django_settings.REDIS_URL, socket_connect_timeout=1).ping())
+    except redis.RedisError:
+        return False
+
+
+needs_redis = pytest.mark.skipif(not redis_available(), reason="needs REDIS_URL with a running Redis")
+
+
+def database_url() -> str:
+    """The URL of the database the tests run on (the test database), for the server processes."""
+    params = connection.settings_dict
+    if connection.vendor == "sqlite":
+        return f"sqlite:///{params['NAME']}"
+    password = f":{params['PASSWORD']}" if params.get("PASSWORD") else ""
+    host, port = params["HOST"] or "127.0.0.1", params["PORT"] or 5432
+    return f"postgres://{params['USER']}{password}@{host}:{port}/{params['NAME']}"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class ServerProcess:
+    """`daphne cozeproject.asgi:application` in its own process, configured like production."""
+
+    def __init__(self, simulator, tmp_path: Path, name: str, **extra_env: str):
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log_path = tmp_path / f"{name}.log"
+        env = {key: value for key, value in os.environ.items() if not key.startswith(("DJANGO_", "COZE_", "CHAT_"))}
+        env.update(
+            DJANGO_SETTINGS_MODULE="cozeproject.settings",
+            DJANGO_SECRET_KEY="test-secret-key-for-worker-processes-" + "x" * 20,
+            DJANGO_ALLOWED_HOSTS="127.0.0.1,localhost",
+            DATABASE_URL=database_url(),
+            REDIS_URL=django_settings.REDIS_URL,
+            COZE_API_TOKEN=COZE_TEST_TOKEN,
+            COZE_BASE_URL=simulator.base_url,
+            COZE_BOT_ID=django_settings.COZE_BOT_ID,
+            CHAT_RATE_LIMIT_PER_MINUTE="0",
+            CHAT_MAX_CONCURRENT_STREAMS="0",
+        )
+        env.update(extra_env)
+        self.log = open(self.log_path, "w")
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(self.port), "cozeproject.asgi:application"],
+            cwd=ROOT,
+            env=env,
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+        )
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                if httpx.get(self.url + "/health", timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert self.process.poll() is None, self.log_path.read_text()
+            assert time.monotonic() < deadline, "server process did not become healthy:\n" + self.log_path.read_text()
+            time.sleep(0.1)
+
+    def stop(self):
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(10)
+        self.log.close()
+
+
+@pytest.fixture
+def start_worker(simulator, tmp_path):
+    workers = []
+
+    def start(name: str, **env) -> ServerProcess:
+        worker = ServerProcess(simulator, tmp_path, name, **env)
+        workers.append(worker)
+        return worker
+
+    yield start
+    for worker in workers:
+        worker.stop()
+
+
+def open_stream(url: str, key: str, body: dict):
+    """Start an SSE reply; returns (client, lines iterator, session event) after the first delta."""
+    client = httpx.Client(timeout=30)
+    response = client.send(
+        client.build_request("POST", url + "/api/chat/stream", json=body, headers=auth(key)), stream=True
+    )
+    assert response.status_code == 200, response.read()
+    lines = response.iter_lines()
+    session = None
+    for line in lines:
+        if line.startswith("data: {"):
+            data = json.loads(line[6:])
+            if data["type"] == "session":
+                session = data
+            elif data["type"] == "delta":
+                break
+    return client, lines, session
+
+
+def read_rest(lines) -> list[str]:
+    rest: list[str] = []
+    reader = threading.Thread(target=lambda: rest.extend(lines), daemon=True)
+    reader.start()
+    return rest, reader
+
+
+def test_the_session_lock_holds_between_worker_processes(start_worker, api_key):
+    first, second = start_worker("a"), start_worker("b")
+    client, lines, _ = open_stream(first.url, api_key, {"message": "[sim:slow=60] long", "session_id": "shared"})
+    rest, reader = read_rest(lines)
+
+    busy = httpx.post(
+        second.url + "/api/chat", json={"message": "me too", "session_id": "shared"}, headers=auth(api_key), timeout=30
+    )
+
+    assert busy.status_code == 409 and busy.json()["code"] == "session_busy"
+    reader.join(30)
+    client.close()
+    assert any('"type":"completed"' in line for line in rest)
+    after = httpx.post(
+        second.url + "/api/chat", json={"message": "now", "session_id": "shared"}, headers=auth(api_key), timeout=30
+    )
+    assert after.status_code == 200
+
+
+@needs_redis
+def test_a_cancel_sent_to_one_worker_stops_a_reply_streaming_from_another(start_worker, api_key, simulator):
+    first, second = start_worker("a"), start_worker("b")
+    client, lines, session = open_stream(first.url, api_key, {"message": "[sim:slow=100] cancel me elsewhere"})
+    rest, reader = read_rest(lines)
+
+    cancel = httpx.post(f"{second.url}/api/chats/{session['chat_id']}/cancel", headers=auth(api_key), timeout=30)
+
+    assert cancel.status_code == 200 and cancel.json()["status"] == "cancelled"
+    reader.join(10)
+    client.close()
+    assert rest[-1] == "data: [DONE]" or "data: [DONE]" in rest
+    assert any('"code":"cancelled"' in line for line in rest)
+    chat = wait_until(
+        lambda: (
+            (c := httpx.get(f"{simulator.base_url}/_sim/chats/{session['chat_id']}").json())["client_disconnected_at"]
+            and c
+        ),
+        timeout=2,
+    )
+    assert chat["status"] == "canceled"
+    assert wait_until(lambda: Reply.objects.get(coze_chat_id=session["chat_id"]).status == "cancelled")
+
+
+@needs_redis
+def test_rate_limits_are_shared_between_workers(start_worker, api_key):
+    client = redis.from_url(django_settings.REDIS_URL)
+    stale = list(client.scan_iter("cozeproject:*"))
+    if stale:
+        client.delete(*stale)
+    first = start_worker("a", CHAT_RATE_LIMIT_PER_MINUTE="4")
+    second = start_worker("b", CHAT_RATE_LIMIT_PER_MINUTE="4")
+
+    statuses = [
+        httpx.post(worker.url + "/api/chat", json={"message": "hi"}, headers=auth(api_key), timeout=30).status_code
+        for worker in (first, second, first, second, first, second)
+    ]
+
+    assert statuses[:4] == [200, 200, 200, 200]
+    assert statuses[4:] == [429, 429]
+
+
+def test_sigterm_interrupts_replies_in_flight_and_stores_them(start_worker, api_key):
+    worker = start_worker("a")
+    client, lines, session = open_stream(worker.url, api_key, {"message": "[sim:slow=100] interrupted by a deploy"})
+    rest, reader = read_rest(lines)
+
+    worker.process.send_signal(signal.SIGTERM)
+
+    reader.join(15)
+    client.close()
+    error = next(json.loads(line[6:]) for line in rest if line.startswith("data: {") and '"type":"error"' in line)
+    assert error["code"] == "interrupted" and error["retryable"] is True
+    assert "data: [DONE]" in rest
+    reply = Reply.objects.get(coze_chat_id=session["chat_id"])
+    assert reply.status == "interrupted"
+    assert reply.messages.filter(kind="answer").exists()
+    assert worker.process.wait(15) is not None

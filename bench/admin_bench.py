@@ -113,7 +113,7 @@ def pages(targets: dict) -> list[tuple[str, str]]:
         ("usage: filter status=failed", f"{replies}?status__exact=failed"),
         ("usage: filter bot + owner", f"{replies}?bot={targets['bot']}&{owner}"),
         ("usage: filter past 7 days", f"{replies}?started_at__gte={week_ago}"),
-        ("usage: sort by tokens desc", f"{replies}?o=-{tokens_column + 1}"),
+        ("usage: sort by tokens desc", f"{replies}?o=-{tokens_column}"),
         ("usage: reply page", change("reply", targets["reply"].pk)),
         ("dashboard (fresh, 30 days)", f"{dashboard}?refresh=1"),
         ("dashboard (cached)", dashboard),

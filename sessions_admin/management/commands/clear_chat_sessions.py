@@ -1,0 +1,186 @@
+"""Delete chat sessions and everything under them, in batches, safely while the server runs.
+
+Not to be confused with Django's `clearsessions`, which removes expired login sessions and is
+left alone.
+
+How it stays safe on big tables and a live server:
+
+* sessions are taken in batches by primary key, re-checking the filters each time (a session
+  that became active again meanwhile no longer matches an `--idle-days` filter and stays);
+* each batch deletes children before parents (messages, replies, conversations, then the
+  sessions), each step in short transactions of at most `--chunk` rows, so locks are brief,
+  memory stays flat, and an interruption at any point leaves no orphan rows: run it again to
+  finish;
+* sessions with a reply in progress (a live lock) are skipped unless `--include-busy`.
+"""
+
+import time
+from datetime import timedelta
+
+from django.core.management.base import BaseCommand, CommandError
+from django.db import transaction
+from django.db.models import Max, Q
+from django.utils import timezone
+
+from sessions_admin.models import ChatSession, Conversation, Message, Reply
+
+COUNTED = {
+    "sessions": ChatSession._meta.label,
+    "conversations": Conversation._meta.label,
+    "messages": Message._meta.label,
+    "replies": Reply._meta.label,
+}
+
+
+def summary(counts: dict[str, int]) -> str:
+    return ", ".join(f"{counts.get(name, 0):,} {name}" for name in COUNTED)
+
+
+class Command(BaseCommand):
+    help = (
+        "Delete chat sessions with their conversations, messages and replies, in batches. Filters combine "
+        "(all must match); with no filter it refuses unless --all is given. Unrelated to Django's clearsessions."
+    )
+
+    def add_arguments(self, parser):
+        parser.add_argument(
+            "--session-id",
+            action="append",
+            dest="session_ids",
+            default=[],
+            metavar="ID",
+            help="Sessions with this session id (any owner). Repeatable.",
+        )
+        parser.add_argument(
+            "--user-id",
+            action="append",
+            dest="user_ids",
+            default=[],
+            metavar="U",
+            help="Sessions of this Coze user_id. Repeatable.",
+        )
+        parser.add_argument(
+            "--idle-days", type=int, metavar="N", help="Sessions without activity for at least N days (N >= 1)."
+        )
+        parser.add_argument("--all", action="store_true", help="Allow deleting every session (no filter needed).")
+        parser.add_argument("--dry-run", action="store_true", help="Report what would be deleted; delete nothing.")
+        parser.add_argument(
+            "--noinput", "--no-input", action="store_false", dest="interactive", help="Don't ask for confirmation."
+        )
+        parser.add_argument(
+            "--include-busy", action="store_true", help="Also delete sessions that have a reply in progress."
+        )
+        parser.add_argument("--batch-size", type=int, default=500, help="Sessions per batch (default 500).")
+        parser.add_argument("--chunk", type=int, default=5000, help="Rows per delete statement (default 5000).")
+
+    def handle(self, *args, **options):
+        session_ids, user_ids, idle_days = options["session_ids"], options["user_ids"], options["idle_days"]
+        if idle_days is not None and idle_days < 1:
+            raise CommandError("--idle-days must be at least 1.")
+        if options["batch_size"] < 1 or options["chunk"] < 1:
+            raise CommandError("--batch-size and --chunk must be positive.")
+        if not (session_ids or user_ids or idle_days is not None or options["all"]):
+            raise CommandError(
+                "Refusing to delete every chat session without --all. Filter with --session-id, --user-id or "
+                "--idle-days, or pass --all to delete them all. (Django's own `clearsessions`, for expired "
+                "login sessions, is a different command.)"
+            )
+        self.verbosity = options["verbosity"]
+        self.chunk = options["chunk"]
+        now = timezone.now()
+
+        matching = ChatSession.objects.all()
+        if session_ids:
+            matching = matching.filter(session_id__in=session_ids)
+        if user_ids:
+            matching = matching.filter(coze_user_id__in=user_ids)
+        if idle_days is not None:
+            matching = matching.filter(last_activity__lt=now - timedelta(days=idle_days))
+        # Sessions created after the start are never part of this run.
+        upper = matching.aggregate(top=Max("pk"))["top"] or 0
+        matching = matching.filter(pk__lte=upper)
+        busy = Q(locked_until__gt=now)
+        targets = matching if options["include_busy"] else matching.exclude(busy)
+        skipped = 0 if options["include_busy"] else matching.filter(busy).count()
+
+        planned = self.count(targets)
+        skipped_note = f" (skipped {skipped:,} with a reply in progress)" if skipped else ""
+        if options["dry_run"]:
+            self.list_some(targets)
+            self.stdout.write(f"Would delete {summary(planned)}{skipped_note}. Dry run: nothing was deleted.")
+            return
+        if not planned["sessions"]:
+            self.stdout.write(f"Deleted {summary({})}{skipped_note}: no matching sessions.")
+            return
+        if options["interactive"]:
+            answer = input(f"This will permanently delete {summary(planned)}. Type 'yes' to continue: ")
+            if answer.strip().lower() != "yes":
+                self.stdout.write("Cancelled: nothing was deleted.")
+                return
+
+        deleted = dict.fromkeys(COUNTED, 0)
+        started = last_report = time.monotonic()
+        after = 0
+        while True:
+            batch_query = matching.filter(pk__gt=after)
+            if not options["include_busy"]:
+                # Re-checked per batch: a session may have started a reply since the run began.
+                batch_query = batch_query.exclude(locked_until__gt=timezone.now())
+            batch = list(batch_query.order_by("pk").values_list("pk", flat=True)[: options["batch_size"]])
+            if not batch:
+                break
+            after = batch[-1]
+            for name, count in self.delete_sessions(batch).items():
+                deleted[name] += count
+            if self.verbosity and time.monotonic() - last_report >= 2:
+                last_report = time.monotonic()
+                self.stdout.write(
+                    f"  … {deleted['sessions']:,}/{planned['sessions']:,} sessions deleted "
+                    f"({deleted['messages']:,} messages, {time.monotonic() - started:.0f} s)"
+                )
+        self.stdout.write(f"Deleted {summary(deleted)}{skipped_note}.")
+
+    def count(self, sessions) -> dict[str, int]:
+        return {
+            "sessions": sessions.count(),
+            "conversations": Conversation.objects.filter(session__in=sessions).count(),
+            "messages": Message.objects.filter(conversation__session__in=sessions).count(),
+            "replies": Reply.objects.filter(session__in=sessions).count(),
+        }
+
+    def list_some(self, sessions, limit: int = 20) -> None:
+        if not self.verbosity:
+            return
+        rows = list(
+            sessions.order_by("-last_activity").values_list("owner_key", "session_id", "last_activity")[: limit + 1]
+        )
+        for owner_key, session_id, last_activity in rows[:limit]:
+            self.stdout.write(f"  {owner_key}  {session_id}  last activity {last_activity:%Y-%m-%d %H:%M}")
+        if len(rows) > limit:
+            self.stdout.write("  …")
+
+    def delete_sessions(self, session_pks: list[int]) -> dict[str, int]:
+        """Children first, in chunks, each chunk its own short transaction; the sessions last."""
+        deleted = dict.fromkeys(COUNTED, 0)
+        steps = [
+            Message.objects.filter(conversation__session__in=session_pks),
+            Reply.objects.filter(session__in=session_pks),
+            Conversation.objects.filter(session__in=session_pks),
+        ]
+        ChatSession.objects.filter(pk__in=session_pks).update(current_conversation=None)
+        for rows in steps:
+            while True:
+                pks = list(rows.order_by().values_list("pk", flat=True)[: self.chunk])
+                if not pks:
+                    break
+                with transaction.atomic():
+                    # Django's delete also takes rows that appeared meanwhile (a turn that raced us).
+                    self.add(deleted, rows.model.objects.filter(pk__in=pks).delete()[1])
+        with transaction.atomic():
+            self.add(deleted, ChatSession.objects.filter(pk__in=session_pks).delete()[1])
+        return deleted
+
+    @staticmethod
+    def add(deleted: dict[str, int], by_label: dict[str, int]) -> None:
+        for name, label in COUNTED.items():
+            deleted[name] += by_label.get(label, 0)

@@ -1,0 +1,33 @@
+from datetime import timedelta
+
+from django.core.management.base import BaseCommand, CommandError
+
+from sessions_admin.recovery import mark_interrupted_replies, stuck_replies
+
+
+class Command(BaseCommand):
+    help = (
+        "Mark replies left 'in progress' by a crashed worker as interrupted, and release expired session locks. "
+        "Replies still streaming in a live worker (their session's lock is held) are never touched, so this is "
+        "safe to run at any time; the server also runs it at startup."
+    )
+
+    def add_arguments(self, parser):
+        parser.add_argument(
+            "--older-than-minutes",
+            type=float,
+            metavar="M",
+            help="Only replies started at least M minutes ago (in addition to the lock check).",
+        )
+        parser.add_argument("--dry-run", action="store_true", help="Report how many would be marked; change nothing.")
+
+    def handle(self, *args, older_than_minutes=None, dry_run=False, **options):
+        if older_than_minutes is not None and older_than_minutes < 0:
+            raise CommandError("--older-than-minutes can't be negative.")
+        older_than = timedelta(minutes=older_than_minutes) if older_than_minutes is not None else None
+        if dry_run:
+            count = stuck_replies(older_than=older_than).count()
+            self.stdout.write(f"Would mark {count:,} replies as interrupted. Dry run: nothing was changed.")
+            return
+        count = mark_interrupted_replies(older_than=older_than)
+        self.stdout.write(f"Marked {count:,} replies as interrupted; released expired session locks.")

@@ -1,0 +1,39 @@
+import pytest
+from django.core.cache import cache
+from django.test import Client
+
+from tests.sessions_admin.factories import make_user
+
+
+@pytest.fixture(autouse=True)
+def _fresh_cache():
+    # The dashboard is cached for a minute; each test computes its own.
+    cache.clear()
+    yield
+    cache.clear()
+
+
+@pytest.fixture
+def staff(db):
+    return make_user("staffer", superuser=True)
+
+
+@pytest.fixture
+def staff_client(staff):
+    client = Client()
+    client.force_login(staff)
+    return client
+
+
+@pytest.fixture
+def nonstaff_client(db):
+    client = Client()
+    client.force_login(make_user("visitor"))
+    return client
+
+
+@pytest.fixture
+def staff_without_permissions_client(db):
+    client = Client()
+    client.force_login(make_user("newbie", staff=True))
+    return client

@@ -232,7 +232,9 @@ def owner_labels(owner_keys: Sequence[str]) -> dict[str, str]:
 
 def _top_owners(window, top: int) -> list[TopEntry]:
     rows = list(
-        window.values("owner_key").annotate(tokens=Sum("total_tokens"), replies=Count("*")).order_by("-tokens")[:top]
+        window.values("owner_key")
+        .annotate(tokens=Sum("total_tokens"), replies=Count("*"))
+        .order_by("-tokens", "owner_key")[:top]
     )
     labels = owner_labels([row["owner_key"] for row in rows])
     return [
@@ -249,7 +251,9 @@ def _top_owners(window, top: int) -> list[TopEntry]:
 
 def _top_sessions(window, top: int) -> list[TopEntry]:
     rows = list(
-        window.values("session_id").annotate(tokens=Sum("total_tokens"), replies=Count("*")).order_by("-tokens")[:top]
+        window.values("session_id")
+        .annotate(tokens=Sum("total_tokens"), replies=Count("*"))
+        .order_by("-tokens", "session_id")[:top]
     )
     sessions = ChatSession.objects.in_bulk([row["session_id"] for row in rows])
     labels = owner_labels([session.owner_key for session in sessions.values()])

@@ -23,6 +23,7 @@ from chat.auth import (
     owner_for_user,
 )
 from chat.errors import ChatError
+from chat.logging import new_request_id, request_id_var
 from chat.serializers import parse_chat_request
 from sessions_admin.models import Reply
 
@@ -88,6 +89,7 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
                 await self._send_error(error)
                 return
             control = services.TurnControl(owner_key=self.owner.key)
+            request_id_var.set(new_request_id())  # each turn on the socket is its own request in the logs
             task = asyncio.create_task(self._run_reply(chat_request, control))
             self.replies[task] = control
             task.add_done_callback(lambda done: self.replies.pop(done, None))

@@ -13,12 +13,21 @@ import contextvars
 import json
 import logging
 import threading
+import time
 import weakref
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 import httpx
-from cozepy import AsyncCoze, AsyncTokenAuth, ChatEventType, CozeAPIError, CozeInvalidEventError, Message
+from cozepy import (
+    AsyncCoze,
+    AsyncJWTAuth,
+    AsyncTokenAuth,
+    ChatEventType,
+    CozeAPIError,
+    CozeInvalidEventError,
+    Message,
+)
 from cozepy.request import AsyncHTTPClient
 from django.conf import settings
 from pydantic import ValidationError
@@ -85,8 +94,8 @@ _clients: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[tuple, Asyn
 
 
 def coze_mode() -> str:
-    """`configured` with a real token, `simulator` in demo mode."""
-    return "simulator" if not settings.COZE_API_TOKEN else "configured"
+    """`configured` with a token or an OAuth app, `simulator` in demo mode."""
+    return "configured" if settings.COZE_API_TOKEN or settings.COZE_OAUTH_APP_ID else "simulator"
 
 
 def simulator_base_url() -> str:
@@ -106,10 +115,37 @@ def simulator_base_url() -> str:
         return _simulator_base_url
 
 
-def _endpoint() -> tuple[str, str]:
+class RefreshingJWTAuth(AsyncJWTAuth):
+    """cozepy's JWT auth uses a token up to its expiry second; refresh a minute early instead, so
+    a request never leaves with a token that expires on the way."""
+
+    REFRESH_MARGIN_SECONDS = 60
+
+    async def _generate_token(self):
+        if self._token is None or time.time() + self.REFRESH_MARGIN_SECONDS >= self._token.expires_in:
+            self._token = await self._oauth_cli.get_access_token(self._ttl)
+        return self._token
+
+
+def _endpoint() -> tuple[str, tuple]:
+    """Base URL and a hashable description of the credentials."""
+    if settings.COZE_OAUTH_APP_ID:
+        return settings.COZE_BASE_URL, ("jwt", settings.COZE_OAUTH_APP_ID, settings.COZE_OAUTH_KEY_ID)
     if settings.COZE_API_TOKEN:
-        return settings.COZE_BASE_URL, settings.COZE_API_TOKEN
-    return simulator_base_url(), "demo-mode-token"
+        return settings.COZE_BASE_URL, ("token", settings.COZE_API_TOKEN)
+    return simulator_base_url(), ("token", "demo-mode-token")
+
+
+def _build_auth(base_url: str, credentials: tuple):
+    if credentials[0] == "jwt":
+        return RefreshingJWTAuth(
+            client_id=settings.COZE_OAUTH_APP_ID,
+            private_key=settings.COZE_OAUTH_PRIVATE_KEY,
+            public_key_id=settings.COZE_OAUTH_KEY_ID,
+            ttl=settings.COZE_OAUTH_TOKEN_TTL,
+            base_url=base_url,
+        )
+    return AsyncTokenAuth(credentials[1])
 
 
 async def _remember_response_headers(response: httpx.Response) -> None:
@@ -136,13 +172,13 @@ def _build_http_client() -> AsyncHTTPClient:
 
 def get_client() -> AsyncCoze:
     """The shared client of the running event loop (httpx pools can't cross loops)."""
-    base_url, token = _endpoint()
+    base_url, credentials = _endpoint()
     loop = asyncio.get_running_loop()
     per_loop = _clients.setdefault(loop, {})
-    key = (base_url, token, settings.COZE_STREAM_IDLE_TIMEOUT, settings.COZE_CONNECT_TIMEOUT)
+    key = (base_url, credentials, settings.COZE_STREAM_IDLE_TIMEOUT, settings.COZE_CONNECT_TIMEOUT)
     client = per_loop.get(key)
     if client is None:
-        client = AsyncCoze(auth=AsyncTokenAuth(token), base_url=base_url, http_client=_build_http_client())
+        client = AsyncCoze(auth=_build_auth(base_url, credentials), base_url=base_url, http_client=_build_http_client())
         per_loop[key] = client
     return client
 

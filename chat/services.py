@@ -25,7 +25,7 @@ from django.db import IntegrityError, transaction
 from django.db.models import F, Q
 from django.utils import timezone
 
-from chat import cancellation, coze, lifecycle, ratelimit
+from chat import cancellation, coze, lifecycle, metrics, ratelimit
 from chat.db import db_async
 from chat.errors import ChatError
 from chat.events import (
@@ -38,6 +38,7 @@ from chat.events import (
     SessionEvent,
     Usage,
 )
+from chat.logging import coze_logid_var
 from sessions_admin.models import ChatSession, Conversation, Message, Reply
 
 logger = logging.getLogger(__name__)
@@ -86,6 +87,7 @@ class TurnContext:
     coze_user_id: str
     bot_id: str
     owner_key: str
+    transport: str
 
 
 @dataclass(slots=True)
@@ -205,6 +207,7 @@ def turn_start(*, owner: Owner, chat_request: ChatRequest, transport: str, worke
         coze_user_id=coze_user_id,
         bot_id=bot_id,
         owner_key=owner.key,
+        transport=transport,
     )
 
 
@@ -360,13 +363,15 @@ async def _turn_events(
     when the consumer stops early (CancelledError / GeneratorExit): then it counts as cancelled.
     """
     control = control or TurnControl(owner_key=owner.key)
+    started = time.monotonic()
     turn = await turn_start(
         owner=owner,
         chat_request=chat_request,
         transport=transport,
         worker_channel=await cancellation.aworker_channel(),
     )
-    started = time.monotonic()
+    metrics.turn_started(transport)
+    logger.info("Turn started: session %s, reply %s, via %s", turn.session_id, turn.reply_pk, transport)
     outcome = TurnOutcome()
     upstream: coze.UpstreamChat | None = None
     ids_recorded: asyncio.Task | None = None
@@ -390,6 +395,7 @@ async def _turn_events(
         if not isinstance(first, coze.UpstreamStarted):
             raise ChatError("upstream_error", "Coze's stream did not start with the chat object.")
         outcome.chat_id, outcome.conversation_id, outcome.logid = first.chat_id, first.conversation_id, first.logid
+        coze_logid_var.set(first.logid or "-")
         control.chat_id = first.chat_id
         running_turns[first.chat_id] = control
         ids_recorded = _in_background(
@@ -510,6 +516,27 @@ async def _close_and_store(
     except Exception:
         # Nothing more to do here: the lock lease expires and startup recovery marks the reply.
         logger.exception("Could not store the outcome of reply %s", turn.reply_pk)
+    duration = time.monotonic() - started
+    error = outcome.error
+    metrics.turn_finished(
+        transport=turn.transport,
+        status=outcome.status,
+        bot_id=turn.bot_id,
+        input_tokens=outcome.usage.input_tokens,
+        output_tokens=outcome.usage.output_tokens,
+        time_to_first_token=outcome.first_token_at - started if outcome.first_token_at else None,
+        duration=duration,
+        error_code=error.code if error else None,
+        upstream_error=bool(error and (error.code.startswith("upstream") or error.upstream_code is not None)),
+    )
+    logger.info(
+        "Turn ended %s: chat %s, %d tokens, %.0f ms%s",
+        outcome.status,
+        outcome.chat_id or "-",
+        outcome.usage.total_tokens,
+        duration * 1000,
+        f", {error.code}: {error.detail}" if error else "",
+    )
 
 
 async def achat_events(

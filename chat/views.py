@@ -2,6 +2,7 @@
 
 import asyncio
 import logging
+import secrets
 from collections.abc import AsyncIterator
 
 from channels.layers import get_channel_layer
@@ -13,7 +14,7 @@ from django.shortcuts import render
 from django.views.decorators.csrf import csrf_exempt, ensure_csrf_cookie
 from django.views.decorators.http import require_GET, require_POST
 
-from chat import coze, services
+from chat import coze, metrics, services
 from chat.auth import aresolve_owner, ensure_browser_id
 from chat.db import db_async
 from chat.errors import ChatError, json_error_response
@@ -106,6 +107,16 @@ async def _channel_layer_ok() -> None:
     channel = await layer.new_channel()  # default prefix: see chat.cancellation
     await layer.send(channel, {"type": "health.check"})
     await layer.receive(channel)
+
+
+@require_GET
+def metrics_view(request: HttpRequest) -> HttpResponse:
+    """GET /metrics: Prometheus text format. With CHAT_METRICS_TOKEN set, only for that bearer."""
+    token = settings.CHAT_METRICS_TOKEN
+    if token and not secrets.compare_digest(request.headers.get("Authorization", ""), f"Bearer {token}"):
+        return json_error_response(ChatError("unauthenticated", "Send 'Authorization: Bearer <CHAT_METRICS_TOKEN>'."))
+    body, content_type = metrics.render()
+    return HttpResponse(body, content_type=content_type)
 
 
 @require_GET

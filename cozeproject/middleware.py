@@ -1,8 +1,13 @@
-"""ASGI middleware that runs before Django reads a request body."""
+"""Middleware: the body-size limit (ASGI, before Django reads a body) and the request context
+(request id, request metrics)."""
 
 import json
 
+from asgiref.sync import iscoroutinefunction, markcoroutinefunction
 from django.conf import settings
+
+from chat import metrics
+from chat.logging import new_request_id, request_id_var
 
 PAYLOAD_TOO_LARGE = json.dumps(
     {"detail": "The request body is larger than 1 MiB.", "code": "payload_too_large"}
@@ -66,3 +71,46 @@ class BodySizeLimitMiddleware:
             }
         )
         await send({"type": "http.response.body", "body": PAYLOAD_TOO_LARGE})
+
+
+class RequestContextMiddleware:
+    """Gives each request an id (X-Request-ID in and out, on every log line) and counts it."""
+
+    sync_capable = True
+    async_capable = True
+
+    def __init__(self, get_response):
+        self.get_response = get_response
+        if iscoroutinefunction(get_response):
+            markcoroutinefunction(self)
+
+    def __call__(self, request):
+        if iscoroutinefunction(self):
+            return self.__acall__(request)
+        token = self._begin(request)
+        try:
+            response = self.get_response(request)
+        finally:
+            request_id_var.reset(token)
+        return self._end(request, response)
+
+    async def __acall__(self, request):
+        token = self._begin(request)
+        try:
+            response = await self.get_response(request)
+        finally:
+            request_id_var.reset(token)
+        return self._end(request, response)
+
+    @staticmethod
+    def _begin(request):
+        request.request_id = new_request_id(request.headers.get("X-Request-ID"))
+        return request_id_var.set(request.request_id)
+
+    @staticmethod
+    def _end(request, response):
+        response["X-Request-ID"] = request.request_id
+        match = getattr(request, "resolver_match", None)
+        route = match.route if match else "unmatched"
+        metrics.HTTP_REQUESTS.labels(route, request.method, str(response.status_code)).inc()
+        return response

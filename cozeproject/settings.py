@@ -72,12 +72,27 @@ if DEBUG and not TESTING:
 # --- Coze -------------------------------------------------------------------------------------
 
 COZE_API_TOKEN = env.str("COZE_API_TOKEN", default="")
-COZE_DEMO_MODE = not COZE_API_TOKEN
+# OAuth JWT app authorisation (personal tokens expire within a month; app tokens are refreshed).
+COZE_OAUTH_APP_ID = env.str("COZE_OAUTH_APP_ID", default="")
+COZE_OAUTH_KEY_ID = env.str("COZE_OAUTH_KEY_ID", default="")
+COZE_OAUTH_PRIVATE_KEY = env.str("COZE_OAUTH_PRIVATE_KEY", default="", multiline=True)
+_private_key_file = env.str("COZE_OAUTH_PRIVATE_KEY_FILE", default="")
+if _private_key_file and not COZE_OAUTH_PRIVATE_KEY:
+    try:
+        COZE_OAUTH_PRIVATE_KEY = Path(_private_key_file).read_text()
+    except OSError as exc:
+        raise ImproperlyConfigured(f"COZE_OAUTH_PRIVATE_KEY_FILE {_private_key_file!r} can't be read: {exc}") from None
+if COZE_OAUTH_APP_ID and not (COZE_OAUTH_KEY_ID and COZE_OAUTH_PRIVATE_KEY):
+    raise ImproperlyConfigured(
+        "COZE_OAUTH_APP_ID needs COZE_OAUTH_KEY_ID and COZE_OAUTH_PRIVATE_KEY (or COZE_OAUTH_PRIVATE_KEY_FILE)."
+    )
+COZE_OAUTH_TOKEN_TTL = env_number("COZE_OAUTH_TOKEN_TTL", 3600, minimum=60, cast=int)
+COZE_DEMO_MODE = not (COZE_API_TOKEN or COZE_OAUTH_APP_ID)
 COZE_BASE_URL = env.str("COZE_BASE_URL", default="https://api.coze.cn").rstrip("/")
 COZE_BOT_ID = env.str("COZE_BOT_ID", default="")
 if not COZE_BOT_ID:
     if not COZE_DEMO_MODE:
-        raise ImproperlyConfigured("COZE_BOT_ID is required when COZE_API_TOKEN is set.")
+        raise ImproperlyConfigured("COZE_BOT_ID is required when COZE_API_TOKEN or COZE_OAUTH_APP_ID is set.")
     COZE_BOT_ID = "7000000000000000001"
 COZE_ALLOWED_BOT_IDS = [COZE_BOT_ID, *[bot for bot in env_list("COZE_ALLOWED_BOT_IDS") if bot != COZE_BOT_ID]]
 COZE_USER_ID = env.str("COZE_USER_ID", default="default_user")
@@ -93,6 +108,8 @@ CHAT_ALLOW_ANONYMOUS = env_bool("CHAT_ALLOW_ANONYMOUS", COZE_DEMO_MODE or DEBUG)
 CHAT_MAX_MESSAGE_CHARS = env_number("CHAT_MAX_MESSAGE_CHARS", 32000, minimum=1, cast=int)
 CHAT_MAX_BODY_BYTES = 1024 * 1024
 CHAT_SSE_HEARTBEAT = env_number("CHAT_SSE_HEARTBEAT", 15.0, minimum=0.05)
+# Bearer token protecting /metrics; empty leaves it open (keep it on an internal network then).
+CHAT_METRICS_TOKEN = env.str("CHAT_METRICS_TOKEN", default="")
 # Per-owner limits (0 turns a limit off); shared between workers through Redis when configured.
 CHAT_RATE_LIMIT_PER_MINUTE = env_number("CHAT_RATE_LIMIT_PER_MINUTE", 600, minimum=0, cast=int)
 CHAT_MAX_CONCURRENT_STREAMS = env_number("CHAT_MAX_CONCURRENT_STREAMS", 50, minimum=0, cast=int)
@@ -122,6 +139,7 @@ INSTALLED_APPS = [
 ]
 
 MIDDLEWARE = [
+    "cozeproject.middleware.RequestContextMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "corsheaders.middleware.CorsMiddleware",
@@ -252,11 +270,18 @@ SPECTACULAR_SETTINGS = {
 }
 
 LOG_LEVEL = env.str("DJANGO_LOG_LEVEL", default="INFO")
+LOG_FORMAT = env.str("DJANGO_LOG_FORMAT", default="plain")
+if LOG_FORMAT not in ("plain", "json"):
+    raise ImproperlyConfigured(f"DJANGO_LOG_FORMAT must be plain or json, got {LOG_FORMAT!r}")
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
-    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
-    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "filters": {"context": {"()": "chat.logging.ContextFilter"}},
+    "formatters": {
+        "plain": {"format": "%(asctime)s %(levelname)s %(name)s [req=%(request_id)s coze=%(coze_logid)s] %(message)s"},
+        "json": {"()": "chat.logging.JsonFormatter"},
+    },
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": LOG_FORMAT, "filters": ["context"]}},
     "root": {"handlers": ["console"], "level": LOG_LEVEL},
     "loggers": {
         # httpx logs every request URL at INFO; keep it quiet.

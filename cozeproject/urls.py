@@ -7,6 +7,7 @@ from chat import apis, views
 urlpatterns = [
     path("", views.chat_page_view, name="chat-page"),
     path("health", views.health_view, name="health"),
+    path("metrics", views.metrics_view, name="metrics"),
     path("api/chat", apis.ChatSendApi.as_view(), name="chat-send"),
     path("api/chat/stream", views.chat_stream_view, name="chat-stream"),
     path("api/chats/<str:chat_id>/cancel", apis.ChatCancelApi.as_view(), name="chat-cancel"),

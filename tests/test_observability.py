@@ -1,0 +1,73 @@
+"""Prometheus metrics and log context."""
+
+import logging
+
+import pytest
+
+from tests.conftest import auth, stream_chat
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+def metric_value(text: str, name: str, **labels: str) -> float:
+    wanted = ",".join(f'{key}="{value}"' for key, value in labels.items())
+    for line in text.splitlines():
+        if line.startswith(f"{name}{{") and all(f'{k}="{v}"' in line for k, v in labels.items()):
+            return float(line.rsplit(" ", 1)[1])
+        if not labels and line.startswith(f"{name} "):
+            return float(line.rsplit(" ", 1)[1])
+    raise AssertionError(f"{name}{{{wanted}}} not in metrics")
+
+
+def test_metrics_count_replies_tokens_latency_and_errors(http, api_key):
+    before = http.get("/metrics").text
+    completed_before = (
+        metric_value(before, "cozeproject_replies_total", status="completed", transport="sse")
+        if ('status="completed",transport="sse"' in before)
+        else 0.0
+    )
+
+    stream_chat(http, api_key, {"message": "count me"})
+    http.post("/api/chat", json={"message": "[sim:error_event] x"}, headers=auth(api_key))
+
+    text = http.get("/metrics").text
+    assert metric_value(text, "cozeproject_replies_total", status="completed", transport="sse") == completed_before + 1
+    assert metric_value(text, "cozeproject_replies_total", status="failed", transport="sync") >= 1
+    assert metric_value(text, "cozeproject_upstream_errors_total", code="upstream_error") >= 1
+    assert metric_value(text, "cozeproject_tokens_total", direction="output") > 0
+    assert metric_value(text, "cozeproject_time_to_first_token_seconds_count", transport="sse") >= 1
+    assert metric_value(text, "cozeproject_reply_duration_seconds_count", transport="sync") >= 1
+    assert metric_value(text, "cozeproject_open_streams", transport="sse") == 0
+    assert metric_value(text, "cozeproject_http_requests_total", route="api/chat", method="POST", status="502") >= 1
+
+
+def test_metrics_can_require_a_token(http, settings):
+    settings.CHAT_METRICS_TOKEN = "scrape-secret"
+
+    assert http.get("/metrics").status_code == 401
+    assert http.get("/metrics", headers={"Authorization": "Bearer scrape-secret"}).status_code == 200
+
+
+def test_every_response_has_a_request_id_and_keeps_a_clients_own(http, api_key):
+    generated = http.get("/health").headers["x-request-id"]
+    assert len(generated) == 32
+
+    kept = http.get("/health", headers={"X-Request-ID": "client-trace-1234"})
+    assert kept.headers["x-request-id"] == "client-trace-1234"
+    replaced = http.get("/health", headers={"X-Request-ID": "bad id\nwith newline"})
+    assert replaced.headers["x-request-id"] != "bad id\nwith newline"
+
+
+def test_turn_log_lines_carry_the_request_id_and_the_coze_logid(http, api_key, caplog):
+    caplog.set_level(logging.INFO, logger="chat.services")
+
+    response = http.post(
+        "/api/chat", json={"message": "log me"}, headers={**auth(api_key), "X-Request-ID": "trace-abcdef12"}
+    )
+
+    assert response.status_code == 200
+    records = [r for r in caplog.records if r.name == "chat.services"]
+    ended = next(r for r in records if r.getMessage().startswith("Turn ended"))
+    started = next(r for r in records if r.getMessage().startswith("Turn started"))
+    assert started.request_id == ended.request_id == "trace-abcdef12"
+    assert ended.coze_logid not in ("", "-")

@@ -50,12 +50,22 @@ async def _render_sse(first: ChatEvent | services.Ping, events: AsyncIterator) -
     yield sse_done(event_id)
 
 
-async def start_sse_stream(request: HttpRequest, *, transport: str, render=_render_sse) -> HttpResponse:
-    """Authenticate, validate, start the turn; errors before the first event are JSON responses."""
+async def _parse_standard(owner: services.Owner, body) -> services.ChatRequest:
+    return parse_chat_request(body)
+
+
+async def start_sse_stream(
+    request: HttpRequest, *, transport: str, parse=_parse_standard, render=_render_sse
+) -> HttpResponse:
+    """Authenticate, validate, start the turn; errors before the first event are JSON responses.
+
+    `parse(owner, body)` turns the decoded body into a ChatRequest; `render(first, events)`
+    yields the bytes of the stream. Both are swappable for the compatibility paths.
+    """
     try:
         owner = await aresolve_owner(request)
         body = parse_json_bytes(request.body, request.content_type or "")
-        chat_request = parse_chat_request(body)
+        chat_request = await parse(owner, body)
         events = services.achat_events(
             owner=owner,
             chat_request=chat_request,

@@ -1,0 +1,205 @@
+"""Compatibility paths of the earlier FastAPI services (API.md §8), so their clients keep working.
+
+Thin adapters over the same chat service: they accept the earlier request bodies (ignoring fields
+the earlier services ignored) and render the earlier response and stream formats. Authentication
+and per-owner isolation are the same as everywhere else (API.md §2).
+"""
+
+import json
+from collections.abc import AsyncIterator
+
+from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.views.decorators.csrf import csrf_exempt
+from django.views.decorators.http import require_GET, require_POST
+
+from chat import services
+from chat.apis import chat_response_body
+from chat.auth import aresolve_owner
+from chat.db import db_async
+from chat.errors import ChatError, json_error_response
+from chat.events import CompletedEvent, DeltaEvent, ErrorEvent
+from chat.serializers import SessionSerializer, parse_chat_request, parse_json_bytes
+from chat.sse import sse_data
+from chat.views import start_sse_stream
+from sessions_admin.models import Conversation, Reply
+
+# The earlier body of /chat and /chat/stream; anything else they were sent is ignored, as then.
+LEGACY_CHAT_FIELDS = ("message", "session_id", "user_id")
+LEGACY_COZE_CHAT_FIELDS = ("user_id", "bot_id", "additional_messages", "custom_variables", "meta_data", "session_id")
+
+
+def _legacy_chat_request(body) -> services.ChatRequest:
+    if not isinstance(body, dict):
+        raise ChatError("invalid", "The body must be a JSON object.")
+    return parse_chat_request({key: body[key] for key in LEGACY_CHAT_FIELDS if key in body})
+
+
+async def _parse_legacy_chat(owner: services.Owner, body) -> services.ChatRequest:
+    return _legacy_chat_request(body)
+
+
+@db_async
+def _session_id_for_conversation(*, owner: services.Owner, conversation_id: str) -> str:
+    conversation = (
+        Conversation.objects.select_related("session")
+        .filter(session__owner_key=owner.key, coze_conversation_id=conversation_id)
+        .first()
+    )
+    if conversation is None:
+        raise ChatError("not_found", "No such conversation.")
+    return conversation.session.session_id
+
+
+def _object_string_content(content):
+    """Earlier clients send a multimodal message's content as a JSON list, sometimes as a string."""
+    if isinstance(content, str) and content.lstrip().startswith("["):
+        try:
+            items = json.loads(content)
+        except ValueError:
+            return None
+        if isinstance(items, list) and all(isinstance(item, dict) and "type" in item for item in items):
+            return items
+    return None
+
+
+async def _parse_coze_chat(owner: services.Owner, body) -> services.ChatRequest:
+    if not isinstance(body, dict):
+        raise ChatError("invalid", "The body must be a JSON object.")
+    data = {key: body[key] for key in LEGACY_COZE_CHAT_FIELDS if key in body}
+    messages = data.get("additional_messages")
+    if isinstance(messages, list):
+        normalised = []
+        for item in messages:
+            if isinstance(item, dict) and "content_type" not in item:
+                items = _object_string_content(item.get("content"))
+                if items is not None:
+                    item = {**item, "content": items, "content_type": "object_string"}
+            if isinstance(item, dict):
+                # Earlier clients also sent Coze's own message fields; keep the ones we pass on.
+                item = {
+                    key: item[key] for key in ("role", "type", "content", "content_type", "meta_data") if key in item
+                }
+            normalised.append(item)
+        data["additional_messages"] = normalised
+    conversation_id = body.get("conversation_id")
+    if conversation_id and "session_id" not in data:
+        if not isinstance(conversation_id, str):
+            raise ChatError(
+                "invalid", "conversation_id must be a string.", errors={"conversation_id": ["Must be a string."]}
+            )
+        data["session_id"] = await _session_id_for_conversation(owner=owner, conversation_id=conversation_id)
+    return parse_chat_request(data)
+
+
+async def _render_legacy_stream(first, events: AsyncIterator) -> AsyncIterator[bytes]:
+    """`chunk` events with a running index, then `complete`, or `error` (the earlier /chat/stream)."""
+    chunks: list[str] = []
+    item = first
+    while True:
+        if isinstance(item, DeltaEvent):
+            yield sse_data({"type": "chunk", "data": {"content": item.content, "chunk_index": len(chunks)}})
+            chunks.append(item.content)
+        elif isinstance(item, CompletedEvent):
+            yield sse_data({"type": "complete", "data": {"total_chunks": len(chunks), "full_content": item.content}})
+        elif isinstance(item, ErrorEvent):
+            yield sse_data({"type": "error", "data": {"message": item.detail}})
+        elif item is services.PING:
+            yield b": ping\n\n"
+        try:
+            item = await anext(events)
+        except StopAsyncIteration:
+            return
+        except ChatError as error:
+            yield sse_data({"type": "error", "data": {"message": error.detail}})
+            return
+
+
+async def _render_coze_chat_stream(first, events: AsyncIterator) -> AsyncIterator[bytes]:
+    """`delta` and `completed` data lines, then `[DONE]` (the earlier /api/coze-chat)."""
+    item = first
+    while True:
+        if isinstance(item, DeltaEvent):
+            yield sse_data({"type": "delta", "content": item.content})
+        elif isinstance(item, CompletedEvent):
+            yield sse_data(
+                {"type": "completed", "token_count": item.usage.total_tokens, "conversation_id": item.conversation_id}
+            )
+        elif isinstance(item, ErrorEvent):
+            yield sse_data(item.as_dict())
+        elif item is services.PING:
+            yield b": ping\n\n"
+        try:
+            item = await anext(events)
+        except StopAsyncIteration:
+            break
+        except ChatError as error:
+            yield sse_data(error.as_event())
+            break
+    yield sse_data("[DONE]")
+
+
+@csrf_exempt
+@require_POST
+async def legacy_chat_view(request: HttpRequest) -> HttpResponse:
+    """POST /chat: the whole reply."""
+    try:
+        owner = await aresolve_owner(request)
+        chat_request = _legacy_chat_request(parse_json_bytes(request.body, request.content_type or ""))
+        completed = await services.achat_send(owner=owner, chat_request=chat_request, transport=Reply.Transport.COMPAT)
+    except ChatError as error:
+        return json_error_response(error)
+    return JsonResponse(chat_response_body(completed), json_dumps_params={"ensure_ascii": False})
+
+
+@csrf_exempt
+@require_POST
+async def legacy_chat_stream_view(request: HttpRequest) -> HttpResponse:
+    """POST /chat/stream: chunk/complete events."""
+    return await start_sse_stream(
+        request, transport=Reply.Transport.COMPAT, parse=_parse_legacy_chat, render=_render_legacy_stream
+    )
+
+
+@csrf_exempt
+@require_POST
+async def legacy_coze_chat_view(request: HttpRequest) -> HttpResponse:
+    """POST /api/coze-chat: delta/completed events, then [DONE]."""
+    return await start_sse_stream(
+        request, transport=Reply.Transport.COMPAT, parse=_parse_coze_chat, render=_render_coze_chat_stream
+    )
+
+
+@db_async
+def _session_info(owner: services.Owner, session_id: str) -> dict:
+    return SessionSerializer(services.session_get(owner=owner, session_id=session_id)).data
+
+
+@db_async
+def _session_clear(owner: services.Owner, session_id: str) -> dict:
+    session = services.session_clear(owner=owner, session_id=session_id)
+    return {
+        "session_id": session.session_id,
+        "cleared_at": session.cleared_at.isoformat(),
+        "message": "Context cleared; the next message starts a new conversation.",
+    }
+
+
+@require_GET
+async def legacy_session_info_view(request: HttpRequest, session_id: str) -> HttpResponse:
+    """GET /session/{id}/info."""
+    try:
+        owner = await aresolve_owner(request)
+        return JsonResponse(await _session_info(owner, session_id), json_dumps_params={"ensure_ascii": False})
+    except ChatError as error:
+        return json_error_response(error)
+
+
+@csrf_exempt
+@require_POST
+async def legacy_session_clear_view(request: HttpRequest, session_id: str) -> HttpResponse:
+    """POST /session/{id}/clear."""
+    try:
+        owner = await aresolve_owner(request)
+        return JsonResponse(await _session_clear(owner, session_id))
+    except ChatError as error:
+        return json_error_response(error)

@@ -364,7 +364,8 @@
       now.addEventListener("click", onRetryNow);
       this.notice.replaceChildren(text, now);
       const until = Date.now() + delayMs;
-      const label = result.code === "rate_limited" || result.code === "upstream_rate_limited" ? "Rate limited" : result.detail;
+      let label = result.code === "rate_limited" || result.code === "upstream_rate_limited" ? "Rate limited." : result.detail || "";
+      if (label && !/[.!?…]$/.test(label)) label += ".";
       const tick = () => {
         const left = Math.max(0, Math.ceil((until - Date.now()) / 1000));
         text.textContent = `${label} Retrying in ${left} s… `;
@@ -453,6 +454,7 @@
   const state = {
     sessionId: null,
     busy: false,
+    retrying: false,
     handle: null,
     stopRequested: false,
     wakeRetry: null,
@@ -490,6 +492,7 @@
   function sseStatus() {
     if (state.transportName !== "sse") return;
     if (!navigator.onLine) setStatus("warn", "Offline");
+    else if (state.retrying) setStatus("warn", "Waiting to retry");
     else setStatus(state.busy ? "ok" : "ready", state.busy ? "Streaming" : "Ready");
   }
 
@@ -598,7 +601,11 @@
       // Honour Retry-After when the server gives one; otherwise back off exponentially with jitter.
       const delayMs = result.retryAfterMs != null ? result.retryAfterMs : backoffDelay(attempt, { baseMs: 1000, capMs: 20000 });
       view.showRetrying(result, delayMs, () => state.wakeRetry && state.wakeRetry("now"));
+      state.retrying = true;
+      sseStatus();
       const why = await sleepUnlessWoken(delayMs);
+      state.retrying = false;
+      sseStatus();
       if (why === "stop") {
         result = { outcome: "stopped", started: false };
         break;

@@ -8,7 +8,13 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from chat import services
-from chat.serializers import ChatRequestSerializer, MessageSerializer, SessionSerializer, parse_chat_request
+from chat.serializers import (
+    ChatRequestSerializer,
+    MessageSerializer,
+    SessionSerializer,
+    UsageSerializer,
+    parse_chat_request,
+)
 from sessions_admin.models import Reply
 
 ERROR_RESPONSE = inline_serializer(
@@ -17,14 +23,6 @@ ERROR_RESPONSE = inline_serializer(
         "detail": serializers.CharField(),
         "code": serializers.CharField(),
         "errors": serializers.DictField(required=False),
-    },
-)
-USAGE = inline_serializer(
-    "Usage",
-    {
-        "input_tokens": serializers.IntegerField(),
-        "output_tokens": serializers.IntegerField(),
-        "total_tokens": serializers.IntegerField(),
     },
 )
 CHAT_RESPONSE = inline_serializer(
@@ -36,7 +34,7 @@ CHAT_RESPONSE = inline_serializer(
         "chat_id": serializers.CharField(),
         "message_id": serializers.CharField(),
         "follow_ups": serializers.ListField(child=serializers.CharField()),
-        "usage": USAGE,
+        "usage": UsageSerializer(),
         "timestamp": serializers.DateTimeField(),
     },
 )

@@ -159,25 +159,17 @@ def parse_json_bytes(body: bytes, content_type: str):
 # --- read side --------------------------------------------------------------------------------
 
 
-class UsageField(serializers.Field):
-    def __init__(self, **kwargs):
-        kwargs["source"] = "*"
-        kwargs["read_only"] = True
-        super().__init__(**kwargs)
-
-    def to_representation(self, obj):
-        return {
-            "input_tokens": obj.input_tokens,
-            "output_tokens": obj.output_tokens,
-            "total_tokens": obj.total_tokens,
-        }
+class UsageSerializer(serializers.Serializer):
+    input_tokens = serializers.IntegerField()
+    output_tokens = serializers.IntegerField()
+    total_tokens = serializers.IntegerField()
 
 
 class SessionSerializer(serializers.ModelSerializer):
     user_id = serializers.CharField(source="coze_user_id")
     conversation_id = serializers.SerializerMethodField()
     status = serializers.CharField()
-    usage = UsageField()
+    usage = UsageSerializer(source="*", read_only=True)
 
     class Meta:
         model = ChatSession

@@ -1,6 +1,7 @@
 """Health, API keys and demo mode."""
 
 import io
+import json
 
 import httpx
 import pytest
@@ -43,12 +44,32 @@ def test_demo_mode_starts_the_built_in_simulator_and_chats(http, api_key, settin
     assert httpx.get(coze.simulator_base_url() + "/_sim/stats").json()["total_streams"] >= 1
 
 
-def test_openapi_schema_and_docs_are_served(http):
-    schema = http.get("/api/schema/", headers={"Accept": "application/json"})
-    assert schema.status_code == 200
-    assert "/api/chat" in schema.text
+def test_openapi_schema_validates_and_describes_sse_websocket_and_auth(tmp_path):
+    schema_file = tmp_path / "schema.json"
+    call_command("spectacular", "--validate", "--fail-on-warn", "--format", "openapi-json", "--file", str(schema_file))
+
+    schema = json.loads(schema_file.read_text())
+    assert {"/api/chat", "/api/chat/stream", "/api/sessions", "/api/chats/{chat_id}/cancel"} <= set(schema["paths"])
+    stream = schema["paths"]["/api/chat/stream"]["post"]
+    assert "text/event-stream" in stream["responses"]["200"]["content"]
+    assert {"SessionEvent", "DeltaEvent", "CompletedEvent", "ErrorEvent"} <= set(schema["components"]["schemas"])
+    assert schema["components"]["securitySchemes"]["apiKey"] == {
+        "type": "http",
+        "scheme": "bearer",
+        "description": "An API key from `python manage.py create_api_key NAME`.",
+    }
+    assert "ws/chat/" in schema["info"]["description"]
+
+
+def test_swagger_ui_is_served_from_local_static_files(http):
     docs = http.get("/api/docs/")
-    assert docs.status_code == 200 and "swagger" in docs.text.lower()
+
+    assert docs.status_code == 200
+    assert "/static/drf_spectacular_sidecar/swagger-ui-dist/" in docs.text
+    assert "cdn" not in docs.text.lower()
+    bundle = http.get("/static/drf_spectacular_sidecar/swagger-ui-dist/swagger-ui-bundle.js")
+    assert bundle.status_code == 200 and len(bundle.content) > 100_000
+    assert http.get("/api/schema/").status_code == 200
 
 
 def test_chat_page_is_served(http):

@@ -409,8 +409,14 @@ async def _turn_events(
             outcome.logid = error.logid
         await _finish(turn, outcome, started, upstream)
         raise
+    except (asyncio.CancelledError, GeneratorExit):
+        outcome.status = Reply.Status.INTERRUPTED if control.reason == "interrupted" else Reply.Status.CANCELLED
+        outcome.error = ChatError(control.reason)
+        await _finish(turn, outcome, started, upstream)
+        raise
     except BaseException:
-        outcome.status = Reply.Status.CANCELLED
+        logger.exception("Chat turn %s failed before the stream started", turn.reply_pk)
+        outcome.status, outcome.error = Reply.Status.FAILED, ChatError("internal_error")
         await _finish(turn, outcome, started, upstream)
         raise
 

@@ -15,7 +15,7 @@ import secrets
 
 from django.contrib import admin, messages
 from django.contrib.admin.options import IncorrectLookupParameters
-from django.contrib.admin.views.main import PAGE_VAR
+from django.contrib.admin.views.main import PAGE_VAR, SEARCH_VAR
 from django.core.cache import cache
 from django.core.exceptions import PermissionDenied
 from django.core.paginator import Paginator
@@ -53,26 +53,41 @@ MIN_TEXT_SEARCH = 3
 
 
 class CappedCountPaginator(Paginator):
-    """Counts rows only a few pages past the requested one, never the whole filtered table.
+    """Never counts a whole table: reads the ids of the requested page and a few pages after it.
 
-    `count` is exact when the result is small; otherwise it is a lower bound and `count_capped`
-    is True (the pagination template then says "more than N").
+    One query walks the list in its order (an index scan for every ordering the admin offers) and
+    stops after `limit + 1` ids; `count` is their number, exact when the result is small and
+    otherwise a lower bound (`count_capped`; the pagination template then says "more than N").
+    The page itself is then fetched by primary key.
     """
 
     pages_ahead = 5
 
-    def __init__(self, object_list, per_page, *, page_number: int = 1, **kwargs):
+    def __init__(self, object_list, per_page, *, page_number: int = 1, pages_ahead: int | None = None, **kwargs):
         super().__init__(object_list, per_page, **kwargs)
-        self.limit = (max(page_number, 1) + self.pages_ahead) * per_page
+        self.limit = (max(page_number, 1) + (self.pages_ahead if pages_ahead is None else pages_ahead)) * per_page
+
+    @cached_property
+    def ids(self) -> list:
+        return list(self.object_list.values_list("pk", flat=True)[: self.limit + 1])
 
     @cached_property
     def count(self) -> int:
-        # No ORDER BY: any `limit + 1` matching rows will do, whichever the planner finds first.
-        return self.object_list.order_by().values("pk")[: self.limit + 1].count()
+        return len(self.ids)
 
     @property
     def count_capped(self) -> bool:
         return self.count > self.limit
+
+    def page(self, number):
+        number = self.validate_number(number)
+        bottom = (number - 1) * self.per_page
+        top = bottom + self.per_page
+        if top + self.orphans >= self.count:
+            top = self.count
+        ids = self.ids[bottom:top]
+        rows = {row.pk: row for row in self.object_list.order_by().filter(pk__in=ids)}
+        return self._get_page([rows[pk] for pk in ids if pk in rows], number, self)
 
 
 class BigTableAdmin(admin.ModelAdmin):
@@ -88,7 +103,13 @@ class BigTableAdmin(admin.ModelAdmin):
         except ValueError:
             page_number = 1
         return CappedCountPaginator(
-            queryset, per_page, orphans=orphans, allow_empty_first_page=allow_empty_first_page, page_number=page_number
+            queryset,
+            per_page,
+            orphans=orphans,
+            allow_empty_first_page=allow_empty_first_page,
+            page_number=page_number,
+            # A search for a common word checks rows one by one: look fewer pages ahead.
+            pages_ahead=2 if request.GET.get(SEARCH_VAR) else None,
         )
 
     def has_add_permission(self, request, obj=None) -> bool:
@@ -197,11 +218,23 @@ def last_reply_status():
     return Subquery(Reply.objects.filter(conversation=OuterRef("pk")).order_by("-pk").values("status")[:1])
 
 
+STATUS_ID_LIMIT = 50_000
+
+
 def conversations_whose_last_reply(statuses) -> Q:
-    """Set-based, so PostgreSQL can start from the (few) replies with these statuses."""
+    """Conversations whose newest reply has one of `statuses`.
+
+    Found from the (few) replies with those statuses, through the status index and then each
+    one's conversation (is there a later reply?), and handed to the list as primary keys, so the
+    ordered walk over conversations only probes a hash. A subquery instead would make PostgreSQL
+    check every conversation it walks past, one index probe each.
+    """
     later = Reply.objects.filter(conversation=OuterRef("conversation"), pk__gt=OuterRef("pk"))
-    last_with_status = Reply.objects.filter(status__in=statuses).exclude(Exists(later))
-    return Q(pk__in=last_with_status.values("conversation_id"))
+    last_with_status = Reply.objects.filter(status__in=statuses).exclude(Exists(later)).values("conversation_id")
+    ids = list(last_with_status.values_list("conversation_id", flat=True)[: STATUS_ID_LIMIT + 1])
+    if len(ids) > STATUS_ID_LIMIT:
+        return Q(pk__in=last_with_status)
+    return Q(pk__in=ids)
 
 
 class ConversationStatusFilter(admin.SimpleListFilter):
@@ -252,38 +285,31 @@ def conversation_status(conversation: Conversation) -> str:
     return STATUS_LABELS.get(status, status)
 
 
-SEARCH_ID_LIMIT = 1000
+SEARCH_ID_LIMIT = 3000
 
 
 def search_conversations(queryset, term: str):
     """Exact session id, Coze conversation id or Coze user id, or words in a message.
 
-    Each kind of match is looked up through its own index. When all of them together are a few
-    hundred conversations (the usual case: an id, a rare phrase), the page is then fetched by
-    primary key; a common phrase instead stays a subquery, which the ordered scan of the list
-    meets early.
+    Each kind of match is looked up through its own index first. When they come to a few
+    thousand rows at most (ids, rare words: the usual case) the list is filtered by those
+    primary keys. A word found in more messages than that is common: then each conversation the
+    list walks (newest first) is checked for it, and the page fills after a few hundred.
     """
     term = term.strip()
     if not term:
         return queryset
-    sources = [
-        Conversation.objects.filter(coze_conversation_id=term).values("pk"),
-        Conversation.objects.filter(
-            session__in=ChatSession.objects.filter(Q(session_id=term) | Q(coze_user_id=term)).values("pk")
-        ).values("pk"),
-    ]
+    ids = set(Conversation.objects.filter(coze_conversation_id=term).values_list("pk", flat=True))
+    sessions = ChatSession.objects.filter(Q(session_id=term) | Q(coze_user_id=term)).values("pk")
+    ids.update(Conversation.objects.filter(session__in=sessions).values_list("pk", flat=True)[:SEARCH_ID_LIMIT])
     if len(term) >= MIN_TEXT_SEARCH:
-        sources.append(Message.objects.filter(content__icontains=term).values("conversation_id").distinct())
-    found: set[int] = set()
-    for source in sources:
-        ids = list(source.values_list(source.query.values_select[0], flat=True)[: SEARCH_ID_LIMIT + 1])
-        if len(ids) > SEARCH_ID_LIMIT:
-            matches = Q()
-            for each in sources:
-                matches |= Q(pk__in=each)
-            return queryset.filter(matches)
-        found.update(ids)
-    return queryset.filter(pk__in=sorted(found))
+        with_text = Message.objects.filter(content__icontains=term)
+        found = list(with_text.values_list("conversation_id", flat=True)[: SEARCH_ID_LIMIT + 1])
+        if len(found) > SEARCH_ID_LIMIT:
+            in_conversation = with_text.filter(conversation=OuterRef("pk"))
+            return queryset.filter(Q(pk__in=sorted(ids)) | Exists(in_conversation))
+        ids.update(found)
+    return queryset.filter(pk__in=sorted(ids))
 
 
 @admin.register(Conversation)

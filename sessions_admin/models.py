@@ -174,6 +174,8 @@ class Reply(models.Model):
             models.Index(fields=["bot_id", "-started_at"], name="reply_bot_started"),
             # The admin's owner filter, and its sortable columns.
             models.Index(fields=["owner_key", "-started_at"], name="reply_owner_started"),
+            # A conversation's replies in order: transcripts, its last reply (status column, filter).
+            models.Index(fields=["conversation", "id"], name="reply_conversation_order"),
             models.Index(fields=["total_tokens", "id"], name="reply_tokens"),
             models.Index(fields=["time_to_first_token_ms", "id"], name="reply_ttft"),
             models.Index(fields=["duration_ms", "id"], name="reply_duration"),

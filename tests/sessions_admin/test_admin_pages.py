@@ -400,3 +400,20 @@ def test_api_clients_can_be_renamed_and_deactivated_but_not_deleted(staff_client
 def test_admin_index_links_to_the_usage_dashboard(staff_client):
     html = staff_client.get(reverse("admin:index")).content.decode()
     assert url("reply_dashboard") in html
+
+
+def test_search_for_a_common_word_checks_conversations_in_list_order(staff_client, monkeypatch):
+    from sessions_admin import admin as sessions_admin_admin
+
+    monkeypatch.setattr(sessions_admin_admin, "SEARCH_ID_LIMIT", 2)
+    with_word = []
+    for number in range(4):
+        conversation = make_conversation(make_session(session_id=f"w{number}"))
+        make_turn(conversation, question=f"a common word, number {number}")
+        with_word.append(conversation.pk)
+    make_chat(turns=1, session_id="without")
+    by_id = make_chat(turns=1, session_id="common")[1]
+
+    response = staff_client.get(url("conversation_changelist"), {"q": "common"})
+
+    assert {row.pk for row in response.context["cl"].result_list} == {*with_word, by_id.pk}

@@ -124,3 +124,25 @@ def test_export_picks_the_iterator_that_suits_the_server():
 
     # Django would otherwise buffer the whole export in memory to adapt one to the other.
     assert asgi.is_async and not wsgi.is_async
+
+
+@pytest.mark.django_db(transaction=True)
+def test_export_streams_through_the_real_asgi_server(asgi_server, http, monkeypatch):
+    from django.test import Client
+
+    from tests.sessions_admin.factories import make_user
+
+    monkeypatch.setattr(csv_export, "PAGE_SIZE", 2)
+    conversation = make_conversation(make_session(session_id="over-asgi"))
+    for _ in range(5):
+        make_turn(conversation)
+    browser = Client()
+    browser.force_login(make_user("asgi-staff", superuser=True))
+    cookies = {"sessionid": browser.cookies["sessionid"].value}
+
+    with http.stream("GET", EXPORT, cookies=cookies) as response:
+        assert response.status_code == 200
+        body = "".join(response.iter_text())
+
+    rows = list(csv.DictReader(io.StringIO(body)))
+    assert len(rows) == 5 and {row["session_id"] for row in rows} == {"over-asgi"}

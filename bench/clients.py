@@ -19,6 +19,8 @@ import httpx
 from cozepy import AsyncCoze, AsyncTokenAuth, ChatEventType, Message
 from cozepy.request import AsyncHTTPClient
 
+from chat.coze import ShardedTransport
+
 now = time.perf_counter
 # Gateway streams that have received their first token and not yet ended (read by the sampler).
 OPEN = [0]
@@ -323,9 +325,11 @@ async def ws_chat(ws, message: str, session_id: str) -> Result:
 
 def direct_client(base_url: str, token: str) -> tuple[AsyncCoze, AsyncHTTPClient]:
     """cozepy's async client with limits large enough for the concurrency runs (and its pool, to close)."""
+    # The gateway's sharded pool: one httpcore pool of 1,000 connections spends quadratic time in
+    # its bookkeeping (see chat.coze.ShardedTransport), which would make the reference slow.
+    limits = httpx.Limits(max_connections=20_000, max_keepalive_connections=2_000)
     http_client = AsyncHTTPClient(
-        timeout=httpx.Timeout(600.0, connect=30.0, pool=60.0),
-        limits=httpx.Limits(max_connections=20_000, max_keepalive_connections=2_000),
+        timeout=httpx.Timeout(600.0, connect=30.0, pool=60.0), transport=ShardedTransport(limits=limits)
     )
     return AsyncCoze(auth=AsyncTokenAuth(token), base_url=base_url, http_client=http_client), http_client
 

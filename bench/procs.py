@@ -46,10 +46,12 @@ def wait_for_port(port: int, proc: subprocess.Popen, timeout: float = 30.0) -> N
 
 
 def stop(proc: subprocess.Popen | None, timeout: float = 10.0) -> None:
-    """Stop one process we started (SIGINT, then SIGTERM, then SIGKILL), by its pid only."""
+    """Stop one process we started (SIGTERM, then SIGKILL), by its pid only.
+
+    Not SIGINT: a benchmark started in the background of a shell inherits SIGINT ignored."""
     if proc is None or proc.poll() is not None:
         return
-    for sig, wait in ((signal.SIGINT, timeout), (signal.SIGTERM, 5.0), (signal.SIGKILL, 5.0)):
+    for sig, wait in ((signal.SIGTERM, timeout), (signal.SIGKILL, 5.0)):
         proc.send_signal(sig)
         try:
             proc.wait(wait)
@@ -130,7 +132,7 @@ class Simulator:
     def start(self) -> Simulator:
         port, delay = free_port(), str(self.token_delay_ms)
         self.proc = subprocess.Popen(
-            [PYTHON, "-m", "chat.simulator", "--port", str(port), "--token", SIM_TOKEN, "--token-delay-ms", delay],
+            [PYTHON, "-m", "bench.simulator", "--port", str(port), "--token", SIM_TOKEN, "--token-delay-ms", delay],
             cwd=ROOT,
             stdout=_log("simulator"),
             stderr=subprocess.STDOUT,
@@ -157,6 +159,9 @@ def gateway_env(db: str, *, sim_url: str, **extra: str) -> dict[str, str]:
         COZE_BASE_URL=sim_url,
         COZE_BOT_ID=BOT_ID,
         CHAT_ALLOW_ANONYMOUS="0",
+        # One API key drives every stream: the per-owner limits would refuse most of them.
+        CHAT_RATE_LIMIT_PER_MINUTE="0",
+        CHAT_MAX_CONCURRENT_STREAMS="0",
         PYTHONUNBUFFERED="1",
     )
     env.pop("REDIS_URL", None)
@@ -228,4 +233,14 @@ class Server:
         return proc
 
     def stop(self) -> None:
+        if self.prefix and self.proc is not None and self.proc.poll() is None:
+            # py-spy writes its profile on SIGINT; then stop the server it was sampling.
+            child = self.process()
+            self.proc.send_signal(signal.SIGINT)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.proc.wait(60)
+            if child.pid != self.proc.pid and child.is_running():
+                child.terminate()
+                with contextlib.suppress(psutil.TimeoutExpired):
+                    child.wait(10)
         stop(self.proc)

@@ -106,12 +106,15 @@ class Bench:
         log(f"simulator at {self.sim.url} ({self.args.token_delay_ms} ms between tokens)")
         self.direct, _ = clients.direct_client(self.sim.url, procs.SIM_TOKEN)
 
-    def gateway(self, kind: str, app: str = "cozeproject.asgi:application", name: str = "gateway", **env) -> Target:
+    def gateway(self, kind: str, app: str = "", name: str = "gateway", **env) -> Target:
+        if not app and self.args.whatif:
+            app, env = "bench.whatif:application", {**env, "BENCH_WHATIF": self.args.whatif}
+        app = app or "cozeproject.asgi:application"
         prefix = []
         if self.args.py_spy and name == "gateway":
             out = Path(self.args.py_spy) / f"{kind}-{self.seq}.txt"
             out.parent.mkdir(parents=True, exist_ok=True)
-            prefix = [str(procs.BIN / "py-spy"), "record", "-f", "raw", "-r", "200", "-o", str(out), "--"]
+            prefix = [str(procs.BIN / "py-spy"), "record", "-f", "raw", "-r", "50", "-o", str(out), "--"]
         server = procs.Server(
             kind=kind,
             app=app,
@@ -466,6 +469,7 @@ def counting_queries(target: Target) -> int:
 
 def machine() -> dict:
     return {
+        "load_average_at_start": [round(x, 2) for x in os.getloadavg()],
         "cpus": os.cpu_count(),
         "cpu_model": cpu_model(),
         "memory_gib": round(psutil.virtual_memory().total / 2**30, 1),
@@ -501,7 +505,8 @@ def report(results: dict) -> str:
     lines = [
         f"Machine: {m['cpus']} x {m['cpu_model']}, {m['memory_gib']} GiB, Linux {m['kernel']}, Python {m['python']}; "
         "simulator, gateway, Postgres and clients share it.",
-        f"Upstream: {a['token_delay_ms']:g} ms between tokens, 20 deltas per reply.",
+        f"Upstream: {a['token_delay_ms']:g} ms between tokens, 20 deltas per reply. "
+        f"Load average at start {m['load_average_at_start']}, at end {results.get('load_average_at_end')}.",
         "",
     ]
     servers = results["servers"]
@@ -624,6 +629,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--skip", default="", help="comma list of: ttft, burst, sync, throughput, streams, dbwork, earlier"
     )
     parser.add_argument("--json", default="bench-results.json", help="where to write every number")
+    parser.add_argument("--whatif", default="", help="nodb and/or lean: see bench/whatif.py")
     parser.add_argument("--py-spy", default="", help="profile the gateway with py-spy; raw stacks go to this folder")
     args = parser.parse_args(argv)
     q = args.quick
@@ -653,6 +659,7 @@ def main(argv: list[str] | None = None) -> None:
         results = uvloop.run(bench.run())
     finally:
         bench.teardown()
+    results["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
     Path(args.json).write_text(json.dumps(results, indent=2, default=str))
     print(report(results))
     log(f"all numbers in {args.json}; server logs in {procs.LOG_DIR}")

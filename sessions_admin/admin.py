@@ -26,7 +26,7 @@ from django.template.response import TemplateResponse
 from django.urls import path, reverse
 from django.utils import timezone
 from django.utils.functional import cached_property
-from django.utils.html import format_html
+from django.utils.html import format_html, format_html_join
 from django.utils.http import urlencode
 
 from sessions_admin import csv_export
@@ -532,19 +532,22 @@ class ChatSessionAdmin(BigTableAdmin):
         conversations = list(obj.conversations.order_by("-last_activity")[:50])
         if not conversations:
             return "none"
-        items = [
-            format_html(
-                '<li><a href="{}">{}</a> · {} messages · {} tokens · last activity {}{}</li>',
-                reverse("admin:sessions_admin_conversation_change", args=[conversation.pk]),
-                conversation.coze_conversation_id or f"#{conversation.pk}",
-                conversation.message_count,
-                conversation.total_tokens,
-                conversation.last_activity.strftime("%Y-%m-%d %H:%M"),
-                " (current)" if conversation.pk == obj.current_conversation_id else "",
-            )
-            for conversation in conversations
-        ]
-        return format_html("<ul>{}</ul>", format_html("".join(["{}"] * len(items)), *items))
+        rows = format_html_join(
+            "",
+            '<li><a href="{}">{}</a> · {} messages · {} tokens · last activity {}{}</li>',
+            (
+                (
+                    reverse("admin:sessions_admin_conversation_change", args=[conversation.pk]),
+                    conversation.coze_conversation_id or f"#{conversation.pk}",
+                    conversation.message_count,
+                    conversation.total_tokens,
+                    conversation.last_activity.strftime("%Y-%m-%d %H:%M"),
+                    " (current)" if conversation.pk == obj.current_conversation_id else "",
+                )
+                for conversation in conversations
+            ),
+        )
+        return format_html("<ul>{}</ul>", rows)
 
 
 # --- token usage ------------------------------------------------------------------------------

@@ -417,3 +417,22 @@ def test_search_for_a_common_word_checks_conversations_in_list_order(staff_clien
     response = staff_client.get(url("conversation_changelist"), {"q": "common"})
 
     assert {row.pk for row in response.context["cl"].result_list} == {*with_word, by_id.pk}
+
+
+def test_session_page_lists_its_conversations_with_links_to_their_transcripts(staff_client):
+    session = make_session(session_id="twice")
+    first = make_conversation(session, coze_id="conv-first")
+    make_turn(first)
+    second = make_conversation(session, coze_id="conv-second")
+    make_turn(second)
+
+    html = staff_client.get(url("chatsession_change", session.pk)).content.decode()
+
+    assert url("conversation_change", first.pk) in html and url("conversation_change", second.pk) in html
+    assert "conv-second</a> · 2 messages" in html and "(current)" in html
+
+
+def test_admin_index_hides_the_dashboard_link_without_permission(staff_without_permissions_client):
+    response = staff_without_permissions_client.get(reverse("admin:index"))
+    assert response.status_code == 200
+    assert url("reply_dashboard") not in response.content.decode()

@@ -588,7 +588,10 @@
     const requestBody = { message: text, session_id: state.sessionId };
     let result;
     for (let attempt = 0; ; attempt += 1) {
-      state.handle = transport.start(requestBody, (event) => view.apply(event));
+      state.handle = transport.start(requestBody, (event) => {
+        view.apply(event);
+        if (event.type === "session") refreshSessions(); // a new conversation shows up at once
+      });
       result = await state.handle.result;
       state.handle = null;
       const autoRetry =

@@ -4,6 +4,7 @@ place with Retry, the session list, safe rendering, Retry-After, and the sign-in
 import itertools
 import re
 import shutil
+import socket
 import threading
 import time
 
@@ -370,3 +371,58 @@ def test_without_login_or_anonymous_access_the_page_asks_to_sign_in(page, coze_s
     screenshot(page, "sign-in-required")
     link.click()
     page.wait_for_url("**/accounts/login/**")
+
+
+class SilentSseServer:
+    """Answers any request with the start of an SSE reply, then says nothing: a dead connection."""
+
+    def __init__(self):
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen()
+        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}/api/chat/stream"
+        self.connections: list = []
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self):
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            self.connections.append(conn)
+            conn.recv(65536)
+            session = '{"type":"session","session_id":"s","conversation_id":"c","chat_id":"silent-chat"}'
+            conn.sendall(
+                b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nCache-Control: no-cache\r\n\r\n"
+                + f"id: 1\nevent: session\ndata: {session}\n\nid: 2\nevent: delta\ndata: ".encode()
+                + b'{"type":"delta","content":"Half an ans"}\n\n'
+            )
+
+    def close(self):
+        self.sock.close()
+        for conn in self.connections:
+            conn.close()
+
+
+def test_an_sse_reply_that_goes_silent_past_the_heartbeat_is_dropped_with_a_retry(page, coze_settings):
+    coze_settings.CHAT_SSE_HEARTBEAT = 1.0  # the page gives up after 2 heartbeats + 5 s of silence
+    page.reload()
+    silent = SilentSseServer()
+    page.route("**/api/chat/stream", lambda route: route.continue_(url=silent.url), times=1)
+    try:
+        send(page, "This reply will hang")
+        page.wait_for_function("() => document.querySelector('.msg-assistant .answer')?.innerText === 'Half an ans'")
+        started = time.monotonic()
+        wait_status(page, "error", timeout=15_000)
+        assert time.monotonic() - started >= 5
+        notice = last_answer(page).locator(".notice-error").inner_text()
+        assert "Nothing arrived from the server for 7 seconds" in notice
+        screenshot(page, "sse-inactivity-timeout")
+
+        # Retry goes to the real server this time.
+        last_answer(page).get_by_role("button", name="Retry").click()
+        wait_status(page, "completed")
+        assert answer_text(page) == "You said: This reply will hang"
+    finally:
+        silent.close()

@@ -156,6 +156,7 @@ def main() -> None:
     if user is None:
         user = User.objects.create_superuser("admin-bench", "admin-bench@example.com", None)
     targets = sample_targets()
+    load_before = os.getloadavg()
 
     with override_settings(
         ALLOWED_HOSTS=["testserver"],
@@ -190,6 +191,11 @@ def main() -> None:
     for name, p50, p90, queries, status in results:
         print(f"| {name:<{width}} | {p50:6.1f} | {p90:6.1f} | {queries:7d} | {status:>6} |")
     print(f"\n{args.runs} runs per page after {args.warmup} warm-up requests; p90 is the nearest-rank 90th percentile.")
+    load_after = os.getloadavg()
+    print(
+        f"Load average (1 min) before/after: {load_before[0]:.1f}/{load_after[0]:.1f} on {os.cpu_count()} CPUs "
+        "(other work on the machine inflates the numbers)."
+    )
 
 
 if __name__ == "__main__":

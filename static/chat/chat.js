@@ -191,8 +191,11 @@
     }
   }
 
+  // Titles the server gives (if its session API has them) win over this browser's own.
+  const serverTitles = {};
+
   function titleFor(sessionId) {
-    return titles[sessionId] || `Chat ${sessionId.slice(-6)}`;
+    return serverTitles[sessionId] || titles[sessionId] || `Chat ${sessionId.slice(-6)}`;
   }
 
   function newSessionId() {
@@ -277,6 +280,8 @@
     setStatus(status) {
       this.status = status;
       this.node.dataset.status = status;
+      // Screen readers announce the answer once it is whole, not every token.
+      this.node.setAttribute("aria-busy", String(status === "waiting" || status === "streaming" || status === "retrying"));
       this.typing.hidden = !(status === "waiting" || (status === "streaming" && this.text === ""));
     }
 
@@ -718,6 +723,7 @@
     el.sessionsEmpty.hidden = sessions.length > 0;
     for (const session of sessions) {
       const id = session.session_id;
+      if (session.title) serverTitles[id] = session.title;
       const item = make("li", "session");
       item.dataset.sessionId = id;
       if (id === state.sessionId) item.classList.add("active");

@@ -7,6 +7,7 @@ start-up rather than surfacing later as odd behaviour.
 import os
 import sys
 import tempfile
+from decimal import Decimal, InvalidOperation
 from pathlib import Path
 
 import environ
@@ -108,6 +109,12 @@ CHAT_ALLOW_ANONYMOUS = env_bool("CHAT_ALLOW_ANONYMOUS", COZE_DEMO_MODE or DEBUG)
 CHAT_MAX_MESSAGE_CHARS = env_number("CHAT_MAX_MESSAGE_CHARS", 32000, minimum=1, cast=int)
 CHAT_MAX_BODY_BYTES = 1024 * 1024
 CHAT_SSE_HEARTBEAT = env_number("CHAT_SSE_HEARTBEAT", 15.0, minimum=0.05)
+# Price of 1,000 Coze tokens in your currency, for the admin's estimated spend (unset: not shown).
+_token_price = env.str("CHAT_TOKEN_PRICE_PER_1K", default="")
+try:
+    CHAT_TOKEN_PRICE_PER_1K = Decimal(_token_price) if _token_price else None
+except InvalidOperation:
+    raise ImproperlyConfigured(f"CHAT_TOKEN_PRICE_PER_1K must be a decimal number, got {_token_price!r}") from None
 # Bearer token protecting /metrics; empty leaves it open (keep it on an internal network then).
 CHAT_METRICS_TOKEN = env.str("CHAT_METRICS_TOKEN", default="")
 # Per-owner limits (0 turns a limit off); shared between workers through Redis when configured.

@@ -31,9 +31,12 @@
     return Number.isNaN(date) ? null : Math.max(0, date - Date.now());
   }
 
+  /** The `csrftoken` cookie (fresh after a login), else the token the page was rendered with. */
   function csrfToken() {
     const match = document.cookie.match(/(?:^|;\s*)csrftoken=([^;]+)/);
-    return match ? decodeURIComponent(match[1]) : "";
+    if (match) return decodeURIComponent(match[1]);
+    const meta = document.querySelector('meta[name="csrf-token"]');
+    return meta ? meta.content : "";
   }
 
   /** Incremental parser of a text/event-stream body; calls onMessage({event, data, id}). */

@@ -22,7 +22,7 @@ from cozepy.request import AsyncHTTPClient
 from chat.coze import ShardedTransport
 
 now = time.perf_counter
-# Gateway streams that have received their first token and not yet ended (read by the sampler).
+# Gateway streams sent and not yet ended, i.e. held by the server (read by the sampler).
 OPEN = [0]
 
 
@@ -244,7 +244,6 @@ class SseReader:
             if event == b"delta":
                 if result.first_token is None:
                     result.first_token = at
-                    OPEN[0] += 1
                 result.parts.append(json.loads(data)["content"])
             elif event == b"completed":
                 result.completed_content = json.loads(data)["content"]
@@ -269,6 +268,7 @@ class SseReader:
 async def sse_stream(client: HttpClient, request: bytes, *, flavour: str = "gateway") -> Result:
     """POST and read an SSE reply into a Result (never raises)."""
     result = Result(started=now())
+    OPEN[0] += 1
     try:
         status = await client.request(request, SseReader(result, flavour))
         if status != 200:
@@ -279,8 +279,7 @@ async def sse_stream(client: HttpClient, request: bytes, *, flavour: str = "gate
         result.ok, result.error = False, f"{type(exc).__name__}: {exc}"
     if result.finished is None:
         result.finished = now()
-    if result.first_token is not None and flavour == "gateway":
-        OPEN[0] -= 1
+    OPEN[0] -= 1
     return result
 
 

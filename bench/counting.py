@@ -16,12 +16,24 @@ from django.db.backends.signals import connection_created
 from cozeproject.asgi import application as gateway
 
 _lock = threading.Lock()
-_counts = {"queries": 0}
+_counts = {"queries": 0, "kinds": {}}
+
+
+def _kind(sql: str) -> str:
+    """`UPDATE sessions_admin_chatsession`, `SAVEPOINT`, …: the verb and the table it acts on."""
+    words = sql.replace('"', "").split()
+    verb = words[0].upper() if words else "?"
+    keyword = {"INSERT": "INTO", "SELECT": "FROM", "DELETE": "FROM", "UPDATE": "UPDATE"}.get(verb)
+    if keyword in words[:-1]:
+        return f"{verb} {words[words.index(keyword) + 1]}"
+    return verb
 
 
 def _count(execute, sql, params, many, context):
+    kind = _kind(sql)
     with _lock:
         _counts["queries"] += 1
+        _counts["kinds"][kind] = _counts["kinds"].get(kind, 0) + 1
     return execute(sql, params, many, context)
 
 

@@ -114,7 +114,7 @@ class Bench:
         if self.args.py_spy and name == "gateway":
             out = Path(self.args.py_spy) / f"{kind}-{self.seq}.txt"
             out.parent.mkdir(parents=True, exist_ok=True)
-            prefix = [str(procs.BIN / "py-spy"), "record", "-f", "raw", "-r", "50", "-o", str(out), "--"]
+            prefix = [str(procs.BIN / "py-spy"), "record", "-f", "raw", "-r", "100", "-o", str(out), "--"]
         server = procs.Server(
             kind=kind,
             app=app,
@@ -314,19 +314,23 @@ class Bench:
         }
 
     async def db_work(self, turns: int) -> dict:
-        """Statements and transactions per turn for a short (20 deltas) and a long (2,000 deltas) reply."""
+        """SQL statements per turn for a short (20 deltas) and a long (2,000 deltas) reply.
+
+        Statements are counted by the gateway itself (bench.counting); transactions and rows from
+        pg_stat_database, which idle backends flush only every 10 s, hence the waits.
+        """
         target = self.gateway("daphne", app="bench.counting:application", name="counting")
         try:
             await self.warm_up(target, 5)
             out = {}
             long_answer = ("x" * 10 + "y" * 15) * 200  # 5,000 code points: 2,000 deltas
+            await asyncio.sleep(11)
             for label, answer, directives in (
                 ("short", ANSWER, ("slow=1",)),
                 ("long", long_answer, ("slow=0.2",)),
             ):
                 client = target.http()
-                before_queries = counting_queries(target)
-                await asyncio.sleep(1.2)  # pg_stat_database is flushed about once a second
+                before_counts = counting_queries(target)
                 before = self.db.stats()
                 deltas = 0
                 for _ in range(turns):
@@ -337,13 +341,19 @@ class Bench:
                     if not result.ok:
                         raise RuntimeError(f"db-work turn failed: {result.error}")
                     deltas += len(result.parts)
-                await asyncio.sleep(1.5)
-                after = self.db.stats()
-                queries = counting_queries(target) - before_queries
                 client.close()
+                after_counts = counting_queries(target)
+                await asyncio.sleep(11)
+                after = self.db.stats()
+                kinds = {
+                    kind: (count - before_counts["kinds"].get(kind, 0)) / turns
+                    for kind, count in sorted(after_counts["kinds"].items())
+                    if count != before_counts["kinds"].get(kind, 0)
+                }
                 out[label] = {
                     "deltas_per_turn": deltas / turns,
-                    "statements_per_turn": queries / turns,
+                    "statements_per_turn": (after_counts["queries"] - before_counts["queries"]) / turns,
+                    "statement_kinds_per_turn": kinds,
                     **{f"{k}_per_turn": (after[k] - before[k]) / turns for k in ("commits", "inserted", "updated")},
                 }
             return out
@@ -462,9 +472,9 @@ class Sampler:
         }
 
 
-def counting_queries(target: Target) -> int:
+def counting_queries(target: Target) -> dict:
     with urllib.request.urlopen(f"http://127.0.0.1:{target.server.port}/_bench/queries", timeout=5) as response:
-        return json.loads(response.read())["queries"]
+        return json.loads(response.read())
 
 
 def machine() -> dict:
@@ -608,6 +618,10 @@ def report(results: dict) -> str:
                 f"| {label} | {fmt(d['deltas_per_turn'], 0)} | {fmt(d['statements_per_turn'])} "
                 f"| {fmt(d['commits_per_turn'])} | {fmt(d['inserted_per_turn'])} | {fmt(d['updated_per_turn'])} |"
             )
+        lines.append("")
+        for label, d in results["db_work"].items():
+            kinds = ", ".join(f"{kind} {count:g}" for kind, count in d["statement_kinds_per_turn"].items())
+            lines.append(f"- {label}: {kinds}")
         lines.append("")
     return "\n".join(lines)
 

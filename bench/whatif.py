@@ -16,12 +16,14 @@ import io
 import itertools
 import os
 
-os.environ.setdefault("DJANGO_SETTINGS_MODULE", "cozeproject.settings")
-
+import django
 from django.core.handlers.asgi import ASGIRequest
 
-from chat import auth, services, views
-from cozeproject.asgi import application as gateway
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "cozeproject.settings")
+django.setup()
+
+from chat import auth, services, views  # noqa: E402  (after django.setup())
+from cozeproject.asgi import application as gateway  # noqa: E402
 
 WHATIF = set(filter(None, os.environ.get("BENCH_WHATIF", "").split(",")))
 _ids = itertools.count(1)

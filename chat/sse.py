@@ -9,8 +9,9 @@ import json
 PING = b": ping\n\n"
 
 
-def encode_json(data: dict) -> str:
-    return json.dumps(data, ensure_ascii=False, separators=(",", ":"))
+# json.dumps() with keyword arguments builds a new JSONEncoder on every call; this is the same
+# encoder, built once (a few microseconds per event saved on the streaming hot path).
+encode_json = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
 
 
 def sse_event(event_id: int, event: str, data: dict) -> bytes:

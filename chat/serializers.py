@@ -167,6 +167,7 @@ class UsageSerializer(serializers.Serializer):
 
 class SessionSerializer(serializers.ModelSerializer):
     user_id = serializers.CharField(source="coze_user_id")
+    title = serializers.SerializerMethodField()
     conversation_id = serializers.SerializerMethodField()
     status = serializers.CharField()
     usage = UsageSerializer(source="*", read_only=True)
@@ -183,7 +184,12 @@ class SessionSerializer(serializers.ModelSerializer):
             "message_count",
             "status",
             "usage",
+            "title",
         ]
+
+    def get_title(self, session: ChatSession) -> str | None:
+        """The start of the current conversation's first question (None after a clear)."""
+        return getattr(session, "title", None)
 
     def get_conversation_id(self, session: ChatSession) -> str | None:
         conversation = session.current_conversation

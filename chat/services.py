@@ -22,7 +22,8 @@ from datetime import timedelta
 
 from django.conf import settings
 from django.db import IntegrityError, transaction
-from django.db.models import F, Q
+from django.db.models import F, OuterRef, Q, Subquery
+from django.db.models.functions import Substr
 from django.utils import timezone
 
 from chat import cancellation, coze, lifecycle, metrics, ratelimit
@@ -40,6 +41,7 @@ from chat.events import (
 )
 from chat.logging import coze_logid_var
 from sessions_admin.models import ChatSession, Conversation, Message, Reply
+from sessions_admin.rollup import record_reply
 
 logger = logging.getLogger(__name__)
 
@@ -288,6 +290,8 @@ def turn_finish(*, turn: TurnContext, outcome: TurnOutcome, started: float) -> N
             ChatSession.objects.filter(pk=turn.session_pk, current_conversation_id=turn.conversation_pk).update(
                 message_count=F("message_count") + stored_messages
             )
+        # The dashboard's daily rollup; last, so its row lock (shared by the owner's replies that day) is held briefly.
+        record_reply(reply_pk=turn.reply_pk)
         _release_lock(turn.session_pk, turn.lock_token)
 
 
@@ -662,24 +666,34 @@ async def achat_cancel(*, owner: Owner, chat_id: str) -> dict:
 # --- sessions ---------------------------------------------------------------------------------
 
 
+TITLE_CHARS = 80
+
+
+def _sessions_of(owner: Owner):
+    """The owner's sessions, each with a `title`: the start of its conversation's first question
+    (computed in the same query, through the message index)."""
+    first_question = (
+        Message.objects.filter(conversation_id=OuterRef("current_conversation_id"), role=Message.Role.USER)
+        .order_by("pk")
+        .values(start=Substr("content", 1, TITLE_CHARS))[:1]
+    )
+    return (
+        ChatSession.objects.select_related("current_conversation")
+        .filter(owner_key=owner.key)
+        .annotate(title=Subquery(first_question))
+    )
+
+
 def session_get(*, owner: Owner, session_id: str) -> ChatSession:
     """The owner's session; ChatError("not_found") for unknown or someone else's."""
-    session = (
-        ChatSession.objects.select_related("current_conversation")
-        .filter(owner_key=owner.key, session_id=session_id)
-        .first()
-    )
+    session = _sessions_of(owner).filter(session_id=session_id).first()
     if session is None:
         raise ChatError("not_found", "No such session.")
     return session
 
 
 def session_list(*, owner: Owner):
-    return (
-        ChatSession.objects.select_related("current_conversation")
-        .filter(owner_key=owner.key)
-        .order_by("-last_activity", "-pk")
-    )
+    return _sessions_of(owner).order_by("-last_activity", "-pk")
 
 
 def session_messages(*, owner: Owner, session_id: str):

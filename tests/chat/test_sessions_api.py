@@ -30,6 +30,17 @@ def test_session_info_after_two_turns_has_counts_and_usage(http, api_key):
     assert info["usage"]["total_tokens"] == total
     assert info["usage"]["input_tokens"] + info["usage"]["output_tokens"] == total
     assert info["created_at"] <= info["last_activity"]
+    assert info["title"] == "one"
+
+
+def test_session_title_is_the_start_of_the_first_question(http, api_key):
+    chat(http, api_key, "A question that is long enough to be cut. " * 4, "titled")
+
+    page = http.get("/api/sessions", headers=auth(api_key)).json()
+
+    assert page["results"][0]["title"] == ("A question that is long enough to be cut. " * 4)[:80]
+    http.post("/api/sessions/titled/clear", headers=auth(api_key))
+    assert http.get("/api/sessions/titled", headers=auth(api_key)).json()["title"] is None
 
 
 def test_sessions_are_listed_newest_activity_first_and_paginated(http, api_key):

@@ -209,3 +209,71 @@ class Message(models.Model):
 
     def __str__(self) -> str:
         return f"{self.role}: {self.content[:40]}"
+
+
+# The time-to-first-token histogram of DailyUsage: bucket 0 counts replies under 50 ms, bucket i
+# those from TTFT_BUCKET_BOUNDS_MS[i - 1] up to (not including) TTFT_BUCKET_BOUNDS_MS[i], and the
+# last one everything from 25.6 s up. The bounds grow by √2 (50 · √2^i, rounded), so a
+# percentile read from the buckets is within about one bucket, i.e. a factor of √2, of the exact
+# one; see `sessions_admin.dashboard.histogram_percentile`.
+TTFT_BUCKET_BOUNDS_MS = tuple(round(50 * 2 ** (index / 2)) for index in range(19))  # 50, 71, 100, … 25600
+TTFT_BUCKET_FIELDS = tuple(f"ttft_bucket_{index:02d}" for index in range(len(TTFT_BUCKET_BOUNDS_MS) + 1))
+
+
+class DailyUsage(models.Model):
+    """Finished replies summed per calendar day (in TIME_ZONE, by start time), bot and owner.
+
+    What the usage dashboard reads instead of the replies: a few thousand rows for 90 days, where
+    the replies are hundreds of thousands. `sessions_admin.rollup.record_reply` adds each reply as
+    it ends (in `turn_finish`'s transaction) and `rebuild_daily_usage` recomputes days from the
+    replies. Rows are not deleted with sessions, so spend history outlives `clear_chat_sessions`.
+    """
+
+    day = models.DateField()
+    bot_id = models.CharField(max_length=64)
+    owner_key = models.CharField(max_length=80)
+    replies = models.PositiveIntegerField(default=0)
+    # Replies by how they ended; the completed ones are the rest.
+    failed = models.PositiveIntegerField(default=0)
+    cancelled = models.PositiveIntegerField(default=0)
+    interrupted = models.PositiveIntegerField(default=0)
+    input_tokens = models.PositiveBigIntegerField(default=0)
+    output_tokens = models.PositiveBigIntegerField(default=0)
+    total_tokens = models.PositiveBigIntegerField(default=0)
+    # Replies that had a first token, the sum of those times, and their histogram (see above).
+    ttft_count = models.PositiveIntegerField(default=0)
+    ttft_sum_ms = models.PositiveBigIntegerField(default=0)
+    ttft_bucket_00 = models.PositiveIntegerField(default=0)
+    ttft_bucket_01 = models.PositiveIntegerField(default=0)
+    ttft_bucket_02 = models.PositiveIntegerField(default=0)
+    ttft_bucket_03 = models.PositiveIntegerField(default=0)
+    ttft_bucket_04 = models.PositiveIntegerField(default=0)
+    ttft_bucket_05 = models.PositiveIntegerField(default=0)
+    ttft_bucket_06 = models.PositiveIntegerField(default=0)
+    ttft_bucket_07 = models.PositiveIntegerField(default=0)
+    ttft_bucket_08 = models.PositiveIntegerField(default=0)
+    ttft_bucket_09 = models.PositiveIntegerField(default=0)
+    ttft_bucket_10 = models.PositiveIntegerField(default=0)
+    ttft_bucket_11 = models.PositiveIntegerField(default=0)
+    ttft_bucket_12 = models.PositiveIntegerField(default=0)
+    ttft_bucket_13 = models.PositiveIntegerField(default=0)
+    ttft_bucket_14 = models.PositiveIntegerField(default=0)
+    ttft_bucket_15 = models.PositiveIntegerField(default=0)
+    ttft_bucket_16 = models.PositiveIntegerField(default=0)
+    ttft_bucket_17 = models.PositiveIntegerField(default=0)
+    ttft_bucket_18 = models.PositiveIntegerField(default=0)
+    ttft_bucket_19 = models.PositiveIntegerField(default=0)
+
+    class Meta:
+        verbose_name_plural = "daily usage"
+        constraints = [
+            # Also the index of the dashboard's window (day range) and of the upsert's conflict target.
+            models.UniqueConstraint(fields=["day", "bot_id", "owner_key"], name="daily_usage_day_bot_owner"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.day} {self.bot_id} {self.owner_key}"
+
+    @property
+    def ttft_buckets(self) -> list[int]:
+        return [getattr(self, name) for name in TTFT_BUCKET_FIELDS]

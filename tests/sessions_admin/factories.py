@@ -1,7 +1,8 @@
 """Chat records written directly through the ORM, shaped like the chat service writes them.
 
 `make_turn` stores one reply with its user message, answer and follow-ups, and keeps the
-conversation's and session's counters in step, as `turn_start`/`turn_finish` do.
+conversation's and session's counters in step, as `turn_start`/`turn_finish` do; an ended reply
+is added to the daily usage rollup by the same call `turn_finish` makes.
 """
 
 import itertools
@@ -12,6 +13,7 @@ from django.db.models import F
 from django.utils import timezone
 
 from sessions_admin.models import ApiClient, ChatSession, Conversation, Message, Reply
+from sessions_admin.rollup import record_reply
 
 _serial = itertools.count(1)
 
@@ -143,6 +145,8 @@ def make_turn(
         total_tokens=F("total_tokens") + total,
         last_activity=started_at,
     )
+    if finished:
+        record_reply(reply_pk=reply.pk)
     return reply
 
 

@@ -1,4 +1,8 @@
-"""The usage dashboard's numbers against known records, and its SVG charts."""
+"""The usage dashboard's numbers against known records, and its SVG charts.
+
+Records are made with the factories, which add each ended reply to the daily rollup through the
+same call as the chat service (`record_reply`), so the dashboard reads what production would.
+"""
 
 import re
 from datetime import UTC, datetime, timedelta
@@ -6,8 +10,8 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from django.urls import reverse
 
-from sessions_admin import dashboard
-from sessions_admin.models import Reply
+from sessions_admin import dashboard, rollup
+from sessions_admin.models import TTFT_BUCKET_FIELDS, Reply
 from tests.sessions_admin.factories import make_client, make_conversation, make_session, make_turn, make_user
 
 NOW = datetime(2026, 3, 10, 15, 0, tzinfo=UTC)
@@ -19,24 +23,24 @@ def at(days_ago: int, hour: int = 12) -> datetime:
 
 @pytest.fixture
 def usage(db):
-    """Two bots, three owners, replies over three days (and one outside the window)."""
+    """Two bots, three owners, replies over three days (and one outside the window), in the order they happened."""
     acme = make_client("acme")
     ada = make_user("ada")
     acme_chat = make_conversation(make_session(client=acme, session_id="acme-1", bot_id="bot-a"))
     ada_chat = make_conversation(make_session(user=ada, session_id="ada-1", bot_id="bot-b"))
     browser_chat = make_conversation(make_session(browser="c" * 32, session_id="anon-1", bot_id="bot-a"))
-    # today
-    make_turn(acme_chat, input_tokens=100, output_tokens=50, ttft_ms=100, started_at=at(0, 9))
-    make_turn(acme_chat, input_tokens=200, output_tokens=100, ttft_ms=300, started_at=at(0, 10))
-    make_turn(ada_chat, input_tokens=10, output_tokens=10, ttft_ms=500, started_at=at(0, 11))
-    make_turn(ada_chat, status=Reply.Status.FAILED, input_tokens=0, output_tokens=0, ttft_ms=None, started_at=at(0, 12))
+    # outside a 7-day window
+    make_turn(acme_chat, input_tokens=1000, output_tokens=1000, ttft_ms=9999, started_at=at(20))
     # two days ago
     make_turn(browser_chat, input_tokens=5, output_tokens=5, ttft_ms=200, started_at=at(2))
     cut = {"input_tokens": 0, "output_tokens": 4}
     make_turn(browser_chat, status=Reply.Status.INTERRUPTED, ttft_ms=400, started_at=at(2, 13), **cut)
     make_turn(browser_chat, status=Reply.Status.CANCELLED, ttft_ms=600, started_at=at(2, 14), **cut)
-    # outside a 7-day window
-    make_turn(acme_chat, input_tokens=1000, output_tokens=1000, ttft_ms=9999, started_at=at(20))
+    # today
+    make_turn(acme_chat, input_tokens=100, output_tokens=50, ttft_ms=100, started_at=at(0, 9))
+    make_turn(acme_chat, input_tokens=200, output_tokens=100, ttft_ms=300, started_at=at(0, 10))
+    make_turn(ada_chat, input_tokens=10, output_tokens=10, ttft_ms=500, started_at=at(0, 11))
+    make_turn(ada_chat, status=Reply.Status.FAILED, input_tokens=0, output_tokens=0, ttft_ms=None, started_at=at(0, 12))
     return {"acme": acme, "ada": ada}
 
 
@@ -57,17 +61,37 @@ def test_dashboard_totals_per_day_and_per_bot(usage):
     assert board.bots == ["bot-a", "bot-b"]  # most tokens first
 
 
-def test_dashboard_time_to_first_token_average_and_p95(usage):
+def same_bucket(estimate: float, exact: float) -> bool:
+    return rollup.ttft_bucket(round(estimate)) == rollup.ttft_bucket(round(exact))
+
+
+def test_dashboard_time_to_first_token_average_and_estimated_p95(usage):
     board = dashboard.usage_dashboard(days=7, now=NOW)
 
     today, two_days_ago = board.days[-1], board.days[-3]
     assert today.ttft_avg_ms == 300  # 100, 300, 500; the failed reply had none
-    assert today.ttft_p95_ms == pytest.approx(480)  # percentile_cont: 300 + 0.9 * (500 - 300)
+    # p95 is estimated from the histogram: the 95% rank (0.95 * 3 = 2.85) falls in the [400, 566)
+    # bucket, interpolated 0.85 of the way; the exact percentile_cont (480) is in that bucket too.
+    assert today.ttft_p95_ms == pytest.approx(400 + 0.85 * (566 - 400))
+    assert same_bucket(today.ttft_p95_ms, dashboard.percentile([100, 300, 500], 0.95))
     assert two_days_ago.ttft_avg_ms == 400
-    assert two_days_ago.ttft_p95_ms == pytest.approx(580)
+    assert two_days_ago.ttft_p95_ms == pytest.approx(566 + 0.85 * (800 - 566))  # exact: 580
+    assert same_bucket(two_days_ago.ttft_p95_ms, dashboard.percentile([200, 400, 600], 0.95))
     assert board.ttft_avg_ms == pytest.approx(350)
-    assert board.ttft_p95_ms == pytest.approx(dashboard.percentile([100, 300, 500, 200, 400, 600], 0.95))
+    assert board.ttft_p95_ms == pytest.approx(566 + 0.7 * (800 - 566))  # rank 5.7 of 6
+    assert same_bucket(board.ttft_p95_ms, dashboard.percentile([100, 300, 500, 200, 400, 600], 0.95))
     assert board.days[-2].ttft_avg_ms is None and board.days[-2].ttft_p95_ms is None
+
+
+def test_histogram_percentile_interpolates_within_the_bucket_of_the_rank():
+    buckets = [0] * len(TTFT_BUCKET_FIELDS)
+    assert dashboard.histogram_percentile(buckets, 0.95) is None
+    buckets[rollup.ttft_bucket(30)] = 10  # [0, 50)
+    assert dashboard.histogram_percentile(buckets, 0.5) == pytest.approx(25)
+    buckets[rollup.ttft_bucket(1000)] = 10  # [800, 1131)
+    assert dashboard.histogram_percentile(buckets, 0.95) == pytest.approx(800 + 0.9 * 331)
+    buckets[-1] = 100  # 25.6 s and more: open-ended, so its lower bound
+    assert dashboard.histogram_percentile(buckets, 0.95) == 25600
 
 
 def test_dashboard_top_owners_and_sessions_by_tokens(usage):
@@ -84,6 +108,32 @@ def test_dashboard_top_owners_and_sessions_by_tokens(usage):
         ("ada-1 (user ada)", 20),
         ("anon-1 (anonymous browser cccccccc)", 18),
     ]
+
+
+@pytest.fixture
+def heavy_history(db):
+    """Two sessions whose lifetime tokens are mostly from before the window, and one busy in it."""
+    old, recent = at(40), at(1)
+    for name, old_tokens, recent_tokens in (("veteran", 1000, 1), ("regular", 900, 2), ("newcomer", 0, 50)):
+        chat = make_conversation(make_session(session_id=name))
+        if old_tokens:
+            make_turn(chat, input_tokens=old_tokens, output_tokens=0, started_at=old)
+        make_turn(chat, input_tokens=recent_tokens, output_tokens=0, started_at=recent)
+
+
+def test_top_sessions_count_only_the_window_even_when_lifetime_totals_rank_them_otherwise(heavy_history):
+    # By lifetime tokens the newcomer comes last; the first batch (veteran, regular) can't rule it out.
+    top = dashboard.usage_dashboard(days=7, top=1, now=NOW).top_sessions
+    assert [(entry.label.split()[0], entry.tokens, entry.replies) for entry in top] == [("newcomer", 50, 1)]
+    top = dashboard.usage_dashboard(days=7, top=3, now=NOW).top_sessions
+    ranked = [(entry.label.split()[0], entry.tokens) for entry in top]
+    assert ranked == [("newcomer", 50), ("regular", 2), ("veteran", 1)]
+
+
+def test_top_sessions_group_the_window_when_too_many_candidates_are_needed(heavy_history, monkeypatch):
+    monkeypatch.setattr(dashboard, "TOP_SESSION_CANDIDATES", 2)
+    top = dashboard.usage_dashboard(days=7, top=1, now=NOW).top_sessions
+    assert [(entry.label.split()[0], entry.tokens, entry.replies) for entry in top] == [("newcomer", 50, 1)]
 
 
 def test_a_wider_window_includes_older_replies(usage):

@@ -10,7 +10,8 @@ on conversations and sessions match their replies and messages.
 On PostgreSQL the rows go in with COPY in one transaction, with the tables' secondary indexes
 dropped first and rebuilt at the end (the whole default scale takes a few minutes on two cores);
 elsewhere `bulk_create` in batches. The tables are locked meanwhile: seed a benchmark database,
-not a live one.
+not a live one. At the end the dashboard's daily rollup is rebuilt for the days written (the same
+code as `rebuild_daily_usage`).
 """
 
 import math
@@ -25,10 +26,11 @@ from django.contrib.auth import get_user_model
 from django.core.management.base import BaseCommand, CommandError
 from django.core.management.color import no_style
 from django.db import connection, transaction
-from django.db.models import Max
+from django.db.models import Max, Min
 from django.utils import timezone
 
 from sessions_admin.models import ApiClient, ChatSession, Conversation, Message, Reply, hash_api_key
+from sessions_admin.rollup import Progress, rebuild_days, usage_day
 
 STATUS_WEIGHTS = {
     Reply.Status.COMPLETED: 940,
@@ -179,6 +181,7 @@ class Command(BaseCommand):
         self.statuses, self.has_answer, self.follow_ups = statuses, has_answer, follow_ups
 
         self.next_id = {model: (model.objects.aggregate(m=Max("id"))["m"] or 0) + 1 for model, _, _ in TABLES}
+        first_reply_pk = self.next_id[Reply]
         self.chat_serial = self.rng.randrange(10**17, 10**18 - replies - 1)
         self.reply_index = 0
         written = dict.fromkeys(TABLES_NAMES, 0)
@@ -212,10 +215,21 @@ class Command(BaseCommand):
             with connection.cursor() as cursor:
                 for model, _, _ in TABLES:
                     cursor.execute(f"{command} {connection.ops.quote_name(model._meta.db_table)}")
+        rollup_rows = self._rebuild_rollup(first_reply_pk)
         self.stdout.write(
             f"Seeded {written['sessions']:,} sessions, {written['conversations']:,} conversations, "
-            f"{written['replies']:,} replies, {written['messages']:,} messages in {self.elapsed()}."
+            f"{written['replies']:,} replies, {written['messages']:,} messages ({rollup_rows:,} daily usage rows) "
+            f"in {self.elapsed()}."
         )
+
+    def _rebuild_rollup(self, first_reply_pk: int) -> int:
+        """Recompute the daily usage rollup for the days the new replies fall on; returns its row count."""
+        first = Reply.objects.filter(pk__gte=first_reply_pk).aggregate(first=Min("started_at"))["first"]
+        if first is None:
+            return 0
+        self.log("Rebuilding the daily usage rollup…")
+        result = rebuild_days(usage_day(first), usage_day(timezone.now()), progress=Progress(self.log))
+        return result.rows
 
     # --- generation ---------------------------------------------------------------------------
 

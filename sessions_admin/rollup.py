@@ -1,0 +1,235 @@
+"""The daily usage rollup (`DailyUsage`): what the usage dashboard reads instead of the replies.
+
+One row per calendar day (in TIME_ZONE, by the reply's start time), bot and owner, counting the
+replies that have ended: how they ended, their tokens, and their time to first token (count, sum
+and a histogram, see `TTFT_BUCKET_BOUNDS_MS`). Replies still in progress are not counted yet.
+
+* `record_reply` adds one reply as it ends. `turn_finish` calls it inside the transaction that
+  stores the reply's outcome, so the reply and its count commit together or not at all. It reads
+  the reply by primary key and runs one upsert (`INSERT … ON CONFLICT DO UPDATE SET n = n +
+  excluded.n`, atomic on PostgreSQL and SQLite alike): constant work per turn, and concurrent
+  replies of the same day, bot and owner can't lose each other's counts.
+* `rebuild_days` recomputes whole days from the replies (existing data, or to forget deleted
+  sessions): the `rebuild_daily_usage` command and `seed_chat_data` use it.
+
+The rollup is not touched when sessions are deleted, so spend history outlives
+`clear_chat_sessions`; a rebuild makes the days it covers match the replies that are left.
+"""
+
+import bisect
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import date, datetime, timedelta
+
+from django.db import connection, transaction
+from django.db.models import Count, Min, Q, Sum
+from django.utils import timezone
+
+from sessions_admin.models import TTFT_BUCKET_BOUNDS_MS, TTFT_BUCKET_FIELDS, DailyUsage, Reply
+
+KEY_FIELDS = ("day", "bot_id", "owner_key")
+TOKEN_FIELDS = ("input_tokens", "output_tokens", "total_tokens")
+COUNTER_FIELDS = (
+    "replies",
+    "failed",
+    "cancelled",
+    "interrupted",
+    "input_tokens",
+    "output_tokens",
+    "total_tokens",
+    "ttft_count",
+    "ttft_sum_ms",
+    *TTFT_BUCKET_FIELDS,
+)
+# The statuses counted in their own column (the rest of `replies` completed).
+STATUS_FIELDS = {
+    Reply.Status.FAILED: "failed",
+    Reply.Status.CANCELLED: "cancelled",
+    Reply.Status.INTERRUPTED: "interrupted",
+}
+
+
+def ttft_bucket(ttft_ms: int) -> int:
+    """The histogram bucket (index into TTFT_BUCKET_FIELDS) a time to first token falls in."""
+    return bisect.bisect_right(TTFT_BUCKET_BOUNDS_MS, ttft_ms)
+
+
+def usage_day(started_at: datetime) -> date:
+    """The rollup day of a reply: its start's calendar date in TIME_ZONE (whatever zone is active)."""
+    return timezone.localtime(started_at, timezone.get_default_timezone()).date()
+
+
+def day_start(day: date) -> datetime:
+    """Midnight starting `day` in TIME_ZONE, as an aware datetime."""
+    return timezone.make_aware(datetime.combine(day, datetime.min.time()), timezone.get_default_timezone())
+
+
+def _upsert_sql() -> str:
+    quote = connection.ops.quote_name
+    table = quote(DailyUsage._meta.db_table)
+    columns = [*KEY_FIELDS, *COUNTER_FIELDS]
+    updates = ", ".join(f"{quote(name)} = {table}.{quote(name)} + excluded.{quote(name)}" for name in COUNTER_FIELDS)
+    return (
+        f"INSERT INTO {table} ({', '.join(quote(name) for name in columns)}) "  # noqa: S608 (names from the model)
+        f"VALUES ({', '.join(['%s'] * len(columns))}) "
+        f"ON CONFLICT ({', '.join(quote(name) for name in KEY_FIELDS)}) DO UPDATE SET {updates}"
+    )
+
+
+def record_reply(*, reply_pk: int) -> None:
+    """Add an ended reply to its day's rollup row (created if it's the first).
+
+    Call it once per reply, after its outcome is stored and in the same transaction. A reply still
+    `in_progress` (or gone) is ignored, as the rebuild ignores it: only ended replies are counted.
+    """
+    reply = (
+        Reply.objects.filter(pk=reply_pk)
+        .exclude(status=Reply.Status.IN_PROGRESS)
+        .values("started_at", "bot_id", "owner_key", "status", *TOKEN_FIELDS, "time_to_first_token_ms")
+        .first()
+    )
+    if reply is None:
+        return
+    counters = dict.fromkeys(COUNTER_FIELDS, 0)
+    counters["replies"] = 1
+    if reply["status"] in STATUS_FIELDS:
+        counters[STATUS_FIELDS[reply["status"]]] = 1
+    for name in TOKEN_FIELDS:
+        counters[name] = reply[name]
+    ttft_ms = reply["time_to_first_token_ms"]
+    if ttft_ms is not None:
+        counters.update(ttft_count=1, ttft_sum_ms=ttft_ms)
+        counters[TTFT_BUCKET_FIELDS[ttft_bucket(ttft_ms)]] = 1
+    values = [usage_day(reply["started_at"]), reply["bot_id"], reply["owner_key"], *counters.values()]
+    with connection.cursor() as cursor:
+        cursor.execute(_upsert_sql(), values)
+
+
+# --- rebuilding -------------------------------------------------------------------------------
+
+
+def _day_aggregates() -> dict:
+    """The rollup's counters as aggregates over a day's replies (grouped by bot and owner)."""
+    # Only columns of PostgreSQL's `reply_usage_window` index, so a day is an index-only scan.
+    counted = "started_at"
+    aggregates = {
+        "replies": Count(counted),
+        **{field: Count(counted, filter=Q(status=status)) for status, field in STATUS_FIELDS.items()},
+        "input_tokens": Sum("input_tokens"),
+        "output_tokens": Sum("output_tokens"),
+        "total_tokens": Sum("total_tokens"),
+        "ttft_count": Count("time_to_first_token_ms"),
+        "ttft_sum_ms": Sum("time_to_first_token_ms"),
+    }
+    lows, highs = (0, *TTFT_BUCKET_BOUNDS_MS), (*TTFT_BUCKET_BOUNDS_MS, None)
+    for field, low, high in zip(TTFT_BUCKET_FIELDS, lows, highs, strict=True):
+        in_bucket = Q(time_to_first_token_ms__gte=low)
+        if high is not None:
+            in_bucket &= Q(time_to_first_token_ms__lt=high)
+        aggregates[field] = Count(counted, filter=in_bucket)
+    return aggregates
+
+
+def day_rows(day: date) -> list[DailyUsage]:
+    """The rollup rows of `day`, computed from its ended replies."""
+    replies = Reply.objects.filter(started_at__gte=day_start(day), started_at__lt=day_start(day + timedelta(days=1)))
+    groups = (
+        replies.exclude(status=Reply.Status.IN_PROGRESS)
+        .values("bot_id", "owner_key")
+        .annotate(**_day_aggregates())
+        .order_by()
+    )
+    return [DailyUsage(day=day, **{name: value or 0 for name, value in group.items()}) for group in groups]
+
+
+@dataclass(slots=True)
+class RebuildResult:
+    days: int = 0
+    rows: int = 0
+    replies: int = 0  # counted in the rebuilt days now
+    replies_before: int = 0  # counted in those days before the rebuild
+    rows_removed_outside: int = 0  # rows of days before the first reply (a full rebuild only)
+
+
+def first_reply_day() -> date | None:
+    first = Reply.objects.aggregate(first=Min("started_at"))["first"]
+    return usage_day(first) if first else None
+
+
+def rebuild_days(
+    first: date,
+    last: date,
+    *,
+    dry_run: bool = False,
+    progress: Callable[[date, RebuildResult], None] | None = None,
+) -> RebuildResult:
+    """Replace the rollup rows of the days `first` to `last` (both included) with what the replies say.
+
+    One short transaction per day. On PostgreSQL each takes a lock on the rollup table that makes
+    replies ending meanwhile wait (a few milliseconds) and then count on top: a reply is counted
+    exactly once whether it ended before or during the rebuild. With `dry_run` nothing is written;
+    the result says what would be. `progress` is called after each day.
+    """
+    result = RebuildResult()
+    day = first
+    while day <= last:
+        with transaction.atomic():
+            if connection.vendor == "postgresql" and not dry_run:
+                # SHARE ROW EXCLUSIVE conflicts with the upserts' ROW EXCLUSIVE (and with itself):
+                # replies that ended before this point are committed and read below; those ending
+                # now wait for this transaction, and add to the rows it writes.
+                table = connection.ops.quote_name(DailyUsage._meta.db_table)
+                with connection.cursor() as cursor:
+                    cursor.execute(f"LOCK TABLE {table} IN SHARE ROW EXCLUSIVE MODE")
+            existing = DailyUsage.objects.filter(day=day)
+            result.replies_before += existing.aggregate(replies=Sum("replies"))["replies"] or 0
+            rows = day_rows(day)
+            if not dry_run:
+                existing.delete()
+                DailyUsage.objects.bulk_create(rows, batch_size=1000)
+        result.days += 1
+        result.rows += len(rows)
+        result.replies += sum(row.replies for row in rows)
+        if progress:
+            progress(day, result)
+        day += timedelta(days=1)
+    return result
+
+
+def rebuild(
+    *, days: int | None = None, dry_run: bool = False, progress: Callable[[date, RebuildResult], None] | None = None
+) -> RebuildResult:
+    """Rebuild the last `days` days (today included), or, with None, the whole rollup.
+
+    A whole rebuild covers every day from the first reply's to today and also removes rows of
+    earlier days (left by sessions deleted since), so the rollup matches the replies exactly.
+    """
+    today = timezone.localdate(timezone.now(), timezone.get_default_timezone())
+    if days is not None:
+        return rebuild_days(today - timedelta(days=days - 1), today, dry_run=dry_run, progress=progress)
+    first = first_reply_day() or today
+    outside = DailyUsage.objects.filter(Q(day__lt=first) | Q(day__gt=today))
+    removed = outside.count()
+    if removed and not dry_run:
+        outside.delete()
+    result = rebuild_days(first, today, dry_run=dry_run, progress=progress)
+    result.rows_removed_outside = removed
+    return result
+
+
+class Progress:
+    """A progress line at most every `every` seconds, for commands rebuilding many days."""
+
+    def __init__(self, write: Callable[[str], None], *, every: float = 2.0):
+        self.write, self.every = write, every
+        self.started = self.last = time.monotonic()
+
+    def __call__(self, day: date, result: RebuildResult) -> None:
+        now = time.monotonic()
+        if now - self.last >= self.every:
+            self.last = now
+            self.write(
+                f"  … {day:%Y-%m-%d}: {result.days:,} days, {result.rows:,} rows, {result.replies:,} replies "
+                f"({now - self.started:.0f} s)"
+            )

@@ -223,10 +223,11 @@ TTFT_BUCKET_FIELDS = tuple(f"ttft_bucket_{index:02d}" for index in range(len(TTF
 class DailyUsage(models.Model):
     """Finished replies summed per calendar day (in TIME_ZONE, by start time), bot and owner.
 
-    What the usage dashboard reads instead of the replies: a few thousand rows for 90 days, where
-    the replies are hundreds of thousands. `sessions_admin.rollup.record_reply` adds each reply as
-    it ends (in `turn_finish`'s transaction) and `rebuild_daily_usage` recomputes days from the
-    replies. Rows are not deleted with sessions, so spend history outlives `clear_chat_sessions`.
+    What the usage dashboard reads instead of the replies: a row per bot and owner active that
+    day (28,558 rows for the benchmark's 90 days and 500,000 replies).
+    `sessions_admin.rollup.record_reply` adds each reply as it ends (in `turn_finish`'s
+    transaction) and `rebuild_daily_usage` recomputes days from the replies. Rows are not deleted
+    with sessions, so spend history outlives `clear_chat_sessions`.
     """
 
     day = models.DateField()

@@ -140,7 +140,8 @@ def day_rows(day: date) -> list[DailyUsage]:
         .annotate(**_day_aggregates())
         .order_by()
     )
-    return [DailyUsage(day=day, **{name: value or 0 for name, value in group.items()}) for group in groups]
+    # Sums over no rows are NULL (a group without any time to first token): those counters are 0.
+    return [DailyUsage(day=day, **{**group, **{name: group[name] or 0 for name in COUNTER_FIELDS}}) for group in groups]
 
 
 @dataclass(slots=True)
@@ -194,6 +195,10 @@ def rebuild_days(
         if progress:
             progress(day, result)
         day += timedelta(days=1)
+    if connection.vendor == "postgresql" and not dry_run and result.days:
+        # Fresh statistics, so the dashboard's plans fit the rows just written.
+        with connection.cursor() as cursor:
+            cursor.execute(f"ANALYZE {connection.ops.quote_name(DailyUsage._meta.db_table)}")
     return result
 
 

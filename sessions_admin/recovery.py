@@ -18,6 +18,7 @@ from django.db.models import Exists, OuterRef, Q
 from django.utils import timezone
 
 from sessions_admin.models import ChatSession, Reply
+from sessions_admin.rollup import record_reply
 
 INTERRUPTED_DETAIL = "The worker streaming this reply stopped before it ended."
 
@@ -44,12 +45,16 @@ def mark_interrupted_replies(older_than: timedelta | None = None) -> int:
     """
     now = timezone.now()
     with transaction.atomic():
-        marked = stuck_replies(now=now, older_than=older_than).update(
+        stuck = list(stuck_replies(now=now, older_than=older_than).values_list("pk", flat=True))
+        marked = Reply.objects.filter(pk__in=stuck, status=Reply.Status.IN_PROGRESS).update(
             status=Reply.Status.INTERRUPTED,
             error_code="interrupted",
             error_detail=INTERRUPTED_DETAIL,
             finished_at=now,
         )
+        # They ended now, so they count in the usage rollup now, as turn_finish counts a reply.
+        for reply_pk in stuck:
+            record_reply(reply_pk=reply_pk)
         # A lock past its lease is free already (the next turn may take it); clearing it keeps the
         # session's status honest in the admin and the API.
         ChatSession.objects.filter(locked_until__lte=now).update(lock_token="", locked_until=None)

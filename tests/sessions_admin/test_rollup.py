@@ -194,3 +194,16 @@ def test_concurrent_replies_of_one_owner_and_day_lose_no_counts():
 
     row = DailyUsage.objects.get()
     assert (row.replies, row.total_tokens) == (24, 24 * 30)
+
+
+def test_replies_marked_interrupted_after_a_crash_are_counted_once():
+    from sessions_admin.recovery import mark_interrupted_replies
+
+    conversation = make_conversation(make_session(client=make_client("crashy"), bot_id="bot-c"))
+    make_turn(conversation, status=Reply.Status.IN_PROGRESS, ttft_ms=None)
+
+    assert mark_interrupted_replies() == 1
+    assert mark_interrupted_replies() == 0
+
+    row = DailyUsage.objects.get(bot_id="bot-c")
+    assert (row.replies, row.interrupted) == (1, 1)

@@ -114,7 +114,9 @@ class Bench:
         if self.args.py_spy and name == "gateway":
             out = Path(self.args.py_spy) / f"{kind}-{self.seq}.txt"
             out.parent.mkdir(parents=True, exist_ok=True)
-            prefix = [str(procs.BIN / "py-spy"), "record", "-f", "raw", "-r", "100", "-o", str(out), "--"]
+            # --gil: only samples holding the GIL, i.e. CPU attribution; --nonblocking: don't pause the server.
+            spy = [str(procs.BIN / "py-spy"), "record", "--gil", "--nonblocking", "-f", "raw", "-r", "100"]
+            prefix = [*spy, "-o", str(out), "--"]
         server = procs.Server(
             kind=kind,
             app=app,
@@ -642,7 +644,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--skip", default="", help="comma list of: ttft, burst, sync, throughput, streams, dbwork, earlier"
     )
-    parser.add_argument("--json", default="bench-results.json", help="where to write every number")
+    parser.add_argument(
+        "--json", default=str(procs.LOG_DIR / "results.json"), help="where to write every number (JSON)"
+    )
     parser.add_argument("--whatif", default="", help="nodb and/or lean: see bench/whatif.py")
     parser.add_argument("--py-spy", default="", help="profile the gateway with py-spy; raw stacks go to this folder")
     args = parser.parse_args(argv)
@@ -674,6 +678,7 @@ def main(argv: list[str] | None = None) -> None:
     finally:
         bench.teardown()
     results["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
+    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     Path(args.json).write_text(json.dumps(results, indent=2, default=str))
     print(report(results))
     log(f"all numbers in {args.json}; server logs in {procs.LOG_DIR}")

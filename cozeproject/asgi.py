@@ -14,6 +14,7 @@ from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 from channels.security.websocket import OriginValidator  # noqa: E402
 from django.conf import settings  # noqa: E402
 
+from chat.fastpath import ApiKeyStreamFastPath  # noqa: E402
 from chat.routing import websocket_urlpatterns  # noqa: E402
 from cozeproject.middleware import BodySizeLimitMiddleware  # noqa: E402
 
@@ -35,7 +36,8 @@ class BrowserOriginValidator(OriginValidator):
 
 application = ProtocolTypeRouter(
     {
-        "http": BodySizeLimitMiddleware(django_asgi_app),
+        # API-key SSE streams skip Django's per-request thread (chat/fastpath.py); the rest is Django.
+        "http": BodySizeLimitMiddleware(ApiKeyStreamFastPath(django_asgi_app)),
         "websocket": BrowserOriginValidator(
             AuthMiddlewareStack(URLRouter(websocket_urlpatterns)),
             [*settings.ALLOWED_HOSTS, *settings.CORS_ALLOWED_ORIGINS],

@@ -298,6 +298,7 @@ LOGGING = {
         # httpx logs every request URL at INFO; keep it quiet.
         "httpx": {"level": "WARNING"},
         "httpcore": {"level": "WARNING"},
-        "cozepy": {"level": "WARNING"},
+        # cozepy warns about every failed call; the adapter maps and logs those itself.
+        "cozepy": {"level": "ERROR"},
     },
 }

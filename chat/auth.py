@@ -6,6 +6,7 @@ and the WebSocket consumer (`owner_from_scope`). Session-based callers get CSRF 
 methods; key-based callers don't need them.
 """
 
+import time
 import uuid
 from datetime import timedelta
 
@@ -45,7 +46,27 @@ def owner_from_api_key(raw_key: str) -> Owner:
     return Owner(key=client.owner_key, api_client_id=client.pk)
 
 
-aowner_from_api_key = db_async(owner_from_api_key)
+_aowner_from_api_key_uncached = db_async(owner_from_api_key)
+
+# Recently seen keys, so a burst of streams doesn't queue one database lookup each on the pool.
+# The price: deactivating a key takes up to this long to reach every worker.
+KEY_CACHE_SECONDS = 10.0
+KEY_CACHE_MAX = 10_000
+_owners_by_key_hash: dict[str, tuple[float, Owner]] = {}
+
+
+async def aowner_from_api_key(raw_key: str) -> Owner:
+    """`owner_from_api_key` for async code, remembering valid keys for KEY_CACHE_SECONDS."""
+    key_hash = hash_api_key(raw_key)
+    cached = _owners_by_key_hash.get(key_hash)
+    now = time.monotonic()
+    if cached is not None and cached[0] > now:
+        return cached[1]
+    owner = await _aowner_from_api_key_uncached(raw_key)
+    if len(_owners_by_key_hash) >= KEY_CACHE_MAX:
+        _owners_by_key_hash.clear()
+    _owners_by_key_hash[key_hash] = (now + KEY_CACHE_SECONDS, owner)
+    return owner
 
 
 def owner_for_user(user) -> Owner:

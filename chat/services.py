@@ -21,8 +21,8 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 
 from django.conf import settings
-from django.db import IntegrityError, transaction
-from django.db.models import F, OuterRef, Q, Subquery
+from django.db import IntegrityError, models, transaction
+from django.db.models import Case, F, OuterRef, Q, Subquery, Value, When
 from django.db.models.functions import Substr
 from django.utils import timezone
 
@@ -123,82 +123,103 @@ def _generated_session_id() -> str:
 
 @db_async
 def turn_start(*, owner: Owner, chat_request: ChatRequest, transport: str, worker_channel: str = "") -> TurnContext:
-    """Lock the session (creating it if new), store the user's message and open the Reply.
+    """Lock the session (creating it if new), store the user's message and open the Reply — one
+    transaction, committed before Coze is called.
 
     Raises ChatError("session_busy") when another reply holds the session's lock.
     """
     bot_id = chat_request.bot_id or settings.COZE_BOT_ID
     session_id = chat_request.session_id or _generated_session_id()
-    now = timezone.now()
-    lock_token = secrets.token_hex(8)
     for attempt in range(2):
         try:
-            with transaction.atomic():
-                session, _ = ChatSession.objects.get_or_create(
-                    owner_key=owner.key,
-                    session_id=session_id,
-                    defaults={
-                        "api_client_id": owner.api_client_id,
-                        "user_id": owner.user_id,
-                        "coze_user_id": chat_request.user_id or settings.COZE_USER_ID,
-                        "bot_id": bot_id,
-                    },
-                )
-                break
-        except IntegrityError:
-            # Two first turns raced to create the session; the loser uses the winner's row.
-            if attempt:
-                raise
-    taken = (
-        ChatSession.objects.filter(pk=session.pk)
-        .filter(Q(locked_until__isnull=True) | Q(locked_until__lt=now))
-        .update(lock_token=lock_token, locked_until=now + timedelta(seconds=settings.CHAT_SESSION_LOCK_TTL))
-    )
-    if not taken:
-        raise ChatError("session_busy")
-    try:
-        with transaction.atomic():
-            conversation = session.current_conversation
-            if conversation is None or conversation.bot_id != bot_id:
-                # A new context: first turn, after a clear, or the client switched bots.
-                conversation = Conversation.objects.create(session=session, bot_id=bot_id)
-                session.message_count = 0
-            coze_user_id = chat_request.user_id or session.coze_user_id
-            reply = Reply.objects.create(
-                session=session,
-                conversation=conversation,
-                owner_key=owner.key,
-                api_client_id=owner.api_client_id,
-                user_id=owner.user_id,
-                bot_id=bot_id,
+            return _turn_start_once(
+                owner=owner,
+                chat_request=chat_request,
                 transport=transport,
                 worker_channel=worker_channel,
-                started_at=now,
+                bot_id=bot_id,
+                session_id=session_id,
             )
-            Message.objects.create(
-                conversation=conversation,
-                reply=reply,
-                role=Message.Role.USER,
-                kind=Message.Kind.QUESTION,
-                content=chat_request.user_text,
-                content_type="object_string"
-                if any(m.get("content_type") == "object_string" for m in chat_request.additional_messages or [])
-                else "text",
+        except IntegrityError:
+            # Two first turns raced to create the session; the loser retries on the winner's row.
+            if attempt:
+                raise
+    raise AssertionError("unreachable")
+
+
+def _turn_start_once(
+    *, owner: Owner, chat_request: ChatRequest, transport: str, worker_channel: str, bot_id: str, session_id: str
+) -> TurnContext:
+    now = timezone.now()
+    lock_token = secrets.token_hex(8)
+    with transaction.atomic():
+        session = (
+            ChatSession.objects.select_related("current_conversation")
+            .filter(owner_key=owner.key, session_id=session_id)
+            .first()
+        )
+        if session is None:
+            session = ChatSession.objects.create(
+                owner_key=owner.key,
+                session_id=session_id,
+                api_client_id=owner.api_client_id,
+                user_id=owner.user_id,
+                coze_user_id=chat_request.user_id or settings.COZE_USER_ID,
+                bot_id=bot_id,
                 created_at=now,
+                last_activity=now,
             )
-            ChatSession.objects.filter(pk=session.pk).update(
+        conversation = session.current_conversation
+        new_conversation = conversation is None or conversation.bot_id != bot_id
+        if new_conversation:
+            # A new context: first turn, after a clear, or the client switched bots.
+            conversation = Conversation.objects.create(
+                session=session, bot_id=bot_id, created_at=now, last_activity=now, message_count=1
+            )
+        coze_user_id = chat_request.user_id or session.coze_user_id
+        # Taking the lock and counting the message in one statement: zero rows means another reply
+        # holds an unexpired lease, and the transaction (with the conversation above) rolls back.
+        taken = (
+            ChatSession.objects.filter(pk=session.pk)
+            .filter(Q(locked_until__isnull=True) | Q(locked_until__lt=now))
+            .update(
+                lock_token=lock_token,
+                locked_until=now + timedelta(seconds=settings.CHAT_SESSION_LOCK_TTL),
                 current_conversation=conversation,
                 bot_id=bot_id,
                 coze_user_id=coze_user_id,
                 last_activity=now,
-                message_count=session.message_count + 1,
+                message_count=1 if new_conversation else F("message_count") + 1,
             )
+        )
+        if not taken:
+            raise ChatError("session_busy")
+        reply = Reply.objects.create(
+            session=session,
+            conversation=conversation,
+            owner_key=owner.key,
+            api_client_id=owner.api_client_id,
+            user_id=owner.user_id,
+            bot_id=bot_id,
+            transport=transport,
+            worker_channel=worker_channel,
+            started_at=now,
+        )
+        Message.objects.create(
+            conversation=conversation,
+            reply=reply,
+            role=Message.Role.USER,
+            kind=Message.Kind.QUESTION,
+            content=chat_request.user_text,
+            content_type="object_string"
+            if any(m.get("content_type") == "object_string" for m in chat_request.additional_messages or [])
+            else "text",
+            created_at=now,
+        )
+        if not new_conversation:
             Conversation.objects.filter(pk=conversation.pk).update(
                 last_activity=now, message_count=F("message_count") + 1
             )
-    except BaseException:
-        _release_lock(session.pk, lock_token)
-        raise
     return TurnContext(
         session_pk=session.pk,
         session_id=session.session_id,
@@ -213,16 +234,10 @@ def turn_start(*, owner: Owner, chat_request: ChatRequest, transport: str, worke
     )
 
 
-def _release_lock(session_pk: int, lock_token: str) -> None:
-    ChatSession.objects.filter(pk=session_pk, lock_token=lock_token).update(lock_token="", locked_until=None)
-
-
 @db_async
-def turn_upstream_started(*, turn: TurnContext, chat_id: str, conversation_id: str, logid: str) -> None:
-    """Record Coze's ids as soon as they are known, so the chat can be cancelled by id."""
+def turn_upstream_started(*, turn: TurnContext, chat_id: str, logid: str) -> None:
+    """Record Coze's chat id as soon as it is known, so the chat can be cancelled by id from any worker."""
     Reply.objects.filter(pk=turn.reply_pk).update(coze_chat_id=chat_id, coze_logid=logid)
-    if conversation_id and conversation_id != turn.coze_conversation_id:
-        Conversation.objects.filter(pk=turn.conversation_pk).update(coze_conversation_id=conversation_id)
 
 
 @db_async
@@ -231,10 +246,11 @@ def turn_finish(*, turn: TurnContext, outcome: TurnOutcome, started: float) -> N
     now = timezone.now()
     answer = "".join(outcome.answer_parts)
     usage = outcome.usage
-    with transaction.atomic():
-        stored_messages = 0
-        if answer or outcome.status == Reply.Status.COMPLETED:
-            Message.objects.create(
+    error = outcome.error
+    stored_answer = bool(answer) or outcome.status == Reply.Status.COMPLETED
+    messages = (
+        [
+            Message(
                 conversation_id=turn.conversation_pk,
                 reply_id=turn.reply_pk,
                 role=Message.Role.ASSISTANT,
@@ -243,20 +259,24 @@ def turn_finish(*, turn: TurnContext, outcome: TurnOutcome, started: float) -> N
                 coze_message_id=outcome.message_id,
                 created_at=now,
             )
-            stored_messages = 1
-        if outcome.follow_ups:
-            Message.objects.bulk_create(
-                Message(
-                    conversation_id=turn.conversation_pk,
-                    reply_id=turn.reply_pk,
-                    role=Message.Role.ASSISTANT,
-                    kind=Message.Kind.FOLLOW_UP,
-                    content=text,
-                    created_at=now,
-                )
-                for text in outcome.follow_ups
-            )
-        error = outcome.error
+        ]
+        if stored_answer
+        else []
+    )
+    messages += [
+        Message(
+            conversation_id=turn.conversation_pk,
+            reply_id=turn.reply_pk,
+            role=Message.Role.ASSISTANT,
+            kind=Message.Kind.FOLLOW_UP,
+            content=text,
+            created_at=now,
+        )
+        for text in outcome.follow_ups
+    ]
+    with transaction.atomic():
+        if messages:
+            Message.objects.bulk_create(messages)
         Reply.objects.filter(pk=turn.reply_pk).update(
             status=outcome.status,
             coze_chat_id=outcome.chat_id,
@@ -272,27 +292,32 @@ def turn_finish(*, turn: TurnContext, outcome: TurnOutcome, started: float) -> N
         )
         conversation_update = {
             "last_activity": now,
-            "message_count": F("message_count") + stored_messages,
+            "message_count": F("message_count") + int(stored_answer),
             "total_tokens": F("total_tokens") + usage.total_tokens,
         }
         if outcome.conversation_id and not turn.coze_conversation_id:
             conversation_update["coze_conversation_id"] = outcome.conversation_id
         Conversation.objects.filter(pk=turn.conversation_pk).update(**conversation_update)
-        session_update = {
-            "last_activity": now,
-            "input_tokens": F("input_tokens") + usage.input_tokens,
-            "output_tokens": F("output_tokens") + usage.output_tokens,
-            "total_tokens": F("total_tokens") + usage.total_tokens,
-        }
-        # Only count the answer if the session still talks in this conversation (not cleared meanwhile).
-        ChatSession.objects.filter(pk=turn.session_pk).update(**session_update)
-        if stored_messages:
-            ChatSession.objects.filter(pk=turn.session_pk, current_conversation_id=turn.conversation_pk).update(
-                message_count=F("message_count") + stored_messages
-            )
+        ours = Q(lock_token=turn.lock_token)
+        ChatSession.objects.filter(pk=turn.session_pk).update(
+            last_activity=now,
+            input_tokens=F("input_tokens") + usage.input_tokens,
+            output_tokens=F("output_tokens") + usage.output_tokens,
+            total_tokens=F("total_tokens") + usage.total_tokens,
+            # The answer counts only if the session still talks in this conversation (not cleared meanwhile).
+            message_count=Case(
+                When(current_conversation_id=turn.conversation_pk, then=F("message_count") + int(stored_answer)),
+                default=F("message_count"),
+                output_field=models.PositiveIntegerField(),
+            ),
+            # Release the lock if it is still ours (a lease that lapsed may have passed to another reply).
+            lock_token=Case(When(ours, then=Value("")), default=F("lock_token"), output_field=models.CharField()),
+            locked_until=Case(
+                When(ours, then=Value(None)), default=F("locked_until"), output_field=models.DateTimeField()
+            ),
+        )
         # The dashboard's daily rollup; last, so its row lock (shared by the owner's replies that day) is held briefly.
         record_reply(reply_pk=turn.reply_pk)
-        _release_lock(turn.session_pk, turn.lock_token)
 
 
 @db_async
@@ -402,11 +427,7 @@ async def _turn_events(
         coze_logid_var.set(first.logid or "-")
         control.chat_id = first.chat_id
         running_turns[first.chat_id] = control
-        ids_recorded = _in_background(
-            turn_upstream_started(
-                turn=turn, chat_id=first.chat_id, conversation_id=first.conversation_id, logid=first.logid
-            )
-        )
+        ids_recorded = _in_background(turn_upstream_started(turn=turn, chat_id=first.chat_id, logid=first.logid))
     except ChatError as error:
         outcome.status, outcome.error = Reply.Status.FAILED, error
         if error.logid and not outcome.logid:

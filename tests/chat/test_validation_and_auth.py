@@ -1,6 +1,7 @@
 """Every validation and authentication error of API.md §3, on the sync and SSE endpoints."""
 
 import json
+import time
 
 import httpx
 import pytest
@@ -167,3 +168,15 @@ def test_anonymous_browsers_chat_only_when_allowed_and_each_owns_its_sessions(as
     finally:
         for client in (first, second, browser):
             client.close()
+
+
+def test_a_deactivated_key_stops_working_within_the_key_cache_time(http, api_key, monkeypatch):
+    from chat import auth as chat_auth
+
+    monkeypatch.setattr(chat_auth, "KEY_CACHE_SECONDS", 0.3)
+    assert http.post("/api/chat/stream", json={"message": "hi"}, headers=auth(api_key)).status_code == 200
+    ApiClient.objects.update(is_active=False)
+    time.sleep(0.4)
+
+    response = http.post("/api/chat/stream", json={"message": "hi"}, headers=auth(api_key))
+    assert response.status_code == 401

@@ -55,17 +55,34 @@ KEY_CACHE_MAX = 10_000
 _owners_by_key_hash: dict[str, tuple[float, Owner]] = {}
 
 
+def _cached_owner(key_hash: str) -> Owner | None:
+    cached = _owners_by_key_hash.get(key_hash)
+    return cached[1] if cached is not None and cached[0] > time.monotonic() else None
+
+
+def _remember_owner(key_hash: str, owner: Owner) -> None:
+    if len(_owners_by_key_hash) >= KEY_CACHE_MAX:
+        _owners_by_key_hash.clear()
+    _owners_by_key_hash[key_hash] = (time.monotonic() + KEY_CACHE_SECONDS, owner)
+
+
+def owner_from_api_key_cached(raw_key: str) -> Owner:
+    """`owner_from_api_key`, remembering valid keys for KEY_CACHE_SECONDS (sync views)."""
+    key_hash = hash_api_key(raw_key)
+    owner = _cached_owner(key_hash)
+    if owner is None:
+        owner = owner_from_api_key(raw_key)
+        _remember_owner(key_hash, owner)
+    return owner
+
+
 async def aowner_from_api_key(raw_key: str) -> Owner:
     """`owner_from_api_key` for async code, remembering valid keys for KEY_CACHE_SECONDS."""
     key_hash = hash_api_key(raw_key)
-    cached = _owners_by_key_hash.get(key_hash)
-    now = time.monotonic()
-    if cached is not None and cached[0] > now:
-        return cached[1]
-    owner = await _aowner_from_api_key_uncached(raw_key)
-    if len(_owners_by_key_hash) >= KEY_CACHE_MAX:
-        _owners_by_key_hash.clear()
-    _owners_by_key_hash[key_hash] = (now + KEY_CACHE_SECONDS, owner)
+    owner = _cached_owner(key_hash)
+    if owner is None:
+        owner = await _aowner_from_api_key_uncached(raw_key)
+        _remember_owner(key_hash, owner)
     return owner
 
 
@@ -134,7 +151,7 @@ class ApiKeyAuthentication(authentication.BaseAuthentication):
             key = bearer_key(request.headers.get("Authorization", ""))
             if key is None:
                 return None
-            return (None, owner_from_api_key(key))
+            return (None, owner_from_api_key_cached(key))
         except ChatError as error:
             raise exceptions.AuthenticationFailed(error.detail) from None
 

@@ -25,6 +25,7 @@ from chat.auth import (
 from chat.errors import ChatError
 from chat.logging import new_request_id, request_id_var
 from chat.serializers import parse_chat_request
+from chat.sse import encode_json
 from sessions_admin.models import Reply
 
 logger = logging.getLogger(__name__)
@@ -134,4 +135,4 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
 
     @classmethod
     async def encode_json(cls, content) -> str:
-        return json.dumps(content, ensure_ascii=False, separators=(",", ":"))
+        return encode_json(content)

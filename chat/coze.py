@@ -284,7 +284,6 @@ class UpstreamChat:
                         last_error.code if last_error else 0,
                         last_error.msg if last_error else "",
                         logid=self.logid,
-                        mid_stream=True,
                     )
                 elif kind == ChatEventType.CONVERSATION_CHAT_REQUIRES_ACTION:
                     raise ChatError(
@@ -373,7 +372,7 @@ def _retry_after(code: int) -> int:
     return DEFAULT_RETRY_AFTER.get(code, 2)
 
 
-def error_from_coze_code(code: int, msg: str, *, logid: str = "", mid_stream: bool) -> ChatError:
+def error_from_coze_code(code: int, msg: str, *, logid: str = "") -> ChatError:
     """Map a Coze business code (or an HTTP status cozepy put in its place) to our ChatError."""
     public_msg = _redact(msg)[:200]
     if code in AUTH_FAILED_CODES or code in (401, 403):
@@ -411,7 +410,7 @@ def map_exception(exc: Exception, *, logid: str = "", mid_stream: bool) -> ChatE
     if isinstance(exc, ChatError):
         return exc
     if isinstance(exc, CozeAPIError):
-        return error_from_coze_code(exc.code or 0, exc.msg or "", logid=exc.logid or logid, mid_stream=mid_stream)
+        return error_from_coze_code(exc.code or 0, exc.msg or "", logid=exc.logid or logid)
     if isinstance(exc, (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)):
         return ChatError("upstream_unavailable", "Coze could not be reached.", logid=logid)
     if isinstance(exc, httpx.ReadTimeout):
@@ -436,9 +435,7 @@ def map_exception(exc: Exception, *, logid: str = "", mid_stream: bool) -> ChatE
         # cozepy raises a bare Exception for the stream's `error` event; its payload is {code, msg}.
         try:
             payload = json.loads(text.removeprefix("error event:").strip())
-            return error_from_coze_code(
-                int(payload.get("code", 0)), str(payload.get("msg", "")), logid=logid, mid_stream=mid_stream
-            )
+            return error_from_coze_code(int(payload.get("code", 0)), str(payload.get("msg", "")), logid=logid)
         except (ValueError, TypeError, AttributeError):
             return ChatError("upstream_error", "Coze reported an error in the stream.", logid=logid)
     logger.error("Unexpected error talking to Coze: %s", _redact(repr(exc)))

@@ -41,6 +41,9 @@ CHAT_RESPONSE = inline_serializer(
 ERRORS = {code: ERROR_RESPONSE for code in (400, 401, 403, 404, 409, 413, 415, 429, 502, 503, 504)}
 
 
+SESSION_CLEARED_MESSAGE = "Context cleared; the next message starts a new conversation."
+
+
 def chat_response_body(event) -> dict:
     return {
         "response": event.content,
@@ -152,6 +155,6 @@ class SessionClearApi(APIView):
             {
                 "session_id": session.session_id,
                 "cleared_at": session.cleared_at,
-                "message": "Context cleared; the next message starts a new conversation.",
+                "message": SESSION_CLEARED_MESSAGE,
             }
         )

@@ -5,6 +5,7 @@ the earlier services ignored) and render the earlier response and stream formats
 and per-owner isolation are the same as everywhere else (API.md §2).
 """
 
+import contextlib
 import json
 from collections.abc import AsyncIterator
 
@@ -13,14 +14,14 @@ from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_GET, require_POST
 
 from chat import services
-from chat.apis import chat_response_body
+from chat.apis import SESSION_CLEARED_MESSAGE, chat_response_body
 from chat.auth import aresolve_owner
 from chat.db import db_async
 from chat.errors import ChatError, json_error_response
 from chat.events import CompletedEvent, DeltaEvent, ErrorEvent
 from chat.serializers import SessionSerializer, parse_chat_request, parse_json_bytes
-from chat.sse import sse_data
-from chat.views import start_sse_stream
+from chat.sse import PING, sse_data
+from chat.views import start_sse_stream, stream_items
 from sessions_admin.models import Conversation, Reply
 
 # The earlier body of /chat and /chat/stream; anything else they were sent is ignored, as then.
@@ -94,47 +95,39 @@ async def _parse_coze_chat(owner: services.Owner, body) -> services.ChatRequest:
 async def _render_legacy_stream(first, events: AsyncIterator) -> AsyncIterator[bytes]:
     """`chunk` events with a running index, then `complete`, or `error` (the earlier /chat/stream)."""
     chunks: list[str] = []
-    item = first
-    while True:
-        if isinstance(item, DeltaEvent):
-            yield sse_data({"type": "chunk", "data": {"content": item.content, "chunk_index": len(chunks)}})
-            chunks.append(item.content)
-        elif isinstance(item, CompletedEvent):
-            yield sse_data({"type": "complete", "data": {"total_chunks": len(chunks), "full_content": item.content}})
-        elif isinstance(item, ErrorEvent):
-            yield sse_data({"type": "error", "data": {"message": item.detail}})
-        elif item is services.PING:
-            yield b": ping\n\n"
-        try:
-            item = await anext(events)
-        except StopAsyncIteration:
-            return
-        except ChatError as error:
-            yield sse_data({"type": "error", "data": {"message": error.detail}})
-            return
+    async with contextlib.aclosing(stream_items(first, events)) as items:
+        async for item in items:
+            if isinstance(item, DeltaEvent):
+                yield sse_data({"type": "chunk", "data": {"content": item.content, "chunk_index": len(chunks)}})
+                chunks.append(item.content)
+            elif isinstance(item, CompletedEvent):
+                yield sse_data(
+                    {"type": "complete", "data": {"total_chunks": len(chunks), "full_content": item.content}}
+                )
+            elif isinstance(item, ErrorEvent):
+                yield sse_data({"type": "error", "data": {"message": item.detail}})
+            elif item is services.PING:
+                yield PING
 
 
 async def _render_coze_chat_stream(first, events: AsyncIterator) -> AsyncIterator[bytes]:
     """`delta` and `completed` data lines, then `[DONE]` (the earlier /api/coze-chat)."""
-    item = first
-    while True:
-        if isinstance(item, DeltaEvent):
-            yield sse_data({"type": "delta", "content": item.content})
-        elif isinstance(item, CompletedEvent):
-            yield sse_data(
-                {"type": "completed", "token_count": item.usage.total_tokens, "conversation_id": item.conversation_id}
-            )
-        elif isinstance(item, ErrorEvent):
-            yield sse_data(item.as_dict())
-        elif item is services.PING:
-            yield b": ping\n\n"
-        try:
-            item = await anext(events)
-        except StopAsyncIteration:
-            break
-        except ChatError as error:
-            yield sse_data(error.as_event())
-            break
+    async with contextlib.aclosing(stream_items(first, events)) as items:
+        async for item in items:
+            if isinstance(item, DeltaEvent):
+                yield sse_data({"type": "delta", "content": item.content})
+            elif isinstance(item, CompletedEvent):
+                yield sse_data(
+                    {
+                        "type": "completed",
+                        "token_count": item.usage.total_tokens,
+                        "conversation_id": item.conversation_id,
+                    }
+                )
+            elif isinstance(item, ErrorEvent):
+                yield sse_data(item.as_dict())
+            elif item is services.PING:
+                yield PING
     yield sse_data("[DONE]")
 
 
@@ -180,7 +173,7 @@ def _session_clear(owner: services.Owner, session_id: str) -> dict:
     return {
         "session_id": session.session_id,
         "cleared_at": session.cleared_at.isoformat(),
-        "message": "Context cleared; the next message starts a new conversation.",
+        "message": SESSION_CLEARED_MESSAGE,
     }
 
 

@@ -14,6 +14,8 @@ from django.http import Http404, JsonResponse
 from rest_framework import exceptions as drf_exceptions
 from rest_framework.response import Response
 
+from chat.events import ErrorEvent
+
 logger = logging.getLogger(__name__)
 
 # code -> (HTTP status, default detail, retryable by default)
@@ -76,18 +78,20 @@ class ChatError(Exception):
         return body
 
     def as_event(self) -> dict:
-        return {"type": "error", "code": self.code, "detail": self.detail, "retryable": self.retryable}
+        """The `error` object of SSE and WebSocket streams."""
+        return ErrorEvent.from_error(self).as_dict()
 
     def headers(self) -> dict[str, str]:
-        return {"Retry-After": str(self.retry_after)} if self.retry_after is not None else {}
+        headers = {"Retry-After": str(self.retry_after)} if self.retry_after is not None else {}
+        if self.code == "unauthenticated":
+            headers["WWW-Authenticate"] = 'Bearer realm="api"'
+        return headers
 
 
 def json_error_response(error: ChatError) -> JsonResponse:
     response = JsonResponse(error.as_body(), status=error.status, json_dumps_params={"ensure_ascii": False})
     for name, value in error.headers().items():
         response[name] = value
-    if error.code == "unauthenticated":
-        response["WWW-Authenticate"] = 'Bearer realm="api"'
     return response
 
 
@@ -127,10 +131,7 @@ def api_exception_handler(exc: Exception, context: dict) -> Response:
         view = context.get("view")
         logger.exception("Unhandled error in %s", type(view).__name__ if view else "API view")
         error = ChatError("internal_error")
-    headers = error.headers()
-    if error.code == "unauthenticated":
-        headers["WWW-Authenticate"] = 'Bearer realm="api"'
-    return Response(error.as_body(), status=error.status, headers=headers)
+    return Response(error.as_body(), status=error.status, headers=error.headers())
 
 
 def _first_message(errors: dict) -> str:

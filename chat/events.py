@@ -94,6 +94,11 @@ class ErrorEvent:
     retryable: bool
     type: str = "error"
 
+    @classmethod
+    def from_error(cls, error) -> "ErrorEvent":
+        """The event for a `chat.errors.ChatError`."""
+        return cls(code=error.code, detail=error.detail, retryable=error.retryable)
+
     def as_dict(self) -> dict:
         return {"type": self.type, "code": self.code, "detail": self.detail, "retryable": self.retryable}
 

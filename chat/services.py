@@ -484,7 +484,7 @@ async def _turn_events(
     except ChatError as error:
         outcome.status, outcome.error = Reply.Status.FAILED, error
         await _finish(turn, outcome, started, upstream, ids_recorded)
-        yield ErrorEvent(code=error.code, detail=error.detail, retryable=error.retryable)
+        yield ErrorEvent.from_error(error)
     except (asyncio.CancelledError, GeneratorExit):
         if outcome.status == Reply.Status.IN_PROGRESS:
             outcome.status = Reply.Status.INTERRUPTED if control.reason == "interrupted" else Reply.Status.CANCELLED
@@ -626,7 +626,7 @@ async def achat_events(
                     if not started_streaming:
                         raise ChatError(control.reason)
                     error = ChatError(control.reason)
-                    yield ErrorEvent(code=error.code, detail=error.detail, retryable=error.retryable)
+                    yield ErrorEvent.from_error(error)
                     return
                 if isinstance(exc, ChatError) and not started_streaming:
                     raise exc

@@ -1,6 +1,7 @@
 """Async Django views: the SSE chat stream, the chat page and the health check."""
 
 import asyncio
+import contextlib
 import logging
 import secrets
 from collections.abc import AsyncIterator
@@ -18,7 +19,7 @@ from chat import coze, metrics, services
 from chat.auth import aresolve_owner, ensure_browser_id
 from chat.db import db_async
 from chat.errors import ChatError, json_error_response
-from chat.events import ChatEvent
+from chat.events import ChatEvent, ErrorEvent
 from chat.serializers import parse_chat_request, parse_json_bytes
 from chat.sse import PING, sse_done, sse_event
 from sessions_admin.models import Reply
@@ -28,26 +29,34 @@ logger = logging.getLogger(__name__)
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
 
+async def stream_items(first, events: AsyncIterator) -> AsyncIterator[ChatEvent | services.Ping]:
+    """`first`, then the rest of `events`, for the SSE renderers.
+
+    A ChatError from `events` (only possible when a heartbeat went out before Coze accepted the
+    chat) becomes a final ErrorEvent. `events` is closed however this ends, so a client that goes
+    away cancels its turn at once rather than when the generator is garbage-collected.
+    """
+    try:
+        yield first
+        try:
+            async for item in events:
+                yield item
+        except ChatError as error:
+            yield ErrorEvent.from_error(error)
+    finally:
+        await events.aclose()
+
+
 async def _render_sse(first: ChatEvent | services.Ping, events: AsyncIterator) -> AsyncIterator[bytes]:
     event_id = 0
-    item = first
-    try:
-        while True:
+    async with contextlib.aclosing(stream_items(first, events)) as items:
+        async for item in items:
             if item is services.PING:
                 yield PING
-            else:
-                event_id += 1
-                yield sse_event(event_id, item.type, item.as_dict())
-            try:
-                item = await anext(events)
-            except StopAsyncIteration:
-                break
-    except ChatError as error:
-        # Only reachable when a heartbeat went out before Coze accepted the chat.
-        event_id += 1
-        yield sse_event(event_id, "error", error.as_event())
-    event_id += 1
-    yield sse_done(event_id)
+                continue
+            event_id += 1
+            yield sse_event(event_id, item.type, item.as_dict())
+    yield sse_done(event_id + 1)
 
 
 async def _parse_standard(owner: services.Owner, body) -> services.ChatRequest:

@@ -94,8 +94,14 @@ def owner_for_browser(browser_id: str) -> Owner:
     return Owner(key=f"browser:{browser_id}")
 
 
+CSRF_SAFE_METHODS = ("GET", "HEAD", "OPTIONS", "TRACE")
+
+
 def csrf_failure(request) -> str | None:
-    """The CSRF failure reason for a session-authenticated request, None when it passes."""
+    """The CSRF failure reason for a session-authenticated request, None when it passes (safe
+    methods always do)."""
+    if request.method in CSRF_SAFE_METHODS:
+        return None
 
     def no_response(request):  # pragma: no cover - never called by process_view
         return None
@@ -106,7 +112,7 @@ def csrf_failure(request) -> str | None:
 
 
 def _csrf_or_raise(request) -> None:
-    if request.method not in ("GET", "HEAD", "OPTIONS", "TRACE") and csrf_failure(request):
+    if csrf_failure(request):
         raise ChatError("forbidden", "CSRF check failed: send the X-CSRFToken header from the page.")
 
 
@@ -176,7 +182,7 @@ class BrowserSessionAuthentication(authentication.BaseAuthentication):
             owner = owner_for_browser(browser_id)
         else:
             return None
-        reason = csrf_failure(django_request) if request.method not in ("GET", "HEAD", "OPTIONS", "TRACE") else None
+        reason = csrf_failure(django_request)
         if reason:
             raise exceptions.PermissionDenied(f"CSRF check failed: {reason}")
         return (user if user is not None and user.is_authenticated else None, owner)

@@ -18,21 +18,26 @@ import contextlib
 import io
 import logging
 
+from django.conf import settings
 from django.core.handlers.asgi import ASGIRequest
 
-from chat import metrics
-from chat.logging import new_request_id, request_id_var
+from chat.logging import request_context_begin, request_context_end, request_id_var
 from chat.views import start_sse_stream
 from sessions_admin.models import Reply
 
 logger = logging.getLogger(__name__)
 
 FAST_PATHS = {"/api/chat/stream": "api/chat/stream"}
-SECURITY_HEADERS = {
-    "X-Content-Type-Options": "nosniff",
-    "Referrer-Policy": "same-origin",
-    "X-Frame-Options": "DENY",
-}
+
+
+def security_headers() -> dict[str, str]:
+    """What SecurityMiddleware and XFrameOptionsMiddleware add, from the same settings."""
+    headers = {"X-Frame-Options": settings.X_FRAME_OPTIONS}
+    if settings.SECURE_CONTENT_TYPE_NOSNIFF:
+        headers["X-Content-Type-Options"] = "nosniff"
+    if settings.SECURE_REFERRER_POLICY:
+        headers["Referrer-Policy"] = settings.SECURE_REFERRER_POLICY
+    return headers
 
 
 def takes_fast_path(scope) -> bool:
@@ -65,16 +70,14 @@ class ApiKeyStreamFastPath:
             if not message.get("more_body", False):
                 break
         request = ASGIRequest(scope, io.BytesIO(bytes(body)))
-        request.request_id = new_request_id(request.headers.get("X-Request-ID"))
-        token = request_id_var.set(request.request_id)
+        token = request_context_begin(request)
         try:
             response = await start_sse_stream(request, transport=Reply.Transport.SSE)
         finally:
             request_id_var.reset(token)
-        for name, value in SECURITY_HEADERS.items():
+        for name, value in security_headers().items():
             response.setdefault(name, value)
-        response["X-Request-ID"] = request.request_id
-        metrics.HTTP_REQUESTS.labels(FAST_PATHS[scope["path"]], "POST", str(response.status_code)).inc()
+        request_context_end(request, response, route=FAST_PATHS[scope["path"]])
         await self._send_response(response, receive, send)
 
     @staticmethod

@@ -11,6 +11,8 @@ import logging
 import re
 import uuid
 
+from chat import metrics
+
 request_id_var: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="-")
 coze_logid_var: contextvars.ContextVar[str] = contextvars.ContextVar("coze_logid", default="-")
 
@@ -22,6 +24,20 @@ def new_request_id(incoming: str | None = None) -> str:
     if incoming and _CLIENT_REQUEST_ID.match(incoming):
         return incoming
     return uuid.uuid4().hex
+
+
+def request_context_begin(request) -> contextvars.Token:
+    """Give a request its id (kept from X-Request-ID when well-formed); reset the returned token
+    when the view returns."""
+    request.request_id = new_request_id(request.headers.get("X-Request-ID"))
+    return request_id_var.set(request.request_id)
+
+
+def request_context_end(request, response, *, route: str):
+    """Return the request id to the client and count the request by route, method and status."""
+    response["X-Request-ID"] = request.request_id
+    metrics.HTTP_REQUESTS.labels(route, request.method, str(response.status_code)).inc()
+    return response
 
 
 class ContextFilter(logging.Filter):

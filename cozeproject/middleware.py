@@ -6,8 +6,7 @@ import json
 from asgiref.sync import iscoroutinefunction, markcoroutinefunction
 from django.conf import settings
 
-from chat import metrics
-from chat.logging import new_request_id, request_id_var
+from chat.logging import request_context_begin, request_context_end, request_id_var
 
 PAYLOAD_TOO_LARGE = json.dumps(
     {"detail": "The request body is larger than 1 MiB.", "code": "payload_too_large"}
@@ -104,13 +103,9 @@ class RequestContextMiddleware:
 
     @staticmethod
     def _begin(request):
-        request.request_id = new_request_id(request.headers.get("X-Request-ID"))
-        return request_id_var.set(request.request_id)
+        return request_context_begin(request)
 
     @staticmethod
     def _end(request, response):
-        response["X-Request-ID"] = request.request_id
         match = getattr(request, "resolver_match", None)
-        route = match.route if match else "unmatched"
-        metrics.HTTP_REQUESTS.labels(route, request.method, str(response.status_code)).inc()
-        return response
+        return request_context_end(request, response, route=match.route if match else "unmatched")

@@ -7,7 +7,7 @@ from rest_framework.generics import ListAPIView
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from chat import services
+from chat import sessions, turns
 from chat.serializers import (
     ChatRequestSerializer,
     MessageSerializer,
@@ -70,7 +70,7 @@ class ChatSendApi(AsyncAPIView):
     )
     async def post(self, request):
         chat_request = parse_chat_request(request.data)
-        completed = await services.achat_send(
+        completed = await turns.achat_send(
             owner=request.auth, chat_request=chat_request, transport=Reply.Transport.SYNC
         )
         return Response(chat_response_body(completed))
@@ -91,7 +91,7 @@ class ChatCancelApi(AsyncAPIView):
         tags=["chat"],
     )
     async def post(self, request, chat_id: str):
-        return Response(await services.achat_cancel(owner=request.auth, chat_id=chat_id))
+        return Response(await sessions.achat_cancel(owner=request.auth, chat_id=chat_id))
 
 
 class SessionListApi(ListAPIView):
@@ -100,7 +100,7 @@ class SessionListApi(ListAPIView):
     serializer_class = SessionSerializer
 
     def get_queryset(self):
-        return services.session_list(owner=self.request.auth)
+        return sessions.session_list(owner=self.request.auth)
 
     @extend_schema(tags=["sessions"], responses={200: SessionSerializer(many=True), **ERRORS})
     def get(self, request, *args, **kwargs):
@@ -110,12 +110,12 @@ class SessionListApi(ListAPIView):
 class SessionDetailApi(APIView):
     @extend_schema(tags=["sessions"], responses={200: SessionSerializer, **ERRORS}, summary="Session info")
     def get(self, request, session_id: str):
-        session = services.session_get(owner=request.auth, session_id=session_id)
+        session = sessions.session_get(owner=request.auth, session_id=session_id)
         return Response(SessionSerializer(session).data)
 
     @extend_schema(tags=["sessions"], responses={204: None, **ERRORS}, summary="Delete a session and its records")
     def delete(self, request, session_id: str):
-        services.session_delete(owner=request.auth, session_id=session_id)
+        sessions.session_delete(owner=request.auth, session_id=session_id)
         return Response(status=status.HTTP_204_NO_CONTENT)
 
 
@@ -125,7 +125,7 @@ class SessionMessagesApi(ListAPIView):
     serializer_class = MessageSerializer
 
     def get_queryset(self):
-        return services.session_messages(owner=self.request.auth, session_id=self.kwargs["session_id"])
+        return sessions.session_messages(owner=self.request.auth, session_id=self.kwargs["session_id"])
 
     @extend_schema(tags=["sessions"], responses={200: MessageSerializer(many=True), **ERRORS})
     def get(self, request, *args, **kwargs):
@@ -150,7 +150,7 @@ class SessionClearApi(APIView):
         summary="Forget the context; the next turn starts a new Coze conversation",
     )
     def post(self, request, session_id: str):
-        session = services.session_clear(owner=request.auth, session_id=session_id)
+        session = sessions.session_clear(owner=request.auth, session_id=session_id)
         return Response(
             {
                 "session_id": session.session_id,

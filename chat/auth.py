@@ -17,7 +17,7 @@ from rest_framework import authentication, exceptions, permissions
 
 from chat.db import db_async
 from chat.errors import ChatError
-from chat.services import Owner
+from chat.inputs import Owner
 from sessions_admin.models import ApiClient, hash_api_key
 
 BROWSER_SESSION_KEY = "chat_browser_id"

@@ -13,12 +13,13 @@ from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_GET, require_POST
 
-from chat import services
+from chat import sessions, turns
 from chat.apis import SESSION_CLEARED_MESSAGE, chat_response_body
 from chat.auth import aresolve_owner
 from chat.db import db_async
 from chat.errors import ChatError, json_error_response
 from chat.events import CompletedEvent, DeltaEvent, ErrorEvent
+from chat.inputs import ChatRequest, Owner
 from chat.serializers import SessionSerializer, parse_chat_request, parse_json_bytes
 from chat.sse import PING, sse_data
 from chat.views import start_sse_stream, stream_items
@@ -29,18 +30,18 @@ LEGACY_CHAT_FIELDS = ("message", "session_id", "user_id")
 LEGACY_COZE_CHAT_FIELDS = ("user_id", "bot_id", "additional_messages", "custom_variables", "meta_data", "session_id")
 
 
-def _legacy_chat_request(body) -> services.ChatRequest:
+def _legacy_chat_request(body) -> ChatRequest:
     if not isinstance(body, dict):
         raise ChatError("invalid", "The body must be a JSON object.")
     return parse_chat_request({key: body[key] for key in LEGACY_CHAT_FIELDS if key in body})
 
 
-async def _parse_legacy_chat(owner: services.Owner, body) -> services.ChatRequest:
+async def _parse_legacy_chat(owner: Owner, body) -> ChatRequest:
     return _legacy_chat_request(body)
 
 
 @db_async
-def _session_id_for_conversation(*, owner: services.Owner, conversation_id: str) -> str:
+def _session_id_for_conversation(*, owner: Owner, conversation_id: str) -> str:
     conversation = (
         Conversation.objects.select_related("session")
         .filter(session__owner_key=owner.key, coze_conversation_id=conversation_id)
@@ -63,7 +64,7 @@ def _object_string_content(content):
     return None
 
 
-async def _parse_coze_chat(owner: services.Owner, body) -> services.ChatRequest:
+async def _parse_coze_chat(owner: Owner, body) -> ChatRequest:
     if not isinstance(body, dict):
         raise ChatError("invalid", "The body must be a JSON object.")
     data = {key: body[key] for key in LEGACY_COZE_CHAT_FIELDS if key in body}
@@ -106,7 +107,7 @@ async def _render_legacy_stream(first, events: AsyncIterator) -> AsyncIterator[b
                 )
             elif isinstance(item, ErrorEvent):
                 yield sse_data({"type": "error", "data": {"message": item.detail}})
-            elif item is services.PING:
+            elif item is turns.PING:
                 yield PING
 
 
@@ -126,7 +127,7 @@ async def _render_coze_chat_stream(first, events: AsyncIterator) -> AsyncIterato
                 )
             elif isinstance(item, ErrorEvent):
                 yield sse_data(item.as_dict())
-            elif item is services.PING:
+            elif item is turns.PING:
                 yield PING
     yield sse_data("[DONE]")
 
@@ -138,7 +139,7 @@ async def legacy_chat_view(request: HttpRequest) -> HttpResponse:
     try:
         owner = await aresolve_owner(request)
         chat_request = _legacy_chat_request(parse_json_bytes(request.body, request.content_type or ""))
-        completed = await services.achat_send(owner=owner, chat_request=chat_request, transport=Reply.Transport.COMPAT)
+        completed = await turns.achat_send(owner=owner, chat_request=chat_request, transport=Reply.Transport.COMPAT)
     except ChatError as error:
         return json_error_response(error)
     return JsonResponse(chat_response_body(completed), json_dumps_params={"ensure_ascii": False})
@@ -163,13 +164,13 @@ async def legacy_coze_chat_view(request: HttpRequest) -> HttpResponse:
 
 
 @db_async
-def _session_info(owner: services.Owner, session_id: str) -> dict:
-    return SessionSerializer(services.session_get(owner=owner, session_id=session_id)).data
+def _session_info(owner: Owner, session_id: str) -> dict:
+    return SessionSerializer(sessions.session_get(owner=owner, session_id=session_id)).data
 
 
 @db_async
-def _session_clear(owner: services.Owner, session_id: str) -> dict:
-    session = services.session_clear(owner=owner, session_id=session_id)
+def _session_clear(owner: Owner, session_id: str) -> dict:
+    session = sessions.session_clear(owner=owner, session_id=session_id)
     return {
         "session_id": session.session_id,
         "cleared_at": session.cleared_at.isoformat(),

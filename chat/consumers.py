@@ -14,7 +14,7 @@ from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
 from django.conf import settings
 
-from chat import services
+from chat import turns
 from chat.auth import (
     BROWSER_SESSION_KEY,
     aowner_from_api_key,
@@ -22,7 +22,9 @@ from chat.auth import (
     owner_for_browser,
     owner_for_user,
 )
+from chat.control import TurnControl
 from chat.errors import ChatError
+from chat.inputs import ChatRequest, Owner
 from chat.logging import new_request_id, request_id_var
 from chat.serializers import parse_chat_request
 from chat.sse import encode_json
@@ -40,8 +42,8 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
     channel_layer_alias = "no-channel-layer-for-chat-sockets"
 
     async def connect(self) -> None:
-        self.owner: services.Owner | None = None
-        self.replies: dict[asyncio.Task, services.TurnControl] = {}
+        self.owner: Owner | None = None
+        self.replies: dict[asyncio.Task, TurnControl] = {}
         await self.accept()
         try:
             self.owner = await self._resolve_owner()
@@ -51,7 +53,7 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
             # Accept first so the client sees the application close code, not a bare HTTP 403.
             await self.close(code=CLOSE_UNAUTHENTICATED)
 
-    async def _resolve_owner(self) -> services.Owner | None:
+    async def _resolve_owner(self) -> Owner | None:
         headers = dict(self.scope.get("headers", []))
         authorization = headers.get(b"authorization", b"").decode("latin1")
         key = bearer_key(authorization)
@@ -89,7 +91,7 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
             except ChatError as error:
                 await self._send_error(error)
                 return
-            control = services.TurnControl(owner_key=self.owner.key)
+            control = TurnControl(owner_key=self.owner.key)
             request_id_var.set(new_request_id())  # each turn on the socket is its own request in the logs
             task = asyncio.create_task(self._run_reply(chat_request, control))
             self.replies[task] = control
@@ -104,12 +106,12 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
         else:
             await self._send_error(ChatError("invalid", "Unknown frame type; use chat, cancel or ping."))
 
-    async def _run_reply(self, chat_request: services.ChatRequest, control: services.TurnControl) -> None:
+    async def _run_reply(self, chat_request: ChatRequest, control: TurnControl) -> None:
         try:
-            async for event in services.achat_events(
+            async for event in turns.achat_events(
                 owner=self.owner, chat_request=chat_request, transport=Reply.Transport.WEBSOCKET, control=control
             ):
-                if event is not services.PING:
+                if event is not turns.PING:
                     await self.send_json(event.as_dict())
         except ChatError as error:
             await self._send_error(error)

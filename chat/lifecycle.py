@@ -66,7 +66,7 @@ def _install_sigterm_handler() -> None:
 
 async def ainterrupt_all_turns(grace_seconds: float = SHUTDOWN_GRACE_SECONDS) -> int:
     """Stop every turn of this process as `interrupted` and wait (bounded) until they are stored."""
-    from chat.services import active_turns
+    from chat.control import active_turns
 
     controls = list(active_turns)
     for control in controls:

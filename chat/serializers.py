@@ -8,7 +8,7 @@ from django.conf import settings
 from rest_framework import serializers
 
 from chat.errors import ChatError
-from chat.services import ChatRequest
+from chat.inputs import ChatRequest
 from sessions_admin.models import ChatSession, Message
 
 SESSION_ID_RE = re.compile(r"^[A-Za-z0-9_.:-]{1,128}$")

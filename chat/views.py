@@ -15,11 +15,12 @@ from django.shortcuts import render
 from django.views.decorators.csrf import csrf_exempt, ensure_csrf_cookie
 from django.views.decorators.http import require_GET, require_POST
 
-from chat import coze, metrics, services
+from chat import coze, metrics, turns
 from chat.auth import aresolve_owner, ensure_browser_id
 from chat.db import db_async
 from chat.errors import ChatError, json_error_response
 from chat.events import ChatEvent, ErrorEvent
+from chat.inputs import ChatRequest, Owner
 from chat.serializers import parse_chat_request, parse_json_bytes
 from chat.sse import PING, sse_done, sse_event
 from sessions_admin.models import Reply
@@ -29,7 +30,7 @@ logger = logging.getLogger(__name__)
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
 
-async def stream_items(first, events: AsyncIterator) -> AsyncIterator[ChatEvent | services.Ping]:
+async def stream_items(first, events: AsyncIterator) -> AsyncIterator[ChatEvent | turns.Ping]:
     """`first`, then the rest of `events`, for the SSE renderers.
 
     A ChatError from `events` (only possible when a heartbeat went out before Coze accepted the
@@ -47,11 +48,11 @@ async def stream_items(first, events: AsyncIterator) -> AsyncIterator[ChatEvent 
         await events.aclose()
 
 
-async def _render_sse(first: ChatEvent | services.Ping, events: AsyncIterator) -> AsyncIterator[bytes]:
+async def _render_sse(first: ChatEvent | turns.Ping, events: AsyncIterator) -> AsyncIterator[bytes]:
     event_id = 0
     async with contextlib.aclosing(stream_items(first, events)) as items:
         async for item in items:
-            if item is services.PING:
+            if item is turns.PING:
                 yield PING
                 continue
             event_id += 1
@@ -59,7 +60,7 @@ async def _render_sse(first: ChatEvent | services.Ping, events: AsyncIterator) -
     yield sse_done(event_id + 1)
 
 
-async def _parse_standard(owner: services.Owner, body) -> services.ChatRequest:
+async def _parse_standard(owner: Owner, body) -> ChatRequest:
     return parse_chat_request(body)
 
 
@@ -75,7 +76,7 @@ async def start_sse_stream(
         owner = await aresolve_owner(request)
         body = parse_json_bytes(request.body, request.content_type or "")
         chat_request = await parse(owner, body)
-        events = services.achat_events(
+        events = turns.achat_events(
             owner=owner,
             chat_request=chat_request,
             transport=transport,

@@ -7,8 +7,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from chat.errors import ChatError
+from chat.inputs import ChatRequest
 from chat.serializers import ChatRequestSerializer, parse_chat_request, parse_json_bytes
-from chat.services import ChatRequest
 from tests.conftest import auth
 
 FIELDS = sorted(ChatRequestSerializer._declared_fields)

@@ -150,7 +150,7 @@ class DirectBackend:
     """The chat service in this process: the same turn as every transport, without HTTP."""
 
     def __init__(self, *, owner_name: str):
-        from chat.services import Owner
+        from chat.inputs import Owner
 
         self.owner = Owner(key=f"cli:{owner_name}"[:80])
         # One loop for the whole conversation: the Coze client and its connection pool belong to it.
@@ -165,10 +165,12 @@ class DirectBackend:
         return f"{where} directly, as {self.owner.key}"
 
     def run_turn(self, *, message: str, session_id: str, bot_id: str | None, on_event: EventCallback) -> None:
-        from chat import services
+        from chat import turns
+        from chat.control import TurnControl
+        from chat.inputs import ChatRequest
 
-        control = services.TurnControl(owner_key=self.owner.key)
-        chat_request = services.ChatRequest(message=message, session_id=session_id, bot_id=bot_id or None)
+        control = TurnControl(owner_key=self.owner.key)
+        chat_request = ChatRequest(message=message, session_id=session_id, bot_id=bot_id or None)
 
         def stop(*_args) -> None:
             self.loop.call_soon_threadsafe(control.stop, "cancelled")
@@ -176,11 +178,9 @@ class DirectBackend:
         async def consume() -> None:
             # The CLI has no transport of its own in Reply.Transport; it streams like the others
             # but is recorded under "sync".
-            events = services.achat_events(
-                owner=self.owner, chat_request=chat_request, transport="sync", control=control
-            )
+            events = turns.achat_events(owner=self.owner, chat_request=chat_request, transport="sync", control=control)
             async for event in events:
-                if event is services.PING:
+                if event is turns.PING:
                     continue
                 try:
                     on_event(event.as_dict())
@@ -196,10 +196,10 @@ class DirectBackend:
             _restore_sigint(previous)
 
     def clear(self, session_id: str) -> None:
-        from chat import services
+        from chat import sessions
 
         try:
-            services.session_clear(owner=self.owner, session_id=session_id)
+            sessions.session_clear(owner=self.owner, session_id=session_id)
         except ChatError as error:
             if error.code != "not_found":
                 raise ChatClientError(error.code, error.detail) from error

@@ -1,0 +1,40 @@
+"""The turns running in this process, and the handle that stops one.
+
+A turn registers its `TurnControl` here; a cancel request (from this process or, through the
+channel layer, from another), a WebSocket `cancel` frame and shutdown stop it through the same
+handle. This module imports nothing of the chat service, so the turn, the cancel listener and the
+shutdown hook all depend on it and not on each other.
+"""
+
+import asyncio
+from dataclasses import dataclass
+
+
+@dataclass(slots=True, eq=False)
+class TurnControl:
+    """Shared between a running turn and whoever may stop it (cancel API, WS cancel, shutdown)."""
+
+    owner_key: str
+    reason: str = "cancelled"  # or "interrupted" when the server shuts down
+    task: asyncio.Task | None = None
+    chat_id: str = ""
+
+    def stop(self, reason: str = "cancelled") -> None:
+        self.reason = reason
+        if self.task is not None and not self.task.done():
+            self.task.cancel()
+
+
+# By Coze chat id, for cancel requests; and all of them (also those not yet accepted by Coze), for shutdown.
+running_turns: dict[str, TurnControl] = {}
+active_turns: set[TurnControl] = set()
+
+_background_tasks: set[asyncio.Task] = set()
+
+
+def in_background(coro) -> asyncio.Task:
+    """Run `coro` as a task that is kept alive until it ends, whoever stops waiting for it."""
+    task = asyncio.ensure_future(coro)
+    _background_tasks.add(task)
+    task.add_done_callback(_background_tasks.discard)
+    return task

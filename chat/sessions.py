@@ -1,0 +1,113 @@
+"""Session operations: list, info, messages, clear, delete, and cancelling a reply in progress.
+
+Every function is scoped to its owner: another owner's session or chat is `not_found`, never
+`forbidden`, so ids can't be probed (API.md §2).
+"""
+
+from django.db import transaction
+from django.db.models import OuterRef, Subquery
+from django.db.models.functions import Substr
+from django.utils import timezone
+
+from chat import cancellation, turns
+from chat.control import running_turns
+from chat.db import db_async
+from chat.errors import ChatError
+from chat.inputs import Owner
+from chat.turn_store import lock_free
+from sessions_admin.models import ChatSession, Message, Reply
+
+TITLE_CHARS = 80
+
+
+def _sessions_of(owner: Owner):
+    """The owner's sessions, each with a `title`: the start of its conversation's first question
+    (computed in the same query, through the message index)."""
+    first_question = (
+        Message.objects.filter(conversation_id=OuterRef("current_conversation_id"), role=Message.Role.USER)
+        .order_by("pk")
+        .values(start=Substr("content", 1, TITLE_CHARS))[:1]
+    )
+    return (
+        ChatSession.objects.select_related("current_conversation")
+        .filter(owner_key=owner.key)
+        .annotate(title=Subquery(first_question))
+    )
+
+
+def session_get(*, owner: Owner, session_id: str) -> ChatSession:
+    """The owner's session; ChatError("not_found") for unknown or someone else's."""
+    session = _sessions_of(owner).filter(session_id=session_id).first()
+    if session is None:
+        raise ChatError("not_found", "No such session.")
+    return session
+
+
+def session_list(*, owner: Owner):
+    return _sessions_of(owner).order_by("-last_activity", "-pk")
+
+
+def session_messages(*, owner: Owner, session_id: str):
+    session = session_get(owner=owner, session_id=session_id)
+    if session.current_conversation_id is None:
+        return Message.objects.none()
+    return (
+        Message.objects.filter(conversation_id=session.current_conversation_id).select_related("reply").order_by("pk")
+    )
+
+
+def session_clear(*, owner: Owner, session_id: str) -> ChatSession:
+    """Forget the context: the next turn starts a new Coze conversation; the old one is kept.
+
+    One conditional UPDATE: it waits for a turn that is starting (which holds the session's row
+    lock) and then finds the session busy, so a clear can never be undone by that turn.
+    """
+    session = session_get(owner=owner, session_id=session_id)
+    cleared = (
+        ChatSession.objects.filter(pk=session.pk)
+        .filter(lock_free())
+        .update(current_conversation=None, message_count=0, cleared_at=timezone.now())
+    )
+    if not cleared:
+        raise ChatError("session_busy", "This session has a reply in progress; cancel it before clearing.")
+    turns.forget_route(owner.key, session_id)
+    session.refresh_from_db()
+    return session
+
+
+def session_delete(*, owner: Owner, session_id: str) -> None:
+    """Delete the session with its conversations and messages, unless a reply is in progress."""
+    with transaction.atomic():
+        session = (
+            ChatSession.objects.select_for_update()
+            .filter(owner_key=owner.key, session_id=session_id)
+            .filter(lock_free())
+            .first()
+        )
+        if session is None:
+            session_get(owner=owner, session_id=session_id)  # not_found when it does not exist
+            raise ChatError("session_busy", "This session has a reply in progress; cancel it before deleting.")
+        session.delete()
+    turns.forget_route(owner.key, session_id)
+
+
+@db_async
+def _reply_for_cancel(*, owner: Owner, chat_id: str) -> Reply:
+    reply = Reply.objects.filter(owner_key=owner.key, coze_chat_id=chat_id).order_by("-pk").first()
+    if reply is None:
+        raise ChatError("not_found", "No such chat.")
+    return reply
+
+
+async def achat_cancel(*, owner: Owner, chat_id: str) -> dict:
+    """Stop a reply in progress: the upstream stream is closed and Coze's cancel is called."""
+    control = running_turns.get(chat_id)
+    if control is not None and control.owner_key == owner.key:
+        control.stop("cancelled")
+        return {"chat_id": chat_id, "status": "cancelled"}
+    reply = await _reply_for_cancel(owner=owner, chat_id=chat_id)
+    if reply.status != Reply.Status.IN_PROGRESS:
+        return {"chat_id": chat_id, "status": reply.status}
+    # Running in another worker process: reach it through the channel layer.
+    await cancellation.asend_cancel(worker_channel=reply.worker_channel, chat_id=chat_id)
+    return {"chat_id": chat_id, "status": "cancelled"}

@@ -1,0 +1,375 @@
+"""The chat turn's database steps: start it (lock the session, store the user's message, open the
+Reply) and finish it (store the answer, usage and timing, release the lock).
+
+Each step is one short transaction on the chat service's own database threads (`chat.db`), a
+constant amount of work per turn however long the reply. What they guarantee:
+
+* `turn_start` commits the session lock, the user's message and the Reply together or not at
+  all. It reads the session under a row lock (`SELECT … FOR UPDATE`), so a concurrent clear or
+  delete waits for it and then sees the session busy, and it can't continue a conversation that
+  a clear has just left.
+* The lock is a lease in the database's clock (`NOW()`), never a worker's, so clock skew between
+  hosts can't steal a live lock; a crashed worker's lease lapses after CHAT_SESSION_LOCK_TTL.
+* `turn_finish` is idempotent: it stores an outcome only while the Reply is still in progress, so
+  a retry after a commit whose acknowledgement was lost stores nothing twice.
+"""
+
+from dataclasses import dataclass, field
+from datetime import timedelta
+
+from django.conf import settings
+from django.db import IntegrityError, models, transaction
+from django.db.models import Case, ExpressionWrapper, F, Q, Value, When
+from django.db.models.functions import Now
+from django.utils import timezone
+
+from chat.db import db_async
+from chat.errors import ChatError
+from chat.events import Usage
+from chat.inputs import ChatRequest, Owner
+from sessions_admin.models import ChatSession, Conversation, Message, Reply
+from sessions_admin.rollup import record_reply
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    """What the Coze request of a turn needs from its session: where and as whom to ask."""
+
+    coze_conversation_id: str  # "" when the turn starts a new Coze conversation
+    bot_id: str
+    coze_user_id: str
+
+
+class RouteChanged(Exception):
+    """The session moved on (cleared, another bot) since the route the turn was sent with was read."""
+
+
+@dataclass(frozen=True, slots=True)
+class TurnContext:
+    session_pk: int
+    session_id: str
+    conversation_pk: int
+    reply_pk: int
+    lock_token: str
+    route: Route
+    owner_key: str
+    transport: str
+
+
+@dataclass(slots=True)
+class TurnOutcome:
+    status: str = Reply.Status.IN_PROGRESS
+    answer_parts: list[str] = field(default_factory=list)
+    follow_ups: list[str] = field(default_factory=list)
+    usage: Usage = field(default_factory=Usage)
+    error: ChatError | None = None
+    chat_id: str = ""
+    conversation_id: str = ""
+    logid: str = ""
+    message_id: str = ""
+    first_token_at: float | None = None
+    duration: float = 0.0
+
+    @property
+    def answer(self) -> str:
+        return "".join(self.answer_parts)
+
+
+def _lease_end():
+    """The end of a lock lease taken now, in the database's clock."""
+    return ExpressionWrapper(
+        Now() + Value(timedelta(seconds=settings.CHAT_SESSION_LOCK_TTL)), output_field=models.DateTimeField()
+    )
+
+
+def lock_free() -> Q:
+    """Sessions whose lock is free now, in the database's clock."""
+    return Q(locked_until__isnull=True) | Q(locked_until__lt=Now())
+
+
+def _route(*, coze_user_id: str, conversation: dict | None, bot_id: str, requested_user_id: str | None) -> Route:
+    continues = conversation is not None and conversation["bot_id"] == bot_id
+    return Route(
+        coze_conversation_id=conversation["coze_conversation_id"] if continues else "",
+        bot_id=bot_id,
+        coze_user_id=requested_user_id or coze_user_id,
+    )
+
+
+@db_async
+def session_route(*, owner: Owner, session_id: str, bot_id: str, requested_user_id: str | None) -> Route:
+    """The route a turn of this session would take now (one indexed read; a new session's if none)."""
+    row = (
+        ChatSession.objects.filter(owner_key=owner.key, session_id=session_id)
+        .values("coze_user_id", "current_conversation__bot_id", "current_conversation__coze_conversation_id")
+        .first()
+    )
+    if row is None:
+        return Route(coze_conversation_id="", bot_id=bot_id, coze_user_id=requested_user_id or settings.COZE_USER_ID)
+    conversation = (
+        {
+            "bot_id": row["current_conversation__bot_id"],
+            "coze_conversation_id": row["current_conversation__coze_conversation_id"],
+        }
+        if row["current_conversation__bot_id"] is not None
+        else None
+    )
+    return _route(
+        coze_user_id=row["coze_user_id"], conversation=conversation, bot_id=bot_id, requested_user_id=requested_user_id
+    )
+
+
+@db_async
+def turn_start(
+    *,
+    owner: Owner,
+    chat_request: ChatRequest,
+    session_id: str,
+    bot_id: str,
+    transport: str,
+    worker_channel: str,
+    lock_token: str,
+    expected_route: Route | None = None,
+) -> TurnContext:
+    """Lock the session (creating it if new), store the user's message and open the Reply, in one
+    transaction.
+
+    Raises ChatError("session_busy") when another reply holds the lock, and RouteChanged (storing
+    nothing) when `expected_route` is given and is no longer the session's route.
+    """
+    for attempt in range(2):
+        try:
+            return _turn_start_once(
+                owner=owner,
+                chat_request=chat_request,
+                session_id=session_id,
+                bot_id=bot_id,
+                transport=transport,
+                worker_channel=worker_channel,
+                lock_token=lock_token,
+                expected_route=expected_route,
+            )
+        except IntegrityError:
+            # Two first turns raced to create the session; the loser retries on the winner's row.
+            if attempt:
+                raise
+    raise AssertionError("unreachable")
+
+
+def _turn_start_once(
+    *,
+    owner: Owner,
+    chat_request: ChatRequest,
+    session_id: str,
+    bot_id: str,
+    transport: str,
+    worker_channel: str,
+    lock_token: str,
+    expected_route: Route | None,
+) -> TurnContext:
+    now = timezone.now()
+    with transaction.atomic():
+        session = (
+            ChatSession.objects.select_for_update(of=("self",))
+            .select_related("current_conversation")
+            .filter(owner_key=owner.key, session_id=session_id)
+            .first()
+        )
+        if session is None:
+            session = ChatSession.objects.create(
+                owner_key=owner.key,
+                session_id=session_id,
+                api_client_id=owner.api_client_id,
+                user_id=owner.user_id,
+                coze_user_id=chat_request.user_id or settings.COZE_USER_ID,
+                bot_id=bot_id,
+                created_at=now,
+                last_activity=now,
+            )
+        elif session.lock_token == lock_token:
+            # This very start committed before (a retry after its acknowledgement was lost).
+            return _committed_start(session=session, lock_token=lock_token, owner=owner, transport=transport)
+        conversation = session.current_conversation
+        route = _route(
+            coze_user_id=session.coze_user_id,
+            conversation=None
+            if conversation is None
+            else {"bot_id": conversation.bot_id, "coze_conversation_id": conversation.coze_conversation_id},
+            bot_id=bot_id,
+            requested_user_id=chat_request.user_id,
+        )
+        if expected_route is not None and route != expected_route:
+            raise RouteChanged(route)
+        new_conversation = conversation is None or conversation.bot_id != bot_id
+        if new_conversation:
+            # A new context: first turn, after a clear, or the client switched bots.
+            conversation = Conversation.objects.create(
+                session=session, bot_id=bot_id, created_at=now, last_activity=now, message_count=1
+            )
+        # Take the lock and count the message in one statement; zero rows means another reply
+        # holds an unexpired lease, and the transaction (with the conversation above) rolls back.
+        taken = (
+            ChatSession.objects.filter(pk=session.pk)
+            .filter(lock_free())
+            .update(
+                lock_token=lock_token,
+                locked_until=_lease_end(),
+                current_conversation=conversation,
+                bot_id=bot_id,
+                coze_user_id=route.coze_user_id,
+                last_activity=now,
+                message_count=1 if new_conversation else F("message_count") + 1,
+            )
+        )
+        if not taken:
+            raise ChatError("session_busy")
+        reply = Reply.objects.create(
+            session=session,
+            conversation=conversation,
+            owner_key=owner.key,
+            api_client_id=owner.api_client_id,
+            user_id=owner.user_id,
+            bot_id=bot_id,
+            transport=transport,
+            worker_channel=worker_channel,
+            started_at=now,
+        )
+        Message.objects.create(
+            conversation=conversation,
+            reply=reply,
+            role=Message.Role.USER,
+            kind=Message.Kind.QUESTION,
+            content=chat_request.user_text,
+            content_type=chat_request.content_type,
+            created_at=now,
+        )
+        if not new_conversation:
+            Conversation.objects.filter(pk=conversation.pk).update(
+                last_activity=now, message_count=F("message_count") + 1
+            )
+    return TurnContext(
+        session_pk=session.pk,
+        session_id=session.session_id,
+        conversation_pk=conversation.pk,
+        reply_pk=reply.pk,
+        lock_token=lock_token,
+        route=route,
+        owner_key=owner.key,
+        transport=transport,
+    )
+
+
+def _committed_start(*, session: ChatSession, lock_token: str, owner: Owner, transport: str) -> TurnContext:
+    reply = Reply.objects.filter(session=session).select_related("conversation").order_by("-pk").first()
+    conversation = reply.conversation
+    return TurnContext(
+        session_pk=session.pk,
+        session_id=session.session_id,
+        conversation_pk=conversation.pk,
+        reply_pk=reply.pk,
+        lock_token=lock_token,
+        route=Route(conversation.coze_conversation_id, conversation.bot_id, session.coze_user_id),
+        owner_key=owner.key,
+        transport=transport,
+    )
+
+
+@db_async
+def turn_upstream_started(*, turn: TurnContext, chat_id: str, logid: str) -> None:
+    """Record Coze's chat id as soon as it is known, so the chat can be cancelled by id from any worker."""
+    Reply.objects.filter(pk=turn.reply_pk).update(coze_chat_id=chat_id, coze_logid=logid)
+
+
+@db_async
+def turn_renew_lock(*, turn: TurnContext) -> None:
+    ChatSession.objects.filter(pk=turn.session_pk, lock_token=turn.lock_token).update(locked_until=_lease_end())
+
+
+@db_async
+def turn_finish(*, turn: TurnContext, outcome: TurnOutcome) -> None:
+    """Store the answer (whole or partial), follow-ups, usage and timing, and release the lock.
+
+    Idempotent: a Reply that is no longer in progress is left as it is (only the lock, if still
+    this turn's, is released).
+    """
+    now = timezone.now()
+    answer = outcome.answer
+    usage = outcome.usage
+    error = outcome.error
+    stored_answer = bool(answer) or outcome.status == Reply.Status.COMPLETED
+    with transaction.atomic():
+        ended = Reply.objects.filter(pk=turn.reply_pk, status=Reply.Status.IN_PROGRESS).update(
+            status=outcome.status,
+            coze_chat_id=outcome.chat_id,
+            coze_logid=outcome.logid,
+            error_code=error.code if error else "",
+            error_detail=error.detail if error else "",
+            input_tokens=usage.input_tokens,
+            output_tokens=usage.output_tokens,
+            total_tokens=usage.total_tokens,
+            time_to_first_token_ms=round(outcome.first_token_at * 1000) if outcome.first_token_at is not None else None,
+            duration_ms=round(outcome.duration * 1000),
+            finished_at=now,
+        )
+        ours = Q(lock_token=turn.lock_token)
+        release_lock = {
+            # Release the lock if it is still ours (a lease that lapsed may have passed to another reply).
+            "lock_token": Case(When(ours, then=Value("")), default=F("lock_token"), output_field=models.CharField()),
+            "locked_until": Case(
+                When(ours, then=Value(None)), default=F("locked_until"), output_field=models.DateTimeField()
+            ),
+        }
+        if not ended:
+            ChatSession.objects.filter(pk=turn.session_pk).update(**release_lock)
+            return
+        answers = (
+            [
+                Message(
+                    conversation_id=turn.conversation_pk,
+                    reply_id=turn.reply_pk,
+                    role=Message.Role.ASSISTANT,
+                    kind=Message.Kind.ANSWER,
+                    content=answer,
+                    coze_message_id=outcome.message_id,
+                    created_at=now,
+                )
+            ]
+            if stored_answer
+            else []
+        )
+        messages = answers + [
+            Message(
+                conversation_id=turn.conversation_pk,
+                reply_id=turn.reply_pk,
+                role=Message.Role.ASSISTANT,
+                kind=Message.Kind.FOLLOW_UP,
+                content=text,
+                created_at=now,
+            )
+            for text in outcome.follow_ups
+        ]
+        if messages:
+            Message.objects.bulk_create(messages)
+        conversation_update = {
+            "last_activity": now,
+            "message_count": F("message_count") + int(stored_answer),
+            "total_tokens": F("total_tokens") + usage.total_tokens,
+        }
+        if outcome.conversation_id and not turn.route.coze_conversation_id:
+            conversation_update["coze_conversation_id"] = outcome.conversation_id
+        Conversation.objects.filter(pk=turn.conversation_pk).update(**conversation_update)
+        ChatSession.objects.filter(pk=turn.session_pk).update(
+            last_activity=now,
+            input_tokens=F("input_tokens") + usage.input_tokens,
+            output_tokens=F("output_tokens") + usage.output_tokens,
+            total_tokens=F("total_tokens") + usage.total_tokens,
+            # The answer counts only if the session still talks in this conversation (not cleared meanwhile).
+            message_count=Case(
+                When(current_conversation_id=turn.conversation_pk, then=F("message_count") + int(stored_answer)),
+                default=F("message_count"),
+                output_field=models.PositiveIntegerField(),
+            ),
+            **release_lock,
+        )
+        # The dashboard's daily rollup; last, so its row lock (shared by the owner's replies that day) is held briefly.
+        record_reply(reply_pk=turn.reply_pk)

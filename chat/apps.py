@@ -6,4 +6,15 @@ class ChatConfig(AppConfig):
     verbose_name = "Chat"
 
     def ready(self) -> None:
+        from django.core import signals
+        from django.db import close_old_connections, reset_queries
+
         from chat import openapi  # noqa: F401 - registers the OpenAPI security scheme extensions
+
+        # Under ASGI, Django runs these two `request_started` receivers in a thread of the request's
+        # own, which is new for every request and so has no connection or query log to tidy: a
+        # thread hop that does nothing. Without them `request_started` has no synchronous
+        # receivers and the request starts on the event loop. (`request_finished` keeps closing
+        # the connections a synchronous view opened in that thread.)
+        signals.request_started.disconnect(close_old_connections)
+        signals.request_started.disconnect(reset_queries)

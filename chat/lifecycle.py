@@ -1,13 +1,14 @@
 """A worker's start and end.
 
 Start: replies left "in progress" by a crashed worker are marked interrupted (the
-`mark_interrupted_replies` command does the same on demand).
+`mark_interrupted_replies` command does the same on demand), and the SIGTERM handler is installed.
 
 End: on SIGTERM, replies in flight end with a retryable `interrupted` error and are stored as
-interrupted, before the server's own shutdown runs. ASGI servers don't tell the application
-about SIGTERM before they cancel its tasks (and daphne has no lifespan events), so both hooks run
-on the first chat turn of the process, when the server's own signal handler is in place, and the
-SIGTERM handler chains to it.
+interrupted, before the server's own shutdown runs. ASGI servers don't tell the application about
+SIGTERM before they cancel its tasks, so the handler chains to the server's own: it is installed
+at start-up, once the server's handler is in place — at the ASGI lifespan startup event where the
+server sends one (uvicorn), else on the worker's first request of any kind (daphne has no lifespan
+events; its first request is usually a health check).
 """
 
 import asyncio
@@ -24,7 +25,7 @@ _started = False
 _background: set[asyncio.Task] = set()
 
 
-def ensure_process_started() -> None:
+def process_started() -> None:
     """Once per process, on the event loop: recover crashed replies, install the SIGTERM handler."""
     global _started
     if _started:
@@ -77,6 +78,26 @@ async def ainterrupt_all_turns(grace_seconds: float = SHUTDOWN_GRACE_SECONDS) ->
         # Let the transports flush the final error event and `done` to their clients.
         await asyncio.sleep(0.2)
     return len(controls)
+
+
+class ProcessLifecycle:
+    """ASGI wrapper that runs `process_started` at start-up and answers the lifespan protocol."""
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] == "lifespan":
+            while True:
+                message = await receive()
+                if message["type"] == "lifespan.startup":
+                    process_started()
+                    await send({"type": "lifespan.startup.complete"})
+                elif message["type"] == "lifespan.shutdown":
+                    await send({"type": "lifespan.shutdown.complete"})
+                    return
+        process_started()
+        return await self.app(scope, receive, send)
 
 
 async def _shutdown(previous, signum, frame) -> None:

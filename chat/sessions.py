@@ -4,6 +4,9 @@ Every function is scoped to its owner: another owner's session or chat is `not_f
 `forbidden`, so ids can't be probed (API.md §2).
 """
 
+import asyncio
+import time
+
 from django.db import transaction
 from django.db.models import OuterRef, Subquery
 from django.db.models.functions import Substr
@@ -99,15 +102,28 @@ def _reply_for_cancel(*, owner: Owner, chat_id: str) -> Reply:
     return reply
 
 
+# How long a cancel request waits for the reply to be stored, so the session is free when it answers.
+CANCEL_WAIT_SECONDS = 5.0
+
+
 async def achat_cancel(*, owner: Owner, chat_id: str) -> dict:
-    """Stop a reply in progress: the upstream stream is closed and Coze's cancel is called."""
+    """Stop a reply in progress: the upstream stream is closed and Coze's cancel is called.
+
+    Answers once the reply is stored as cancelled (waiting up to CANCEL_WAIT_SECONDS), so the
+    client's next message finds the session free.
+    """
     control = running_turns.get(chat_id)
     if control is not None and control.owner_key == owner.key:
         control.stop("cancelled")
+        await asyncio.wait([control.task], timeout=CANCEL_WAIT_SECONDS)
         return {"chat_id": chat_id, "status": "cancelled"}
     reply = await _reply_for_cancel(owner=owner, chat_id=chat_id)
     if reply.status != Reply.Status.IN_PROGRESS:
         return {"chat_id": chat_id, "status": reply.status}
-    # Running in another worker process: reach it through the channel layer.
+    # Running in another worker process: reach it through the channel layer, then watch its record.
     await cancellation.asend_cancel(worker_channel=reply.worker_channel, chat_id=chat_id)
+    deadline = time.monotonic() + CANCEL_WAIT_SECONDS
+    while reply.status == Reply.Status.IN_PROGRESS and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
+        reply = await _reply_for_cancel(owner=owner, chat_id=chat_id)
     return {"chat_id": chat_id, "status": "cancelled"}

@@ -13,8 +13,9 @@ from channels.auth import AuthMiddlewareStack  # noqa: E402
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 from channels.security.websocket import OriginValidator  # noqa: E402
 from django.conf import settings  # noqa: E402
+from django.core.handlers.asgi import ASGIHandler  # noqa: E402
 
-from chat.fastpath import ApiKeyStreamFastPath  # noqa: E402
+from chat.lifecycle import ProcessLifecycle  # noqa: E402
 from chat.routing import websocket_urlpatterns  # noqa: E402
 from cozeproject.middleware import BodySizeLimitMiddleware  # noqa: E402
 
@@ -34,13 +35,21 @@ class BrowserOriginValidator(OriginValidator):
         return self.validate_origin(parsed_origin)
 
 
-application = ProtocolTypeRouter(
-    {
-        # API-key SSE streams skip Django's per-request thread (chat/fastpath.py); the rest is Django.
-        "http": BodySizeLimitMiddleware(ApiKeyStreamFastPath(django_asgi_app)),
-        "websocket": BrowserOriginValidator(
-            AuthMiddlewareStack(URLRouter(websocket_urlpatterns)),
-            [*settings.ALLOWED_HOSTS, *settings.CORS_ALLOWED_ORIGINS],
-        ),
-    }
-)
+def build_application(django_app=None):
+    """The whole ASGI application. A new Django handler reads the settings anew (tests build one
+    under other settings); the server's is built once, at import."""
+    return ProcessLifecycle(
+        ProtocolTypeRouter(
+            {
+                # Every HTTP request, API or page, goes through Django's handler and middleware.
+                "http": BodySizeLimitMiddleware(django_app or ASGIHandler()),
+                "websocket": BrowserOriginValidator(
+                    AuthMiddlewareStack(URLRouter(websocket_urlpatterns)),
+                    [*settings.ALLOWED_HOSTS, *settings.CORS_ALLOWED_ORIGINS],
+                ),
+            }
+        )
+    )
+
+
+application = build_application(django_asgi_app)

@@ -1,10 +1,15 @@
-"""Middleware: the body-size limit (ASGI, before Django reads a body) and the request context
-(request id, request metrics)."""
+"""Middleware: the body-size limit (ASGI, before Django reads a body), the request context
+(request id, request metrics), and Django's own middleware running on the event loop."""
 
 import json
 
-from asgiref.sync import iscoroutinefunction, markcoroutinefunction
+from asgiref.sync import iscoroutinefunction, markcoroutinefunction, sync_to_async
 from django.conf import settings
+from django.contrib.auth import middleware as auth_middleware
+from django.contrib.messages import middleware as messages_middleware
+from django.contrib.sessions import middleware as sessions_middleware
+from django.middleware import clickjacking, common, csrf, security
+from whitenoise.middleware import WhiteNoiseMiddleware
 
 from chat.logging import request_context_begin, request_context_end, request_id_var
 
@@ -109,3 +114,98 @@ class RequestContextMiddleware:
     def _end(request, response):
         match = getattr(request, "resolver_match", None)
         return request_context_end(request, response, route=match.route if match else "unmatched")
+
+
+# --- Django's middleware, on the event loop ---------------------------------------------------
+#
+# In an async middleware stack, Django's MiddlewareMixin runs every process_request and
+# process_response hook through sync_to_async: a hop to the request's own thread and back for
+# each hook, and that thread lives as long as the response (for a stream, the whole reply). The
+# hooks of these middlewares read headers, cookies and settings and do no I/O, so the subclasses
+# below call Django's own hooks directly on the event loop instead. Where a hook may touch the
+# database (saving a session, storing messages in it), they hop to a thread exactly then.
+
+
+class _HooksOnTheLoop:
+    """For MiddlewareMixin subclasses whose hooks do no I/O: call them without a thread hop."""
+
+    async def __acall__(self, request):
+        response = self.process_request(request) if hasattr(self, "process_request") else None
+        response = response or await self.get_response(request)
+        if hasattr(self, "process_response"):
+            response = self.process_response(request, response)
+        return response
+
+
+class SecurityMiddleware(_HooksOnTheLoop, security.SecurityMiddleware):
+    pass
+
+
+class CommonMiddleware(_HooksOnTheLoop, common.CommonMiddleware):
+    pass
+
+
+class CsrfViewMiddleware(_HooksOnTheLoop, csrf.CsrfViewMiddleware):
+    async def process_view(self, request, callback, callback_args, callback_kwargs):
+        # Async, so the handler awaits it instead of wrapping it in sync_to_async.
+        return super().process_view(request, callback, callback_args, callback_kwargs)
+
+
+class AuthenticationMiddleware(_HooksOnTheLoop, auth_middleware.AuthenticationMiddleware):
+    pass
+
+
+class XFrameOptionsMiddleware(_HooksOnTheLoop, clickjacking.XFrameOptionsMiddleware):
+    pass
+
+
+class SessionMiddleware(sessions_middleware.SessionMiddleware):
+    """Saving a modified session is database work: a thread for that, the loop otherwise."""
+
+    async def __acall__(self, request):
+        self.process_request(request)
+        response = await self.get_response(request)
+        if request.session.modified or settings.SESSION_SAVE_EVERY_REQUEST:
+            return await sync_to_async(self.process_response)(request, response)
+        return self.process_response(request, response)
+
+
+class MessageMiddleware(messages_middleware.MessageMiddleware):
+    """Messages that were shown or added are stored (in the session, maybe loading it): a thread then."""
+
+    async def __acall__(self, request):
+        self.process_request(request)
+        response = await self.get_response(request)
+        if request._messages.used or request._messages.added_new:
+            return await sync_to_async(self.process_response)(request, response)
+        return self.process_response(request, response)
+
+
+class StaticFilesMiddleware(WhiteNoiseMiddleware):
+    """WhiteNoise in an async stack: static files are looked up and served from a thread (they are
+    files); every other request passes straight through on the event loop."""
+
+    sync_capable = True
+    async_capable = True
+
+    def __init__(self, get_response):
+        super().__init__(get_response)
+        self.async_mode = iscoroutinefunction(get_response)
+        if self.async_mode:
+            markcoroutinefunction(self)
+
+    def __call__(self, request):
+        if self.async_mode:
+            return self.__acall__(request)
+        return super().__call__(request)
+
+    async def __acall__(self, request):
+        if request.path_info.startswith(self.static_prefix):
+            static_file = await sync_to_async(self._static_file, thread_sensitive=False)(request.path_info)
+            if static_file is not None:
+                return self.serve(static_file, request)
+        return await self.get_response(request)
+
+    def _static_file(self, path: str):
+        # As WhiteNoiseMiddleware.__call__ looks it up.
+        return self.find_file(path) if self.autorefresh else self.files.get(path)

@@ -145,17 +145,19 @@ INSTALLED_APPS = [
     "chat",
 ]
 
+# Django's usual stack, each one Django's own middleware running on the event loop (see
+# cozeproject/middleware.py): every request, API or page, passes the same checks without a thread.
 MIDDLEWARE = [
     "cozeproject.middleware.RequestContextMiddleware",
-    "django.middleware.security.SecurityMiddleware",
-    "whitenoise.middleware.WhiteNoiseMiddleware",
+    "cozeproject.middleware.SecurityMiddleware",
+    "cozeproject.middleware.StaticFilesMiddleware",
     "corsheaders.middleware.CorsMiddleware",
-    "django.contrib.sessions.middleware.SessionMiddleware",
-    "django.middleware.common.CommonMiddleware",
-    "django.middleware.csrf.CsrfViewMiddleware",
-    "django.contrib.auth.middleware.AuthenticationMiddleware",
-    "django.contrib.messages.middleware.MessageMiddleware",
-    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    "cozeproject.middleware.SessionMiddleware",
+    "cozeproject.middleware.CommonMiddleware",
+    "cozeproject.middleware.CsrfViewMiddleware",
+    "cozeproject.middleware.AuthenticationMiddleware",
+    "cozeproject.middleware.MessageMiddleware",
+    "cozeproject.middleware.XFrameOptionsMiddleware",
 ]
 
 ROOT_URLCONF = "cozeproject.urls"

@@ -56,8 +56,9 @@ def _close_db_threads_at_end(django_db_setup, django_db_blocker):
 class LiveServer:
     """The project's ASGI application served by uvicorn in a thread, on a free port."""
 
-    def __init__(self):
-        from cozeproject.asgi import application
+    def __init__(self, application=None):
+        if application is None:
+            from cozeproject.asgi import application
 
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)

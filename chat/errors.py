@@ -200,7 +200,7 @@ def page_not_found_view(request, exception=None):
 
 
 def server_error_view(request):
-    """handler500: an unexpected exception; Django has logged it on django.request with its traceback."""
+    """handler500: an unexpected exception; Django logs it on django.request with its traceback."""
     if not is_api_path(request.path_info):
         return django_defaults.server_error(request)
     return json_error_response(ChatError("internal_error"))

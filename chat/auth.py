@@ -2,8 +2,10 @@
 CHAT_ALLOW_ANONYMOUS is on — an anonymous browser identified by its session.
 
 The same rules serve DRF views (authentication classes), the async SSE views (`aresolve_owner`)
-and the WebSocket consumer (`owner_from_scope`). Session-based callers get CSRF checks on unsafe
-methods; key-based callers don't need them.
+and the WebSocket consumer. Session-based callers get CSRF checks on unsafe methods; key-based
+callers don't need them. A caller that sends neither a key nor a session cookie is not a browser
+session, so it gets `401 unauthenticated` (with WWW-Authenticate), never a CSRF `403`: the CSRF
+answer is for a browser that has a session cookie and no valid token.
 """
 
 import time
@@ -16,7 +18,7 @@ from django.utils import timezone
 from rest_framework import authentication, exceptions, permissions
 
 from chat.db import db_async
-from chat.errors import ChatError
+from chat.errors import ChatError, csrf_detail
 from chat.inputs import Owner
 from sessions_admin.models import ApiClient, hash_api_key
 
@@ -97,9 +99,14 @@ def owner_for_browser(browser_id: str) -> Owner:
 CSRF_SAFE_METHODS = ("GET", "HEAD", "OPTIONS", "TRACE")
 
 
+def has_session_cookie(request) -> bool:
+    """Whether the caller presents a Django session cookie: a browser that loaded the page or signed in."""
+    return settings.SESSION_COOKIE_NAME in request.COOKIES
+
+
 def csrf_failure(request) -> str | None:
-    """The CSRF failure reason for a session-authenticated request, None when it passes (safe
-    methods always do)."""
+    """Why Django's CSRF check rejects a session-authenticated request, in Django's words
+    ("CSRF token missing."); None when it passes (safe methods always do)."""
     if request.method in CSRF_SAFE_METHODS:
         return None
 
@@ -108,12 +115,17 @@ def csrf_failure(request) -> str | None:
 
     check = CsrfViewMiddleware(no_response)
     check.process_request(request)
-    return check.process_view(request, None, (), {})
+    rejection = check.process_view(request, None, (), {})
+    if rejection is None:
+        return None
+    # CSRF_FAILURE_VIEW (chat.errors.csrf_failure_view) keeps Django's reason on its response.
+    return getattr(rejection, "csrf_reason", "") or "The CSRF token is missing or incorrect."
 
 
 def _csrf_or_raise(request) -> None:
-    if csrf_failure(request):
-        raise ChatError("forbidden", "CSRF check failed: send the X-CSRFToken header from the page.")
+    reason = csrf_failure(request)
+    if reason:
+        raise ChatError("forbidden", csrf_detail(reason))
 
 
 async def aresolve_owner(request) -> Owner:
@@ -125,7 +137,7 @@ async def aresolve_owner(request) -> Owner:
     if user.is_authenticated:
         _csrf_or_raise(request)
         return owner_for_user(user)
-    if settings.CHAT_ALLOW_ANONYMOUS:
+    if settings.CHAT_ALLOW_ANONYMOUS and has_session_cookie(request):
         _csrf_or_raise(request)
         browser_id = await request.session.aget(BROWSER_SESSION_KEY)
         if not browser_id:
@@ -166,14 +178,15 @@ class ApiKeyAuthentication(authentication.BaseAuthentication):
 
 
 class BrowserSessionAuthentication(authentication.BaseAuthentication):
-    """A logged-in Django session, or an anonymous browser session when allowed; CSRF enforced."""
+    """A logged-in Django session, or an anonymous browser session (a session cookie) when allowed;
+    CSRF enforced. Without a session cookie this does not apply, and IsChatOwner answers 401."""
 
     def authenticate(self, request):
         django_request = request._request
         user = getattr(django_request, "user", None)
         if user is not None and user.is_authenticated:
             owner = owner_for_user(user)
-        elif settings.CHAT_ALLOW_ANONYMOUS and hasattr(django_request, "session"):
+        elif settings.CHAT_ALLOW_ANONYMOUS and has_session_cookie(django_request):
             browser_id = django_request.session.get(BROWSER_SESSION_KEY)
             if not browser_id:
                 if request.method in ("GET", "HEAD", "OPTIONS"):
@@ -184,7 +197,7 @@ class BrowserSessionAuthentication(authentication.BaseAuthentication):
             return None
         reason = csrf_failure(django_request)
         if reason:
-            raise exceptions.PermissionDenied(f"CSRF check failed: {reason}")
+            raise exceptions.PermissionDenied(csrf_detail(reason))
         return (user if user is not None and user.is_authenticated else None, owner)
 
 

@@ -52,16 +52,39 @@ def _session_id_for_conversation(*, owner: Owner, conversation_id: str) -> str:
     return conversation.session.session_id
 
 
-def _object_string_content(content):
-    """Earlier clients send a multimodal message's content as a JSON list, sometimes as a string."""
-    if isinstance(content, str) and content.lstrip().startswith("["):
+def _content_items(content) -> list[dict] | None:
+    """The items of an earlier client's list content — a JSON list of `{"type": …}` objects, sent
+    as a list or as a string holding one — or None when `content` is not such a list."""
+    items = content
+    if isinstance(content, str):
+        if not content.lstrip().startswith("["):
+            return None
         try:
             items = json.loads(content)
         except ValueError:
             return None
-        if isinstance(items, list) and all(isinstance(item, dict) and "type" in item for item in items):
-            return items
+    if isinstance(items, list) and items and all(isinstance(item, dict) and "type" in item for item in items):
+        return items
     return None
+
+
+def _earlier_message(item: dict) -> dict:
+    """One `additional_messages` item as the earlier service understood it.
+
+    Its documented request sends `content_type: "text"` with `content` a JSON list of
+    `{"type": "text", "text": …}` (as a string, or as a list from its front-end). The earlier
+    service decoded that list, so the bot got the words, not the JSON: a list of text items reaches
+    Coze as their text (one item a line), a list with images or files as an `object_string`.
+    An explicit `object_string` is passed on as sent.
+    """
+    if item.get("content_type", "text") != "text":
+        return item
+    items = _content_items(item.get("content"))
+    if items is None:
+        return item
+    if all(entry["type"] == "text" and isinstance(entry.get("text"), str) for entry in items):
+        return {**item, "content": "\n".join(entry["text"] for entry in items), "content_type": "text"}
+    return {**item, "content": json.dumps(items, ensure_ascii=False), "content_type": "object_string"}
 
 
 async def _parse_coze_chat(owner: Owner, body) -> ChatRequest:
@@ -72,15 +95,12 @@ async def _parse_coze_chat(owner: Owner, body) -> ChatRequest:
     if isinstance(messages, list):
         normalised = []
         for item in messages:
-            if isinstance(item, dict) and "content_type" not in item:
-                items = _object_string_content(item.get("content"))
-                if items is not None:
-                    item = {**item, "content": items, "content_type": "object_string"}
             if isinstance(item, dict):
                 # Earlier clients also sent Coze's own message fields; keep the ones we pass on.
                 item = {
                     key: item[key] for key in ("role", "type", "content", "content_type", "meta_data") if key in item
                 }
+                item = _earlier_message(item)
             normalised.append(item)
         data["additional_messages"] = normalised
     conversation_id = body.get("conversation_id")
@@ -178,6 +198,7 @@ def _session_clear(owner: Owner, session_id: str) -> dict:
     }
 
 
+@csrf_exempt  # GET only: another method gets its 405, not a CSRF 403.
 @require_GET
 async def legacy_session_info_view(request: HttpRequest, session_id: str) -> HttpResponse:
     """GET /session/{id}/info."""

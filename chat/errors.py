@@ -4,13 +4,21 @@
 detail that never contains secrets, whether retrying may help, and an optional Retry-After.
 The DRF exception handler, the SSE `error` frame and the WebSocket `error` frame are all built
 from it, so the three transports answer the same failure the same way.
+
+Failures that happen outside the views — no route, a disallowed Host, an unexpected exception, a
+CSRF rejection — reach Django's own error handlers (`handler400/403/404/500` in the URLconf,
+CSRF_FAILURE_VIEW); the ones here answer the same JSON under the API's paths (`is_api_path`) and
+leave Django's HTML pages to the chat page, login and admin.
 """
 
 import logging
 
-from django.core.exceptions import RequestDataTooBig
+from django.core.exceptions import DisallowedHost, RequestDataTooBig
 from django.db import InterfaceError, OperationalError
 from django.http import Http404, JsonResponse
+from django.urls import Resolver404
+from django.views import csrf as django_csrf
+from django.views import defaults as django_defaults
 from rest_framework import exceptions as drf_exceptions
 from rest_framework.response import Response
 
@@ -124,6 +132,14 @@ def chat_error_from_drf(exc: Exception) -> ChatError | None:
     return None
 
 
+def csrf_detail(reason: str) -> str:
+    """The `forbidden` detail for a CSRF rejection, from the reason Django gives in words."""
+    return (
+        f"CSRF check failed: {reason} A browser session needs the X-CSRFToken header (the csrftoken "
+        "cookie's value); API clients send 'Authorization: Bearer <api key>' and no cookies."
+    )
+
+
 def api_exception_handler(exc: Exception, context: dict) -> Response:
     """DRF's EXCEPTION_HANDLER: every API error is `{"detail", "code"[, "errors"]}`."""
     error = chat_error_from_drf(exc)
@@ -141,3 +157,63 @@ def _first_message(errors: dict) -> str:
             return f"{field}: {_first_message(message)}"
         return f"{field}: {message}" if field != "non_field_errors" else str(message)
     return ERROR_CODES["invalid"][1]
+
+
+# --- Django's error handlers (cozeproject/urls.py, CSRF_FAILURE_VIEW) -----------------------------
+
+# The machine-facing paths: the API, the OpenAI-compatible API, the earlier services' paths (API.md
+# §8) and the operations endpoints. Everything else (the chat page, login, admin) is for people.
+API_PATHS = ("/api", "/v1", "/chat", "/session", "/health", "/metrics")
+
+
+def is_api_path(path: str) -> bool:
+    """Whether errors at `path` (a request's path_info) are answered as JSON."""
+    return any(path == prefix or path.startswith(prefix + "/") for prefix in API_PATHS)
+
+
+def bad_request_view(request, exception=None):
+    """handler400: a disallowed Host, a request Django could not parse."""
+    if not is_api_path(request.path_info):
+        return django_defaults.bad_request(request, exception)
+    if isinstance(exception, RequestDataTooBig):
+        return json_error_response(ChatError("payload_too_large"))
+    if isinstance(exception, DisallowedHost):
+        # The reason (and the host) is logged by Django on django.security.DisallowedHost.
+        return json_error_response(ChatError("invalid", "This server does not answer to the host in the Host header."))
+    return json_error_response(ChatError("invalid"))
+
+
+def permission_denied_view(request, exception=None):
+    """handler403: PermissionDenied raised outside a DRF view."""
+    if not is_api_path(request.path_info):
+        return django_defaults.permission_denied(request, exception)
+    return json_error_response(ChatError("forbidden"))
+
+
+def page_not_found_view(request, exception=None):
+    """handler404: no route for the path (including a stray trailing slash), or Http404."""
+    if not is_api_path(request.path_info):
+        return django_defaults.page_not_found(request, exception)
+    if isinstance(exception, Resolver404):
+        return json_error_response(ChatError("not_found", f"There is no endpoint at {request.path_info}."))
+    return json_error_response(ChatError("not_found"))
+
+
+def server_error_view(request):
+    """handler500: an unexpected exception; Django logs it on django.request with its traceback."""
+    if not is_api_path(request.path_info):
+        return django_defaults.server_error(request)
+    return json_error_response(ChatError("internal_error"))
+
+
+def csrf_failure_view(request, reason: str = ""):
+    """CSRF_FAILURE_VIEW: a JSON `forbidden` under the API's paths, Django's page elsewhere.
+
+    `reason` is Django's, in words ("CSRF token missing."); it is kept on the response so
+    `chat.auth.csrf_failure` can put it in the detail of the errors it raises.
+    """
+    if not is_api_path(request.path_info):
+        return django_csrf.csrf_failure(request, reason)
+    response = json_error_response(ChatError("forbidden", csrf_detail(reason)))
+    response.csrf_reason = reason
+    return response

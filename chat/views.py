@@ -129,6 +129,7 @@ async def _channel_layer_ok() -> None:
     await layer.receive(channel)
 
 
+@csrf_exempt  # GET only: another method gets its 405, not a CSRF 403 (there is no cookie to protect).
 @require_GET
 def metrics_view(request: HttpRequest) -> HttpResponse:
     """GET /metrics: Prometheus text format. With CHAT_METRICS_TOKEN set, only for that bearer."""
@@ -139,6 +140,7 @@ def metrics_view(request: HttpRequest) -> HttpResponse:
     return HttpResponse(body, content_type=content_type)
 
 
+@csrf_exempt  # as metrics_view
 @require_GET
 async def health_view(request: HttpRequest) -> JsonResponse:
     """GET /health: 200 when the database and channel layer answer, else 503 naming the failing part."""

@@ -62,6 +62,12 @@ if not SECRET_KEY:
 
 LOCAL_HOSTS = ["localhost", "127.0.0.1", "[::1]", "testserver"]
 ALLOWED_HOSTS = env_list("DJANGO_ALLOWED_HOSTS") or (LOCAL_HOSTS if DEBUG or TESTING else [])
+if not ALLOWED_HOSTS:
+    # Django would start and answer every request "Bad Request (400)", the reason only in its log.
+    raise ImproperlyConfigured(
+        "DJANGO_ALLOWED_HOSTS is not set. Set it to the host names this server answers to "
+        "(e.g. chat.example.com), or set DJANGO_DEBUG=1 for local development."
+    )
 if DEBUG and not TESTING:
     public_hosts = [host for host in ALLOWED_HOSTS if host not in LOCAL_HOSTS]
     if public_hosts:
@@ -158,9 +164,12 @@ MIDDLEWARE = [
     "cozeproject.middleware.AuthenticationMiddleware",
     "cozeproject.middleware.MessageMiddleware",
     "cozeproject.middleware.XFrameOptionsMiddleware",
+    "chat.middleware.JsonMethodNotAllowedMiddleware",
 ]
 
 ROOT_URLCONF = "cozeproject.urls"
+# JSON `forbidden` under the API's paths, Django's page elsewhere (chat/errors.py).
+CSRF_FAILURE_VIEW = "chat.errors.csrf_failure_view"
 LOGIN_REDIRECT_URL = "/"
 LOGOUT_REDIRECT_URL = "/"
 

@@ -4,6 +4,12 @@ from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
 from chat import apis, compat, views
 
+# Errors outside the views: JSON under the API's paths, Django's pages elsewhere (chat/errors.py).
+handler400 = "chat.errors.bad_request_view"
+handler403 = "chat.errors.permission_denied_view"
+handler404 = "chat.errors.page_not_found_view"
+handler500 = "chat.errors.server_error_view"
+
 urlpatterns = [
     path("", views.chat_page_view, name="chat-page"),
     path("health", views.health_view, name="health"),

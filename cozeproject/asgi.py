@@ -14,6 +14,7 @@ from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 from channels.security.websocket import OriginValidator  # noqa: E402
 from django.conf import settings  # noqa: E402
 
+from chat.coze import start_demo_mode  # noqa: E402
 from chat.fastpath import ApiKeyStreamFastPath  # noqa: E402
 from chat.routing import websocket_urlpatterns  # noqa: E402
 from cozeproject.middleware import BodySizeLimitMiddleware  # noqa: E402
@@ -33,6 +34,8 @@ class BrowserOriginValidator(OriginValidator):
             return True
         return self.validate_origin(parsed_origin)
 
+
+start_demo_mode()  # before serving: the simulator's start-up and the DEMO MODE log line, once per process
 
 application = ProtocolTypeRouter(
     {

@@ -152,3 +152,23 @@ async def test_a_stream_that_fails_at_its_first_event_leaves_no_response_open(si
     response = coze._last_response.get()
     assert response.headers["content-type"].startswith("text/event-stream")
     assert response.is_closed
+
+
+@pytest.mark.asyncio
+async def test_an_error_event_through_cozepy_keeps_its_coze_code(simulator):
+    # cozepy raises a bare Exception("error event: {...}") for it; map_exception reads that text.
+    upstream = await coze.achat_open(
+        bot_id="1",
+        user_id="u",
+        conversation_id=None,
+        messages=coze.build_messages(message="[sim:error_event] break halfway", additional_messages=None),
+    )
+    try:
+        with pytest.raises(ChatError) as caught:
+            async for _event in upstream.events():
+                pass
+    finally:
+        await upstream.aclose()
+
+    assert (caught.value.code, caught.value.upstream_code) == ("upstream_error", 4013)
+    assert caught.value.logid == upstream.logid

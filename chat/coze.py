@@ -22,6 +22,11 @@ from dataclasses import dataclass
 
 import httpx
 from authlib.deprecate import AuthlibDeprecationWarning
+from django.conf import settings
+from pydantic import ValidationError
+
+from chat.errors import ChatError
+from chat.events import Usage
 
 # cozepy 0.20 imports authlib.jose, which warns on every start of every process (three lines of
 # noise before each management command). Only that one warning: authlib's other deprecations and
@@ -44,11 +49,6 @@ from cozepy import (  # noqa: E402
     OAuthToken,
 )
 from cozepy.request import AsyncHTTPClient  # noqa: E402
-from django.conf import settings  # noqa: E402
-from pydantic import ValidationError  # noqa: E402
-
-from chat.errors import ChatError  # noqa: E402
-from chat.events import Usage  # noqa: E402
 
 logger = logging.getLogger(__name__)
 

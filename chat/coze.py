@@ -15,26 +15,40 @@ import json
 import logging
 import threading
 import time
+import warnings
 import weakref
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import dataclass
 
 import httpx
-from cozepy import (
-    AsyncCoze,
-    AsyncJWTAuth,
-    AsyncTokenAuth,
-    ChatEventType,
-    CozeAPIError,
-    CozeInvalidEventError,
-    Message,
-)
-from cozepy.request import AsyncHTTPClient
+from authlib.deprecate import AuthlibDeprecationWarning
 from django.conf import settings
 from pydantic import ValidationError
 
 from chat.errors import ChatError
 from chat.events import Usage
+
+# cozepy 0.20 imports authlib.jose, which warns on every start of every process (three lines of
+# noise before each management command). Only that one warning: authlib's other deprecations and
+# everyone else's still show. The filter must follow authlib's own "always" filter for its
+# warnings (set when authlib.deprecate is imported, above) and precede the cozepy import.
+warnings.filterwarnings(
+    "ignore", message=r"authlib\.jose module is deprecated", category=AuthlibDeprecationWarning, module=r"cozepy\."
+)
+
+from cozepy import (  # noqa: E402
+    AsyncAuth,
+    AsyncCoze,
+    AsyncJWTOAuthApp,
+    AsyncTokenAuth,
+    ChatEvent,
+    ChatEventType,
+    CozeAPIError,
+    CozeInvalidEventError,
+    Message,
+    OAuthToken,
+)
+from cozepy.request import AsyncHTTPClient  # noqa: E402
 
 logger = logging.getLogger(__name__)
 
@@ -45,9 +59,12 @@ BUSY_CODE = 4016
 PERMANENT_CODES = {4000, 4001, 4002, 4006, 4010, 4011, 4015, 4102, 4104}
 DEFAULT_RETRY_AFTER = {4008: 3600, 4009: 2, 4020: 2, 429: 2}
 
-# Set by the httpx response hook, read after a cozepy call in the same task.
-_last_logid: contextvars.ContextVar[str] = contextvars.ContextVar("coze_last_logid", default="")
-_last_retry_after: contextvars.ContextVar[str] = contextvars.ContextVar("coze_last_retry_after", default="")
+# The HTTP response of the last request cozepy sent from this task, set by an httpx response hook
+# (hooks run in the task that awaits the request). It gives the logid and Retry-After of failed
+# calls, and the open response of a chat stream, which cozepy's public API never hands out.
+_last_response: contextvars.ContextVar[httpx.Response | None] = contextvars.ContextVar(
+    "coze_last_response", default=None
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,7 +107,7 @@ UpstreamEvent = (
 # --- client -----------------------------------------------------------------------------------
 
 _simulator_lock = threading.Lock()
-_simulator_base_url: str | None = None
+_simulator = None  # the demo mode's SimulatorServer, once started
 _clients: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[tuple, AsyncCoze]]" = weakref.WeakKeyDictionary()
 
 
@@ -100,32 +117,56 @@ def coze_mode() -> str:
 
 
 def simulator_base_url() -> str:
-    """Start the built-in simulator once per process (demo mode) and return its URL."""
-    global _simulator_base_url
+    """Start the built-in simulator once per process (demo mode), announce demo mode, and return
+    the simulator's URL. Blocks while the simulator starts: on an event loop use `aget_client()`."""
+    global _simulator
     with _simulator_lock:
-        if _simulator_base_url is None:
+        if _simulator is None:
             from chat.simulator import SimulatorConfig, SimulatorServer
 
             server = SimulatorServer(SimulatorConfig(token_delay_ms=settings.COZE_SIMULATOR_TOKEN_DELAY_MS))
-            _simulator_base_url = server.start()
+            server.start()
+            _simulator = server
             logger.warning(
                 "DEMO MODE: COZE_API_TOKEN is not set, so replies come from the built-in Coze simulator at %s, "
                 "not from Coze. Set COZE_API_TOKEN and COZE_BOT_ID to talk to a real bot.",
-                _simulator_base_url,
+                server.base_url,
             )
-        return _simulator_base_url
+        return _simulator.base_url
 
 
-class RefreshingJWTAuth(AsyncJWTAuth):
-    """cozepy's JWT auth uses a token up to its expiry second; refresh a minute early instead, so
-    a request never leaves with a token that expires on the way."""
+def start_demo_mode() -> None:
+    """In demo mode, start the simulator and announce demo mode now. A server process calls this
+    as it loads the ASGI application, so the log says so at start-up and no turn waits for it."""
+    if coze_mode() == "simulator":
+        simulator_base_url()
+
+
+class RefreshingJWTAuth(AsyncAuth):
+    """An OAuth JWT app's access token, reused until a minute before it expires.
+
+    cozepy's own `AsyncJWTAuth` uses a token up to its expiry second, so a request could leave
+    with a token that expires on the way; this fetches tokens through cozepy's public
+    `AsyncJWTOAuthApp` instead.
+    """
 
     REFRESH_MARGIN_SECONDS = 60
 
-    async def _generate_token(self):
-        if self._token is None or time.time() + self.REFRESH_MARGIN_SECONDS >= self._token.expires_in:
-            self._token = await self._oauth_cli.get_access_token(self._ttl)
-        return self._token
+    def __init__(self, *, oauth_app: AsyncJWTOAuthApp, ttl: int):
+        self.oauth_app = oauth_app
+        self.ttl = ttl
+        self.access_token: OAuthToken | None = None
+
+    @property
+    def token_type(self) -> str:
+        return "Bearer"
+
+    @property
+    async def atoken(self) -> str:
+        token = self.access_token
+        if token is None or time.time() + self.REFRESH_MARGIN_SECONDS >= token.expires_in:
+            token = self.access_token = await self.oauth_app.get_access_token(self.ttl)
+        return token.access_token
 
 
 def _endpoint() -> tuple[str, tuple]:
@@ -139,19 +180,23 @@ def _endpoint() -> tuple[str, tuple]:
 
 def _build_auth(base_url: str, credentials: tuple):
     if credentials[0] == "jwt":
-        return RefreshingJWTAuth(
+        oauth_app = AsyncJWTOAuthApp(
             client_id=settings.COZE_OAUTH_APP_ID,
             private_key=settings.COZE_OAUTH_PRIVATE_KEY,
             public_key_id=settings.COZE_OAUTH_KEY_ID,
-            ttl=settings.COZE_OAUTH_TOKEN_TTL,
             base_url=base_url,
         )
+        return RefreshingJWTAuth(oauth_app=oauth_app, ttl=settings.COZE_OAUTH_TOKEN_TTL)
     return AsyncTokenAuth(credentials[1])
 
 
-async def _remember_response_headers(response: httpx.Response) -> None:
-    _last_logid.set(response.headers.get("x-tt-logid", ""))
-    _last_retry_after.set(response.headers.get("retry-after", ""))
+async def _remember_response(response: httpx.Response) -> None:
+    _last_response.set(response)
+
+
+def _last_header(name: str) -> str:
+    response = _last_response.get()
+    return "" if response is None else response.headers.get(name, "")
 
 
 class ShardedTransport(httpx.AsyncBaseTransport):
@@ -164,7 +209,7 @@ class ShardedTransport(httpx.AsyncBaseTransport):
     its connections alive as one big pool would.
     """
 
-    def __init__(self, *, limits: httpx.Limits, shards: int = 32):
+    def __init__(self, *, limits: httpx.Limits, proxy: str | None = None, shards: int = 32):
         def share(total: int | None) -> int | None:
             return None if total is None else max(1, -(-total // shards))
 
@@ -174,7 +219,9 @@ class ShardedTransport(httpx.AsyncBaseTransport):
             keepalive_expiry=limits.keepalive_expiry,
         )
         ssl_context = httpx.create_ssl_context()  # one for all shards: each costs about a millisecond
-        self._pools = [httpx.AsyncHTTPTransport(verify=ssl_context, limits=shard_limits) for _ in range(shards)]
+        self._pools = [
+            httpx.AsyncHTTPTransport(verify=ssl_context, limits=shard_limits, proxy=proxy) for _ in range(shards)
+        ]
         self._next = itertools.cycle(self._pools).__next__
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
@@ -199,11 +246,36 @@ def _build_http_client() -> AsyncHTTPClient:
         max_keepalive_connections=min(1000, settings.COZE_MAX_CONNECTIONS),
         keepalive_expiry=30.0,
     )
+    # httpx ignores the proxy environment once it is given a transport, so mount one sharded
+    # transport per proxy the environment names, under httpx's own URL patterns (NO_PROXY entries
+    # map to None: the direct transport).
+    proxy_mounts = {
+        pattern: None if proxy is None else ShardedTransport(limits=limits, proxy=proxy)
+        for pattern, proxy in environment_proxies().items()
+    }
     return AsyncHTTPClient(
         timeout=timeout,
         transport=ShardedTransport(limits=limits),
-        event_hooks={"response": [_remember_response_headers]},
+        mounts=proxy_mounts,
+        event_hooks={"response": [_remember_response]},
     )
+
+
+def environment_proxies() -> dict[str, str | None]:
+    """HTTP_PROXY, HTTPS_PROXY, ALL_PROXY and NO_PROXY as httpx reads them when it builds its own
+    transport: {"https://": "http://proxy:3128", "all://*.internal": None, …}. httpx keeps this in
+    a private module (httpx is pinned); tests/chat/test_coze_proxy.py checks it through a real proxy."""
+    from httpx._utils import get_environment_proxies
+
+    return get_environment_proxies()
+
+
+async def aget_client() -> AsyncCoze:
+    """`get_client()` for code on the event loop: in demo mode the simulator is started off the loop
+    when it is not running yet (a server process has started it already, see `start_demo_mode`)."""
+    if coze_mode() == "simulator" and _simulator is None:
+        await asyncio.to_thread(simulator_base_url)
+    return get_client()
 
 
 def get_client() -> AsyncCoze:
@@ -240,63 +312,32 @@ def build_messages(*, message: str | None, additional_messages: list[dict] | Non
 
 class UpstreamChat:
     """An open streaming chat. Iterate `events()`; always `await aclose()` (the service does so in
-    a finally), because cozepy leaves an abandoned stream's connection open until GC."""
+    a finally): closing cozepy's stream leaves its HTTP response open until garbage collection, and
+    only closing that response frees the connection and tells Coze the client is gone."""
 
-    def __init__(self, *, stream, logid: str):
+    def __init__(self, *, stream: AsyncGenerator[ChatEvent, None], first: ChatEvent | None, response: httpx.Response):
         self._stream = stream
-        self.logid = logid
+        self._first = first
+        self._response = response
+        self.logid = response.headers.get("x-tt-logid", "")
+        self._completed = False
         self._closed = False
 
     async def events(self) -> AsyncIterator[UpstreamEvent]:
         """Yields our events; raises ChatError on any upstream failure or a stream that ends early."""
-        completed = False
         try:
-            async for event in self._stream:
-                kind = event.event
-                if kind == ChatEventType.CONVERSATION_MESSAGE_DELTA:
-                    message = event.message
-                    if message.reasoning_content:
-                        yield UpstreamReasoning(message.reasoning_content)
-                    if message.content:
-                        yield UpstreamDelta(message.content)
-                elif kind == ChatEventType.CONVERSATION_MESSAGE_COMPLETED:
-                    message = event.message
-                    if message.type == "follow_up":
-                        yield UpstreamFollowUp(message.content)
-                    elif message.type == "answer" and message.id:
-                        yield UpstreamAnswer(message.id)
-                elif kind == ChatEventType.CONVERSATION_CHAT_CREATED:
-                    chat = event.chat
-                    yield UpstreamStarted(chat_id=chat.id, conversation_id=chat.conversation_id, logid=self.logid)
-                elif kind == ChatEventType.CONVERSATION_CHAT_COMPLETED:
-                    usage = event.chat.usage
-                    completed = True
-                    yield UpstreamCompleted(
-                        Usage(
-                            input_tokens=usage.input_count if usage else 0,
-                            output_tokens=usage.output_count if usage else 0,
-                            total_tokens=usage.token_count if usage else 0,
-                        )
-                    )
-                elif kind == ChatEventType.CONVERSATION_CHAT_FAILED:
-                    last_error = event.chat.last_error
-                    raise error_from_coze_code(
-                        last_error.code if last_error else 0,
-                        last_error.msg if last_error else "",
-                        logid=self.logid,
-                    )
-                elif kind == ChatEventType.CONVERSATION_CHAT_REQUIRES_ACTION:
-                    raise ChatError(
-                        "upstream_error",
-                        "The bot asked for a tool call, which this server does not support.",
-                        retryable=False,
-                        logid=self.logid,
-                    )
+            if self._first is not None:
+                first, self._first = self._first, None
+                for event in self._translate(first):
+                    yield event
+            async for chat_event in self._stream:
+                for event in self._translate(chat_event):
+                    yield event
         except ChatError:
             raise
         except Exception as exc:
             raise map_exception(exc, logid=self.logid, mid_stream=True) from exc
-        if not completed:
+        if not self._completed:
             raise ChatError(
                 "upstream_error",
                 "Coze ended the stream before the reply was complete.",
@@ -304,17 +345,89 @@ class UpstreamChat:
                 logid=self.logid,
             )
 
+    def _translate(self, event: ChatEvent) -> tuple[UpstreamEvent, ...]:
+        kind = event.event
+        if kind == ChatEventType.CONVERSATION_MESSAGE_DELTA:
+            message = event.message
+            if message.reasoning_content and message.content:
+                return UpstreamReasoning(message.reasoning_content), UpstreamDelta(message.content)
+            if message.reasoning_content:
+                return (UpstreamReasoning(message.reasoning_content),)
+            if message.content:
+                return (UpstreamDelta(message.content),)
+        elif kind == ChatEventType.CONVERSATION_MESSAGE_COMPLETED:
+            message = event.message
+            if message.type == "follow_up":
+                return (UpstreamFollowUp(message.content),)
+            if message.type == "answer" and message.id:
+                return (UpstreamAnswer(message.id),)
+        elif kind == ChatEventType.CONVERSATION_CHAT_CREATED:
+            chat = event.chat
+            return (UpstreamStarted(chat_id=chat.id, conversation_id=chat.conversation_id, logid=self.logid),)
+        elif kind == ChatEventType.CONVERSATION_CHAT_COMPLETED:
+            usage = event.chat.usage
+            self._completed = True
+            return (
+                UpstreamCompleted(
+                    Usage(
+                        input_tokens=usage.input_count if usage else 0,
+                        output_tokens=usage.output_count if usage else 0,
+                        total_tokens=usage.token_count if usage else 0,
+                    )
+                ),
+            )
+        elif kind == ChatEventType.CONVERSATION_CHAT_FAILED:
+            last_error = event.chat.last_error
+            raise error_from_coze_code(
+                last_error.code if last_error else 0,
+                last_error.msg if last_error else "",
+                logid=self.logid,
+            )
+        elif kind == ChatEventType.CONVERSATION_CHAT_REQUIRES_ACTION:
+            raise ChatError(
+                "upstream_error",
+                "The bot asked for a tool call, which this server does not support.",
+                retryable=False,
+                logid=self.logid,
+            )
+        return ()
+
     async def aclose(self) -> None:
         if self._closed:
             return
         self._closed = True
-        # Close the generators first, then the HTTP response itself: that is what frees the
-        # connection and tells Coze (or the simulator) the client is gone.
-        try:
-            await self._stream._iterator.aclose()
-        except Exception:
-            logger.debug("closing cozepy stream iterator failed", exc_info=True)
-        await self._stream._raw_response.aclose()
+        await _close_stream(self._stream, self._response)
+
+
+def _chat_stream_response() -> httpx.Response:
+    """The HTTP response of the chat stream cozepy has just opened in this task.
+
+    The one place that depends on how cozepy streams (hence its exact pin): its public
+    `chat.stream()` yields events but never the HTTP response, and closing it leaves the response
+    open. It does send the request through our httpx client, whose response hook saw the response.
+    If a cozepy upgrade stops doing so, fail here, loudly, rather than leak a connection per turn.
+    """
+    response = _last_response.get()
+    if response is None or not response.request.url.path.endswith("/v3/chat"):
+        raise RuntimeError(
+            "cozepy streamed the chat without our httpx client's response hook seeing its response; "
+            "chat/coze.py can't close such streams (see tests/chat/test_coze_adapter.py)"
+        )
+    return response
+
+
+async def _close_stream(stream: AsyncGenerator[ChatEvent, None], response: httpx.Response | None) -> None:
+    # The generator first, then the HTTP response: that is what frees the connection.
+    try:
+        await stream.aclose()
+    except Exception:  # e.g. still running in another task: closing the response stops it anyway
+        logger.debug("closing the cozepy stream failed", exc_info=True)
+    if response is not None:
+        await response.aclose()
+
+
+def _is_event_stream(response: httpx.Response | None) -> bool:
+    return response is not None and "event-stream" in response.headers.get("content-type", "")
 
 
 async def achat_open(
@@ -328,29 +441,39 @@ async def achat_open(
 ) -> UpstreamChat:
     """Send the chat request and return the open stream. Raises ChatError when Coze refuses it
     or can't be reached (these happen before any byte of the reply)."""
-    client = get_client()
+    client = await aget_client()
+    _last_response.set(None)
+    stream = client.chat.stream(
+        bot_id=bot_id,
+        user_id=user_id,
+        additional_messages=messages,
+        custom_variables=custom_variables or None,
+        meta_data=meta_data or None,
+        conversation_id=conversation_id or None,
+        auto_save_history=True,
+    )
     try:
-        # `_create` rather than `stream()`: only the AsyncStream it returns exposes the httpx
-        # response, which we must close ourselves.
-        stream = await client.chat._create(
-            bot_id=bot_id,
-            user_id=user_id,
-            stream=True,
-            additional_messages=messages,
-            custom_variables=custom_variables or None,
-            meta_data=meta_data or None,
-            conversation_id=conversation_id or None,
-            auto_save_history=True,
-        )
-    except Exception as exc:
-        raise map_exception(exc, logid=_last_logid.get(), mid_stream=False) from exc
-    return UpstreamChat(stream=stream, logid=stream.response.logid or "")
+        # cozepy sends the request on the stream's first step; take its first event (the chat
+        # object) here, so that a refusal raises before the caller sees any of the reply.
+        first = await anext(stream, None)
+    except BaseException as exc:
+        response = _last_response.get()
+        await _close_stream(stream, response)
+        if not isinstance(exc, Exception):
+            raise
+        raise map_exception(exc, logid=_last_header("x-tt-logid"), mid_stream=_is_event_stream(response)) from exc
+    try:
+        response = _chat_stream_response()
+    except RuntimeError:
+        await stream.aclose()
+        raise
+    return UpstreamChat(stream=stream, first=first, response=response)
 
 
 async def achat_cancel(*, conversation_id: str, chat_id: str) -> None:
     """Ask Coze to mark the chat cancelled. Best effort: a chat that already ended answers 4104."""
     try:
-        await get_client().chat.cancel(conversation_id=conversation_id, chat_id=chat_id)
+        await (await aget_client()).chat.cancel(conversation_id=conversation_id, chat_id=chat_id)
     except Exception as exc:  # noqa: BLE001 - cancel is advisory; the stream is closed anyway
         logger.info("Coze cancel for chat %s did not apply: %s", chat_id, _redact(str(exc)))
 
@@ -366,7 +489,7 @@ def _redact(text: str) -> str:
 
 
 def _retry_after(code: int) -> int:
-    header = _last_retry_after.get()
+    header = _last_header("retry-after")
     if header.isdigit():
         return max(1, int(header))
     return DEFAULT_RETRY_AFTER.get(code, 2)

@@ -15,6 +15,7 @@ from channels.security.websocket import OriginValidator  # noqa: E402
 from django.conf import settings  # noqa: E402
 from django.core.handlers.asgi import ASGIHandler  # noqa: E402
 
+from chat.coze import start_demo_mode  # noqa: E402
 from chat.lifecycle import ProcessLifecycle  # noqa: E402
 from chat.routing import websocket_urlpatterns  # noqa: E402
 from cozeproject.middleware import BodySizeLimitMiddleware  # noqa: E402
@@ -51,5 +52,7 @@ def build_application(django_app=None):
         )
     )
 
+
+start_demo_mode()  # before serving: the simulator's start-up and the DEMO MODE log line, once per process
 
 application = build_application(django_asgi_app)

@@ -4,7 +4,7 @@ import asyncio
 
 import httpx
 import pytest
-from cozepy import CozeAPIError, CozeInvalidEventError
+from cozepy import ChatEventType, CozeAPIError, CozeInvalidEventError
 
 from chat import coze
 from chat.errors import ChatError
@@ -82,6 +82,7 @@ async def test_aclose_releases_the_upstream_connection(simulator):
     events = upstream.events()
     started = await anext(events)
     assert isinstance(started, coze.UpstreamStarted)
+    assert started.logid and started.logid == upstream.logid  # Coze's x-tt-logid of the chat request
 
     await upstream.aclose()
 
@@ -105,3 +106,69 @@ async def test_refusal_raises_chat_error_before_any_event():
         )
     assert caught.value.code == "upstream_auth_failed"
     assert caught.value.logid
+
+
+@pytest.mark.asyncio
+async def test_cozepy_leaves_the_response_of_a_closed_stream_open_and_we_can_see_it(simulator):
+    """What `_chat_stream_response` relies on (and why cozepy is pinned): cozepy's public stream
+    sends the chat through our httpx client, and closing the stream does not close the HTTP
+    response. When a cozepy upgrade changes either, this fails first."""
+    stream = coze.get_client().chat.stream(
+        bot_id="1",
+        user_id="u",
+        additional_messages=coze.build_messages(message="[sim:slow=100] long enough", additional_messages=None),
+    )
+    first = await anext(stream)
+    response = coze._chat_stream_response()
+    assert first.event == ChatEventType.CONVERSATION_CHAT_CREATED
+    assert response.headers["content-type"].startswith("text/event-stream")
+
+    await stream.aclose()
+
+    assert not response.is_closed, "cozepy now closes a closed stream's response: UpstreamChat may rely on it"
+    await response.aclose()
+
+
+@pytest.mark.asyncio
+async def test_a_stream_whose_response_the_adapter_cannot_see_is_refused_loudly(simulator):
+    # The last response this task saw is not a chat stream: a conversation created just before.
+    await coze.get_client().conversations.create()
+
+    with pytest.raises(RuntimeError, match="response hook"):
+        coze._chat_stream_response()
+
+
+@pytest.mark.asyncio
+async def test_a_stream_that_fails_at_its_first_event_leaves_no_response_open(simulator):
+    with pytest.raises(ChatError) as caught:
+        await coze.achat_open(
+            bot_id="1",
+            user_id="u",
+            conversation_id=None,
+            messages=coze.build_messages(message="[sim:garbage]", additional_messages=None),
+        )
+
+    assert caught.value.code == "upstream_error"
+    response = coze._last_response.get()
+    assert response.headers["content-type"].startswith("text/event-stream")
+    assert response.is_closed
+
+
+@pytest.mark.asyncio
+async def test_an_error_event_through_cozepy_keeps_its_coze_code(simulator):
+    # cozepy raises a bare Exception("error event: {...}") for it; map_exception reads that text.
+    upstream = await coze.achat_open(
+        bot_id="1",
+        user_id="u",
+        conversation_id=None,
+        messages=coze.build_messages(message="[sim:error_event] break halfway", additional_messages=None),
+    )
+    try:
+        with pytest.raises(ChatError) as caught:
+            async for _event in upstream.events():
+                pass
+    finally:
+        await upstream.aclose()
+
+    assert (caught.value.code, caught.value.upstream_code) == ("upstream_error", 4013)
+    assert caught.value.logid == upstream.logid

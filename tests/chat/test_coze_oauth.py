@@ -41,12 +41,11 @@ def test_chat_works_with_an_oauth_jwt_app_and_reuses_its_token(http, api_key, si
 
 @pytest.mark.asyncio
 async def test_the_token_is_refreshed_before_it_expires(simulator, jwt_app):
-    client = coze.get_client()
-    auth_flow = client._auth
+    auth_flow = coze._build_auth(*coze._endpoint())
     first = await auth_flow.atoken
     assert await auth_flow.atoken == first
 
     # Pretend the token expires within the refresh margin.
-    auth_flow._token.expires_in = int(time.time()) + 30
+    auth_flow.access_token.expires_in = int(time.time()) + 30
 
     assert await auth_flow.atoken != first

@@ -94,7 +94,7 @@ async def start_sse_stream(
 @csrf_exempt  # API-key clients have no CSRF token; session callers are checked in aresolve_owner.
 @require_POST
 async def chat_stream_view(request: HttpRequest) -> HttpResponse:
-    """POST /api/chat/stream: the reply as Server-Sent Events (API.md §5)."""
+    """POST /api/chat/stream: the reply as Server-Sent Events (docs/api.md §5)."""
     return await start_sse_stream(request, transport=Reply.Transport.SSE)
 
 

@@ -156,3 +156,35 @@ def test_env_example_lists_every_setting():
     listed = set(re.findall(r"^#?\s*([A-Z][A-Z0-9_]+)=", (ROOT / ".env.example").read_text(), re.MULTILINE))
     missing = settings_variables() - listed
     assert not missing, f".env.example does not list {sorted(missing)}"
+
+
+# --- docs/api.md is kept in step with the code ---------------------------------------------------
+
+
+def api_doc() -> str:
+    return (ROOT / "docs" / "api.md").read_text()
+
+
+def test_the_error_tables_are_the_error_codes_of_the_code():
+    from chat.errors import ERROR_CODES
+
+    documented = {code: int(status) for code, status in re.findall(r"^\| `([a-z_]+)` \| (\d{3}) \|", api_doc(), re.M)}
+
+    assert documented == {code: status for code, (status, _detail, _retryable) in ERROR_CODES.items()}
+
+
+def test_every_route_is_in_the_reference():
+    from django.urls import URLPattern, get_resolver
+
+    def shape(path: str) -> str:
+        return re.sub(r"<[^>]+>|\{[^}]+\}", "{}", path)
+
+    documented = {shape(path) for path in re.findall(r"`(?:[A-Z]+ )?(/[^`\s]*)", api_doc())}
+    routes = [
+        "/" + str(pattern.pattern)
+        for pattern in get_resolver().url_patterns
+        if isinstance(pattern, URLPattern)  # includes (admin/, accounts/) are Django's own pages
+    ]
+    browser_only = {"/favicon.ico"}
+    missing = [route for route in routes if shape(route) not in documented and route not in browser_only]
+    assert not missing, f"docs/api.md does not mention {missing}"

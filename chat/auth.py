@@ -1,4 +1,4 @@
-"""Who is asking (API.md §2): an API client with a Bearer key, a logged-in user, or — when
+"""Who is asking (docs/api.md §2): an API client with a Bearer key, a logged-in user, or — when
 CHAT_ALLOW_ANONYMOUS is on — an anonymous browser identified by its session.
 
 The same rules serve DRF views (authentication classes), the async SSE views (`aresolve_owner`)

@@ -1,8 +1,8 @@
-"""Compatibility paths of the earlier FastAPI services (API.md §8), so their clients keep working.
+"""Compatibility paths of the earlier FastAPI services (docs/api.md §8), so their clients keep working.
 
 Thin adapters over the same chat service: they accept the earlier request bodies (ignoring fields
 the earlier services ignored) and render the earlier response and stream formats. Authentication
-and per-owner isolation are the same as everywhere else (API.md §2).
+and per-owner isolation are the same as everywhere else (docs/api.md §2).
 """
 
 import contextlib

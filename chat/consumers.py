@@ -1,4 +1,4 @@
-"""WebSocket transport, `ws/chat/` (API.md §5).
+"""WebSocket transport, `ws/chat/` (docs/api.md §5).
 
 Frames in: `{"type":"chat", …body}`, `{"type":"cancel"[, "chat_id"]}`, `{"type":"ping"}`.
 Frames out: the same objects as the SSE `data` lines, `{"type":"done"}` after each reply, and

@@ -2,7 +2,7 @@
 
 It owns the shared `AsyncCoze` client (one per event loop, i.e. one per worker process), builds
 requests, translates cozepy's stream into our own `Upstream*` events, and maps every cozepy or
-transport failure to a `ChatError` with a code from API.md §3. Details never carry the token.
+transport failure to a `ChatError` with a code from docs/api.md §3. Details never carry the token.
 
 In demo mode (no COZE_API_TOKEN) it starts the built-in Coze simulator in this process and talks
 to it over HTTP exactly as it would talk to Coze.

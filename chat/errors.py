@@ -1,6 +1,6 @@
 """One error type for the whole chat path, and its renderings.
 
-`ChatError` carries a machine code from API.md §3, the HTTP status that goes with it, a human
+`ChatError` carries a machine code from docs/api.md §3, the HTTP status that goes with it, a human
 detail that never contains secrets, whether retrying may help, and an optional Retry-After.
 The DRF exception handler, the SSE `error` frame and the WebSocket `error` frame are all built
 from it, so the three transports answer the same failure the same way.

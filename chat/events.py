@@ -1,6 +1,6 @@
 """Transport-neutral events of a chat turn, as the chat service yields them.
 
-`as_dict()` is exactly the JSON object of API.md §5 (the SSE `data:` line and the WebSocket frame).
+`as_dict()` is exactly the JSON object of docs/api.md §5 (the SSE `data:` line and the WebSocket frame).
 """
 
 from dataclasses import dataclass, field

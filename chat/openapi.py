@@ -53,7 +53,7 @@ EVENT_SCHEMAS = {
             "type": {"type": "string", "enum": ["error"]},
             "code": {
                 "type": "string",
-                "description": "A code of the error table (API.md §3), or cancelled/interrupted",
+                "description": "A code of the error table (docs/api.md §3), or cancelled/interrupted",
             },
             "detail": {"type": "string"},
             "retryable": {"type": "boolean"},

@@ -1,4 +1,4 @@
-"""Validation of the chat request body (API.md §4), shared by the three transports, and the
+"""Validation of the chat request body (docs/api.md §4), shared by the three transports, and the
 read-side serializers of the session API."""
 
 import json

@@ -23,7 +23,7 @@ def sse_done(event_id: int) -> bytes:
 
 
 def sse_data(data: dict | str) -> bytes:
-    """A bare `data:` event, as the earlier FastAPI services sent them (API.md §8)."""
+    """A bare `data:` event, as the earlier FastAPI services sent them (docs/api.md §8)."""
     payload = data if isinstance(data, str) else encode_json(data)
     return f"data: {payload}\n\n".encode()
 

@@ -95,7 +95,7 @@ async def start_sse_stream(
 @csrf_exempt  # API-key clients have no CSRF token; session callers are checked in aresolve_owner.
 @require_POST
 async def chat_stream_view(request: HttpRequest) -> HttpResponse:
-    """POST /api/chat/stream: the reply as Server-Sent Events (API.md §5)."""
+    """POST /api/chat/stream: the reply as Server-Sent Events (docs/api.md §5)."""
     return await start_sse_stream(request, transport=Reply.Transport.SSE)
 
 
@@ -132,10 +132,29 @@ async def _channel_layer_ok() -> None:
 @csrf_exempt  # GET only: another method gets its 405, not a CSRF 403 (there is no cookie to protect).
 @require_GET
 def metrics_view(request: HttpRequest) -> HttpResponse:
-    """GET /metrics: Prometheus text format. With CHAT_METRICS_TOKEN set, only for that bearer."""
+    """GET /metrics: Prometheus text format, for the bearer of CHAT_METRICS_TOKEN when it is set,
+    for anyone with CHAT_METRICS_PUBLIC (the default only in debug), else for no one.
+
+    Closed answers 403 `forbidden`, not 401: no credential a caller could send would open it,
+    and it is not a 404 because the route is documented, so an operator reading the answer
+    learns which switch to turn rather than hunting for a missing route.
+    """
     token = settings.CHAT_METRICS_TOKEN
-    if token and not secrets.compare_digest(request.headers.get("Authorization", ""), f"Bearer {token}"):
-        return json_error_response(ChatError("unauthenticated", "Send 'Authorization: Bearer <CHAT_METRICS_TOKEN>'."))
+    if token:
+        # Compared as bytes: compare_digest refuses non-ASCII str, and a header may hold any byte.
+        sent = request.headers.get("Authorization", "").encode("utf-8", "surrogateescape")
+        if not secrets.compare_digest(sent, f"Bearer {token}".encode()):
+            return json_error_response(
+                ChatError("unauthenticated", "Send 'Authorization: Bearer <CHAT_METRICS_TOKEN>'.")
+            )
+    elif not settings.CHAT_METRICS_PUBLIC:
+        return json_error_response(
+            ChatError(
+                "forbidden",
+                "/metrics is closed on this server: its operator opens it with CHAT_METRICS_TOKEN "
+                "(scrapers send 'Authorization: Bearer <token>') or CHAT_METRICS_PUBLIC=1.",
+            )
+        )
     body, content_type = metrics.render()
     return HttpResponse(body, content_type=content_type)
 

@@ -121,8 +121,15 @@ try:
     CHAT_TOKEN_PRICE_PER_1K = Decimal(_token_price) if _token_price else None
 except InvalidOperation:
     raise ImproperlyConfigured(f"CHAT_TOKEN_PRICE_PER_1K must be a decimal number, got {_token_price!r}") from None
-# Bearer token protecting /metrics; empty leaves it open (keep it on an internal network then).
+# /metrics tells anyone who can read it the traffic, error rates, bot ids and token spend, so
+# outside debug it is closed unless a scraper token is set (CHAT_METRICS_TOKEN: Bearer required)
+# or the operator opens it on purpose (CHAT_METRICS_PUBLIC=1, e.g. behind nginx's allow-list).
 CHAT_METRICS_TOKEN = env.str("CHAT_METRICS_TOKEN", default="")
+CHAT_METRICS_PUBLIC = env_bool("CHAT_METRICS_PUBLIC", DEBUG and not CHAT_METRICS_TOKEN)
+if CHAT_METRICS_PUBLIC and CHAT_METRICS_TOKEN:
+    raise ImproperlyConfigured(
+        "CHAT_METRICS_PUBLIC=1 with CHAT_METRICS_TOKEN set: choose one (a token, or an open /metrics)."
+    )
 # Per-owner limits (0 turns a limit off); shared between workers through Redis when configured.
 CHAT_RATE_LIMIT_PER_MINUTE = env_number("CHAT_RATE_LIMIT_PER_MINUTE", 600, minimum=0, cast=int)
 CHAT_MAX_CONCURRENT_STREAMS = env_number("CHAT_MAX_CONCURRENT_STREAMS", 50, minimum=0, cast=int)

@@ -21,7 +21,7 @@ urlpatterns = [
     path("api/sessions/<str:session_id>", apis.SessionDetailApi.as_view(), name="session-detail"),
     path("api/sessions/<str:session_id>/messages", apis.SessionMessagesApi.as_view(), name="session-messages"),
     path("api/sessions/<str:session_id>/clear", apis.SessionClearApi.as_view(), name="session-clear"),
-    # The earlier FastAPI services' paths (API.md §8).
+    # The earlier FastAPI services' paths (docs/api.md §8).
     path("chat", compat.legacy_chat_view, name="legacy-chat"),
     path("chat/stream", compat.legacy_chat_stream_view, name="legacy-chat-stream"),
     path("session/<str:session_id>/info", compat.legacy_session_info_view, name="legacy-session-info"),

@@ -1,4 +1,5 @@
-# Sourced by scripts/serve and scripts/test: make sure .venv exists with requirements.txt installed.
+# Sourced by scripts/serve, scripts/test and scripts/manage: make sure .venv exists with requirements.txt
+# (everything, development and tests included) installed.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
@@ -8,9 +9,10 @@ if [ ! -x "$VENV/bin/python" ]; then
     echo ">> creating virtualenv $VENV with $("$PYTHON" --version)"
     "$PYTHON" -m venv "$VENV"
 fi
-# Reinstall only when requirements.txt changed since the last install.
+# Reinstall only when a requirements file changed since the last install: requirements.txt
+# includes requirements/runtime.txt (`-r`), so hash every file pip reads, not just the top one.
 STAMP="$VENV/.requirements.sha256"
-WANT="$(sha256sum requirements.txt | cut -d' ' -f1)"
+WANT="$(sha256sum requirements.txt requirements/*.txt | sha256sum | cut -d' ' -f1)"
 if [ "$(cat "$STAMP" 2>/dev/null || true)" != "$WANT" ]; then
     echo ">> installing requirements.txt"
     "$VENV/bin/pip" install --quiet --upgrade pip

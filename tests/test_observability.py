@@ -1,6 +1,9 @@
 """Prometheus metrics and log context."""
 
 import logging
+import os
+import subprocess
+import sys
 
 import pytest
 
@@ -19,7 +22,8 @@ def metric_value(text: str, name: str, **labels: str) -> float:
     raise AssertionError(f"{name}{{{wanted}}} not in metrics")
 
 
-def test_metrics_count_replies_tokens_latency_and_errors(http, api_key):
+def test_metrics_count_replies_tokens_latency_and_errors(http, api_key, settings):
+    settings.CHAT_METRICS_PUBLIC = True
     before = http.get("/metrics").text
     completed_before = (
         metric_value(before, "cozeproject_replies_total", status="completed", transport="sse")
@@ -43,9 +47,69 @@ def test_metrics_count_replies_tokens_latency_and_errors(http, api_key):
 
 def test_metrics_can_require_a_token(http, settings):
     settings.CHAT_METRICS_TOKEN = "scrape-secret"
+    settings.CHAT_METRICS_PUBLIC = False
 
-    assert http.get("/metrics").status_code == 401
-    assert http.get("/metrics", headers={"Authorization": "Bearer scrape-secret"}).status_code == 200
+    refused = http.get("/metrics")
+    assert refused.status_code == 401
+    assert refused.json()["code"] == "unauthenticated"
+    assert refused.headers["www-authenticate"].startswith("Bearer")
+    assert http.get("/metrics", headers={"Authorization": "Bearer wrong"}).status_code == 401
+    # Any byte in the header is a wrong token, never a server error.
+    assert http.get("/metrics", headers={"Authorization": "Bearer sécret".encode("latin-1")}).status_code == 401
+    opened = http.get("/metrics", headers={"Authorization": "Bearer scrape-secret"})
+    assert opened.status_code == 200
+    assert "cozeproject_http_requests_total" in opened.text
+
+
+def test_metrics_are_closed_without_a_token_unless_opened(http, settings):
+    settings.CHAT_METRICS_TOKEN = ""
+    settings.CHAT_METRICS_PUBLIC = False
+
+    closed = http.get("/metrics")
+    assert closed.status_code == 403
+    assert closed.headers["content-type"] == "application/json"
+    body = closed.json()
+    assert body["code"] == "forbidden"
+    assert "CHAT_METRICS_TOKEN" in body["detail"] and "CHAT_METRICS_PUBLIC" in body["detail"]
+    assert "cozeproject_" not in closed.text
+
+    settings.CHAT_METRICS_PUBLIC = True
+    opened = http.get("/metrics")
+    assert opened.status_code == 200
+    assert "cozeproject_http_requests_total" in opened.text
+
+
+def metrics_settings(env: dict) -> subprocess.CompletedProcess:
+    """Load the settings in a fresh process with `env` as the only configuration."""
+    base = {key: value for key, value in os.environ.items() if not key.startswith(("DJANGO_", "COZE_", "CHAT_"))}
+    return subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import django; django.setup(); from django.conf import settings as s; "
+            "print(s.CHAT_METRICS_PUBLIC, repr(s.CHAT_METRICS_TOKEN))",
+        ],
+        env={**base, "DJANGO_SETTINGS_MODULE": "cozeproject.settings", **env},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def test_metrics_default_to_closed_outside_debug():
+    production = {"DJANGO_SECRET_KEY": "x" * 50, "DJANGO_ALLOWED_HOSTS": "chat.example.com"}
+
+    # A Procfile deployment sets no metrics variable: closed.
+    assert metrics_settings(production).stdout.split() == ["False", "''"]
+    assert metrics_settings({**production, "CHAT_METRICS_PUBLIC": "1"}).stdout.split() == ["True", "''"]
+    assert metrics_settings({**production, "CHAT_METRICS_TOKEN": "t"}).stdout.split() == ["False", "'t'"]
+    # Development (scripts/serve sets DJANGO_DEBUG=1): open, unless switched off.
+    assert metrics_settings({"DJANGO_DEBUG": "1"}).stdout.split() == ["True", "''"]
+    assert metrics_settings({"DJANGO_DEBUG": "1", "CHAT_METRICS_PUBLIC": "0"}).stdout.split() == ["False", "''"]
+
+    both = metrics_settings({**production, "CHAT_METRICS_TOKEN": "t", "CHAT_METRICS_PUBLIC": "1"})
+    assert both.returncode != 0
+    assert "CHAT_METRICS_PUBLIC=1 with CHAT_METRICS_TOKEN" in both.stderr
 
 
 def test_every_response_has_a_request_id_and_keeps_a_clients_own(http, api_key):

@@ -1,7 +1,7 @@
 """The Coze simulator as a pure ASGI application (no web framework, no Django).
 
-It speaks the wire format of Coze's Open API (see ``/work/shared/COZE_WIRE.md``) closely
-enough that cozepy parses its answers exactly as it parses the real service. Everything it
+It speaks the wire format of Coze's Open API (the endpoints below, as Coze documents them)
+closely enough that cozepy parses its answers exactly as it parses the real service. Everything it
 knows lives in memory in one :class:`SimulatorState`, exposed as ``app.state``.
 
 Endpoints (JSON answers are ``{"code": 0, "msg": "", "data": ...}``; business errors are

@@ -1,5 +1,5 @@
 /*
- * The chat page: conversation view, composer, session list. Talks to the endpoints of API.md
+ * The chat page: conversation view, composer, session list. Talks to the endpoints of docs/api.md
  * through transport.js. All bot and user text is rendered as text or as sanitised Markdown in
  * which raw HTML is shown literally; nothing from the server is ever inserted as HTML unsanitised.
  */

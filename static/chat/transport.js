@@ -1,6 +1,6 @@
 /*
  * Chat transports for the browser page: Server-Sent Events read from a fetch() body, and one
- * WebSocket that reconnects by itself. Both deliver the event objects of API.md §5
+ * WebSocket that reconnects by itself. Both deliver the event objects of docs/api.md §5
  * (session, reasoning, delta, follow_up, completed, error) to the same callback and end a reply
  * with the same kind of result:
  *

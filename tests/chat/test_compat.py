@@ -1,4 +1,4 @@
-"""The earlier FastAPI services' paths (API.md §8), replayed as their clients sent them."""
+"""The earlier FastAPI services' paths (docs/api.md §8), replayed as their clients sent them."""
 
 import json
 

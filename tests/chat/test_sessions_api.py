@@ -1,4 +1,4 @@
-"""The session API (API.md §6) and per-owner isolation."""
+"""The session API (docs/api.md §6) and per-owner isolation."""
 
 import pytest
 

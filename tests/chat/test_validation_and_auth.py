@@ -1,4 +1,4 @@
-"""Every validation and authentication error of API.md §3, on the sync and SSE endpoints."""
+"""Every validation and authentication error of docs/api.md §3, on the sync and SSE endpoints."""
 
 import json
 import time

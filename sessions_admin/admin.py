@@ -48,6 +48,10 @@ TRANSCRIPT_TURNS_PER_PAGE = 100
 # Message text is searched with a trigram index on PostgreSQL; shorter terms can't use it.
 MIN_TEXT_SEARCH = 3
 
+admin.site.site_header = "cozeproject admin"
+admin.site.site_title = "cozeproject admin"
+admin.site.index_title = "Chat records and API clients"
+
 
 # --- shared pieces ----------------------------------------------------------------------------
 

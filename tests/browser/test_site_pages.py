@@ -110,3 +110,30 @@ def test_token_usage_list_fits_without_horizontal_scrolling(asgi_server, usage_r
     filters = page.locator("#changelist-filter").inner_text()
     for label in ("SSE", "WebSocket", "Compatibility paths", "Sync API"):
         assert label in filters
+
+
+MARKDOWN_QUESTION = "**Bold** move:\n`code`, [a link](https://example.com)\n\n- one\n- two"
+PLAIN_TITLE = "Bold move: code, a link one two"
+
+
+def test_conversation_titles_show_a_markdown_question_as_plain_text(page):
+    page.fill("#message", MARKDOWN_QUESTION)
+    page.keyboard.press("Enter")
+    page.wait_for_selector('.msg-assistant[data-status="completed"]')
+    session_id = page.evaluate("window.chatPage.sessionId")
+
+    assert page.locator("#conversation-title").inner_text() == PLAIN_TITLE
+    assert page.title() == f"{PLAIN_TITLE} · Chat"
+    entry = page.locator(f'.session[data-session-id="{session_id}"] .session-title')
+    entry.wait_for()
+    assert entry.inner_text() == PLAIN_TITLE
+
+    # Without this browser's own titles, the server's (its first question, as sent) read the same.
+    page.evaluate("localStorage.removeItem('chat.titles')")
+    page.reload()
+    page.wait_for_selector('.msg-assistant[data-status="completed"]')
+    page.wait_for_function(
+        "title => document.querySelector('#conversation-title').textContent === title", arg=PLAIN_TITLE
+    )
+    assert page.locator(f'.session[data-session-id="{session_id}"] .session-title').inner_text() == PLAIN_TITLE
+    screenshot(page, "markdown-title")

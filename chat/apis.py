@@ -102,7 +102,11 @@ class SessionListApi(ListAPIView):
     def get_queryset(self):
         return sessions.session_list(owner=self.request.auth)
 
-    @extend_schema(tags=["sessions"], responses={200: SessionSerializer(many=True), **ERRORS})
+    @extend_schema(
+        tags=["sessions"],
+        responses={200: SessionSerializer(many=True), **ERRORS},
+        summary="Your sessions, newest activity first",
+    )
     def get(self, request, *args, **kwargs):
         return super().get(request, *args, **kwargs)
 
@@ -127,7 +131,11 @@ class SessionMessagesApi(ListAPIView):
     def get_queryset(self):
         return sessions.session_messages(owner=self.request.auth, session_id=self.kwargs["session_id"])
 
-    @extend_schema(tags=["sessions"], responses={200: MessageSerializer(many=True), **ERRORS})
+    @extend_schema(
+        tags=["sessions"],
+        responses={200: MessageSerializer(many=True), **ERRORS},
+        summary="The current conversation's messages, oldest first",
+    )
     def get(self, request, *args, **kwargs):
         return super().get(request, *args, **kwargs)
 

@@ -1,5 +1,6 @@
 """OpenAPI additions: the API-key and browser-session security schemes, and the parts DRF can't
-see — the SSE endpoint (a plain async Django view) with its events, and the WebSocket protocol.
+see because they are plain Django views — the SSE endpoint with its events, the WebSocket
+protocol, `/health` and `/metrics`, and the compatibility paths of the earlier services (API.md §8).
 """
 
 from drf_spectacular.extensions import OpenApiAuthenticationExtension
@@ -89,6 +90,242 @@ Frames are limited to 1 MiB.
 """
 
 
+OPERATIONS_SCHEMAS = {
+    "Health": {
+        "type": "object",
+        "required": ["status", "database", "channel_layer", "coze"],
+        "properties": {
+            "status": {"type": "string", "enum": ["ok", "unavailable"]},
+            "database": {"type": "string", "enum": ["ok", "unavailable"]},
+            "channel_layer": {"type": "string", "enum": ["ok", "unavailable"]},
+            "coze": {"type": "string", "enum": ["configured", "simulator"]},
+        },
+    },
+}
+
+COMPATIBILITY_SCHEMAS = {
+    "LegacyChatRequest": {
+        "type": "object",
+        "required": ["message"],
+        "description": "The earlier services' body; other fields are ignored, as they were then.",
+        "properties": {
+            "message": {"type": "string"},
+            "session_id": {"type": "string"},
+            "user_id": {"type": "string", "description": "The Coze user_id"},
+        },
+    },
+    "LegacyChunkEvent": {
+        "type": "object",
+        "required": ["type", "data"],
+        "properties": {
+            "type": {"type": "string", "enum": ["chunk"]},
+            "data": {
+                "type": "object",
+                "required": ["content", "chunk_index"],
+                "properties": {"content": {"type": "string"}, "chunk_index": {"type": "integer"}},
+            },
+        },
+    },
+    "LegacyCompleteEvent": {
+        "type": "object",
+        "required": ["type", "data"],
+        "properties": {
+            "type": {"type": "string", "enum": ["complete"]},
+            "data": {
+                "type": "object",
+                "required": ["total_chunks", "full_content"],
+                "properties": {"total_chunks": {"type": "integer"}, "full_content": {"type": "string"}},
+            },
+        },
+    },
+    "LegacyErrorEvent": {
+        "type": "object",
+        "required": ["type", "data"],
+        "properties": {
+            "type": {"type": "string", "enum": ["error"]},
+            "data": {"type": "object", "required": ["message"], "properties": {"message": {"type": "string"}}},
+        },
+    },
+    "CozeChatRequest": {
+        "type": "object",
+        "required": ["additional_messages"],
+        "description": "The earlier /api/coze-chat body, in Coze's own shape.",
+        "properties": {
+            "user_id": {"type": "string"},
+            "bot_id": {"type": "string", "description": "Must be allowed"},
+            "session_id": {"type": "string"},
+            "conversation_id": {
+                "type": "string",
+                "description": "Continue the caller's session that holds this Coze conversation",
+            },
+            "custom_variables": {"type": "object", "additionalProperties": {"type": "string"}},
+            "meta_data": {"type": "object", "additionalProperties": {"type": "string"}},
+            "additional_messages": {
+                "type": "array",
+                "items": {
+                    "type": "object",
+                    "required": ["content"],
+                    "properties": {
+                        "role": {"type": "string", "enum": ["user", "assistant"]},
+                        "type": {"type": "string", "enum": ["question", "answer"]},
+                        "content_type": {"type": "string", "enum": ["text", "object_string"]},
+                        "content": {
+                            "description": 'Text, or a list of parts such as `{"type":"text","text":"…"}`, '
+                            "as a list or as a JSON string of one",
+                            "oneOf": [
+                                {"type": "string"},
+                                {"type": "array", "items": {"type": "object", "additionalProperties": True}},
+                            ],
+                        },
+                    },
+                },
+            },
+        },
+    },
+    "CozeChatDeltaEvent": {
+        "type": "object",
+        "required": ["type", "content"],
+        "properties": {"type": {"type": "string", "enum": ["delta"]}, "content": {"type": "string"}},
+    },
+    "CozeChatCompletedEvent": {
+        "type": "object",
+        "required": ["type", "token_count", "conversation_id"],
+        "properties": {
+            "type": {"type": "string", "enum": ["completed"]},
+            "token_count": {"type": "integer"},
+            "conversation_id": {"type": "string"},
+        },
+    },
+}
+
+COMPATIBILITY_DESCRIPTION = "Kept so that clients of the earlier services work unchanged; new clients use `/api/…`."
+CHAT_ERROR_STATUSES = ("400", "401", "403", "409", "413", "415", "429", "502", "503", "504")
+SESSION_ID_PARAMETER = {"in": "path", "name": "session_id", "required": True, "schema": {"type": "string"}}
+
+
+def _schema_ref(name: str) -> dict:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _json_body(name: str) -> dict:
+    return {"required": True, "content": {"application/json": {"schema": _schema_ref(name)}}}
+
+
+def _json_response(description: str, name: str) -> dict:
+    return {"description": description, "content": {"application/json": {"schema": _schema_ref(name)}}}
+
+
+def _event_stream_response(description: str, event_names) -> dict:
+    schema = {"oneOf": [_schema_ref(name) for name in event_names]}
+    return {"description": description, "content": {"text/event-stream": {"schema": schema}}}
+
+
+def _operations_paths() -> dict:
+    return {
+        "/health": {
+            "get": {
+                "operationId": "health",
+                "summary": "Health: the database, the channel layer and how Coze is reached",
+                "tags": ["operations"],
+                "security": [],
+                "responses": {
+                    "200": _json_response("Every part answers", "Health"),
+                    "503": _json_response("A part is unavailable; it is named", "Health"),
+                },
+            }
+        },
+        "/metrics": {
+            "get": {
+                "operationId": "metrics",
+                "summary": "Metrics in the Prometheus text format",
+                "description": "With `CHAT_METRICS_TOKEN` set, send it as `Authorization: Bearer <token>`.",
+                "tags": ["operations"],
+                "security": [{"metricsToken": []}, {}],
+                "responses": {
+                    "200": {
+                        "description": "Prometheus exposition format",
+                        "content": {"text/plain": {"schema": {"type": "string"}}},
+                    },
+                    "401": _json_response("A JSON error", "Error"),
+                },
+            }
+        },
+    }
+
+
+def _compatibility_paths(*, security: list, error_response: dict) -> dict:
+    chat_errors = {code: error_response for code in (*CHAT_ERROR_STATUSES, "404")}
+    session_errors = {code: error_response for code in ("401", "403", "404", "409", "429")}
+
+    def operation(operation_id: str, summary: str, responses: dict, request_body: dict | None = None, **extra):
+        errors = chat_errors if request_body is not None else session_errors
+        result = {
+            "operationId": operation_id,
+            "summary": summary,
+            "description": COMPATIBILITY_DESCRIPTION,
+            "tags": ["compatibility"],
+            "security": security,
+            "responses": {**responses, **errors},
+            **extra,
+        }
+        if request_body is not None:
+            result["requestBody"] = request_body
+        return result
+
+    return {
+        "/chat": {
+            "post": operation(
+                "legacy_chat",
+                "Earlier service: the whole reply as JSON",
+                {"200": _json_response("The whole reply", "ChatResponse")},
+                _json_body("LegacyChatRequest"),
+            )
+        },
+        "/chat/stream": {
+            "post": operation(
+                "legacy_chat_stream",
+                "Earlier service: the reply as `chunk` events, then `complete` or `error`",
+                {
+                    "200": _event_stream_response(
+                        "An event stream of `data:` lines",
+                        ["LegacyChunkEvent", "LegacyCompleteEvent", "LegacyErrorEvent"],
+                    )
+                },
+                _json_body("LegacyChatRequest"),
+            )
+        },
+        "/session/{session_id}/info": {
+            "get": operation(
+                "legacy_session_info",
+                "Earlier service: session info",
+                {"200": _json_response("The session", "Session")},
+                parameters=[SESSION_ID_PARAMETER],
+            )
+        },
+        "/session/{session_id}/clear": {
+            "post": operation(
+                "legacy_session_clear",
+                "Earlier service: forget the context",
+                {"200": _json_response("Cleared", "ClearResponse")},
+                parameters=[SESSION_ID_PARAMETER],
+            )
+        },
+        "/api/coze-chat": {
+            "post": operation(
+                "legacy_coze_chat",
+                "Earlier Coze chat service: `delta` and `completed` events, then `[DONE]`",
+                {
+                    "200": _event_stream_response(
+                        "An event stream of `data:` lines; the last is `data: [DONE]`",
+                        ["CozeChatDeltaEvent", "CozeChatCompletedEvent", "ErrorEvent"],
+                    )
+                },
+                _json_body("CozeChatRequest"),
+            )
+        },
+    }
+
+
 class ApiKeyScheme(OpenApiAuthenticationExtension):
     target_class = "chat.auth.ApiKeyAuthentication"
     name = "apiKey"
@@ -114,15 +351,21 @@ class BrowserSessionScheme(OpenApiAuthenticationExtension):
         }
 
 
-def add_streaming_endpoints(result, generator, request, public):
-    """drf-spectacular postprocessing hook: describe POST /api/chat/stream and the WebSocket."""
-    schemas = result.setdefault("components", {}).setdefault("schemas", {})
-    schemas.update(EVENT_SCHEMAS)
-    chat_operation = result["paths"].get("/api/chat", {}).get("post", {})
-    error_response = {
-        "description": "A JSON error",
-        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}},
+def add_views_outside_drf(result, generator, request, public):
+    """drf-spectacular postprocessing hook: describe the plain Django views and the WebSocket."""
+    components = result.setdefault("components", {})
+    components.setdefault("securitySchemes", {})["metricsToken"] = {
+        "type": "http",
+        "scheme": "bearer",
+        "description": "The value of `CHAT_METRICS_TOKEN`.",
     }
+    schemas = components.setdefault("schemas", {})
+    schemas.update(EVENT_SCHEMAS)
+    schemas.update(OPERATIONS_SCHEMAS)
+    schemas.update(COMPATIBILITY_SCHEMAS)
+    chat_operation = result["paths"].get("/api/chat", {}).get("post", {})
+    security = chat_operation.get("security", [{"apiKey": []}])
+    error_response = _json_response("A JSON error", "Error")
     result["paths"]["/api/chat/stream"] = {
         "post": {
             "operationId": "chat_stream",
@@ -130,22 +373,16 @@ def add_streaming_endpoints(result, generator, request, public):
             "description": SSE_DESCRIPTION,
             "tags": ["chat"],
             "requestBody": chat_operation.get("requestBody"),
-            "security": chat_operation.get("security", [{"apiKey": []}]),
+            "security": security,
             "responses": {
-                "200": {
-                    "description": "An event stream; each `data:` line is one of these objects.",
-                    "content": {
-                        "text/event-stream": {
-                            "schema": {"oneOf": [{"$ref": f"#/components/schemas/{name}"} for name in EVENT_SCHEMAS]}
-                        }
-                    },
-                },
-                **{
-                    code: error_response
-                    for code in ("400", "401", "403", "409", "413", "415", "429", "502", "503", "504")
-                },
+                "200": _event_stream_response(
+                    "An event stream; each `data:` line is one of these objects.", list(EVENT_SCHEMAS)
+                ),
+                **{code: error_response for code in CHAT_ERROR_STATUSES},
             },
         }
     }
+    result["paths"].update(_operations_paths())
+    result["paths"].update(_compatibility_paths(security=security, error_response=error_response))
     result["info"]["description"] = result["info"].get("description", "") + WEBSOCKET_DESCRIPTION
     return result

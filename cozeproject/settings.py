@@ -294,7 +294,7 @@ SPECTACULAR_SETTINGS = {
     "REDOC_DIST": "SIDECAR",
     "POSTPROCESSING_HOOKS": [
         "drf_spectacular.hooks.postprocess_schema_enums",
-        "chat.openapi.add_streaming_endpoints",
+        "chat.openapi.add_views_outside_drf",
     ],
 }
 

@@ -1,4 +1,6 @@
 from django.contrib import admin
+from django.http import HttpResponseRedirect
+from django.templatetags.static import static
 from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
@@ -10,8 +12,15 @@ handler403 = "chat.errors.permission_denied_view"
 handler404 = "chat.errors.page_not_found_view"
 handler500 = "chat.errors.server_error_view"
 
+def favicon_view(request):
+    # Browsers ask for /favicon.ico whatever a page links; send them to the icon the pages use.
+    # Not permanent: the static URL carries a content hash that changes with the file.
+    return HttpResponseRedirect(static("favicon.svg"))
+
+
 urlpatterns = [
     path("", views.chat_page_view, name="chat-page"),
+    path("favicon.ico", favicon_view, name="favicon"),
     path("health", views.health_view, name="health"),
     path("metrics", views.metrics_view, name="metrics"),
     path("api/chat", apis.ChatSendApi.as_view(), name="chat-send"),

@@ -139,10 +139,10 @@ class Reply(models.Model):
         INTERRUPTED = "interrupted"
 
     class Transport(models.TextChoices):
-        SYNC = "sync"
-        SSE = "sse"
-        WEBSOCKET = "websocket"
-        COMPAT = "compat"
+        SYNC = "sync", "Sync API"
+        SSE = "sse", "SSE"
+        WEBSOCKET = "websocket", "WebSocket"
+        COMPAT = "compat", "Compatibility paths"
 
     session = models.ForeignKey(ChatSession, on_delete=models.CASCADE, related_name="replies")
     conversation = models.ForeignKey(Conversation, on_delete=models.CASCADE, related_name="replies")

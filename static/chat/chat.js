@@ -169,11 +169,35 @@
     });
   }
 
-  // --- session titles (kept in this browser; the API has no titles) -------------------------------
+  // --- session titles (the server's, from each session's first question, else this browser's) -----
+
+  const TITLE_CHARS = 80;
+  // Elements whose text would otherwise run into the next one's ("a<br>b" reads "ab").
+  const TITLE_BREAKS = "br, p, li, h1, h2, h3, h4, h5, h6, pre, blockquote, td, th, hr";
+
+  // A title is one line of plain text. A first message is Markdown (`**bold**`, `code`, links,
+  // lists): render it with the same parser as the answers and keep only its text. DOMParser's
+  // document is inert (no scripts run, no images load), and the text is only set as textContent.
+  function plainTitle(text) {
+    let plain = String(text || "").replace(/\[sim:[^\]]*\]\s*/g, "");
+    if (markdown) {
+      try {
+        const doc = new DOMParser().parseFromString(markdown.parse(plain), "text/html");
+        doc.querySelectorAll("img").forEach((img) => img.replaceWith(img.alt));
+        doc.querySelectorAll(TITLE_BREAKS).forEach((node) => node.after(" "));
+        plain = doc.body.textContent;
+      } catch (error) {
+        // keep the text as typed
+      }
+    }
+    return plain.replace(/\s+/g, " ").trim().slice(0, TITLE_CHARS);
+  }
 
   function loadTitles() {
     try {
-      return JSON.parse(localStorage.getItem(STORAGE.titles) || "{}");
+      const stored = JSON.parse(localStorage.getItem(STORAGE.titles) || "{}");
+      // Titles saved by earlier versions of this page may still hold Markdown.
+      return Object.fromEntries(Object.entries(stored).map(([id, title]) => [id, plainTitle(title)]));
     } catch (error) {
       return {};
     }
@@ -183,7 +207,7 @@
 
   function saveTitle(sessionId, text) {
     if (titles[sessionId]) return;
-    titles[sessionId] = text.replace(/\[sim:[^\]]*\]\s*/g, "").trim().slice(0, 80) || text.slice(0, 80);
+    titles[sessionId] = plainTitle(text) || text.slice(0, TITLE_CHARS);
     try {
       localStorage.setItem(STORAGE.titles, JSON.stringify(titles));
     } catch (error) {
@@ -723,7 +747,7 @@
     el.sessionsEmpty.hidden = sessions.length > 0;
     for (const session of sessions) {
       const id = session.session_id;
-      if (session.title) serverTitles[id] = session.title;
+      if (session.title) serverTitles[id] = plainTitle(session.title);
       const item = make("li", "session");
       item.dataset.sessionId = id;
       if (id === state.sessionId) item.classList.add("active");
@@ -755,6 +779,8 @@
       item.append(open, actions);
       el.sessions.appendChild(item);
     }
+    // The open conversation may have been titled before the server's titles arrived (a reload).
+    if (state.sessionId && serverTitles[state.sessionId]) setTitle(titleFor(state.sessionId));
   }
 
   function markActive() {

@@ -342,8 +342,8 @@ def test_usage_list_sorts_by_tokens_and_latency(staff_client):
     conversation = make_conversation(make_session())
     small = make_turn(conversation, input_tokens=1, output_tokens=1, ttft_ms=900)
     big = make_turn(conversation, input_tokens=500, output_tokens=500, ttft_ms=100)
-    tokens = ReplyAdmin.list_display.index("total_tokens")
-    ttft = ReplyAdmin.list_display.index("time_to_first_token_ms")
+    tokens = ReplyAdmin.list_display.index("tokens")
+    ttft = ReplyAdmin.list_display.index("first_token")
 
     by_tokens = staff_client.get(url("reply_changelist"), {"o": f"-{tokens}"}).context["cl"].result_list
     by_ttft = staff_client.get(url("reply_changelist"), {"o": f"{ttft}"}).context["cl"].result_list

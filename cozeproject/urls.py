@@ -12,6 +12,7 @@ handler403 = "chat.errors.permission_denied_view"
 handler404 = "chat.errors.page_not_found_view"
 handler500 = "chat.errors.server_error_view"
 
+
 def favicon_view(request):
     # Browsers ask for /favicon.ico whatever a page links; send them to the icon the pages use.
     # Not permanent: the static URL carries a content hash that changes with the file.

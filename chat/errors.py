@@ -161,7 +161,7 @@ def _first_message(errors: dict) -> str:
 
 # --- Django's error handlers (cozeproject/urls.py, CSRF_FAILURE_VIEW) -----------------------------
 
-# The machine-facing paths: the API, the OpenAI-compatible API, the earlier services' paths (API.md
+# The machine-facing paths: the API, the OpenAI-compatible API, the earlier services' paths (docs/api.md
 # §8) and the operations endpoints. Everything else (the chat page, login, admin) is for people.
 API_PATHS = ("/api", "/v1", "/chat", "/session", "/health", "/metrics")
 

@@ -17,7 +17,7 @@ class Owner:
 
 @dataclass(frozen=True, slots=True)
 class ChatRequest:
-    """A validated chat request body (API.md §4)."""
+    """A validated chat request body (docs/api.md §4)."""
 
     message: str | None = None
     session_id: str | None = None

@@ -1,6 +1,6 @@
 """OpenAPI additions: the API-key and browser-session security schemes, and the parts DRF can't
 see because they are plain Django views — the SSE endpoint with its events, the WebSocket
-protocol, `/health` and `/metrics`, and the compatibility paths of the earlier services (API.md §8).
+protocol, `/health` and `/metrics`, and the compatibility paths of the earlier services (docs/api.md §8).
 """
 
 from drf_spectacular.extensions import OpenApiAuthenticationExtension

@@ -1,7 +1,7 @@
 """Session operations: list, info, messages, clear, delete, and cancelling a reply in progress.
 
 Every function is scoped to its owner: another owner's session or chat is `not_found`, never
-`forbidden`, so ids can't be probed (API.md §2).
+`forbidden`, so ids can't be probed (docs/api.md §2).
 """
 
 import asyncio

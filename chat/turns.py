@@ -161,11 +161,20 @@ async def _open_upstream(*, chat_request: ChatRequest, route: Route) -> _Upstrea
     return _Upstream(chat, events, first)
 
 
+# How long a turn that won't use its upstream chat waits for Coze's chat object, to cancel it by id.
+ABANDON_WAIT_SECONDS = 5.0
+
+
 async def _abandon_upstream(opening: asyncio.Task) -> None:
-    """Stop an upstream chat the turn won't use: close its stream and ask Coze to cancel it."""
+    """Stop an upstream chat the turn won't use: close its stream and ask Coze to cancel it.
+
+    The chat is let open first (Coze's chat object comes at once), since only its id lets Coze's
+    cancel stop it; a request that hangs is dropped instead.
+    """
+    await asyncio.wait([opening], timeout=ABANDON_WAIT_SECONDS)
     if not opening.done():
         opening.cancel()
-    await asyncio.wait([opening])
+        await asyncio.wait([opening])
     if opening.cancelled() or opening.exception() is not None:
         return
     upstream = opening.result()

@@ -1,4 +1,4 @@
-"""The earlier `/api/coze-chat` service's documented requests (API.md §8), replayed as its users
+"""The earlier `/api/coze-chat` service's documented requests (docs/api.md §8), replayed as its users
 sent them, checking what reached Coze on the wire.
 
 Its curl sent `content_type: "text"` with `content` a JSON string of `[{"type":"text","text":…}]`;

@@ -1,4 +1,4 @@
-"""The error contract at the edges (API.md §3): every error under the API's paths is JSON
+"""The error contract at the edges (docs/api.md §3): every error under the API's paths is JSON
 `{"detail", "code"}` — also the ones Django answers itself (no route, wrong method, disallowed
 Host, unexpected exception, CSRF) — while the chat page, login and admin keep Django's HTML pages.
 Who gets 401 and who gets a CSRF 403. Replayed over a real ASGI server."""

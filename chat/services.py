@@ -26,7 +26,7 @@ from django.db.models import Case, F, OuterRef, Q, Subquery, Value, When
 from django.db.models.functions import Substr
 from django.utils import timezone
 
-from chat import cancellation, coze, lifecycle, metrics, ratelimit
+from chat import cancellation, coze, lifecycle, metrics, ratelimit, transcripts
 from chat.db import db_async
 from chat.errors import ChatError
 from chat.events import (
@@ -90,6 +90,8 @@ class TurnContext:
     bot_id: str
     owner_key: str
     transport: str
+    question: str = ""
+    transcript_hash: str = ""
 
 
 @dataclass(slots=True)
@@ -174,7 +176,12 @@ def _turn_start_once(
         if new_conversation:
             # A new context: first turn, after a clear, or the client switched bots.
             conversation = Conversation.objects.create(
-                session=session, bot_id=bot_id, created_at=now, last_activity=now, message_count=1
+                session=session,
+                bot_id=bot_id,
+                created_at=now,
+                last_activity=now,
+                message_count=1,
+                transcript_hash=transcripts.transcript_start(owner_key=owner.key, bot_id=bot_id),
             )
         coze_user_id = chat_request.user_id or session.coze_user_id
         # Taking the lock and counting the message in one statement: zero rows means another reply
@@ -231,6 +238,8 @@ def _turn_start_once(
         bot_id=bot_id,
         owner_key=owner.key,
         transport=transport,
+        question=chat_request.user_text,
+        transcript_hash=conversation.transcript_hash,
     )
 
 
@@ -297,6 +306,11 @@ def turn_finish(*, turn: TurnContext, outcome: TurnOutcome, started: float) -> N
         }
         if outcome.conversation_id and not turn.coze_conversation_id:
             conversation_update["coze_conversation_id"] = outcome.conversation_id
+        if stored_answer and turn.transcript_hash:
+            # An answered turn extends the digest the OpenAI path finds resent histories by.
+            conversation_update["transcript_hash"] = transcripts.transcript_extend(
+                turn.transcript_hash, [(transcripts.USER, turn.question), (transcripts.ASSISTANT, answer)]
+            )
         Conversation.objects.filter(pk=turn.conversation_pk).update(**conversation_update)
         ours = Q(lock_token=turn.lock_token)
         ChatSession.objects.filter(pk=turn.session_pk).update(

@@ -23,7 +23,7 @@ urlpatterns = [
     path("api/coze-chat", compat.legacy_coze_chat_view, name="legacy-coze-chat"),
     # The OpenAI-compatible API (API.md §10).
     path("v1/models", openai_api.models_view, name="openai-models"),
-    path("v1/models/<str:model>", openai_api.model_view, name="openai-model"),
+    path("v1/models/<path:model>", openai_api.model_view, name="openai-model"),
     path("v1/chat/completions", openai_api.chat_completions_view, name="openai-chat-completions"),
     path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="swagger-ui"),

@@ -148,7 +148,7 @@ class Reply(models.Model):
         SSE = "sse"
         WEBSOCKET = "websocket"
         COMPAT = "compat"
-        OPENAI = "openai"
+        OPENAI = "openai", "OpenAI"
 
     session = models.ForeignKey(ChatSession, on_delete=models.CASCADE, related_name="replies")
     conversation = models.ForeignKey(Conversation, on_delete=models.CASCADE, related_name="replies")

@@ -23,7 +23,7 @@ class Migration(migrations.Migration):
                     ("sse", "Sse"),
                     ("websocket", "Websocket"),
                     ("compat", "Compat"),
-                    ("openai", "Openai"),
+                    ("openai", "OpenAI"),
                 ],
                 max_length=16,
             ),

@@ -305,6 +305,28 @@ def test_a_cleared_session_is_not_continued_by_its_old_history(client, http, api
     assert answer_history[-1]["content"] == "You said: after clear"
 
 
+def test_a_turn_that_failed_before_any_text_is_left_out_of_the_transcript(client):
+    history, first = ask(client, [], "one")
+    with pytest.raises(openai.InternalServerError):
+        ask(client, history, "[sim:bad_param] fails")
+
+    answered, retry = ask(client, history, "two")
+
+    assert retry.headers["x-session-id"] == first.headers["x-session-id"]
+    assert answered[-1]["content"] == "You said: two (turn 2; before that you said: one)"
+
+
+def test_a_long_history_that_matches_no_session_is_too_large(client, settings):
+    settings.CHAT_MAX_MESSAGE_CHARS = 50
+    history = [{"role": "user", "content": "x" * 30}, {"role": "assistant", "content": "y" * 30}]
+
+    with pytest.raises(openai.APIStatusError) as raised:
+        ask(client, history, "next")
+
+    assert raised.value.status_code == 413 and raised.value.body["code"] == "payload_too_large"
+    assert not Reply.objects.exists()
+
+
 def test_another_clients_history_is_never_continued(client, asgi_server, other_api_key):
     history, raw = ask(client, [], "mine")
     with openai.OpenAI(base_url=f"{asgi_server.url}/v1", api_key=other_api_key, max_retries=0) as other:

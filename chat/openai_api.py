@@ -253,7 +253,7 @@ def parse_completion_request(body, *, header_session_id: str | None = None) -> C
 
 def history_of(earlier: list[OpenAIMessage]) -> list[tuple[str, str]]:
     """The earlier messages as a stored transcript holds them: user and assistant turns, in order."""
-    return [(message.role, message.text) for message in earlier if message.role != "system" and message.text.strip()]
+    return [(message.role, message.text) for message in earlier if message.role != "system"]
 
 
 def coze_context(earlier: list[OpenAIMessage], question: str) -> list[dict]:

@@ -501,6 +501,18 @@ def test_a_dropped_stream_is_stored_as_cancelled(client, simulator):
     assert reply.status == "cancelled" and reply.transport == "openai"
 
 
+def test_a_client_that_gives_up_on_a_whole_reply_cancels_it(asgi_server, api_key, bots, simulator):
+    with openai.OpenAI(base_url=f"{asgi_server.url}/v1", api_key=api_key, max_retries=0, timeout=0.5) as impatient:
+        with pytest.raises(openai.APITimeoutError):
+            impatient.chat.completions.create(
+                model=BOT, messages=[{"role": "user", "content": "[sim:slow=100] too slow to wait for"}]
+            )
+
+    reply = wait_until(lambda: Reply.objects.exclude(status="in_progress").first(), timeout=5)
+    assert reply.status == "cancelled" and reply.transport == "openai"
+    assert sim_chat(simulator, reply.coze_chat_id)["client_disconnected_at"]
+
+
 # --- settings ---------------------------------------------------------------------------------
 
 

@@ -7,6 +7,7 @@ import openai
 import pytest
 from django.core.exceptions import ImproperlyConfigured
 
+from chat.fastpath import takes_fast_path
 from chat.openai_api import OpenAIMessage, coze_context
 from cozeproject.settings import parse_bot_names
 from sessions_admin.models import ChatSession, Message, Reply
@@ -511,6 +512,62 @@ def test_a_client_that_gives_up_on_a_whole_reply_cancels_it(asgi_server, api_key
     reply = wait_until(lambda: Reply.objects.exclude(status="in_progress").first(), timeout=5)
     assert reply.status == "cancelled" and reply.transport == "openai"
     assert sim_chat(simulator, reply.coze_chat_id)["client_disconnected_at"]
+
+
+# --- serving ----------------------------------------------------------------------------------
+
+
+def test_api_key_completions_take_the_fast_path_and_hold_no_thread_each(asgi_server, api_key, bots):
+    fast_scope = {
+        "type": "http",
+        "method": "POST",
+        "path": "/v1/chat/completions",
+        "headers": [(b"authorization", b"Bearer cz_x")],
+    }
+    assert takes_fast_path(fast_scope)
+    baseline = threading.active_count()
+    clients, streams = [], []
+    try:
+        for index in range(10):
+            client = openai.OpenAI(base_url=f"{asgi_server.url}/v1", api_key=api_key, max_retries=0)
+            stream = client.chat.completions.create(
+                model=BOT, messages=[{"role": "user", "content": f"[sim:slow=200] stream {index}"}], stream=True
+            )
+            next(stream)
+            clients.append(client)
+            streams.append(stream)
+        wait_until(lambda: Reply.objects.filter(status="in_progress").count() == 10)
+        during = threading.active_count()
+    finally:
+        for stream, client in zip(streams, clients, strict=True):
+            stream.close()
+            client.close()
+
+    # Django's handler would hold one thread per open stream; the fast path holds none.
+    assert during - baseline < 5, (baseline, during)
+
+
+def test_browser_front_ends_go_through_django_and_may_read_the_session_header(asgi_server, api_key, bots, settings):
+    settings.CORS_ALLOWED_ORIGINS = ["https://chat.example.com"]
+    origin = {"Origin": "https://chat.example.com"}
+
+    preflight = httpx.options(
+        f"{asgi_server.url}/v1/chat/completions",
+        headers={
+            **origin,
+            "Access-Control-Request-Method": "POST",
+            "Access-Control-Request-Headers": "authorization, content-type, x-session-id",
+        },
+    )
+    response = httpx.post(
+        f"{asgi_server.url}/v1/chat/completions",
+        json={"model": BOT, "messages": [{"role": "user", "content": "from a page"}]},
+        headers={**auth(api_key), **origin, "X-Session-Id": "page-1"},
+    )
+
+    assert "x-session-id" in preflight.headers["access-control-allow-headers"].lower()
+    assert response.status_code == 200 and response.headers["x-session-id"] == "page-1"
+    assert "x-session-id" in response.headers["access-control-expose-headers"].lower()
 
 
 # --- settings ---------------------------------------------------------------------------------

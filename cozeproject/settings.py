@@ -312,6 +312,7 @@ SPECTACULAR_SETTINGS = {
     "POSTPROCESSING_HOOKS": [
         "drf_spectacular.hooks.postprocess_schema_enums",
         "chat.openapi.add_streaming_endpoints",
+        "chat.openapi.add_openai_endpoints",
     ],
 }
 

@@ -1,11 +1,13 @@
 """The OpenAI-compatible API, driven by the official `openai` package over real HTTP."""
 
+import json
 import threading
 
 import httpx
 import openai
 import pytest
 from django.core.exceptions import ImproperlyConfigured
+from django.core.management import call_command
 
 from chat.fastpath import takes_fast_path
 from chat.openai_api import OpenAIMessage, coze_context
@@ -568,6 +570,16 @@ def test_browser_front_ends_go_through_django_and_may_read_the_session_header(as
     assert "x-session-id" in preflight.headers["access-control-allow-headers"].lower()
     assert response.status_code == 200 and response.headers["x-session-id"] == "page-1"
     assert "x-session-id" in response.headers["access-control-expose-headers"].lower()
+
+
+def test_the_openapi_schema_describes_the_openai_paths(tmp_path):
+    schema_file = tmp_path / "schema.json"
+    call_command("spectacular", "--validate", "--fail-on-warn", "--format", "openapi-json", "--file", str(schema_file))
+
+    schema = json.loads(schema_file.read_text())
+    assert {"/v1/models", "/v1/chat/completions"} <= set(schema["paths"])
+    body = schema["paths"]["/v1/chat/completions"]["post"]["requestBody"]["content"]["application/json"]["schema"]
+    assert body == {"$ref": "#/components/schemas/OpenAIChatCompletionRequest"}
 
 
 # --- settings ---------------------------------------------------------------------------------

@@ -23,6 +23,7 @@ from django.db.models import Case, ExpressionWrapper, F, Q, Value, When
 from django.db.models.functions import Now
 from django.utils import timezone
 
+from chat import transcripts
 from chat.db import db_async
 from chat.errors import ChatError
 from chat.events import Usage
@@ -54,6 +55,8 @@ class TurnContext:
     route: Route
     owner_key: str
     transport: str
+    question: str = ""
+    transcript_hash: str = ""  # the conversation's digest before this turn (see chat.transcripts)
 
 
 @dataclass(slots=True)
@@ -204,7 +207,12 @@ def _turn_start_once(
         if new_conversation:
             # A new context: first turn, after a clear, or the client switched bots.
             conversation = Conversation.objects.create(
-                session=session, bot_id=bot_id, created_at=now, last_activity=now, message_count=1
+                session=session,
+                bot_id=bot_id,
+                created_at=now,
+                last_activity=now,
+                message_count=1,
+                transcript_hash=transcripts.transcript_start(owner_key=owner.key, bot_id=bot_id),
             )
         # Take the lock and count the message in one statement; zero rows means another reply
         # holds an unexpired lease, and the transaction (with the conversation above) rolls back.
@@ -256,6 +264,8 @@ def _turn_start_once(
         route=route,
         owner_key=owner.key,
         transport=transport,
+        question=chat_request.user_text,
+        transcript_hash=conversation.transcript_hash,
     )
 
 
@@ -271,6 +281,8 @@ def _committed_start(*, session: ChatSession, lock_token: str, owner: Owner, tra
         route=Route(conversation.coze_conversation_id, conversation.bot_id, session.coze_user_id),
         owner_key=owner.key,
         transport=transport,
+        question=reply.messages.get(kind=Message.Kind.QUESTION).content,
+        transcript_hash=conversation.transcript_hash,
     )
 
 
@@ -357,6 +369,11 @@ def turn_finish(*, turn: TurnContext, outcome: TurnOutcome) -> None:
         }
         if outcome.conversation_id and not turn.route.coze_conversation_id:
             conversation_update["coze_conversation_id"] = outcome.conversation_id
+        if stored_answer and turn.transcript_hash:
+            # An answered turn extends the digest the OpenAI path finds resent histories by.
+            conversation_update["transcript_hash"] = transcripts.transcript_extend(
+                turn.transcript_hash, [(transcripts.USER, turn.question), (transcripts.ASSISTANT, answer)]
+            )
         Conversation.objects.filter(pk=turn.conversation_pk).update(**conversation_update)
         ChatSession.objects.filter(pk=turn.session_pk).update(
             last_activity=now,

@@ -5,12 +5,14 @@ start-up rather than surfacing later as odd behaviour.
 """
 
 import os
+import re
 import sys
 import tempfile
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
 
 import environ
+from corsheaders.defaults import default_headers as cors_default_headers
 from django.core.exceptions import ImproperlyConfigured
 
 BASE_DIR = Path(__file__).resolve().parent.parent
@@ -48,6 +50,35 @@ def env_number(name: str, default: float, *, minimum: float = 0, cast=float):
 
 def env_list(name: str) -> list[str]:
     return [item.strip() for item in env.str(name, default="").split(",") if item.strip()]
+
+
+BOT_NAME_RE = re.compile(r"^[A-Za-z0-9_.:/-]{1,64}$")
+
+
+def parse_bot_names(raw: str, allowed_bot_ids: list[str]) -> dict[str, str]:
+    """`name=bot_id,…` (COZE_BOT_NAMES) as {name: bot_id}; ImproperlyConfigured on a bad item,
+    a duplicate name, a name that is another bot's id, or a bot that is not allowed."""
+    names: dict[str, str] = {}
+    for item in (part.strip() for part in raw.split(",")):
+        if not item:
+            continue
+        name, sep, bot_id = (piece.strip() for piece in item.partition("="))
+        if not sep or not name or not bot_id:
+            raise ImproperlyConfigured(f"COZE_BOT_NAMES items must look like name=bot_id, got {item!r}")
+        if not BOT_NAME_RE.match(name):
+            raise ImproperlyConfigured(
+                f"COZE_BOT_NAMES: name {name!r} must be 1 to 64 characters of A-Z a-z 0-9 _ . : / -"
+            )
+        if bot_id not in allowed_bot_ids:
+            raise ImproperlyConfigured(
+                f"COZE_BOT_NAMES: bot {bot_id!r} (named {name!r}) is neither COZE_BOT_ID nor in COZE_ALLOWED_BOT_IDS"
+            )
+        if name in names:
+            raise ImproperlyConfigured(f"COZE_BOT_NAMES: name {name!r} is given twice")
+        if name in allowed_bot_ids and name != bot_id:
+            raise ImproperlyConfigured(f"COZE_BOT_NAMES: name {name!r} is the id of another bot")
+        names[name] = bot_id
+    return names
 
 
 DEBUG = env_bool("DJANGO_DEBUG", False)
@@ -102,6 +133,8 @@ if not COZE_BOT_ID:
         raise ImproperlyConfigured("COZE_BOT_ID is required when COZE_API_TOKEN or COZE_OAUTH_APP_ID is set.")
     COZE_BOT_ID = "7000000000000000001"
 COZE_ALLOWED_BOT_IDS = [COZE_BOT_ID, *[bot for bot in env_list("COZE_ALLOWED_BOT_IDS") if bot != COZE_BOT_ID]]
+# Readable model names for the OpenAI-compatible API (name=bot_id,…); bot ids work as names too.
+COZE_BOT_NAMES = parse_bot_names(env.str("COZE_BOT_NAMES", default=""), COZE_ALLOWED_BOT_IDS)
 COZE_USER_ID = env.str("COZE_USER_ID", default="default_user")
 COZE_STREAM_IDLE_TIMEOUT = env_number("COZE_STREAM_IDLE_TIMEOUT", 60.0, minimum=0.1)
 COZE_CONNECT_TIMEOUT = env_number("COZE_CONNECT_TIMEOUT", 5.0, minimum=0.1)
@@ -253,7 +286,9 @@ WHITENOISE_USE_FINDERS = True
 
 CORS_ALLOWED_ORIGINS = env_list("CORS_ALLOWED_ORIGINS")
 CORS_ALLOW_CREDENTIALS = True
-CORS_EXPOSE_HEADERS = ["Retry-After"]
+# Browser front-ends of the OpenAI-compatible API read and send the session header.
+CORS_EXPOSE_HEADERS = ["Retry-After", "X-Session-Id"]
+CORS_ALLOW_HEADERS = (*cors_default_headers, "x-session-id")
 CSRF_TRUSTED_ORIGINS = CORS_ALLOWED_ORIGINS
 
 SECURE_CONTENT_TYPE_NOSNIFF = True
@@ -295,6 +330,7 @@ SPECTACULAR_SETTINGS = {
     "POSTPROCESSING_HOOKS": [
         "drf_spectacular.hooks.postprocess_schema_enums",
         "chat.openapi.add_views_outside_drf",
+        "chat.openapi.add_openai_endpoints",
     ],
 }
 

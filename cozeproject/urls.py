@@ -4,7 +4,7 @@ from django.templatetags.static import static
 from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
-from chat import apis, compat, views
+from chat import apis, compat, openai_api, views
 
 # Errors outside the views: JSON under the API's paths, Django's pages elsewhere (chat/errors.py).
 handler400 = "chat.errors.bad_request_view"
@@ -37,6 +37,10 @@ urlpatterns = [
     path("session/<str:session_id>/info", compat.legacy_session_info_view, name="legacy-session-info"),
     path("session/<str:session_id>/clear", compat.legacy_session_clear_view, name="legacy-session-clear"),
     path("api/coze-chat", compat.legacy_coze_chat_view, name="legacy-coze-chat"),
+    # The OpenAI-compatible API (docs/api.md §10).
+    path("v1/models", openai_api.models_view, name="openai-models"),
+    path("v1/models/<path:model>", openai_api.model_view, name="openai-model"),
+    path("v1/chat/completions", openai_api.chat_completions_view, name="openai-chat-completions"),
     path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="swagger-ui"),
     path("accounts/", include("django.contrib.auth.urls")),

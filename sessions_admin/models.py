@@ -114,6 +114,10 @@ class Conversation(models.Model):
     last_activity = models.DateTimeField(default=timezone.now)
     message_count = models.PositiveIntegerField(default=0)
     total_tokens = models.PositiveBigIntegerField(default=0)
+    # A digest of the owner, the bot and the answered turns (`chat.transcripts`), so the OpenAI
+    # path finds the session a client's resent history belongs to with one index lookup.
+    # (db_default: bulk loaders that COPY named columns leave it empty, i.e. never matched.)
+    transcript_hash = models.CharField(max_length=32, blank=True, default="", db_default="")
 
     class Meta:
         indexes = [
@@ -122,6 +126,7 @@ class Conversation(models.Model):
             models.Index(fields=["bot_id", "-last_activity"], name="conversation_bot_activity"),
             models.Index(fields=["total_tokens", "id"], name="conversation_tokens"),
             models.Index(fields=["message_count", "id"], name="conversation_messages"),
+            models.Index(fields=["transcript_hash"], name="conversation_transcript"),
         ]
 
     def __str__(self) -> str:
@@ -143,6 +148,7 @@ class Reply(models.Model):
         SSE = "sse", "SSE"
         WEBSOCKET = "websocket", "WebSocket"
         COMPAT = "compat", "Compatibility paths"
+        OPENAI = "openai", "OpenAI"
 
     session = models.ForeignKey(ChatSession, on_delete=models.CASCADE, related_name="replies")
     conversation = models.ForeignKey(Conversation, on_delete=models.CASCADE, related_name="replies")

@@ -20,7 +20,7 @@ from rest_framework import authentication, exceptions, permissions
 from chat.db import db_async
 from chat.errors import ChatError, csrf_detail
 from chat.inputs import Owner
-from sessions_admin.models import ApiClient, hash_api_key
+from sessions_admin.models import ApiClient, hash_api_key, looks_like_api_key
 
 BROWSER_SESSION_KEY = "chat_browser_id"
 LAST_USED_PRECISION = timedelta(minutes=1)
@@ -36,11 +36,17 @@ def bearer_key(authorization: str) -> str | None:
     return key.strip()
 
 
+def _invalid_key() -> ChatError:
+    return ChatError("unauthenticated", "Invalid or deactivated API key.")
+
+
 def owner_from_api_key(raw_key: str) -> Owner:
     """The owner for an API key; ChatError("unauthenticated") if unknown or deactivated."""
+    if not looks_like_api_key(raw_key):
+        raise _invalid_key()
     client = ApiClient.objects.filter(key_hash=hash_api_key(raw_key), is_active=True).only("pk", "last_used_at").first()
     if client is None:
-        raise ChatError("unauthenticated", "Invalid or deactivated API key.")
+        raise _invalid_key()
     now = timezone.now()
     # Record use at minute precision: one write per client per minute, not per request.
     if client.last_used_at is None or now - client.last_used_at > LAST_USED_PRECISION:
@@ -48,7 +54,7 @@ def owner_from_api_key(raw_key: str) -> Owner:
     return Owner(key=client.owner_key, api_client_id=client.pk)
 
 
-_aowner_from_api_key_uncached = db_async(owner_from_api_key)
+_aowner_from_api_key_uncached = db_async(owner_from_api_key, pool="auth")
 
 # Recently seen keys, so a burst of streams doesn't queue one database lookup each on the pool.
 # The price: deactivating a key takes up to this long to reach every worker.
@@ -80,6 +86,8 @@ def owner_from_api_key_cached(raw_key: str) -> Owner:
 
 async def aowner_from_api_key(raw_key: str) -> Owner:
     """`owner_from_api_key` for async code, remembering valid keys for KEY_CACHE_SECONDS."""
+    if not looks_like_api_key(raw_key):
+        raise _invalid_key()  # no database lookup for what can't be a key
     key_hash = hash_api_key(raw_key)
     owner = _cached_owner(key_hash)
     if owner is None:

@@ -2,8 +2,9 @@
 
 Django's `sync_to_async` gives each request its own thread (and so its own database connection,
 held until the response ends). A chat turn streams for seconds, so instead every database call
-of the service runs on a small fixed pool of threads, each keeping one connection: threads and
-connections stay bounded however many streams are open, and none is held while streaming.
+of the service runs on small fixed pools of threads, each thread keeping one connection: threads
+and connections stay bounded (CHAT_DB_THREADS + 3) however many streams are open, and none is
+held while streaming.
 """
 
 import functools
@@ -24,16 +25,26 @@ logger = logging.getLogger(__name__)
 P = ParamSpec("P")
 R = TypeVar("R")
 
-_executor: ThreadPoolExecutor | None = None
+# Separate pools, so that one kind of work can't queue behind another: the chat turns' database
+# steps; API-key lookups (a flood of wrong keys waits on its own threads, not ahead of turns);
+# the health check (it must answer while a thousand turns queue for the database).
+POOLS = ("chat", "auth", "health")
+_executors: dict[str, ThreadPoolExecutor] = {}
 _executor_lock = threading.Lock()
 
 
-def _get_executor() -> ThreadPoolExecutor:
-    global _executor
+def _pool_size(pool: str) -> int:
+    return settings.CHAT_DB_THREADS if pool == "chat" else 1 if pool == "health" else 2
+
+
+def _get_executor(pool: str) -> ThreadPoolExecutor:
     with _executor_lock:
-        if _executor is None:
-            _executor = ThreadPoolExecutor(max_workers=settings.CHAT_DB_THREADS, thread_name_prefix="chat-db")
-        return _executor
+        executor = _executors.get(pool)
+        if executor is None:
+            executor = _executors[pool] = ThreadPoolExecutor(
+                max_workers=_pool_size(pool), thread_name_prefix=f"{pool}-db"
+            )
+        return executor
 
 
 def _run_guarded(func: Callable[P, R], *args: P.args, **kwargs: P.kwargs) -> R:
@@ -51,35 +62,36 @@ def _run_guarded(func: Callable[P, R], *args: P.args, **kwargs: P.kwargs) -> R:
     raise AssertionError("unreachable")
 
 
-def db_async(func: Callable[P, R]) -> Callable[P, "R"]:
-    """Wrap a short sync database function to be awaited from the chat service."""
+def db_async(func: Callable[P, R] | None = None, *, pool: str = "chat"):
+    """Wrap a short sync database function to be awaited from async code, on the threads of `pool`."""
+    if func is None:
+        return functools.partial(db_async, pool=pool)
 
     @functools.wraps(func)
     async def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
-        call = sync_to_async(_run_guarded, thread_sensitive=False, executor=_get_executor())
+        call = sync_to_async(_run_guarded, thread_sensitive=False, executor=_get_executor(pool))
         return await call(func, *args, **kwargs)
 
     return wrapper
 
 
 def close_db_threads() -> None:
-    """Close the pool's connections and stop its threads (tests, shutdown). A new pool starts on demand."""
-    global _executor
+    """Close the pools' connections and stop their threads (tests, shutdown). New pools start on demand."""
     with _executor_lock:
-        executor, _executor = _executor, None
-    if executor is None:
-        return
-    workers = settings.CHAT_DB_THREADS
-    barrier = threading.Barrier(workers)
+        executors = dict(_executors)
+        _executors.clear()
+    for pool, executor in executors.items():
+        workers = _pool_size(pool)
+        barrier = threading.Barrier(workers)
 
-    def close_in_this_thread() -> None:
-        # The barrier makes each worker thread take exactly one of these calls.
-        try:
-            barrier.wait(timeout=5)
-        except threading.BrokenBarrierError:
-            pass
-        connections.close_all()
+        def close_in_this_thread(barrier=barrier) -> None:
+            # The barrier makes each worker thread take exactly one of these calls.
+            try:
+                barrier.wait(timeout=5)
+            except threading.BrokenBarrierError:
+                pass
+            connections.close_all()
 
-    for _ in range(workers):
-        executor.submit(close_in_this_thread)
-    executor.shutdown(wait=True)
+        for _ in range(workers):
+            executor.submit(close_in_this_thread)
+        executor.shutdown(wait=True)

@@ -116,7 +116,7 @@ def chat_page_view(request: HttpRequest) -> HttpResponse:
     )
 
 
-@db_async
+@db_async(pool="health")
 def _database_ok() -> None:
     with connection.cursor() as cursor:
         cursor.execute("SELECT 1")

@@ -7,6 +7,7 @@ may both use "s1". The `api_client`/`user` foreign keys repeat the owner for adm
 """
 
 import hashlib
+import re
 import secrets
 
 from django.conf import settings
@@ -14,6 +15,13 @@ from django.db import models
 from django.utils import timezone
 
 API_KEY_PREFIX = "cz_"
+# What create_with_key makes: the prefix and 32 random bytes in URL-safe base64.
+API_KEY_RE = re.compile(r"^cz_[A-Za-z0-9_-]{43}$")
+
+
+def looks_like_api_key(raw_key: str) -> bool:
+    """Whether `raw_key` could be one of our keys at all (checked before any database lookup)."""
+    return API_KEY_RE.match(raw_key) is not None
 
 
 def hash_api_key(raw_key: str) -> str:

@@ -18,6 +18,12 @@ class TurnControl:
     reason: str = "cancelled"  # or "interrupted" when the server shuts down
     task: asyncio.Task | None = None
     chat_id: str = ""
+    session_id: str = ""
+
+    @property
+    def stopping(self) -> bool:
+        """Stopped (client gone, cancel, shutdown) and busy storing how it ended, or already ended."""
+        return self.task is not None and (self.task.done() or self.task.cancelling() > 0)
 
     def stop(self, reason: str = "cancelled") -> None:
         self.reason = reason
@@ -30,6 +36,22 @@ running_turns: dict[str, TurnControl] = {}
 active_turns: set[TurnControl] = set()
 
 _background_tasks: set[asyncio.Task] = set()
+
+
+async def await_stopping_turn(*, owner_key: str, session_id: str, wait_seconds: float) -> bool:
+    """Wait (up to `wait_seconds`) for a turn of this session that is stopping here to be stored.
+
+    Returns whether there was one: a client that drops a reply and sends its next message at once
+    then finds the session free instead of busy.
+    """
+    tasks = [
+        control.task
+        for control in active_turns
+        if control.owner_key == owner_key and control.session_id == session_id and control.stopping
+    ]
+    if tasks:
+        await asyncio.wait(tasks, timeout=wait_seconds)
+    return bool(tasks)
 
 
 def in_background(coro) -> asyncio.Task:

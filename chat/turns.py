@@ -38,7 +38,7 @@ from django.conf import settings
 from django.utils import timezone
 
 from chat import cancellation, coze, metrics, ratelimit, turn_store
-from chat.control import TurnControl, active_turns, in_background, running_turns
+from chat.control import TurnControl, active_turns, await_stopping_turn, in_background, running_turns
 from chat.errors import ChatError
 from chat.events import (
     ChatEvent,
@@ -161,6 +161,9 @@ async def _open_upstream(*, chat_request: ChatRequest, route: Route) -> _Upstrea
     return _Upstream(chat, events, first)
 
 
+# How long a new turn waits for the session's previous turn, stopping on this worker, to be stored.
+PREVIOUS_TURN_WAIT_SECONDS = 3.0
+
 # How long a turn that won't use its upstream chat waits for Coze's chat object, to cancel it by id.
 ABANDON_WAIT_SECONDS = 5.0
 
@@ -224,12 +227,14 @@ async def _start(
 
 async def _store_start(**start) -> TurnContext:
     try:
-        return await turn_store.turn_start(**start)
+        turn = await turn_store.turn_start(**start)
     except (ChatError, turn_store.RouteChanged):
         raise
     except Exception:
         logger.exception("Could not store the start of a turn")
         raise ChatError("service_unavailable", "The message could not be stored; retry shortly.") from None
+    metrics.turn_started(turn.transport)  # every stored start is finished, and counted there, once
+    return turn
 
 
 async def _settle_cancelled_start(
@@ -261,11 +266,21 @@ async def _turn_events(
     then it counts as cancelled.
     """
     control = control or TurnControl(owner_key=owner.key)
+    control.session_id = chat_request.session_id or ""
     started = time.monotonic()
-    turn, opening = await _start(
-        owner=owner, chat_request=chat_request, transport=transport, control=control, started=started
-    )
-    metrics.turn_started(transport)
+    try:
+        turn, opening = await _start(
+            owner=owner, chat_request=chat_request, transport=transport, control=control, started=started
+        )
+    except ChatError as error:
+        # The session's previous reply may be ending here right now (its client just went away).
+        if error.code != "session_busy" or not await await_stopping_turn(
+            owner_key=owner.key, session_id=control.session_id, wait_seconds=PREVIOUS_TURN_WAIT_SECONDS
+        ):
+            raise
+        turn, opening = await _start(
+            owner=owner, chat_request=chat_request, transport=transport, control=control, started=started
+        )
     logger.info("Turn started: session %s, reply %s, via %s", turn.session_id, turn.reply_pk, transport)
     outcome = TurnOutcome()
     upstream: _Upstream | None = None

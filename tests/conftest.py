@@ -44,6 +44,17 @@ def coze_settings(settings, simulator):
     return settings
 
 
+@pytest.fixture(autouse=True)
+def _request_signals_as_in_production():
+    """Django's test Client reconnects `close_old_connections` to `request_started` after each of
+    its requests; take it off again, as `ChatConfig.ready` does for the servers (chat/apps.py)."""
+    from django.core import signals
+    from django.db import close_old_connections, reset_queries
+
+    signals.request_started.disconnect(close_old_connections)
+    signals.request_started.disconnect(reset_queries)
+
+
 @pytest.fixture(scope="session", autouse=True)
 def _close_db_threads_at_end(django_db_setup, django_db_blocker):
     yield

@@ -26,7 +26,7 @@ from django.db.models import Case, F, OuterRef, Q, Subquery, Value, When
 from django.db.models.functions import Substr
 from django.utils import timezone
 
-from chat import cancellation, coze, lifecycle, metrics, ratelimit
+from chat import cancellation, coze, lifecycle, limits, metrics
 from chat.db import db_async
 from chat.errors import ChatError
 from chat.events import (
@@ -362,14 +362,12 @@ def _in_background(coro) -> asyncio.Task:
 async def achat_stream(
     *, owner: Owner, chat_request: ChatRequest, transport: str, control: TurnControl | None = None
 ) -> AsyncIterator[ChatEvent]:
-    """One chat turn as events, within the owner's rate limits (see `_turn_events`).
+    """One chat turn as events, within the owner's limits and budgets (see `_turn_events`).
 
-    Raises ChatError("rate_limited") before anything is stored when the owner is over its
-    requests per minute or concurrent streams.
+    Raises ChatError (`rate_limited`, `quota_exceeded`, `bot_not_allowed`; see chat.limits)
+    before anything is stored when the owner may not start a turn now.
     """
-    await ratelimit.acheck_request(owner.key)
-    slot_id = uuid.uuid4().hex
-    slot_taken = await ratelimit.aacquire_stream(owner.key, slot_id)
+    admission = await limits.aadmit_turn(owner=owner, bot_id=chat_request.bot_id or settings.COZE_BOT_ID)
     try:
         async with contextlib.aclosing(
             _turn_events(owner=owner, chat_request=chat_request, transport=transport, control=control)
@@ -377,8 +375,7 @@ async def achat_stream(
             async for event in events:
                 yield event
     finally:
-        if slot_taken:
-            _in_background(ratelimit.arelease_stream(owner.key, slot_id))
+        _in_background(limits.arelease_turn(admission))
 
 
 async def _turn_events(

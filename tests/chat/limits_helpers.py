@@ -30,7 +30,8 @@ def reset_counters() -> None:
     limits.forget_cached_limits()
     if settings.REDIS_URL:
         client = redis.from_url(settings.REDIS_URL)
-        keys = list(client.scan_iter("cozeproject:*"))
+        # Only the limiter's keys: the channel layer of running workers shares the prefix.
+        keys = [*client.scan_iter("cozeproject:rl:*"), *client.scan_iter("cozeproject:streams:*")]
         if keys:
             client.delete(*keys)
 

@@ -747,28 +747,6 @@ def usage_totals(queryset) -> dict:
 # --- API clients ------------------------------------------------------------------------------
 
 
-class BudgetAlertInline(admin.TabularInline):
-    """The budget alerts of one client, newest first (read-only: they record what was sent)."""
-
-    model = BudgetAlert
-    extra = 0
-    can_delete = False
-    fields = ["created_at", "period", "period_start", "threshold", "used", "limit", "delivery"]
-    readonly_fields = fields
-    ordering = ["-created_at"]
-    verbose_name_plural = "budget alerts sent"
-
-    def has_add_permission(self, request, obj=None) -> bool:
-        return False
-
-    def has_change_permission(self, request, obj=None) -> bool:
-        return False
-
-    @admin.display(description="delivery")
-    def delivery(self, obj: BudgetAlert) -> str:
-        return alert_delivery(obj)
-
-
 def alert_delivery(alert: BudgetAlert) -> str:
     if alert.delivered_at is not None:
         return f"delivered {timezone.localtime(alert.delivered_at):%Y-%m-%d %H:%M:%S} (attempt {alert.attempts})"
@@ -791,6 +769,7 @@ def client_spend(period_start_field: str):
     )
 
 
+ALERTS_SHOWN = 20
 LIMIT_FIELDS = [
     "rate_limit_per_minute",
     "max_concurrent_streams",
@@ -810,7 +789,6 @@ class ApiClientAdmin(admin.ModelAdmin):
     search_fields = ["name", "key_prefix"]
     ordering = ["name"]
     actions = ["deactivate", "activate"]
-    inlines = [BudgetAlertInline]
 
     def get_fieldsets(self, request, obj=None):
         limits_section = (
@@ -821,16 +799,13 @@ class ApiClientAdmin(admin.ModelAdmin):
             return [(None, {"fields": ["name"]}), limits_section]
         return [
             (None, {"fields": ["name", "is_active"]}),
-            ("Use (UTC)", {"fields": ["budget_use_detail"]}),
+            ("Use (UTC)", {"fields": ["budget_use_detail", "alerts_sent"]}),
             limits_section,
             ("Key", {"fields": ["key_prefix", "created_at", "last_used_at"]}),
         ]
 
     def get_readonly_fields(self, request, obj=None):
-        return [] if obj is None else ["key_prefix", "created_at", "last_used_at", "budget_use_detail"]
-
-    def get_inlines(self, request, obj):
-        return self.inlines if obj is not None else []
+        return [] if obj is None else ["key_prefix", "created_at", "last_used_at", "budget_use_detail", "alerts_sent"]
 
     def get_queryset(self, request):
         from chat import limits  # the budgets' clock
@@ -867,6 +842,37 @@ class ApiClientAdmin(admin.ModelAdmin):
             f"{limits.day_reset(at):%Y-%m-%d %H:%M}",
             mark_safe(budget_bar(spend.month_tokens, obj.monthly_token_budget)),  # noqa: S308
             f"{limits.month_reset(at):%Y-%m-%d %H:%M}",
+        )
+
+    @admin.display(description="budget alerts sent")
+    def alerts_sent(self, obj: ApiClient):
+        # Shown, not an inline formset: the records are read-only, and a formset would make every
+        # save of this form need its management fields.
+        alerts = list(obj.budget_alerts.order_by("-created_at")[:ALERTS_SHOWN])
+        if not alerts:
+            return "None yet."
+        rows = format_html_join(
+            "",
+            "<tr><td>{}</td><td>{} from {}</td><td>{}%</td><td>{} of {}</td><td>{}</td></tr>",
+            (
+                (
+                    f"{timezone.localtime(alert.created_at):%Y-%m-%d %H:%M}",
+                    alert.period,
+                    alert.period_start,
+                    alert.threshold,
+                    f"{alert.used:,}",
+                    f"{alert.limit:,}",
+                    alert_delivery(alert),
+                )
+                for alert in alerts
+            ),
+        )
+        link = reverse("admin:sessions_admin_budgetalert_changelist") + "?" + urlencode({"api_client": obj.pk})
+        return format_html(
+            '<table class="budget-alerts"><thead><tr><th>when</th><th>period</th><th>threshold</th><th>tokens</th>'
+            '<th>delivery</th></tr></thead><tbody>{}</tbody></table><a href="{}">all alerts of this client</a>',
+            rows,
+            link,
         )
 
     @admin.display(description="sessions")
@@ -915,7 +921,7 @@ class BudgetAlertAdmin(BigTableAdmin):
     """Budget alerts: each threshold a client crossed, and whether the webhook got it."""
 
     list_display = ["created_at", "api_client", "period", "period_start", "threshold", "used", "limit", "delivery"]
-    list_filter = ["period", "threshold"]
+    list_filter = ["period", "threshold", "api_client"]
     list_select_related = ["api_client"]
     ordering = ["-created_at"]
 

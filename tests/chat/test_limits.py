@@ -317,8 +317,6 @@ def test_staff_raising_a_budget_in_admin_takes_effect_without_a_restart(http, cl
             "daily_token_budget": "100000",
             "monthly_token_budget": "",
             "allowed_bot_ids": "",
-            "budget_alerts-TOTAL_FORMS": "0",
-            "budget_alerts-INITIAL_FORMS": "0",
         },
     )
 

@@ -237,7 +237,9 @@ async def test_the_in_process_counters_forget_owners_that_hold_nothing(settings)
     assert list(limits._local.streams) == ["browser:crashed"]
 
     await asyncio.sleep(0.3)
-    await limits.arelease_turn(await limits.aadmit_turn(owner=Owner(key="browser:crashed"), bot_id="b"))
+    await limits.arelease_turn(
+        await limits.aadmit_turn(owner=Owner(key="browser:crashed"), bot_id=settings.COZE_BOT_ID)
+    )
 
     assert limits._local.streams == {}
 
@@ -245,13 +247,13 @@ async def test_the_in_process_counters_forget_owners_that_hold_nothing(settings)
 # --- GET /api/usage ---------------------------------------------------------------------------
 
 
-def test_usage_reports_todays_and_this_months_replies_limits_and_what_is_left(http, settings):
+def test_usage_reports_todays_and_this_months_replies_limits_and_what_is_left(http, asgi_server, settings):
     settings.CHAT_RATE_LIMIT_PER_MINUTE = 600
     settings.CHAT_MAX_CONCURRENT_STREAMS = 200
     _, key = new_client(daily_token_budget=1000, monthly_token_budget=20_000, max_concurrent_streams=3)
     _, other_key = new_client()
-    tokens = [send_turn(http.base_url.__str__().rstrip("/"), key, transport).tokens for transport in TRANSPORTS[:3]]
-    send_turn(str(http.base_url).rstrip("/"), other_key, "sync")
+    tokens = [send_turn(asgi_server.url, key, transport).tokens for transport in ("sync", "sse", "websocket")]
+    send_turn(asgi_server.url, other_key, "sync")  # someone else's use is not ours
 
     usage = http.get("/api/usage", headers=auth(key))
 
@@ -279,20 +281,21 @@ def test_usage_of_a_client_without_budgets_has_no_remaining(http, settings):
     assert http.get("/api/usage").status_code == 401
 
 
-def test_usage_counts_a_month_across_days(http, clock):
-    _, key = new_client(daily_token_budget=10_000)
+def test_usage_starts_afresh_each_utc_day_and_month(http, clock):
+    _, key = new_client()
     clock.at = today_at(9)
     tokens = http.post("/api/chat", json={"message": "hi"}, headers=auth(key)).json()["usage"]["total_tokens"]
-    real_today = clock.at.date()
-
-    clock.at = today_at(9, day=last_day_of_month(real_today)) + timedelta(days=1)
+    same_day = http.get("/api/usage", headers=auth(key)).json()
+    clock.at = today_at(0) + timedelta(days=1)
+    next_day = http.get("/api/usage", headers=auth(key)).json()
+    clock.at = limits.month_reset(today_at(9))
     next_month = http.get("/api/usage", headers=auth(key)).json()
-    if real_today.day < last_day_of_month(real_today).day:
-        clock.at = today_at(9) + timedelta(days=1)
-        tomorrow = http.get("/api/usage", headers=auth(key)).json()
-        assert tomorrow["today"]["tokens"] == 0 and tomorrow["month"]["tokens"] == tokens
 
-    assert next_month["today"]["tokens"] == 0 and next_month["month"] == {"tokens": 0, "replies": 0}
+    assert same_day["today"] == same_day["month"] == {"tokens": tokens, "replies": 1}
+    assert next_day["today"] == {"tokens": 0, "replies": 0}
+    tomorrow_in_this_month = (today_at(0) + timedelta(days=1)).day != 1
+    assert next_day["month"] == ({"tokens": tokens, "replies": 1} if tomorrow_in_this_month else next_day["today"])
+    assert next_month["today"] == next_month["month"] == {"tokens": 0, "replies": 0}
 
 
 # --- admin edits ------------------------------------------------------------------------------

@@ -74,10 +74,10 @@ def record_alerts(*, api_client_id: int, owner_key: str, budget_limits: "limits.
             except IntegrityError:
                 continue  # alerted already (perhaps by another worker this very moment)
             created.append(alert.pk)
+    # Also alerts whose sender died (after inserting, or between retries); claiming decides who sends.
     pending = BudgetAlert.objects.filter(
         api_client_id=api_client_id,
         delivered_at__isnull=True,
-        attempts__gt=0,
         attempts__lt=MAX_ATTEMPTS,
         next_attempt_at__lte=timezone.now(),
     ).values_list("pk", flat=True)

@@ -13,7 +13,9 @@ Before Coze is called, `aadmit_turn` checks, in this order:
    flight spend beyond their reservations; a running reply is never cut.
 
 Steps 3 and 4 run as one atomic step (a Lua script in Redis with REDIS_URL, a lock in-process
-otherwise), so workers racing for the last slot or the last tokens can't both win. Spend is read
+otherwise), so workers racing for the last slot or the last tokens can't both win. (The spend
+is read just before that step: a reply stored and released in between is missed by this one
+admission, which can then let one more reply in than the bound above.) Spend is read
 from the daily usage rollup (`DailyUsage`), which `turn_finish` updates in the same transaction
 that stores a reply: a reply's tokens count from the moment it is stored, in every worker.
 DailyUsage days are UTC days because TIME_ZONE is UTC; budgets follow them (a reply counts on

@@ -2,6 +2,7 @@
 threshold, retried with backoff after a failure, never in the way of a chat — against a small
 HTTP server run by the test."""
 
+import asyncio
 import json
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -111,18 +112,20 @@ def limits_owner(client: ApiClient):
     return Owner(key=client.owner_key, api_client_id=client.pk)
 
 
-def test_two_workers_noticing_the_same_crossing_record_one_alert(asgi_server, settings):
+def test_workers_noticing_the_same_crossing_at_once_send_each_alert_once(asgi_server, webhook, settings):
+    settings.CHAT_BUDGET_ALERT_WEBHOOK = ""  # the check below stands in for the server's
     settings.CHAT_BUDGET_ALERT_THRESHOLDS = [50, 100]
     client, key = ApiClient.create_with_key(name="raced", monthly_token_budget=1)
     assert send_turn(asgi_server.url, key, "sync").status == 200
+    settings.CHAT_BUDGET_ALERT_WEBHOOK = webhook.url
     budget_limits = limits.limits_for(limits_owner(client))
-    results: list[list[int]] = []
+    to_send: list[int] = []
     start = threading.Barrier(4)
 
     def worker():
         start.wait()
         try:
-            results.append(
+            to_send.extend(
                 alerts.record_alerts(api_client_id=client.pk, owner_key=client.owner_key, budget_limits=budget_limits)
             )
         finally:
@@ -134,8 +137,14 @@ def test_two_workers_noticing_the_same_crossing_record_one_alert(asgi_server, se
     for thread in threads:
         thread.join(10)
 
-    assert sorted(pk for result in results for pk in result) == sorted(BudgetAlert.objects.values_list("pk", flat=True))
+    async def deliver_all():
+        return await asyncio.gather(*[alerts.adeliver(pk) for pk in to_send])
+
+    sent = asyncio.run(deliver_all())
+
     assert sorted(BudgetAlert.objects.values_list("period", "threshold")) == [("month", 50), ("month", 100)]
+    assert sent.count(True) == 2
+    assert sorted(body["threshold"] for body in webhook.received) == [50, 100]
 
 
 def test_a_failed_delivery_is_retried_with_backoff(asgi_server, webhook, settings):
@@ -189,3 +198,17 @@ def test_no_webhook_no_alerts(asgi_server, settings):
     assert send_turn(asgi_server.url, key, "sync").status == 200
     assert send_turn(asgi_server.url, key, "sync").code == "quota_exceeded"
     assert not BudgetAlert.objects.exists()
+
+
+def test_an_alert_whose_sender_died_goes_out_after_the_clients_next_reply(asgi_server, webhook, settings):
+    settings.CHAT_BUDGET_ALERT_THRESHOLDS = [100]
+    client, key = ApiClient.create_with_key(name="orphaned", monthly_token_budget=1_000_000)
+    first_of_month = limits.now().date().replace(day=1)
+    BudgetAlert.objects.create(
+        api_client=client, period="month", period_start=first_of_month, threshold=100, used=9, limit=9, attempts=1
+    )
+
+    assert send_turn(asgi_server.url, key, "sync").status == 200
+
+    wait_until(lambda: BudgetAlert.objects.get().delivered_at is not None)
+    assert webhook.received == [{"client": "orphaned", "period": "month", "used": 9, "limit": 9, "threshold": 100}]

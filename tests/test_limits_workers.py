@@ -111,3 +111,19 @@ def test_replies_in_flight_on_both_workers_bound_a_budget(workers):
     assert Reply.objects.filter(api_client=client).count() == 3
     wait_until(lambda: Reply.objects.filter(api_client=client, status="completed").count() == 3)
     assert send_turn(second.url, key, "sync", session_id="s3").status == 200
+
+
+def test_a_raised_budget_reaches_every_worker_without_a_restart(workers):
+    client, key = ApiClient.create_with_key(name="raised", daily_token_budget=5)
+    assert send_turn(workers[0].url, key, "sync").status == 200
+    assert [send_turn(worker.url, key, "sync").code for worker in workers] == ["quota_exceeded"] * 2
+
+    # What saving the client's admin page does.
+    ApiClient.objects.filter(pk=client.pk).update(daily_token_budget=100_000)
+
+    for worker in workers:
+        wait_until(
+            lambda url=worker.url: send_turn(url, key, "sync").status == 200,
+            timeout=limits.LIMITS_CACHE_SECONDS + 10,
+            interval=0.5,
+        )

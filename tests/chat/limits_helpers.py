@@ -11,9 +11,17 @@ from websockets.sync.client import connect
 
 from chat import limits
 from chat.errors import ERROR_CODES
+from chat.services import Owner  # chat.inputs once services.py is split
 from chat.sse import parse_sse
 
 TRANSPORTS = ("sync", "sse", "websocket", "compat", "coze_chat")
+
+__all__ = ["TRANSPORTS", "Answer", "Owner", "client_owner", "reset_counters", "send_turn"]
+
+
+def client_owner(client) -> Owner:
+    """The Owner an API key of `client` authenticates as."""
+    return Owner(key=client.owner_key, api_client_id=client.pk)
 
 
 @dataclass

@@ -12,7 +12,7 @@ from django.db import connection
 
 from chat import alerts, limits
 from sessions_admin.models import ApiClient, BudgetAlert, DailyUsage
-from tests.chat.limits_helpers import TRANSPORTS, reset_counters, send_turn
+from tests.chat.limits_helpers import TRANSPORTS, client_owner, reset_counters, send_turn
 from tests.conftest import wait_until
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -101,15 +101,9 @@ def test_each_threshold_is_alerted_once_per_client_and_period(asgi_server, webho
     assert sorted(webhook.received, key=lambda body: body["threshold"]) == expected
     wait_until(lambda: BudgetAlert.objects.filter(delivered_at__isnull=False).count() == 3)
     # Noticing the same use again (another worker, a later reply) sends nothing new.
-    at_limits = limits.limits_for(limits_owner(client))
+    at_limits = limits.limits_for(client_owner(client))
     assert alerts.record_alerts(api_client_id=client.pk, owner_key=client.owner_key, budget_limits=at_limits) == []
     assert len(webhook.received) == 3
-
-
-def limits_owner(client: ApiClient):
-    from chat.services import Owner
-
-    return Owner(key=client.owner_key, api_client_id=client.pk)
 
 
 def test_workers_noticing_the_same_crossing_at_once_send_each_alert_once(webhook, settings):
@@ -117,7 +111,7 @@ def test_workers_noticing_the_same_crossing_at_once_send_each_alert_once(webhook
     client, _ = ApiClient.create_with_key(name="raced", monthly_token_budget=1)
     # The client's replies as the rollup has them (four workers will notice them at once).
     DailyUsage.objects.create(day=limits.now().date(), bot_id="bot", owner_key=client.owner_key, total_tokens=7)
-    budget_limits = limits.limits_for(limits_owner(client))
+    budget_limits = limits.limits_for(client_owner(client))
     to_send: list[int] = []
     start = threading.Barrier(4)
 

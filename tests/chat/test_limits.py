@@ -12,9 +12,8 @@ from django.test import Client
 
 from chat import limits
 from chat.errors import ChatError
-from chat.services import Owner
 from sessions_admin.models import ApiClient, Reply
-from tests.chat.limits_helpers import TRANSPORTS, reset_counters, send_turn
+from tests.chat.limits_helpers import TRANSPORTS, Owner, client_owner, reset_counters, send_turn
 from tests.conftest import auth, wait_until
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -181,7 +180,7 @@ def test_reset_moments_are_utc_midnights():
 async def test_concurrent_first_turns_are_bounded_by_reservations_of_the_replies_in_flight(settings):
     settings.CHAT_BUDGET_RESERVE_TOKENS = 40
     client, _ = await asyncio.to_thread(new_client, daily_token_budget=100)
-    owner = Owner(key=client.owner_key, api_client_id=client.pk)
+    owner = client_owner(client)
 
     results = await asyncio.gather(
         *[limits.aadmit_turn(owner=owner, bot_id=settings.COZE_BOT_ID) for _ in range(6)], return_exceptions=True

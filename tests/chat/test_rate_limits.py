@@ -7,7 +7,7 @@ import redis
 from django.conf import settings as django_settings
 
 from chat import limits
-from chat.services import Owner
+from tests.chat.limits_helpers import Owner
 from tests.conftest import auth, wait_until
 
 pytestmark = pytest.mark.django_db(transaction=True)

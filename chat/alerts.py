@@ -1,4 +1,4 @@
-"""Budget alerts (API.md §11): when an API client's use crosses a threshold of a budget, POST
+"""Budget alerts (docs/api.md §11): when an API client's use crosses a threshold of a budget, POST
 `{"client","period","used","limit","threshold"}` to CHAT_BUDGET_ALERT_WEBHOOK.
 
 * Once per client, period (that day or month) and threshold: each crossing is a `BudgetAlert`

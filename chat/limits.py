@@ -1,4 +1,4 @@
-"""The one place that says whether a turn may start: per-client limits and token budgets (API.md §11).
+"""The one place that says whether a turn may start: per-client limits and token budgets (docs/api.md §11).
 
 Before Coze is called, `aadmit_turn` checks, in this order:
 

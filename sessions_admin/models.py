@@ -30,7 +30,7 @@ class ApiClient(models.Model):
     is_active = models.BooleanField(default=True)
     created_at = models.DateTimeField(default=timezone.now)
     last_used_at = models.DateTimeField(null=True, blank=True)
-    # Limits of this client (API.md §11); empty uses the server-wide default. Read by chat.limits,
+    # Limits of this client (docs/api.md §11); empty uses the server-wide default. Read by chat.limits,
     # which caches them for a few seconds, so an edit takes effect without a restart.
     rate_limit_per_minute = models.PositiveIntegerField(
         null=True, blank=True, help_text="Requests a minute; 0 = no limit; empty = CHAT_RATE_LIMIT_PER_MINUTE."

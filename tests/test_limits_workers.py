@@ -1,4 +1,4 @@
-"""Per-client limits and budgets hold between two real server processes (API.md §11): what one
+"""Per-client limits and budgets hold between two real server processes (docs/api.md §11): what one
 worker lets through counts in the other, on every transport."""
 
 from datetime import UTC, datetime

@@ -1,4 +1,4 @@
-"""Budget alerts (API.md §11): a POST to CHAT_BUDGET_ALERT_WEBHOOK once per client, period and
+"""Budget alerts (docs/api.md §11): a POST to CHAT_BUDGET_ALERT_WEBHOOK once per client, period and
 threshold, retried with backoff after a failure, never in the way of a chat — against a small
 HTTP server run by the test."""
 

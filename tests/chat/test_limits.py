@@ -1,4 +1,4 @@
-"""Limits and token budgets per API client (API.md §11): each limit on each transport, budget
+"""Limits and token budgets per API client (docs/api.md §11): each limit on each transport, budget
 resets at UTC midnight and month start, replies in flight against a budget, stream slots,
 GET /api/usage, and admin edits taking effect without a restart."""
 

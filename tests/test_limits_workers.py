@@ -1,19 +1,23 @@
 """Per-client limits and budgets hold between two real server processes (docs/api.md §11): what one
 worker lets through counts in the other, on every transport."""
 
+import json
 from datetime import UTC, datetime
 
+import httpx
 import pytest
 
 from chat import limits
 from sessions_admin.models import ApiClient, Reply
 from tests.chat.limits_helpers import TRANSPORTS, reset_counters, send_turn
-from tests.conftest import wait_until
+from tests.conftest import auth, wait_until
 from tests.test_workers import ServerProcess, needs_redis, open_stream, read_rest
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
 OTHER_BOT = "7000000000000000002"
+# About 3 s of deltas: still streaming while the test sends its other turns, even on a loaded machine.
+LONG_REPLY = "[sim:slow=200] a long reply, please, for this test"
 RESERVE_TOKENS = 40
 
 
@@ -79,7 +83,7 @@ def test_a_clients_rate_limit_is_shared_between_workers_on_every_transport(worke
 def test_a_clients_stream_limit_is_shared_between_workers_on_every_transport(workers):
     first, second = workers
     _, key = ApiClient.create_with_key(name="streams", max_concurrent_streams=1)
-    stream, lines, _ = open_stream(first.url, key, {"message": "[sim:slow=100] long", "session_id": "long"})
+    stream, lines, _ = open_stream(first.url, key, {"message": LONG_REPLY, "session_id": "long"})
     rest, reader = read_rest(lines)
 
     answers = {transport: send_turn(second.url, key, transport) for transport in TRANSPORTS}
@@ -99,7 +103,7 @@ def test_replies_in_flight_on_both_workers_bound_a_budget(workers):
     client, key = ApiClient.create_with_key(name="reserved", daily_token_budget=100)
     streams = []
     for index, worker in enumerate((first, second, first)):
-        stream, lines, _ = open_stream(worker.url, key, {"message": "[sim:slow=100] long", "session_id": f"s{index}"})
+        stream, lines, _ = open_stream(worker.url, key, {"message": LONG_REPLY, "session_id": f"s{index}"})
         streams.append((stream, *read_rest(lines)))
 
     fourth = send_turn(second.url, key, "sync", session_id="s3")
@@ -109,8 +113,14 @@ def test_replies_in_flight_on_both_workers_bound_a_budget(workers):
         stream.close()
     assert (fourth.status, fourth.code) == (429, "rate_limited")
     assert Reply.objects.filter(api_client=client).count() == 3
-    wait_until(lambda: Reply.objects.filter(api_client=client, status="completed").count() == 3)
-    assert send_turn(second.url, key, "sync", session_id="s3").status == 200
+    completed = [json.loads(line[6:]) for _, rest, _ in streams for line in rest if '"type":"completed"' in line]
+    spent = sum(event["usage"]["total_tokens"] for event in completed)
+    assert len(completed) == 3
+    # Ended replies count in full and free their reservations: now the budget alone decides.
+    usage = httpx.get(second.url + "/api/usage", headers=auth(key), timeout=30).json()
+    after = send_turn(second.url, key, "sync", session_id="s3")
+    assert usage["today"] == {"tokens": spent, "replies": 3}
+    assert (after.status, after.code) == ((200, None) if spent < 100 else (429, "quota_exceeded"))
 
 
 def test_a_raised_budget_reaches_every_worker_without_a_restart(workers):

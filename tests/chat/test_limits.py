@@ -19,6 +19,8 @@ from tests.conftest import auth, wait_until
 pytestmark = pytest.mark.django_db(transaction=True)
 
 OTHER_BOT = "7000000000000000002"
+# About 3 s of deltas: still streaming while the test sends its other turns, even on a loaded machine.
+LONG_REPLY = "[sim:slow=200] a long reply, please, for this test"
 
 
 @pytest.fixture(autouse=True)
@@ -106,7 +108,7 @@ def test_a_clients_own_stream_limit_answers_rate_limited_while_its_replies_run(a
     slow = threading.Thread(
         target=send_turn,
         args=(asgi_server.url, key, "sync"),
-        kwargs={"message": "[sim:slow=100] long", "session_id": "a"},
+        kwargs={"message": LONG_REPLY, "session_id": "a"},
     )
     slow.start()
     wait_until(lambda: Reply.objects.filter(api_client=client, status="in_progress").exists())

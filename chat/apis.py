@@ -7,7 +7,7 @@ from rest_framework.generics import ListAPIView
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from chat import sessions, turns
+from chat import limits, sessions, turns
 from chat.serializers import (
     ChatRequestSerializer,
     MessageSerializer,
@@ -166,3 +166,40 @@ class SessionClearApi(APIView):
                 "message": SESSION_CLEARED_MESSAGE,
             }
         )
+
+
+USAGE_RESPONSE = inline_serializer(
+    "UsageResponse",
+    {
+        "today": inline_serializer(
+            "UsagePeriod", {"tokens": serializers.IntegerField(), "replies": serializers.IntegerField()}
+        ),
+        "month": inline_serializer(
+            "UsageMonth", {"tokens": serializers.IntegerField(), "replies": serializers.IntegerField()}
+        ),
+        "limits": inline_serializer(
+            "UsageLimits",
+            {
+                "rpm": serializers.IntegerField(allow_null=True),
+                "max_streams": serializers.IntegerField(allow_null=True),
+                "daily_tokens": serializers.IntegerField(allow_null=True),
+                "monthly_tokens": serializers.IntegerField(allow_null=True),
+            },
+        ),
+        "remaining": inline_serializer(
+            "UsageRemaining",
+            {
+                "daily_tokens": serializers.IntegerField(allow_null=True),
+                "monthly_tokens": serializers.IntegerField(allow_null=True),
+            },
+        ),
+    },
+)
+
+
+class UsageApi(APIView):
+    """The caller's own token use (today and this month, UTC), its limits and what is left of its budgets."""
+
+    @extend_schema(tags=["usage"], responses={200: USAGE_RESPONSE, **ERRORS}, summary="Your use, limits and budgets")
+    def get(self, request):
+        return Response(limits.usage_report(request.auth))

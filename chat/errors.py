@@ -39,6 +39,7 @@ ERROR_CODES: dict[str, tuple[int, str, bool]] = {
     "payload_too_large": (413, "The request body is too large.", False),
     "unsupported_media_type": (415, "The request body must be application/json.", False),
     "rate_limited": (429, "Too many requests; slow down.", True),
+    "quota_exceeded": (429, "This client's token budget is used up until it resets.", False),
     "upstream_rate_limited": (429, "Coze is rate limiting this server; retry later.", True),
     "internal_error": (500, "Internal server error.", True),
     "upstream_auth_failed": (502, "Coze rejected this server's credentials; the server needs reconfiguring.", False),

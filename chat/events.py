@@ -92,15 +92,19 @@ class ErrorEvent:
     code: str
     detail: str
     retryable: bool
+    retry_after: int | None = None  # seconds, as the Retry-After header of HTTP answers
     type: str = "error"
 
     @classmethod
     def from_error(cls, error) -> "ErrorEvent":
         """The event for a `chat.errors.ChatError`."""
-        return cls(code=error.code, detail=error.detail, retryable=error.retryable)
+        return cls(code=error.code, detail=error.detail, retryable=error.retryable, retry_after=error.retry_after)
 
     def as_dict(self) -> dict:
-        return {"type": self.type, "code": self.code, "detail": self.detail, "retryable": self.retryable}
+        body = {"type": self.type, "code": self.code, "detail": self.detail, "retryable": self.retryable}
+        if self.retry_after is not None:
+            body["retry_after"] = self.retry_after
+        return body
 
 
 ChatEvent = SessionEvent | ReasoningEvent | DeltaEvent | FollowUpEvent | CompletedEvent | ErrorEvent

@@ -37,7 +37,7 @@ from collections.abc import AsyncIterator
 from django.conf import settings
 from django.utils import timezone
 
-from chat import cancellation, coze, metrics, ratelimit, turn_store
+from chat import cancellation, coze, limits, metrics, turn_store
 from chat.control import TurnControl, active_turns, await_stopping_turn, in_background, running_turns
 from chat.errors import ChatError
 from chat.events import (
@@ -107,14 +107,12 @@ async def _route_for(*, owner: Owner, chat_request: ChatRequest, session_id: str
 async def achat_stream(
     *, owner: Owner, chat_request: ChatRequest, transport: str, control: TurnControl | None = None
 ) -> AsyncIterator[ChatEvent]:
-    """One chat turn as events, within the owner's limits (see `_turn_events`).
+    """One chat turn as events, within the owner's limits and budgets (see `_turn_events`).
 
-    Raises ChatError("rate_limited") before anything is stored when the owner is over its
-    requests per minute or concurrent streams.
+    Raises ChatError (`rate_limited`, `quota_exceeded`, `bot_not_allowed`; see chat.limits)
+    before anything is stored when the owner may not start a turn now.
     """
-    await ratelimit.acheck_request(owner.key)
-    slot_id = uuid.uuid4().hex
-    slot_taken = await ratelimit.aacquire_stream(owner.key, slot_id)
+    admission = await limits.aadmit_turn(owner=owner, bot_id=chat_request.bot_id or settings.COZE_BOT_ID)
     try:
         async with contextlib.aclosing(
             _turn_events(owner=owner, chat_request=chat_request, transport=transport, control=control)
@@ -122,8 +120,7 @@ async def achat_stream(
             async for event in events:
                 yield event
     finally:
-        if slot_taken:
-            in_background(ratelimit.arelease_stream(owner.key, slot_id))
+        in_background(limits.arelease_turn(admission))
 
 
 class _Upstream:

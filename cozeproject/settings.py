@@ -164,8 +164,24 @@ if CHAT_METRICS_PUBLIC and CHAT_METRICS_TOKEN:
         "CHAT_METRICS_PUBLIC=1 with CHAT_METRICS_TOKEN set: choose one (a token, or an open /metrics)."
     )
 # Per-owner limits (0 turns a limit off); shared between workers through Redis when configured.
+# They are the defaults of API clients that have no limit of their own (see chat/limits.py).
 CHAT_RATE_LIMIT_PER_MINUTE = env_number("CHAT_RATE_LIMIT_PER_MINUTE", 600, minimum=0, cast=int)
-CHAT_MAX_CONCURRENT_STREAMS = env_number("CHAT_MAX_CONCURRENT_STREAMS", 50, minimum=0, cast=int)
+# 200 = 10 requests a second (600 a minute) times replies of about 20 s (Little's law): a backend serving
+# many end users through one key meets its rate limit before this one, not the other way round.
+CHAT_MAX_CONCURRENT_STREAMS = env_number("CHAT_MAX_CONCURRENT_STREAMS", 200, minimum=0, cast=int)
+# Tokens each reply in flight is assumed to cost against a budget until the client has replies
+# this month (then its average reply is used); see chat/limits.py.
+CHAT_BUDGET_RESERVE_TOKENS = env_number("CHAT_BUDGET_RESERVE_TOKENS", 1000, minimum=0, cast=int)
+# Budget alerts: POSTed here when a client's use crosses a threshold (percent of a budget).
+CHAT_BUDGET_ALERT_WEBHOOK = env.str("CHAT_BUDGET_ALERT_WEBHOOK", default="")
+try:
+    CHAT_BUDGET_ALERT_THRESHOLDS = sorted(
+        {int(item) for item in env_list("CHAT_BUDGET_ALERT_THRESHOLDS") or ["80", "95", "100"]}
+    )
+except ValueError:
+    raise ImproperlyConfigured("CHAT_BUDGET_ALERT_THRESHOLDS must be a comma list of whole percentages") from None
+if any(not 0 < threshold <= 1000 for threshold in CHAT_BUDGET_ALERT_THRESHOLDS):
+    raise ImproperlyConfigured("CHAT_BUDGET_ALERT_THRESHOLDS must be percentages between 1 and 1000")
 # Threads that run the chat service's database calls; each keeps one connection.
 CHAT_DB_THREADS = env_number("CHAT_DB_THREADS", 4, minimum=1, cast=int)
 # A session lock not renewed for this long belongs to a crashed worker and may be taken over.
@@ -311,7 +327,7 @@ REST_FRAMEWORK = {
     "DEFAULT_PERMISSION_CLASSES": ["chat.auth.IsChatOwner"],
     "DEFAULT_PARSER_CLASSES": ["rest_framework.parsers.JSONParser"],
     "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
-    "DEFAULT_THROTTLE_CLASSES": ["chat.ratelimit.OwnerRateThrottle"],
+    "DEFAULT_THROTTLE_CLASSES": ["chat.limits.OwnerRateThrottle"],
     "DEFAULT_PAGINATION_CLASS": "rest_framework.pagination.PageNumberPagination",
     "PAGE_SIZE": 50,
     "EXCEPTION_HANDLER": "chat.errors.api_exception_handler",

@@ -27,6 +27,7 @@ urlpatterns = [
     path("api/chat", apis.ChatSendApi.as_view(), name="chat-send"),
     path("api/chat/stream", views.chat_stream_view, name="chat-stream"),
     path("api/chats/<str:chat_id>/cancel", apis.ChatCancelApi.as_view(), name="chat-cancel"),
+    path("api/usage", apis.UsageApi.as_view(), name="usage"),
     path("api/sessions", apis.SessionListApi.as_view(), name="session-list"),
     path("api/sessions/<str:session_id>", apis.SessionDetailApi.as_view(), name="session-detail"),
     path("api/sessions/<str:session_id>/messages", apis.SessionMessagesApi.as_view(), name="session-messages"),

@@ -20,7 +20,8 @@ from django.core.cache import cache
 from django.core.exceptions import PermissionDenied
 from django.core.paginator import Paginator
 from django.db import connection
-from django.db.models import Avg, Count, Exists, OuterRef, Q, Subquery, Sum
+from django.db.models import Avg, CharField, Count, Exists, OuterRef, Q, Subquery, Sum, Value
+from django.db.models.functions import Cast, Concat
 from django.http import HttpRequest, HttpResponseBadRequest
 from django.template.response import TemplateResponse
 from django.urls import path, reverse
@@ -28,10 +29,13 @@ from django.utils import timezone
 from django.utils.functional import cached_property
 from django.utils.html import format_html, format_html_join
 from django.utils.http import urlencode
+from django.utils.safestring import mark_safe
 
 from sessions_admin import csv_export
 from sessions_admin.dashboard import (
     ERROR_STATUSES,
+    budget_bar,
+    client_budgets,
     compact,
     dashboard_charts,
     horizontal_bar_chart,
@@ -39,7 +43,17 @@ from sessions_admin.dashboard import (
     token_cost,
     usage_dashboard,
 )
-from sessions_admin.models import API_KEY_PREFIX, ApiClient, ChatSession, Conversation, Message, Reply, hash_api_key
+from sessions_admin.models import (
+    API_KEY_PREFIX,
+    ApiClient,
+    BudgetAlert,
+    ChatSession,
+    Conversation,
+    DailyUsage,
+    Message,
+    Reply,
+    hash_api_key,
+)
 
 CUT_STATUSES = (Reply.Status.CANCELLED, Reply.Status.INTERRUPTED)
 DASHBOARD_DAYS = (7, 30, 90)
@@ -761,6 +775,16 @@ class ReplyAdmin(BigTableAdmin):
             "tokens_compact": compact(board.tokens),
             "cache_seconds": DASHBOARD_CACHE_SECONDS,
             "changelist_url": changelist,
+            # Not cached with the board: staff watching a budget need the current figure.
+            "client_budgets": [
+                {
+                    "name": row.name,
+                    "url": reverse("admin:sessions_admin_apiclient_change", args=[row.client_pk]),
+                    "today": mark_safe(budget_bar(row.today_tokens, row.daily_budget)),  # noqa: S308 (escaped there)
+                    "month": mark_safe(budget_bar(row.month_tokens, row.monthly_budget)),  # noqa: S308
+                }
+                for row in client_budgets()
+            ],
         }
         return TemplateResponse(request, "admin/sessions_admin/dashboard.html", context)
 
@@ -785,27 +809,133 @@ def usage_totals(queryset) -> dict:
 # --- API clients ------------------------------------------------------------------------------
 
 
+def alert_delivery(alert: BudgetAlert) -> str:
+    if alert.delivered_at is not None:
+        return f"delivered {timezone.localtime(alert.delivered_at):%Y-%m-%d %H:%M:%S} (attempt {alert.attempts})"
+    if alert.attempts:
+        return f"not delivered after {alert.attempts} attempt(s): {alert.last_error}"
+    return "sending"
+
+
+def client_spend(period_start_field: str):
+    """An ApiClient annotation: the client's tokens from the DailyUsage rollup since a day."""
+    return Subquery(
+        DailyUsage.objects.filter(
+            owner_key=Concat(Value("client:"), Cast(OuterRef("pk"), output_field=CharField())),
+            day__gte=period_start_field,
+        )
+        .order_by()
+        .values("owner_key")
+        .annotate(tokens=Sum("total_tokens"))
+        .values("tokens")[:1]
+    )
+
+
+ALERTS_SHOWN = 20
+LIMIT_FIELDS = [
+    "rate_limit_per_minute",
+    "max_concurrent_streams",
+    "daily_token_budget",
+    "monthly_token_budget",
+    "allowed_bot_ids",
+]
+
+
 @admin.register(ApiClient)
 class ApiClientAdmin(admin.ModelAdmin):
-    """Create, name and deactivate API clients. A new client's key is shown once, on the page after creating it."""
+    """Create, name, limit and deactivate API clients. A new client's key is shown once, on the page
+    after creating it. Limit edits reach every worker within `chat.limits.LIMITS_CACHE_SECONDS`."""
 
-    list_display = ["name", "key_prefix", "is_active", "created_at", "last_used_at", "sessions_link"]
+    list_display = ["name", "key_prefix", "is_active", "budget_use", "created_at", "last_used_at", "sessions_link"]
     list_filter = ["is_active"]
     search_fields = ["name", "key_prefix"]
     ordering = ["name"]
     actions = ["deactivate", "activate"]
 
-    def get_fields(self, request, obj=None):
+    def get_fieldsets(self, request, obj=None):
+        limits_section = (
+            "Limits and budgets",
+            {"fields": LIMIT_FIELDS, "description": "Leave a limit empty to use the server-wide default."},
+        )
         if obj is None:
-            return ["name"]
-        return ["name", "is_active", "key_prefix", "created_at", "last_used_at"]
+            return [(None, {"fields": ["name"]}), limits_section]
+        return [
+            (None, {"fields": ["name", "is_active"]}),
+            ("Use (UTC)", {"fields": ["budget_use_detail", "alerts_sent"]}),
+            limits_section,
+            ("Key", {"fields": ["key_prefix", "created_at", "last_used_at"]}),
+        ]
 
     def get_readonly_fields(self, request, obj=None):
-        return [] if obj is None else ["key_prefix", "created_at", "last_used_at"]
+        return [] if obj is None else ["key_prefix", "created_at", "last_used_at", "budget_use_detail", "alerts_sent"]
+
+    def get_queryset(self, request):
+        from chat import limits  # the budgets' clock
+
+        today = limits.now().date()
+        return (
+            super()
+            .get_queryset(request)
+            .annotate(today_tokens=client_spend(today), month_tokens=client_spend(today.replace(day=1)))
+        )
 
     def has_delete_permission(self, request, obj=None) -> bool:
         # Deleting a client would delete every session and reply it owns; deactivate it instead.
         return False
+
+    @admin.display(description="use today / this month")
+    def budget_use(self, obj: ApiClient):
+        today, month = obj.today_tokens or 0, obj.month_tokens or 0
+        return format_html(
+            "{}<br>{}",
+            mark_safe(budget_bar(today, obj.daily_token_budget)),  # noqa: S308 (escaped by budget_bar)
+            mark_safe(budget_bar(month, obj.monthly_token_budget)),  # noqa: S308
+        )
+
+    @admin.display(description="tokens used")
+    def budget_use_detail(self, obj: ApiClient):
+        from chat import limits
+
+        at = limits.now()
+        spend = limits.spend_of(obj.owner_key, at)
+        return format_html(
+            "Today: {} (resets {} UTC)<br>This month: {} (resets {} UTC)",
+            mark_safe(budget_bar(spend.today_tokens, obj.daily_token_budget)),  # noqa: S308
+            f"{limits.day_reset(at):%Y-%m-%d %H:%M}",
+            mark_safe(budget_bar(spend.month_tokens, obj.monthly_token_budget)),  # noqa: S308
+            f"{limits.month_reset(at):%Y-%m-%d %H:%M}",
+        )
+
+    @admin.display(description="budget alerts sent")
+    def alerts_sent(self, obj: ApiClient):
+        # Shown, not an inline formset: the records are read-only, and a formset would make every
+        # save of this form need its management fields.
+        alerts = list(obj.budget_alerts.order_by("-created_at")[:ALERTS_SHOWN])
+        if not alerts:
+            return "None yet."
+        rows = format_html_join(
+            "",
+            "<tr><td>{}</td><td>{} from {}</td><td>{}%</td><td>{} of {}</td><td>{}</td></tr>",
+            (
+                (
+                    f"{timezone.localtime(alert.created_at):%Y-%m-%d %H:%M}",
+                    alert.period,
+                    alert.period_start,
+                    alert.threshold,
+                    f"{alert.used:,}",
+                    f"{alert.limit:,}",
+                    alert_delivery(alert),
+                )
+                for alert in alerts
+            ),
+        )
+        link = reverse("admin:sessions_admin_budgetalert_changelist") + "?" + urlencode({"api_client": obj.pk})
+        return format_html(
+            '<table class="budget-alerts"><thead><tr><th>when</th><th>period</th><th>threshold</th><th>tokens</th>'
+            '<th>delivery</th></tr></thead><tbody>{}</tbody></table><a href="{}">all alerts of this client</a>',
+            rows,
+            link,
+        )
 
     @admin.display(description="sessions")
     def sessions_link(self, obj: ApiClient):
@@ -846,3 +976,17 @@ class ApiClientAdmin(admin.ModelAdmin):
         # The key is in this page only: keep it out of caches and history snapshots.
         response["Cache-Control"] = "no-store"
         return response
+
+
+@admin.register(BudgetAlert)
+class BudgetAlertAdmin(BigTableAdmin):
+    """Budget alerts: each threshold a client crossed, and whether the webhook got it."""
+
+    list_display = ["created_at", "api_client", "period", "period_start", "threshold", "used", "limit", "delivery"]
+    list_filter = ["period", "threshold", "api_client"]
+    list_select_related = ["api_client"]
+    ordering = ["-created_at"]
+
+    @admin.display(description="delivery")
+    def delivery(self, obj: BudgetAlert) -> str:
+        return alert_delivery(obj)

@@ -14,7 +14,7 @@ from decimal import Decimal
 from html import escape
 
 from django.conf import settings
-from django.db.models import Count, Sum
+from django.db.models import Count, Q, Sum
 from django.utils import timezone
 
 from sessions_admin.models import TTFT_BUCKET_BOUNDS_MS, TTFT_BUCKET_FIELDS, ApiClient, ChatSession, DailyUsage, Reply
@@ -207,6 +207,75 @@ def usage_dashboard(*, days: int = 30, top: int = 10, now: datetime | None = Non
         tokens=sum(bot_totals.values()),
         ttft_avg_ms=ttft_sum / ttft_count if ttft_count else None,
         ttft_p95_ms=histogram_percentile(all_buckets, 0.95),
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class ClientBudget:
+    """An API client's spend today and this month (UTC) against its budgets (None: no budget)."""
+
+    client_pk: int
+    name: str
+    today_tokens: int
+    month_tokens: int
+    daily_budget: int | None
+    monthly_budget: int | None
+
+
+def client_budgets(*, at: datetime | None = None) -> list[ClientBudget]:
+    """Every active API client with a budget or with spend this month, most of a budget used first.
+
+    Two queries: the clients, and their month's DailyUsage rows summed per owner (the
+    `daily_usage_owner_day` index).
+    """
+    from chat import limits  # the budgets' clock and their UTC days
+
+    at = at or limits.now()
+    today = at.date()
+    sums = {
+        row["owner_key"]: row
+        for row in DailyUsage.objects.filter(
+            owner_key__startswith="client:", day__gte=today.replace(day=1), day__lte=today
+        )
+        .values("owner_key")
+        .annotate(month=Sum("total_tokens"), today=Sum("total_tokens", filter=Q(day=today)))
+        .order_by()
+    }
+    rows = []
+    for client in ApiClient.objects.filter(is_active=True).only("name", "daily_token_budget", "monthly_token_budget"):
+        spend = sums.get(client.owner_key, {})
+        if client.daily_token_budget is None and client.monthly_token_budget is None and not spend:
+            continue
+        rows.append(
+            ClientBudget(
+                client_pk=client.pk,
+                name=client.name,
+                today_tokens=spend.get("today") or 0,
+                month_tokens=spend.get("month") or 0,
+                daily_budget=client.daily_token_budget,
+                monthly_budget=client.monthly_token_budget,
+            )
+        )
+
+    def share(row: ClientBudget) -> float:
+        shares = [used / budget for used, budget in budget_pairs(row) if budget]
+        return max(shares, default=-1.0)
+
+    return sorted(rows, key=lambda row: (-share(row), -row.month_tokens, row.name))
+
+
+def budget_pairs(row: ClientBudget) -> list[tuple[int, int | None]]:
+    return [(row.today_tokens, row.daily_budget), (row.month_tokens, row.monthly_budget)]
+
+
+def budget_bar(used: int, budget: int | None) -> str:
+    """HTML: a bar of `used` against `budget` with the numbers, or the use alone without a budget."""
+    if budget is None:
+        return escape(f"{used:,} tokens (no budget)")
+    percent = used * 100 / budget if budget else 100.0
+    return (
+        f'<span class="budget-use"><progress value="{min(used, budget)}" max="{max(budget, 1)}"></progress> '
+        f"{escape(f'{used:,} of {budget:,} tokens ({percent:.0f}%)')}</span>"
     )
 
 

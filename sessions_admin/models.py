@@ -38,6 +38,26 @@ class ApiClient(models.Model):
     is_active = models.BooleanField(default=True)
     created_at = models.DateTimeField(default=timezone.now)
     last_used_at = models.DateTimeField(null=True, blank=True)
+    # Limits of this client (docs/api.md §11); empty uses the server-wide default. Read by chat.limits,
+    # which caches them for a few seconds, so an edit takes effect without a restart.
+    rate_limit_per_minute = models.PositiveIntegerField(
+        null=True, blank=True, help_text="Requests a minute; 0 = no limit; empty = CHAT_RATE_LIMIT_PER_MINUTE."
+    )
+    max_concurrent_streams = models.PositiveIntegerField(
+        null=True, blank=True, help_text="Replies streaming at once; 0 = no limit; empty = CHAT_MAX_CONCURRENT_STREAMS."
+    )
+    daily_token_budget = models.PositiveBigIntegerField(
+        null=True, blank=True, help_text="Tokens per UTC day; empty = no budget."
+    )
+    monthly_token_budget = models.PositiveBigIntegerField(
+        null=True, blank=True, help_text="Tokens per calendar month (UTC); empty = no budget."
+    )
+    allowed_bot_ids = models.CharField(
+        max_length=1000,
+        blank=True,
+        default="",
+        help_text="Comma-separated bot ids this client may use (within COZE_ALLOWED_BOT_IDS); empty = all of those.",
+    )
 
     class Meta:
         verbose_name = "API client"
@@ -47,15 +67,20 @@ class ApiClient(models.Model):
         return self.name
 
     @classmethod
-    def create_with_key(cls, *, name: str) -> tuple["ApiClient", str]:
-        """Create a client; returns it with its raw key, which is not stored and can't be shown again."""
+    def create_with_key(cls, *, name: str, **fields) -> tuple["ApiClient", str]:
+        """Create a client (`fields`: its limits); returns it with its raw key, which is not stored
+        and can't be shown again."""
         raw_key = API_KEY_PREFIX + secrets.token_urlsafe(32)
-        client = cls.objects.create(name=name, key_prefix=raw_key[:10], key_hash=hash_api_key(raw_key))
+        client = cls.objects.create(name=name, key_prefix=raw_key[:10], key_hash=hash_api_key(raw_key), **fields)
         return client, raw_key
 
     @property
     def owner_key(self) -> str:
         return f"client:{self.pk}"
+
+    @property
+    def allowed_bots(self) -> list[str]:
+        return [bot.strip() for bot in self.allowed_bot_ids.split(",") if bot.strip()]
 
 
 class ChatSession(models.Model):
@@ -285,6 +310,10 @@ class DailyUsage(models.Model):
             # Also the index of the dashboard's window (day range) and of the upsert's conflict target.
             models.UniqueConstraint(fields=["day", "bot_id", "owner_key"], name="daily_usage_day_bot_owner"),
         ]
+        indexes = [
+            # One owner's days: what a budget check reads before each turn (chat.limits.spend_of).
+            models.Index(fields=["owner_key", "day"], name="daily_usage_owner_day"),
+        ]
 
     def __str__(self) -> str:
         return f"{self.day} {self.bot_id} {self.owner_key}"
@@ -292,3 +321,39 @@ class DailyUsage(models.Model):
     @property
     def ttft_buckets(self) -> list[int]:
         return [getattr(self, name) for name in TTFT_BUCKET_FIELDS]
+
+
+class BudgetAlert(models.Model):
+    """A budget threshold crossed by an API client, and its delivery to CHAT_BUDGET_ALERT_WEBHOOK.
+
+    The unique constraint makes the alert happen once per client, period and threshold, even when
+    several workers notice the crossing at the same moment: only the one whose insert wins sends it.
+    """
+
+    class Period(models.TextChoices):
+        DAY = "day"
+        MONTH = "month"
+
+    api_client = models.ForeignKey(ApiClient, on_delete=models.CASCADE, related_name="budget_alerts")
+    period = models.CharField(max_length=8, choices=Period.choices)
+    period_start = models.DateField(help_text="The UTC day, or the first day of the month.")
+    threshold = models.PositiveSmallIntegerField(help_text="Percent of the budget.")
+    used = models.PositiveBigIntegerField()
+    limit = models.PositiveBigIntegerField()
+    created_at = models.DateTimeField(default=timezone.now)
+    delivered_at = models.DateTimeField(null=True, blank=True)
+    attempts = models.PositiveSmallIntegerField(default=0)
+    # A sender claims the alert by moving this forward, so two workers never post it at once.
+    next_attempt_at = models.DateTimeField(default=timezone.now)
+    last_error = models.CharField(max_length=300, blank=True, default="")
+
+    class Meta:
+        ordering = ["-created_at"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["api_client", "period", "period_start", "threshold"], name="budget_alert_once_per_threshold"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.api_client_id} {self.period} {self.period_start} {self.threshold}%"

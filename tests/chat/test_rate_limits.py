@@ -6,7 +6,8 @@ import pytest
 import redis
 from django.conf import settings as django_settings
 
-from chat import ratelimit
+from chat import limits
+from tests.chat.limits_helpers import Owner
 from tests.conftest import auth, wait_until
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -14,8 +15,9 @@ pytestmark = pytest.mark.django_db(transaction=True)
 
 @pytest.fixture(autouse=True)
 def fresh_counters():
-    ratelimit._local.windows.clear()
-    ratelimit._local.streams.clear()
+    limits._local.windows.clear()
+    limits._local.streams.clear()
+    limits.forget_cached_limits()
     if django_settings.REDIS_URL:
         client = redis.from_url(django_settings.REDIS_URL)
         keys = list(client.scan_iter("cozeproject:*"))
@@ -78,14 +80,17 @@ def test_concurrent_streams_over_the_limit_answer_429_until_one_ends(http, asgi_
 async def test_a_stream_slot_of_a_crashed_worker_lapses(settings):
     settings.CHAT_MAX_CONCURRENT_STREAMS = 1
     settings.CHAT_SESSION_LOCK_TTL = 0.2
-    assert await ratelimit.aacquire_stream("client:lapse", "dead-worker-slot")
-    with pytest.raises(ratelimit.ChatError):
-        await ratelimit.aacquire_stream("client:lapse", "second")
+    owner = Owner(key="client:lapse")
+    crashed = await limits.aadmit_turn(owner=owner, bot_id=settings.COZE_BOT_ID)
+    crashed.renewal.cancel()  # its worker died: nobody renews or releases the slot
+    with pytest.raises(limits.ChatError):
+        await limits.aadmit_turn(owner=owner, bot_id=settings.COZE_BOT_ID)
 
     import asyncio
 
     await asyncio.sleep(0.3)
-    assert await ratelimit.aacquire_stream("client:lapse", "third")
+    third = await limits.aadmit_turn(owner=owner, bot_id=settings.COZE_BOT_ID)
+    await limits.arelease_turn(third)
 
 
 @pytest.mark.asyncio
@@ -93,10 +98,10 @@ async def test_limiter_lets_requests_through_when_redis_is_down(settings):
     settings.REDIS_URL = "redis://127.0.0.1:1/0"
     settings.CHAT_RATE_LIMIT_PER_MINUTE = 1
     settings.CHAT_MAX_CONCURRENT_STREAMS = 1
-    ratelimit._async_clients.clear()
+    limits._async_clients.clear()
+    owner = Owner(key="client:redis-down")
     try:
-        for _ in range(3):
-            await ratelimit.acheck_request("client:redis-down")
-        assert await ratelimit.aacquire_stream("client:redis-down", "slot") is False
+        admissions = [await limits.aadmit_turn(owner=owner, bot_id=settings.COZE_BOT_ID) for _ in range(3)]
+        assert [admission.slot_id for admission in admissions] == ["", "", ""]
     finally:
-        ratelimit._async_clients.clear()
+        limits._async_clients.clear()

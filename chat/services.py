@@ -26,7 +26,7 @@ from django.db.models import Case, F, OuterRef, Q, Subquery, Value, When
 from django.db.models.functions import Substr
 from django.utils import timezone
 
-from chat import cancellation, coze, lifecycle, metrics, ratelimit
+from chat import cancellation, coze, files, lifecycle, metrics, ratelimit
 from chat.db import db_async
 from chat.errors import ChatError
 from chat.events import (
@@ -66,6 +66,8 @@ class ChatRequest:
     custom_variables: dict[str, str] = field(default_factory=dict)
     meta_data: dict[str, str] = field(default_factory=dict)
     additional_messages: list[dict] | None = None
+    # Validated `{"file_id"}` / `{"url", "type"}` items (API.md §12), resolved in turn_start.
+    attachments: tuple[dict, ...] = ()
 
     @property
     def user_text(self) -> str:
@@ -90,6 +92,7 @@ class TurnContext:
     bot_id: str
     owner_key: str
     transport: str
+    attachments: tuple[dict, ...] = ()  # Coze items of the user's attachments (chat.files)
 
 
 @dataclass(slots=True)
@@ -152,6 +155,12 @@ def _turn_start_once(
 ) -> TurnContext:
     now = timezone.now()
     lock_token = secrets.token_hex(8)
+    # Another owner's file_id fails the turn here, before anything is stored.
+    resolved = (
+        files.attachments_resolve(owner_key=owner.key, attachments=list(chat_request.attachments))
+        if chat_request.attachments
+        else files.ResolvedAttachments()
+    )
     with transaction.atomic():
         session = (
             ChatSession.objects.select_related("current_conversation")
@@ -205,17 +214,20 @@ def _turn_start_once(
             worker_channel=worker_channel,
             started_at=now,
         )
-        Message.objects.create(
+        question = Message.objects.create(
             conversation=conversation,
             reply=reply,
             role=Message.Role.USER,
             kind=Message.Kind.QUESTION,
             content=chat_request.user_text,
             content_type="object_string"
-            if any(m.get("content_type") == "object_string" for m in chat_request.additional_messages or [])
+            if resolved.items
+            or any(m.get("content_type") == "object_string" for m in chat_request.additional_messages or [])
             else "text",
+            attachments=list(resolved.records),
             created_at=now,
         )
+        files.attachments_link(message=question, resolved=resolved)
         if not new_conversation:
             Conversation.objects.filter(pk=conversation.pk).update(
                 last_activity=now, message_count=F("message_count") + 1
@@ -231,6 +243,7 @@ def _turn_start_once(
         bot_id=bot_id,
         owner_key=owner.key,
         transport=transport,
+        attachments=resolved.items,
     )
 
 
@@ -412,7 +425,9 @@ async def _turn_events(
                 user_id=turn.coze_user_id,
                 conversation_id=turn.coze_conversation_id,
                 messages=coze.build_messages(
-                    message=chat_request.message, additional_messages=chat_request.additional_messages
+                    message=chat_request.message,
+                    additional_messages=chat_request.additional_messages,
+                    attachments=turn.attachments,
                 ),
                 custom_variables=chat_request.custom_variables,
                 meta_data=chat_request.meta_data,
@@ -741,4 +756,6 @@ def session_delete(*, owner: Owner, session_id: str) -> None:
     session = session_get(owner=owner, session_id=session_id)
     if session.status == ChatSession.Status.BUSY:
         raise ChatError("session_busy", "This session has a reply in progress; cancel it before deleting.")
-    session.delete()
+    with transaction.atomic():
+        files.files_delete_for_sessions([session.pk])  # the session's files go with it (chat.files)
+        session.delete()

@@ -11,6 +11,13 @@ from chat.logging import request_context_begin, request_context_end, request_id_
 PAYLOAD_TOO_LARGE = json.dumps(
     {"detail": "The request body is larger than 1 MiB.", "code": "payload_too_large"}
 ).encode()
+# Paths with their own body limit instead of CHAT_MAX_BODY_BYTES: file uploads.
+UPLOAD_PATHS = frozenset({"/api/files"})
+
+
+def upload_too_large_body() -> bytes:
+    limit_mib = settings.CHAT_MAX_UPLOAD_BYTES / (1024 * 1024)
+    return json.dumps({"detail": f"The file is larger than {limit_mib:g} MiB.", "code": "payload_too_large"}).encode()
 
 
 class BodySizeLimitMiddleware:
@@ -18,6 +25,11 @@ class BodySizeLimitMiddleware:
 
     Django's ASGI handler spools the entire body before any view runs, so the limit has to be
     enforced here: by Content-Length up front, and by counting for chunked uploads.
+
+    File uploads (UPLOAD_PATHS) have CHAT_MAX_UPLOAD_BYTES plus the multipart framing instead;
+    with a Content-Length within it their body is passed through unbuffered (the server delivers
+    no more than that length, and Django spools it to a temporary file), so a 20 MiB upload is
+    never held in memory here.
     """
 
     def __init__(self, app):
@@ -26,7 +38,13 @@ class BodySizeLimitMiddleware:
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
-        limit = settings.CHAT_MAX_BODY_BYTES
+        is_upload = scope["path"] in UPLOAD_PATHS
+        if is_upload:
+            limit = settings.CHAT_MAX_UPLOAD_BYTES + settings.CHAT_UPLOAD_BODY_OVERHEAD
+            refusal = upload_too_large_body()
+        else:
+            limit, refusal = settings.CHAT_MAX_BODY_BYTES, PAYLOAD_TOO_LARGE
+        declared = None
         for name, value in scope.get("headers", []):
             if name == b"content-length":
                 try:
@@ -34,7 +52,9 @@ class BodySizeLimitMiddleware:
                 except ValueError:
                     declared = 0
                 if declared > limit:
-                    return await self._refuse(send)
+                    return await self._refuse(send, refusal)
+        if is_upload and declared is not None:
+            return await self.app(scope, receive, send)
         chunks, size = [], 0
         while True:
             message = await receive()
@@ -44,7 +64,7 @@ class BodySizeLimitMiddleware:
                 break
             size += len(message.get("body", b""))
             if size > limit:
-                return await self._refuse(send)
+                return await self._refuse(send, refusal)
             chunks.append(message)
             if not message.get("more_body", False):
                 break
@@ -57,19 +77,19 @@ class BodySizeLimitMiddleware:
         return await self.app(scope, replay, send)
 
     @staticmethod
-    async def _refuse(send) -> None:
+    async def _refuse(send, body: bytes = PAYLOAD_TOO_LARGE) -> None:
         await send(
             {
                 "type": "http.response.start",
                 "status": 413,
                 "headers": [
                     (b"content-type", b"application/json"),
-                    (b"content-length", str(len(PAYLOAD_TOO_LARGE)).encode()),
+                    (b"content-length", str(len(body)).encode()),
                     (b"connection", b"close"),
                 ],
             }
         )
-        await send({"type": "http.response.body", "body": PAYLOAD_TOO_LARGE})
+        await send({"type": "http.response.body", "body": body})
 
 
 class RequestContextMiddleware:

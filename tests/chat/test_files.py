@@ -341,3 +341,13 @@ def test_clear_chat_sessions_deletes_the_files_with_their_sessions(http, api_key
     assert output.strip().splitlines()[-1] == "Deleted 1 sessions, 1 conversations, 4 messages, 1 replies, 1 files."
     assert list(ChatFile.objects.values_list("coze_file_id", flat=True)) == [kept]
     assert used != kept
+
+
+def test_a_file_coze_refuses_is_an_upstream_error_and_not_recorded(http, api_key):
+    # Our type check passes text/plain; Coze refuses the .log extension.
+    response = upload(http, api_key, "server.log", b"plain text lines\n", "text/plain")
+
+    assert response.status_code == 502
+    assert response.json()["code"] == "upstream_error"
+    assert "unsupported file type" in response.json()["detail"]
+    assert not ChatFile.objects.exists()

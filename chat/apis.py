@@ -81,8 +81,7 @@ class ChatSendApi(AsyncAPIView):
 class FileUploadApi(AsyncAPIView):
     """Upload a file to Coze for use as a chat attachment (multipart, field `file`)."""
 
-    parser_classes = [MultiPartParser]
-    throttle_classes = []
+    parser_classes = [MultiPartParser]  # the owner's per-minute rate applies (default throttle)
 
     @extend_schema(
         request={

@@ -351,3 +351,16 @@ def test_a_file_coze_refuses_is_an_upstream_error_and_not_recorded(http, api_key
     assert response.json()["code"] == "upstream_error"
     assert "unsupported file type" in response.json()["detail"]
     assert not ChatFile.objects.exists()
+
+
+def test_uploads_count_against_the_owners_rate_limit(http, api_key, simulator, settings):
+    settings.CHAT_RATE_LIMIT_PER_MINUTE = 1
+    first = upload(http, api_key, "a.txt", b"one", "text/plain")
+    before = sim_upload_count(simulator)
+
+    second = upload(http, api_key, "b.txt", b"two", "text/plain")
+
+    assert first.status_code == 201
+    assert second.status_code == 429
+    assert second.json()["code"] == "rate_limited"
+    assert sim_upload_count(simulator) == before

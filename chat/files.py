@@ -44,6 +44,26 @@ def upload_type_allowed(content_type: str) -> bool:
     return any(fnmatchcase(content_type, pattern.lower()) for pattern in settings.CHAT_UPLOAD_TYPES)
 
 
+def allowed_types_summary() -> str:
+    """CHAT_UPLOAD_TYPES in words: "images, PDF, text or Office documents"."""
+    words: list[str] = []
+    for pattern in settings.CHAT_UPLOAD_TYPES:
+        pattern = pattern.lower()
+        if pattern.startswith("image/"):
+            word = "images"
+        elif pattern == "application/pdf":
+            word = "PDF"
+        elif pattern.startswith("text/"):
+            word = "text"
+        elif pattern in ZIP_OFFICE_TYPES or pattern in OLE_OFFICE_TYPES:
+            word = "Office documents"
+        else:
+            word = pattern
+        if word not in words:
+            words.append(word)
+    return ", ".join(words[:-1]) + f" or {words[-1]}" if len(words) > 1 else "".join(words)
+
+
 def sniffed_type(head: bytes) -> str | None:
     """The type the first bytes show (None when they show none, as for text)."""
     kind = filetype.guess(head)
@@ -75,8 +95,7 @@ def upload_content_type(*, declared: str, file_name: str, head: bytes) -> str:
     if not content_type or not upload_type_allowed(content_type):
         raise ChatError(
             "unsupported_media_type",
-            f"Files of type {content_type or 'unknown'!r} are not accepted; allowed: "
-            f"{', '.join(settings.CHAT_UPLOAD_TYPES)}.",
+            f"Files of type {content_type or 'unknown'!r} are not accepted; send {allowed_types_summary()}.",
         )
     sniffed = sniffed_type(head)
     if content_type.startswith(TEXT_TYPES_PREFIX):

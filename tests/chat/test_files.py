@@ -364,3 +364,11 @@ def test_uploads_count_against_the_owners_rate_limit(http, api_key, simulator, s
     assert second.status_code == 429
     assert second.json()["code"] == "rate_limited"
     assert sim_upload_count(simulator) == before
+
+
+def test_a_refused_type_is_explained_in_words(http, api_key):
+    response = upload(http, api_key, "tool.exe", b"MZ\x90\x00", "application/x-msdownload")
+
+    assert response.json()["detail"] == (
+        "Files of type 'application/x-msdownload' are not accepted; send images, PDF, text or Office documents."
+    )

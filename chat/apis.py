@@ -2,6 +2,7 @@
 
 from adrf.views import APIView as AsyncAPIView
 from drf_spectacular.utils import extend_schema, inline_serializer
+from rest_framework import exceptions as drf_exceptions
 from rest_framework import serializers, status
 from rest_framework.generics import ListAPIView
 from rest_framework.parsers import MultiPartParser
@@ -103,7 +104,12 @@ class FileUploadApi(AsyncAPIView):
         tags=["files"],
     )
     async def post(self, request):
-        uploaded_file = request.data.get("file")
+        try:
+            uploaded_file = request.data.get("file")
+        except drf_exceptions.UnsupportedMediaType:
+            raise ChatError("unsupported_media_type", "Send the file as multipart/form-data, field 'file'.") from None
+        except drf_exceptions.ParseError as error:
+            raise ChatError("invalid", f"Malformed multipart body: {error.detail}") from None
         if uploaded_file is None or isinstance(uploaded_file, str):
             raise ChatError(
                 "invalid", "file: send the file as the multipart field 'file'.", errors={"file": ["Required."]}

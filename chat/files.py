@@ -7,12 +7,15 @@ user's message — and refuses another owner's file as not found. `files_delete_
 the deletion rule: a session's files go with it.
 """
 
+import base64
+import binascii
 import mimetypes
 from dataclasses import dataclass
 from fnmatch import fnmatchcase
 
 import filetype
 from django.conf import settings
+from django.core.files.uploadedfile import SimpleUploadedFile
 from django.db.models import QuerySet
 
 from chat import coze
@@ -38,6 +41,13 @@ GENERIC_TYPES = {"", "application/octet-stream", "binary/octet-stream"}
 
 
 # --- checks -----------------------------------------------------------------------------------
+
+
+def upload_too_large_detail() -> str:
+    """The 413 detail for uploads (also used by the body-size middleware)."""
+    limit = settings.CHAT_MAX_UPLOAD_BYTES
+    size = f"{limit / (1024 * 1024):g} MiB" if limit >= 1024 * 1024 else f"{limit:,} bytes"
+    return f"The file is larger than the upload limit of {size}."
 
 
 def upload_type_allowed(content_type: str) -> bool:
@@ -141,9 +151,8 @@ async def afile_upload(*, owner, uploaded_file) -> ChatFile:
     for a type outside CHAT_UPLOAD_TYPES or content that contradicts it, invalid when empty,
     upstream_* when Coze refuses or can't be reached. Nothing reaches Coze unless the checks pass.
     """
-    limit = settings.CHAT_MAX_UPLOAD_BYTES
-    if uploaded_file.size > limit:
-        raise ChatError("payload_too_large", f"The file is larger than {limit / (1024 * 1024):g} MiB.")
+    if uploaded_file.size > settings.CHAT_MAX_UPLOAD_BYTES:
+        raise ChatError("payload_too_large", upload_too_large_detail())
     if not uploaded_file.size:
         raise ChatError("invalid", "The file is empty.", errors={"file": ["The file is empty."]})
     file_name = (uploaded_file.name or "upload")[:255]
@@ -180,9 +189,26 @@ class ResolvedAttachments:
     files: tuple[ChatFile, ...] = ()
 
 
-def attachment_from_image_url(url: str) -> dict:
-    """The chat body's attachment for an image link (the OpenAI path's `image_url` parts)."""
-    return {"url": url, "type": "image"}
+async def aattachment_from_image_url(*, owner, url: str) -> dict:
+    """The chat body's attachment for an OpenAI `image_url` part: an `https://` link as it is,
+    a `data:image/…;base64,…` URL uploaded to Coze for `owner` (same limits and checks as
+    `POST /api/files`) and attached by its file id. Raises ChatError (invalid, 413, 415, upstream_*).
+    """
+    if url[:8].lower() == "https://":
+        return {"url": url, "type": "image"}
+    header, comma, payload = url.partition(",")
+    if not (header[:5].lower() == "data:" and header.lower().endswith(";base64") and comma):
+        raise ChatError("invalid", "An image URL must be https:// or a base64 data: URL.")
+    content_type = header[5:].rsplit(";", 1)[0].lower() or "application/octet-stream"
+    try:
+        content = base64.b64decode(payload, validate=True)
+    except (binascii.Error, ValueError):
+        raise ChatError("invalid", "The data: URL is not valid base64.") from None
+    extension = mimetypes.guess_extension(content_type) or ""
+    extension = {".jpe": ".jpg", ".jpeg": ".jpg"}.get(extension, extension)
+    image = SimpleUploadedFile(f"image{extension}", content, content_type=content_type)
+    chat_file = await afile_upload(owner=owner, uploaded_file=image)
+    return {"file_id": chat_file.coze_file_id}
 
 
 def attachments_resolve(*, owner_key: str, attachments: list[dict]) -> ResolvedAttachments:

@@ -16,8 +16,9 @@ UPLOAD_PATHS = frozenset({"/api/files"})
 
 
 def upload_too_large_body() -> bytes:
-    limit_mib = settings.CHAT_MAX_UPLOAD_BYTES / (1024 * 1024)
-    return json.dumps({"detail": f"The file is larger than {limit_mib:g} MiB.", "code": "payload_too_large"}).encode()
+    from chat.files import upload_too_large_detail  # imports models: only once Django is set up
+
+    return json.dumps({"detail": upload_too_large_detail(), "code": "payload_too_large"}).encode()
 
 
 class BodySizeLimitMiddleware:
@@ -29,7 +30,8 @@ class BodySizeLimitMiddleware:
     File uploads (UPLOAD_PATHS) have CHAT_MAX_UPLOAD_BYTES plus the multipart framing instead;
     with a Content-Length within it their body is passed through unbuffered (the server delivers
     no more than that length, and Django spools it to a temporary file), so a 20 MiB upload is
-    never held in memory here.
+    never held in memory here. A chunked upload is counted as it is buffered, then given the
+    Content-Length Django's multipart parser needs (without one it sees no file at all).
     """
 
     def __init__(self, app):
@@ -74,6 +76,8 @@ class BodySizeLimitMiddleware:
                 return chunks.pop(0)
             return await receive()
 
+        if is_upload:
+            scope = {**scope, "headers": [*scope.get("headers", []), (b"content-length", str(size).encode())]}
         return await self.app(scope, replay, send)
 
     @staticmethod

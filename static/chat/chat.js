@@ -615,7 +615,7 @@
     attachFiles(Array.from(el.fileInput.files || []));
     el.fileInput.value = "";
   });
-  el.input.addEventListener("paste", (event) => {
+  document.addEventListener("paste", (event) => {
     const files = Array.from(event.clipboardData ? event.clipboardData.files : []);
     if (!files.length) return;
     event.preventDefault(); // an image pasted is attached, not inserted as its file name

@@ -256,6 +256,11 @@ def test_another_owners_file_is_not_found_and_nothing_is_sent_or_stored(http, ap
     assert response.status_code == 404
     assert response.json()["code"] == "not_found"
     assert unknown.status_code == 404
+    streamed = http.post(
+        "/api/chat/stream", json={"message": "x", "attachments": [{"file_id": file_id}]}, headers=auth(other_api_key)
+    )
+    assert streamed.status_code == 404
+    assert streamed.json()["code"] == "not_found"
     assert len(simulator.app.state.chats) == chats_before
     assert not ChatSession.objects.filter(session_id="probe").exists()
 

@@ -32,9 +32,11 @@ ZIP_OFFICE_TYPES = {
     "application/vnd.openxmlformats-officedocument.presentationml.presentation",
 }
 OLE_OFFICE_TYPES = {"application/msword", "application/vnd.ms-excel", "application/vnd.ms-powerpoint"}
+# The legacy Office formats share one container (OLE2); what is inside is told apart only by
+# heuristics that miss files written by other tools, so the container's signature is the check.
+OLE_SIGNATURE = bytes.fromhex("D0CF11E0A1B11AE1")
 SAME_SIGNATURE = {
     **{office: {*ZIP_OFFICE_TYPES, "application/zip"} for office in ZIP_OFFICE_TYPES},
-    **dict.fromkeys(OLE_OFFICE_TYPES, OLE_OFFICE_TYPES),
     "image/png": {"image/png", "image/apng"},
 }
 GENERIC_TYPES = {"", "application/octet-stream", "binary/octet-stream"}
@@ -110,6 +112,8 @@ def upload_content_type(*, declared: str, file_name: str, head: bytes) -> str:
     sniffed = sniffed_type(head)
     if content_type.startswith(TEXT_TYPES_PREFIX):
         matches = sniffed is None and looks_like_text(head)
+    elif content_type in OLE_OFFICE_TYPES:
+        matches = head.startswith(OLE_SIGNATURE)
     else:
         matches = sniffed is not None and sniffed in SAME_SIGNATURE.get(content_type, {content_type})
     if not matches:

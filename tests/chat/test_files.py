@@ -7,6 +7,7 @@ import hashlib
 import io
 import json
 import struct
+import zipfile
 import zlib
 
 import httpx
@@ -134,6 +135,60 @@ def test_a_file_of_a_type_outside_the_list_or_not_what_it_claims_is_415(
     assert response.status_code == 415, response.text
     assert response.json()["code"] == "unsupported_media_type"
     assert sim_upload_count(simulator) == before
+
+
+def office_document(part: str) -> bytes:
+    """An Office Open XML file's container: a zip whose parts name the kind of document."""
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        for name in ("[Content_Types].xml", "_rels/.rels", part):
+            archive.writestr(name, "<x/>")
+    return buffer.getvalue()
+
+
+OLE_DOCUMENT = bytes.fromhex("D0CF11E0A1B11AE1") + bytes(1024)  # the legacy Office container
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "content_type"),
+    [
+        (
+            "letter.docx",
+            office_document("word/document.xml"),
+            "application/vnd.openxmlformats-officedocument.wordprocessingml.document",
+        ),
+        (
+            "sheet.xlsx",
+            office_document("xl/workbook.xml"),
+            "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet",
+        ),
+        (
+            "slides.pptx",
+            office_document("ppt/presentation.xml"),
+            "application/vnd.openxmlformats-officedocument.presentationml.presentation",
+        ),
+        ("letter.doc", OLE_DOCUMENT, "application/msword"),
+        ("sheet.xls", OLE_DOCUMENT, "application/vnd.ms-excel"),
+        ("photo.jpg", b"\xff\xd8\xff\xe0\x00\x10JFIF\x00" + bytes(64), "image/jpeg"),
+        ("notes.md", "# Notizen über Dateien ✓\n".encode(), "text/markdown"),
+        ("report.pdf", PDF, "application/pdf"),
+    ],
+)
+def test_images_pdf_text_and_office_documents_are_accepted(http, api_key, name, content, content_type):
+    response = upload(http, api_key, name, content, content_type)
+
+    assert response.status_code == 201, response.text
+    assert response.json()["content_type"] == content_type
+
+
+def test_office_types_are_checked_against_their_container(http, api_key):
+    docx_type = "application/vnd.openxmlformats-officedocument.wordprocessingml.document"
+
+    assert upload(http, api_key, "letter.docx", PDF, docx_type).status_code == 415
+    assert (
+        upload(http, api_key, "letter.doc", office_document("word/document.xml"), "application/msword").status_code
+        == 415
+    )
 
 
 def test_a_generic_declared_type_is_taken_from_the_file_name_and_checked(http, api_key):

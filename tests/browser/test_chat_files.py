@@ -122,3 +122,24 @@ def test_a_refused_file_says_why_and_is_not_attached(page, settings):
     page.wait_for_selector(".toast >> text=“huge.txt” is too large")
     page.wait_for_function("document.querySelectorAll('.tray-item').length === 0")
     assert page.locator("#attachment-tray").is_hidden()
+
+
+def test_upload_progress_shows_and_sending_waits_for_the_upload(page):
+    held = []
+    page.route("**/api/files", lambda route: held.append(route))  # hold the upload until released
+
+    page.set_input_files(
+        "#file-input", files=[{"name": "slow.png", "mimeType": "image/png", "buffer": png_bytes(16, 16)}]
+    )
+    page.wait_for_selector(".tray-item[data-status=uploading] progress.tray-progress")
+    page.fill("#message", "too early")
+    page.keyboard.press("Enter")
+
+    page.wait_for_selector(".toast >> text=Wait for the upload to finish before sending.")
+    assert page.locator(".msg-user").count() == 0
+    assert page.input_value("#message") == "too early"
+    assert held, "the upload request never reached the route"
+    held[0].continue_()
+    wait_ready(page)
+    page.keyboard.press("Enter")
+    assert last_answer_completed(page) == "You said: too early [received: image slow.png]"

@@ -43,9 +43,8 @@ class BodySizeLimitMiddleware:
         is_upload = scope["path"] in UPLOAD_PATHS
         if is_upload:
             limit = settings.CHAT_MAX_UPLOAD_BYTES + settings.CHAT_UPLOAD_BODY_OVERHEAD
-            refusal = upload_too_large_body()
         else:
-            limit, refusal = settings.CHAT_MAX_BODY_BYTES, PAYLOAD_TOO_LARGE
+            limit = settings.CHAT_MAX_BODY_BYTES
         declared = None
         for name, value in scope.get("headers", []):
             if name == b"content-length":
@@ -54,7 +53,7 @@ class BodySizeLimitMiddleware:
                 except ValueError:
                     declared = 0
                 if declared > limit:
-                    return await self._refuse(send, refusal)
+                    return await self._refuse(send, upload=is_upload)
         if is_upload and declared is not None:
             return await self.app(scope, receive, send)
         chunks, size = [], 0
@@ -66,7 +65,7 @@ class BodySizeLimitMiddleware:
                 break
             size += len(message.get("body", b""))
             if size > limit:
-                return await self._refuse(send, refusal)
+                return await self._refuse(send, upload=is_upload)
             chunks.append(message)
             if not message.get("more_body", False):
                 break
@@ -81,7 +80,8 @@ class BodySizeLimitMiddleware:
         return await self.app(scope, replay, send)
 
     @staticmethod
-    async def _refuse(send, body: bytes = PAYLOAD_TOO_LARGE) -> None:
+    async def _refuse(send, *, upload: bool = False) -> None:
+        body = upload_too_large_body() if upload else PAYLOAD_TOO_LARGE
         await send(
             {
                 "type": "http.response.start",

@@ -131,6 +131,12 @@ CHAT_UPLOAD_TYPES = env_list("CHAT_UPLOAD_TYPES") or [
     "application/vnd.ms-powerpoint",
     "application/vnd.openxmlformats-officedocument.presentationml.presentation",
 ]
+CHAT_UPLOAD_TYPES = [item.lower() for item in CHAT_UPLOAD_TYPES]
+for _upload_type in CHAT_UPLOAD_TYPES:
+    if _upload_type.count("/") != 1 or not all(_upload_type.split("/")):
+        raise ImproperlyConfigured(
+            f"CHAT_UPLOAD_TYPES must be MIME types such as image/png or image/*, got {_upload_type!r}"
+        )
 # Show image attachments as thumbnails in the admin transcript. Off by default: the thumbnail
 # loads the image from its URL, which the operator's browser then fetches (and Coze URLs expire).
 CHAT_ADMIN_IMAGE_THUMBNAILS = env_bool("CHAT_ADMIN_IMAGE_THUMBNAILS", False)

@@ -540,3 +540,15 @@ async def test_openai_style_image_urls_become_attachments(simulator, api_key):
             owner=owner, url="data:image/png;base64," + base64.b64encode(b"%PDF-1.4").decode()
         )
     assert raised.value.code == "unsupported_media_type"
+
+
+def test_bad_upload_settings_stop_the_server_at_start_up():
+    from tests.chat.test_resilience import run_settings
+
+    bad_type = run_settings({"DJANGO_DEBUG": "1", "CHAT_UPLOAD_TYPES": "image/png,pdf"})
+    bad_size = run_settings({"DJANGO_DEBUG": "1", "CHAT_MAX_UPLOAD_BYTES": "20MB"})
+    fine = run_settings({"DJANGO_DEBUG": "1", "CHAT_UPLOAD_TYPES": "image/*, application/PDF"})
+
+    assert bad_type.returncode != 0 and "CHAT_UPLOAD_TYPES" in bad_type.stderr and "'pdf'" in bad_type.stderr
+    assert bad_size.returncode != 0 and "CHAT_MAX_UPLOAD_BYTES" in bad_size.stderr
+    assert fine.returncode == 0, fine.stderr

@@ -516,6 +516,7 @@ async def test_the_adapter_streams_the_file_to_coze_in_chunks(simulator, setting
 async def test_openai_style_image_urls_become_attachments(simulator, api_key):
     from chat import files
     from chat.auth import aowner_from_api_key
+    from chat.db import db_async
     from chat.errors import ChatError
 
     owner = await aowner_from_api_key(api_key)
@@ -529,7 +530,8 @@ async def test_openai_style_image_urls_become_attachments(simulator, api_key):
     at_coze = await asyncio.to_thread(sim_get, simulator, f"/_sim/files/{uploaded['file_id']}")
     assert at_coze["file_name"] == "image.png"
     assert at_coze["sha256"] == hashlib.sha256(image).hexdigest()
-    record = await ChatFile.objects.aget(coze_file_id=uploaded["file_id"])
+    # Through the service's database threads (closed at the end of the run), not asgiref's.
+    record = await db_async(ChatFile.objects.get)(coze_file_id=uploaded["file_id"])
     assert record.owner_key == owner.key
     for bad in ("http://example.com/a.png", "data:image/png;base64,@@@", "ftp://x"):
         with pytest.raises(ChatError) as raised:

@@ -2,12 +2,15 @@
 
 from adrf.views import APIView as AsyncAPIView
 from drf_spectacular.utils import extend_schema, inline_serializer
+from rest_framework import exceptions as drf_exceptions
 from rest_framework import serializers, status
 from rest_framework.generics import ListAPIView
+from rest_framework.parsers import MultiPartParser
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from chat import limits, sessions, turns
+from chat import files, limits, sessions, turns
+from chat.errors import ChatError
 from chat.serializers import (
     ChatRequestSerializer,
     MessageSerializer,
@@ -74,6 +77,45 @@ class ChatSendApi(AsyncAPIView):
             owner=request.auth, chat_request=chat_request, transport=Reply.Transport.SYNC
         )
         return Response(chat_response_body(completed))
+
+
+class FileUploadApi(AsyncAPIView):
+    """Upload a file to Coze for use as a chat attachment (multipart, field `file`)."""
+
+    parser_classes = [MultiPartParser]  # the owner's per-minute rate applies (default throttle)
+
+    @extend_schema(
+        request={
+            "multipart/form-data": inline_serializer("FileUpload", {"file": serializers.FileField()}),
+        },
+        responses={
+            201: inline_serializer(
+                "UploadedFile",
+                {
+                    "file_id": serializers.CharField(),
+                    "file_name": serializers.CharField(),
+                    "bytes": serializers.IntegerField(),
+                    "content_type": serializers.CharField(),
+                },
+            ),
+            **ERRORS,
+        },
+        summary="Upload a file or image to attach to a chat",
+        tags=["files"],
+    )
+    async def post(self, request):
+        try:
+            uploaded_file = request.data.get("file")
+        except drf_exceptions.UnsupportedMediaType:
+            raise ChatError("unsupported_media_type", "Send the file as multipart/form-data, field 'file'.") from None
+        except drf_exceptions.ParseError as error:
+            raise ChatError("invalid", f"Malformed multipart body: {error.detail}") from None
+        if uploaded_file is None or isinstance(uploaded_file, str):
+            raise ChatError(
+                "invalid", "file: send the file as the multipart field 'file'.", errors={"file": ["Required."]}
+            )
+        chat_file = await files.afile_upload(owner=request.auth, uploaded_file=uploaded_file)
+        return Response(files.file_upload_body(chat_file), status=status.HTTP_201_CREATED)
 
 
 class ChatCancelApi(AsyncAPIView):

@@ -46,6 +46,7 @@ from cozepy import (  # noqa: E402
     CozeAPIError,
     CozeInvalidEventError,
     Message,
+    MessageObjectString,
     OAuthToken,
 )
 from cozepy.request import AsyncHTTPClient  # noqa: E402
@@ -294,8 +295,22 @@ def get_client() -> AsyncCoze:
 # --- requests ---------------------------------------------------------------------------------
 
 
-def build_messages(*, message: str | None, additional_messages: list[dict] | None) -> list[Message]:
-    """Coze message objects for a turn: the request's additional_messages, or one user text message."""
+def attachment_item(attachment: dict) -> MessageObjectString:
+    """The Coze object_string item for one resolved attachment: `{"kind": "image"|"file", "file_id"}`
+    for an uploaded file, or `{"kind", "url"}` for a link. (The OpenAI path maps `image_url`
+    parts to `{"kind": "image", "url": …}`.)"""
+    build = MessageObjectString.build_image if attachment["kind"] == "image" else MessageObjectString.build_file
+    if attachment.get("file_id"):
+        return build(file_id=attachment["file_id"])
+    return build(file_url=attachment["url"])
+
+
+def build_messages(
+    *, message: str | None, additional_messages: list[dict] | None, attachments: list[dict] | tuple = ()
+) -> list[Message]:
+    """Coze message objects for a turn: the request's additional_messages, or one user message —
+    plain text, or with `attachments` (see `attachment_item`) one object_string message of the
+    text and those items, as Coze expects multimodal input."""
     if additional_messages:
         return [
             Message(
@@ -307,6 +322,10 @@ def build_messages(*, message: str | None, additional_messages: list[dict] | Non
             )
             for item in additional_messages
         ]
+    if attachments:
+        items = [MessageObjectString.build_text(message)] if message else []
+        items += [attachment_item(attachment) for attachment in attachments]
+        return [Message.build_user_question_objects(items)]
     return [Message.build_user_question_text(message or "")]
 
 
@@ -476,6 +495,27 @@ async def achat_cancel(*, conversation_id: str, chat_id: str) -> None:
         await (await aget_client()).chat.cancel(conversation_id=conversation_id, chat_id=chat_id)
     except Exception as exc:  # noqa: BLE001 - cancel is advisory; the stream is closed anyway
         logger.info("Coze cancel for chat %s did not apply: %s", chat_id, _redact(str(exc)))
+
+
+@dataclass(frozen=True, slots=True)
+class UploadedFile:
+    file_id: str
+    file_name: str
+    bytes: int
+
+
+async def aupload_file(*, file, file_name: str, content_type: str) -> UploadedFile:
+    """Upload a file to Coze (`/v1/files/upload`) and return Coze's record of it.
+
+    `file` is a binary file object (Django's uploaded file, on disk when large): httpx reads
+    and sends it in 64 KiB chunks, so it is never held in memory whole. Raises ChatError when
+    Coze refuses it or can't be reached, mapped as for chats.
+    """
+    try:
+        uploaded = await (await aget_client()).files.upload(file=(file_name, file, content_type))
+    except Exception as exc:
+        raise map_exception(exc, logid=_last_header("x-tt-logid"), mid_stream=False) from exc
+    return UploadedFile(file_id=uploaded.id, file_name=uploaded.file_name or file_name, bytes=uploaded.bytes or 0)
 
 
 # --- error mapping ----------------------------------------------------------------------------

@@ -26,6 +26,8 @@ class ChatRequest:
     custom_variables: dict[str, str] = field(default_factory=dict)
     meta_data: dict[str, str] = field(default_factory=dict)
     additional_messages: list[dict] | None = None
+    # Validated `{"file_id"}` / `{"url", "type"}` items (docs/api.md §12), resolved as the turn starts.
+    attachments: tuple[dict, ...] = ()
 
     @property
     def user_text(self) -> str:
@@ -41,4 +43,5 @@ class ChatRequest:
     def content_type(self) -> str:
         """How the user's message is stored: `object_string` when any message carries items."""
         messages = self.additional_messages or []
-        return "object_string" if any(m.get("content_type") == "object_string" for m in messages) else "text"
+        multimodal = self.attachments or any(m.get("content_type") == "object_string" for m in messages)
+        return "object_string" if multimodal else "text"

@@ -16,6 +16,7 @@ MAX_MAP_ITEMS = 16
 MAX_MAP_KEY = 64
 MAX_MAP_VALUE = 512
 MAX_ADDITIONAL_MESSAGES = 100
+MAX_ATTACHMENTS = 10
 
 
 class StrictCharField(serializers.CharField):
@@ -66,6 +67,33 @@ class AdditionalMessageSerializer(serializers.Serializer):
         return super().to_internal_value(data)
 
 
+class AttachmentSerializer(serializers.Serializer):
+    """`{"file_id": "…"}` (a file the caller uploaded) or `{"url": "https://…", "type": "image"|"file"}`."""
+
+    file_id = StrictCharField(required=False, max_length=64)
+    url = serializers.URLField(required=False, max_length=2048)
+    type = serializers.ChoiceField(choices=["image", "file"], required=False)
+
+    def to_internal_value(self, data):
+        unknown = set(data) - set(self.fields) if isinstance(data, dict) else set()
+        if unknown:
+            raise serializers.ValidationError({name: ["Unknown field."] for name in sorted(unknown)})
+        return super().to_internal_value(data)
+
+    def validate(self, attrs):
+        if "file_id" in attrs:
+            if set(attrs) != {"file_id"}:
+                raise serializers.ValidationError("Give either file_id, or url and type.")
+        elif "url" in attrs:
+            if "type" not in attrs:
+                raise serializers.ValidationError({"type": ["A url needs its type: image or file."]})
+            if not attrs["url"].lower().startswith("https://"):
+                raise serializers.ValidationError({"url": ["Only https:// links can be attached."]})
+        else:
+            raise serializers.ValidationError("Give either file_id, or url and type.")
+        return attrs
+
+
 class ChatRequestSerializer(serializers.Serializer):
     message = StrictCharField(required=False, allow_blank=False)
     session_id = StrictCharField(required=False)
@@ -76,6 +104,9 @@ class ChatRequestSerializer(serializers.Serializer):
     additional_messages = serializers.ListField(
         child=AdditionalMessageSerializer(), required=False, allow_empty=False, max_length=MAX_ADDITIONAL_MESSAGES
     )
+    attachments = serializers.ListField(
+        child=AttachmentSerializer(), required=False, allow_empty=False, max_length=MAX_ATTACHMENTS
+    )
 
     def validate_session_id(self, value: str) -> str:
         if not SESSION_ID_RE.match(value):
@@ -85,7 +116,12 @@ class ChatRequestSerializer(serializers.Serializer):
     def validate(self, attrs):
         has_message = "message" in attrs
         has_additional = bool(attrs.get("additional_messages"))
-        if has_message == has_additional:
+        has_attachments = bool(attrs.get("attachments"))
+        if has_additional and has_attachments:
+            raise serializers.ValidationError(
+                {"attachments": ["Attachments go with message, not with additional_messages."]}
+            )
+        if has_message == has_additional and not (has_attachments and not has_message):
             raise serializers.ValidationError({"message": ["Send either message or additional_messages."]})
         if has_additional and not any(item["role"] == "user" for item in attrs["additional_messages"]):
             raise serializers.ValidationError({"additional_messages": ["Include at least one user message."]})
@@ -132,6 +168,7 @@ def parse_chat_request(data, *, extra_fields: frozenset[str] = frozenset()) -> C
         custom_variables=dict(attrs.get("custom_variables") or {}),
         meta_data=dict(attrs.get("meta_data") or {}),
         additional_messages=[dict(item) for item in additional] if additional else None,
+        attachments=tuple(dict(item) for item in attrs.get("attachments") or ()),
     )
 
 
@@ -203,7 +240,7 @@ class MessageSerializer(serializers.ModelSerializer):
 
     class Meta:
         model = Message
-        fields = ["id", "role", "type", "content", "content_type", "chat_id", "status", "created_at"]
+        fields = ["id", "role", "type", "content", "content_type", "attachments", "chat_id", "status", "created_at"]
 
     def get_chat_id(self, message: Message) -> str | None:
         return (message.reply.coze_chat_id or None) if message.reply else None

@@ -12,7 +12,7 @@ from django.db.models import OuterRef, Subquery
 from django.db.models.functions import Substr
 from django.utils import timezone
 
-from chat import cancellation, turns
+from chat import cancellation, files, turns
 from chat.control import running_turns
 from chat.db import db_async
 from chat.errors import ChatError
@@ -90,6 +90,7 @@ def session_delete(*, owner: Owner, session_id: str) -> None:
         if session is None:
             session_get(owner=owner, session_id=session_id)  # not_found when it does not exist
             raise ChatError("session_busy", "This session has a reply in progress; cancel it before deleting.")
+        files.files_delete_for_sessions([session.pk])  # the session's files go with it (chat.files)
         session.delete()
     turns.forget_route(owner.key, session_id)
 

@@ -23,7 +23,7 @@ from django.db.models import Case, ExpressionWrapper, F, Q, Value, When
 from django.db.models.functions import Now
 from django.utils import timezone
 
-from chat import transcripts
+from chat import files, transcripts
 from chat.db import db_async
 from chat.errors import ChatError
 from chat.events import Usage
@@ -122,6 +122,9 @@ def session_route(*, owner: Owner, session_id: str, bot_id: str, requested_user_
     )
 
 
+resolve_attachments = db_async(files.attachments_resolve)
+
+
 @db_async
 def turn_start(
     *,
@@ -132,6 +135,7 @@ def turn_start(
     transport: str,
     worker_channel: str,
     lock_token: str,
+    attachments: files.ResolvedAttachments,
     expected_route: Route | None = None,
 ) -> TurnContext:
     """Lock the session (creating it if new), store the user's message and open the Reply, in one
@@ -150,6 +154,7 @@ def turn_start(
                 transport=transport,
                 worker_channel=worker_channel,
                 lock_token=lock_token,
+                attachments=attachments,
                 expected_route=expected_route,
             )
         except IntegrityError:
@@ -168,6 +173,7 @@ def _turn_start_once(
     transport: str,
     worker_channel: str,
     lock_token: str,
+    attachments: files.ResolvedAttachments,
     expected_route: Route | None,
 ) -> TurnContext:
     now = timezone.now()
@@ -242,15 +248,18 @@ def _turn_start_once(
             worker_channel=worker_channel,
             started_at=now,
         )
-        Message.objects.create(
+        question = Message.objects.create(
             conversation=conversation,
             reply=reply,
             role=Message.Role.USER,
             kind=Message.Kind.QUESTION,
             content=chat_request.user_text,
             content_type=chat_request.content_type,
+            attachments=list(attachments.records),
             created_at=now,
         )
+        if attachments.records:
+            files.attachments_link(message=question, resolved=attachments)
         if not new_conversation:
             Conversation.objects.filter(pk=conversation.pk).update(
                 last_activity=now, message_count=F("message_count") + 1

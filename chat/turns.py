@@ -37,7 +37,7 @@ from collections.abc import AsyncIterator
 from django.conf import settings
 from django.utils import timezone
 
-from chat import cancellation, coze, limits, metrics, turn_store
+from chat import cancellation, coze, files, limits, metrics, turn_store
 from chat.control import TurnControl, active_turns, await_stopping_turn, in_background, running_turns
 from chat.errors import ChatError
 from chat.events import (
@@ -132,14 +132,16 @@ class _Upstream:
         self.first = first
 
 
-async def _open_upstream(*, chat_request: ChatRequest, route: Route) -> _Upstream:
+async def _open_upstream(*, chat_request: ChatRequest, route: Route, attachments: tuple[dict, ...]) -> _Upstream:
     """Send the chat to Coze and wait for its chat object. Raises ChatError; closes what it opened."""
     chat = await coze.achat_open(
         bot_id=route.bot_id,
         user_id=route.coze_user_id,
         conversation_id=route.coze_conversation_id,
         messages=coze.build_messages(
-            message=chat_request.message, additional_messages=chat_request.additional_messages
+            message=chat_request.message,
+            additional_messages=chat_request.additional_messages,
+            attachments=attachments,
         ),
         custom_variables=chat_request.custom_variables,
         meta_data=chat_request.meta_data,
@@ -193,6 +195,12 @@ async def _start(
     bot_id = chat_request.bot_id or settings.COZE_BOT_ID
     session_id = chat_request.session_id or uuid.uuid4().hex
     route = await _route_for(owner=owner, chat_request=chat_request, session_id=session_id, bot_id=bot_id)
+    # Another owner's file_id fails the turn here (not_found), before anything is stored or sent.
+    attachments = (
+        await turn_store.resolve_attachments(owner_key=owner.key, attachments=list(chat_request.attachments))
+        if chat_request.attachments
+        else files.ResolvedAttachments()
+    )
     start = {
         "owner": owner,
         "chat_request": chat_request,
@@ -201,9 +209,10 @@ async def _start(
         "transport": transport,
         "worker_channel": await cancellation.aworker_channel(),
         "lock_token": secrets.token_hex(8),
+        "attachments": attachments,
     }
     storing = in_background(_store_start(**start, expected_route=route))
-    opening = in_background(_open_upstream(chat_request=chat_request, route=route))
+    opening = in_background(_open_upstream(chat_request=chat_request, route=route, attachments=attachments.items))
     try:
         try:
             turn = await asyncio.shield(storing)
@@ -211,7 +220,9 @@ async def _start(
             await _abandon_upstream(opening)
             storing = in_background(_store_start(**start, expected_route=None))
             turn = await asyncio.shield(storing)
-            opening = in_background(_open_upstream(chat_request=chat_request, route=turn.route))
+            opening = in_background(
+                _open_upstream(chat_request=chat_request, route=turn.route, attachments=attachments.items)
+            )
     except asyncio.CancelledError:
         in_background(_settle_cancelled_start(storing, opening, control, started))
         raise

@@ -16,6 +16,14 @@ from chat.logging import request_context_begin, request_context_end, request_id_
 PAYLOAD_TOO_LARGE = json.dumps(
     {"detail": "The request body is larger than 1 MiB.", "code": "payload_too_large"}
 ).encode()
+# Paths with their own body limit instead of CHAT_MAX_BODY_BYTES: file uploads.
+UPLOAD_PATHS = frozenset({"/api/files"})
+
+
+def upload_too_large_body() -> bytes:
+    from chat.files import upload_too_large_detail  # imports models: only once Django is set up
+
+    return json.dumps({"detail": upload_too_large_detail(), "code": "payload_too_large"}).encode()
 
 
 class BodySizeLimitMiddleware:
@@ -23,6 +31,12 @@ class BodySizeLimitMiddleware:
 
     Django's ASGI handler spools the entire body before any view runs, so the limit has to be
     enforced here: by Content-Length up front, and by counting for chunked uploads.
+
+    File uploads (UPLOAD_PATHS) have CHAT_MAX_UPLOAD_BYTES plus the multipart framing instead;
+    with a Content-Length within it their body is passed through unbuffered (the server delivers
+    no more than that length, and Django spools it to a temporary file), so a 20 MiB upload is
+    never held in memory here. A chunked upload is counted as it is buffered, then given the
+    Content-Length Django's multipart parser needs (without one it sees no file at all).
     """
 
     def __init__(self, app):
@@ -31,7 +45,12 @@ class BodySizeLimitMiddleware:
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
-        limit = settings.CHAT_MAX_BODY_BYTES
+        is_upload = scope["path"] in UPLOAD_PATHS
+        if is_upload:
+            limit = settings.CHAT_MAX_UPLOAD_BYTES + settings.CHAT_UPLOAD_BODY_OVERHEAD
+        else:
+            limit = settings.CHAT_MAX_BODY_BYTES
+        declared = None
         for name, value in scope.get("headers", []):
             if name == b"content-length":
                 try:
@@ -39,7 +58,9 @@ class BodySizeLimitMiddleware:
                 except ValueError:
                     declared = 0
                 if declared > limit:
-                    return await self._refuse(send)
+                    return await self._refuse(send, upload=is_upload)
+        if is_upload and declared is not None:
+            return await self.app(scope, receive, send)
         chunks, size = [], 0
         while True:
             message = await receive()
@@ -49,7 +70,7 @@ class BodySizeLimitMiddleware:
                 break
             size += len(message.get("body", b""))
             if size > limit:
-                return await self._refuse(send)
+                return await self._refuse(send, upload=is_upload)
             chunks.append(message)
             if not message.get("more_body", False):
                 break
@@ -59,22 +80,25 @@ class BodySizeLimitMiddleware:
                 return chunks.pop(0)
             return await receive()
 
+        if is_upload:
+            scope = {**scope, "headers": [*scope.get("headers", []), (b"content-length", str(size).encode())]}
         return await self.app(scope, replay, send)
 
     @staticmethod
-    async def _refuse(send) -> None:
+    async def _refuse(send, *, upload: bool = False) -> None:
+        body = upload_too_large_body() if upload else PAYLOAD_TOO_LARGE
         await send(
             {
                 "type": "http.response.start",
                 "status": 413,
                 "headers": [
                     (b"content-type", b"application/json"),
-                    (b"content-length", str(len(PAYLOAD_TOO_LARGE)).encode()),
+                    (b"content-length", str(len(body)).encode()),
                     (b"connection", b"close"),
                 ],
             }
         )
-        await send({"type": "http.response.body", "body": PAYLOAD_TOO_LARGE})
+        await send({"type": "http.response.body", "body": body})
 
 
 class RequestContextMiddleware:

@@ -147,6 +147,38 @@ COZE_SIMULATOR_TOKEN_DELAY_MS = env_number("COZE_SIMULATOR_TOKEN_DELAY_MS", 0 if
 CHAT_ALLOW_ANONYMOUS = env_bool("CHAT_ALLOW_ANONYMOUS", COZE_DEMO_MODE or DEBUG)
 CHAT_MAX_MESSAGE_CHARS = env_number("CHAT_MAX_MESSAGE_CHARS", 32000, minimum=1, cast=int)
 CHAT_MAX_BODY_BYTES = 1024 * 1024
+# File uploads (POST /api/files) have their own limit instead of the 1 MiB body limit.
+CHAT_MAX_UPLOAD_BYTES = env_number("CHAT_MAX_UPLOAD_BYTES", 20 * 1024 * 1024, minimum=1, cast=int)
+# What the multipart framing around one file may add to the body (boundaries, part headers).
+CHAT_UPLOAD_BODY_OVERHEAD = 64 * 1024
+# MIME types accepted for upload; `image/*` style patterns allowed. Default: images, PDF, plain
+# text and Office documents, each also checked against the file's first bytes.
+CHAT_UPLOAD_TYPES = env_list("CHAT_UPLOAD_TYPES") or [
+    "image/png",
+    "image/jpeg",
+    "image/gif",
+    "image/webp",
+    "image/bmp",
+    "application/pdf",
+    "text/plain",
+    "text/markdown",
+    "text/csv",
+    "application/msword",
+    "application/vnd.openxmlformats-officedocument.wordprocessingml.document",
+    "application/vnd.ms-excel",
+    "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet",
+    "application/vnd.ms-powerpoint",
+    "application/vnd.openxmlformats-officedocument.presentationml.presentation",
+]
+CHAT_UPLOAD_TYPES = [item.lower() for item in CHAT_UPLOAD_TYPES]
+for _upload_type in CHAT_UPLOAD_TYPES:
+    if _upload_type.count("/") != 1 or not all(_upload_type.split("/")):
+        raise ImproperlyConfigured(
+            f"CHAT_UPLOAD_TYPES must be MIME types such as image/png or image/*, got {_upload_type!r}"
+        )
+# Show image attachments as thumbnails in the admin transcript. Off by default: the thumbnail
+# loads the image from its URL, which the operator's browser then fetches (and Coze URLs expire).
+CHAT_ADMIN_IMAGE_THUMBNAILS = env_bool("CHAT_ADMIN_IMAGE_THUMBNAILS", False)
 CHAT_SSE_HEARTBEAT = env_number("CHAT_SSE_HEARTBEAT", 15.0, minimum=0.05)
 # Price of 1,000 Coze tokens in your currency, for the admin's estimated spend (unset: not shown).
 _token_price = env.str("CHAT_TOKEN_PRICE_PER_1K", default="")
@@ -317,7 +349,11 @@ if not DEBUG and not TESTING:
     SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
 
 # The chat views read the body themselves and enforce their own 1 MiB limit with a JSON error.
+# (Multipart file parts don't count against it; uploads have CHAT_MAX_UPLOAD_BYTES.)
 DATA_UPLOAD_MAX_MEMORY_SIZE = CHAT_MAX_BODY_BYTES
+# Uploaded files above this size are spooled to a temporary file rather than held in memory,
+# and streamed from there to Coze (Django's default, stated here because uploads rely on it).
+FILE_UPLOAD_MAX_MEMORY_SIZE = 2_621_440
 
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [

@@ -26,6 +26,7 @@ urlpatterns = [
     path("metrics", views.metrics_view, name="metrics"),
     path("api/chat", apis.ChatSendApi.as_view(), name="chat-send"),
     path("api/chat/stream", views.chat_stream_view, name="chat-stream"),
+    path("api/files", apis.FileUploadApi.as_view(), name="file-upload"),
     path("api/chats/<str:chat_id>/cancel", apis.ChatCancelApi.as_view(), name="chat-cancel"),
     path("api/usage", apis.UsageApi.as_view(), name="usage"),
     path("api/sessions", apis.SessionListApi.as_view(), name="session-list"),

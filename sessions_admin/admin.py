@@ -13,6 +13,7 @@ of the whole table. Content is only ever rendered through auto-escaping template
 
 import secrets
 
+from django.conf import settings
 from django.contrib import admin, messages
 from django.contrib.admin.options import IncorrectLookupParameters
 from django.contrib.admin.views.main import PAGE_VAR, SEARCH_VAR
@@ -23,6 +24,7 @@ from django.db import connection
 from django.db.models import Avg, CharField, Count, Exists, OuterRef, Q, Subquery, Sum, Value
 from django.db.models.functions import Cast, Concat
 from django.http import HttpRequest, HttpResponseBadRequest
+from django.template.defaultfilters import filesizeformat
 from django.template.response import TemplateResponse
 from django.urls import path, reverse
 from django.utils import timezone
@@ -47,6 +49,7 @@ from sessions_admin.models import (
     API_KEY_PREFIX,
     ApiClient,
     BudgetAlert,
+    ChatFile,
     ChatSession,
     Conversation,
     DailyUsage,
@@ -446,6 +449,8 @@ class ConversationAdmin(BigTableAdmin):
         extra_context = extra_context or {}
         if conversation is not None and self.has_view_permission(request, conversation):
             extra_context["transcript"] = transcript(conversation, page=request.GET.get("page"))
+            # Off by default: a thumbnail makes the operator's browser fetch the user's link.
+            extra_context["image_thumbnails"] = settings.CHAT_ADMIN_IMAGE_THUMBNAILS
         return super().change_view(request, object_id, form_url, extra_context)
 
 
@@ -807,6 +812,26 @@ def usage_totals(queryset) -> dict:
 
 
 # --- API clients ------------------------------------------------------------------------------
+
+
+@admin.register(ChatFile)
+class ChatFileAdmin(BigTableAdmin):
+    """Files uploaded for chat attachments (the files themselves are at Coze)."""
+
+    list_display = ["file_name", "content_type", "size", "owner", "coze_file_id", "uploaded_at"]
+    list_select_related = ["api_client", "user"]
+    search_fields = ["=coze_file_id", "file_name"]
+    ordering = ["-uploaded_at"]
+    fields = ["file_name", "content_type", "bytes", "owner_key", "api_client", "user", "coze_file_id", "uploaded_at"]
+    readonly_fields = fields
+
+    @admin.display(description="size", ordering="bytes")
+    def size(self, obj: ChatFile) -> str:
+        return filesizeformat(obj.bytes)
+
+    @admin.display(description="owner")
+    def owner(self, obj: ChatFile) -> str:
+        return owner_label(obj.owner_key, obj.api_client, obj.user)
 
 
 def alert_delivery(alert: BudgetAlert) -> str:

@@ -241,6 +241,11 @@ class Message(models.Model):
     content = models.TextField()
     content_type = models.CharField(max_length=32, default="text")
     coze_message_id = models.CharField(max_length=64, blank=True, default="")
+    # What the user attached to this turn, as the session API shows it (docs/api.md §12): uploaded
+    # files `{file_id, file_name, content_type, bytes}` or links `{url, type}`. A copy, so the
+    # transcript still says what was sent after the file's record is gone.
+    # The database default too, so bulk loads that name their columns (seed_chat_data's COPY) need not.
+    attachments = models.JSONField(default=list, db_default=[], blank=True)
     created_at = models.DateTimeField(default=timezone.now)
 
     class Meta:
@@ -248,6 +253,45 @@ class Message(models.Model):
 
     def __str__(self) -> str:
         return f"{self.role}: {self.content[:40]}"
+
+
+class ChatFile(models.Model):
+    """A file an owner uploaded to Coze through `POST /api/files`.
+
+    The file itself lives at Coze; this is the record that makes its id usable only by its
+    owner. `coze_file_id` is also the `file_id` of the API. Files belong to their owner and are
+    linked to the messages that attached them; deleting a session (API or
+    `clear_chat_sessions`) deletes the files its messages used. Files never attached stay
+    with the owner's records.
+    """
+
+    owner_key = models.CharField(max_length=80)
+    api_client = models.ForeignKey(ApiClient, null=True, blank=True, on_delete=models.CASCADE)
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.CASCADE)
+    file_name = models.CharField(max_length=255)
+    bytes = models.PositiveBigIntegerField()
+    content_type = models.CharField(max_length=127)
+    coze_file_id = models.CharField(max_length=64)
+    uploaded_at = models.DateTimeField(default=timezone.now)
+    messages = models.ManyToManyField(Message, blank=True, related_name="files")
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["owner_key", "coze_file_id"], name="unique_file_per_owner"),
+        ]
+        indexes = [models.Index(fields=["-uploaded_at"], name="file_uploaded")]
+
+    def __str__(self) -> str:
+        return self.file_name
+
+    def as_attachment(self) -> dict:
+        """The attachment as the session API shows it (docs/api.md §12)."""
+        return {
+            "file_id": self.coze_file_id,
+            "file_name": self.file_name,
+            "content_type": self.content_type,
+            "bytes": self.bytes,
+        }
 
 
 # The time-to-first-token histogram of DailyUsage: bucket 0 counts replies under 50 ms, bucket i

@@ -6,7 +6,7 @@ import argparse
 
 import uvicorn
 
-from .app import SimulatorConfig, create_app
+from .app import COZE_MAX_UPLOAD_BYTES, SimulatorConfig, create_app
 from .server import base_url_for, bind_socket, uvicorn_config
 
 
@@ -17,12 +17,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--token", default=None, help="require this Bearer token")
     parser.add_argument("--token-delay-ms", type=float, default=0.0)
     parser.add_argument("--first-token-delay-ms", type=float, default=0.0)
+    parser.add_argument(
+        "--max-upload-bytes", type=int, default=COZE_MAX_UPLOAD_BYTES, help="largest file /v1/files/upload takes"
+    )
     args = parser.parse_args(argv)
 
     config = SimulatorConfig(
         token=args.token,
         token_delay_ms=args.token_delay_ms,
         first_token_delay_ms=args.first_token_delay_ms,
+        max_upload_bytes=args.max_upload_bytes,
     )
     try:
         sock = bind_socket(args.host, args.port)

@@ -22,18 +22,29 @@ HTTP 200 with a non-zero ``code``; every response carries a unique ``x-tt-logid`
 ``POST /v1/conversations/{id}/clear``   starts a new section: the memory is reset
 ``POST /api/permission/oauth2/token``   OAuth JWT grant (signature not checked); issued
                                         tokens are valid Bearer tokens afterwards
+``POST /v1/files/upload``               multipart, field ``file``: ``{"id","bytes","file_name",
+                                        "created_at"}``; code 4000 for a file over
+                                        ``max_upload_bytes`` (Coze: 512 MB), of a type Coze
+                                        does not take (by extension), empty, or missing
+``GET /v1/files/retrieve?file_id=``     the same file object; 4000 when unknown
 ``GET /_sim/stats``                     ``open_streams``, ``total_streams``,
                                         ``client_disconnects``, ``cancels``
 ``GET /_sim/chats/{chat_id}``           ``status``, ``tokens_sent``, ``client_disconnected_at``,
                                         ``canceled_at``, ``finished_at``, ``conversation_id``,
-                                        ``stream``
+                                        ``stream``, ``additional_messages`` (as received)
+``GET /_sim/files/{file_id}``           ``file_name``, ``bytes``, ``content_type`` (of the
+                                        part), ``sha256`` of the content received
 ======================================  ====================================================
 
 Answers are deterministic. The user text is the content of the last ``additional_messages``
 item with role ``user`` (the ``text`` fields joined for ``object_string``). The answer is
 ``"You said: {text}"``, plus ``" (turn {n}; before that you said: {previous})"`` from the
 second turn of a section on. It streams in deltas of 1, 2, 3, 4, 1, 2, … code points, so
-splits land inside words, CRLF pairs and emoji sequences. Usage: ``output_count`` is the
+splits land inside words, CRLF pairs and emoji sequences. A user message of ``object_string``
+with ``image``/``file`` items gets `` [received: image cat.png, file https://…/a.pdf]`` after
+its answer (not after an ``[sim:echo]``), naming each uploaded file by the name it was uploaded
+with, or each link; an unknown ``file_id`` fails the chat request with code 4000, as on Coze.
+Usage: ``output_count`` is the
 number of delta events (reasoning pieces included), ``input_count`` is the number of
 characters of user text in the section // 4 + 1.
 
@@ -67,6 +78,9 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import email.parser
+import email.policy
+import hashlib
 import itertools
 import json
 import math
@@ -91,6 +105,16 @@ FOLLOW_UPS = ("Tell me more", "What else can you do?")
 VERBOSE_CONTENT = '{"msg_type":"generate_answer_finish","data":"","from_module":null,"from_unit":null}'
 JWT_GRANT_TYPE = "urn:ietf:params:oauth:grant-type:jwt-bearer"
 MAX_BODY_BYTES = 16 * 1024 * 1024
+UPLOAD_PATH = "/v1/files/upload"
+# Coze's documented limit for one uploaded file.
+COZE_MAX_UPLOAD_BYTES = 512 * 1024 * 1024
+# Extensions of the file types Coze's upload accepts (documents, text and code, images, audio,
+# video, archives).
+COZE_UPLOAD_EXTENSIONS = frozenset(
+    "doc docx xls xlsx ppt pptx pdf numbers csv txt md json xml html htm cpp py java c js ts go "
+    "jpg jpeg jpg2 png gif webp heic heif bmp pcd tiff tif wav ogg mp3 m4a mp4 avi mov 3gp 3gpp flv "
+    "webm wmv rmvb zip rar".split()
+)
 # Finished chats beyond this many are forgotten, oldest first, so a long demo stays small.
 MAX_CHATS = 20_000
 
@@ -108,12 +132,14 @@ class SimulatorConfig:
     ``token``: when set, every Coze endpoint requires ``Authorization: Bearer <token>`` (or a
     token issued by the OAuth endpoint) and answers HTTP 401 / code 4100 otherwise.
     ``token_delay_ms``: pause between two deltas. ``first_token_delay_ms``: pause between
-    ``conversation.chat.in_progress`` and the first delta.
+    ``conversation.chat.in_progress`` and the first delta. ``max_upload_bytes``: the largest
+    file ``/v1/files/upload`` takes.
     """
 
     token: str | None = None
     token_delay_ms: float = 0
     first_token_delay_ms: float = 0
+    max_upload_bytes: int = COZE_MAX_UPLOAD_BYTES
 
 
 @dataclass(eq=False)
@@ -154,6 +180,7 @@ class Chat:
     failed_at: int | None = None
     messages: list[dict[str, Any]] = field(default_factory=list)
     tokens_sent: int = 0
+    request_messages: list[Any] = field(default_factory=list)
     client_disconnected_at: float | None = None
     canceled_at: float | None = None
     finished_at: float | None = None
@@ -187,6 +214,31 @@ class Chat:
             "finished_at": self.finished_at,
             "conversation_id": self.conversation_id,
             "stream": self.stream,
+            "additional_messages": self.request_messages,
+        }
+
+
+@dataclass(eq=False)
+class UploadedFile:
+    """A file received by ``/v1/files/upload``: its metadata and a digest, not its content."""
+
+    id: str
+    file_name: str
+    bytes: int
+    content_type: str
+    sha256: str
+    created_at: int
+
+    def as_dict(self) -> dict[str, Any]:
+        """Coze's file object."""
+        return {"id": self.id, "bytes": self.bytes, "file_name": self.file_name, "created_at": self.created_at}
+
+    def inspection(self) -> dict[str, Any]:
+        return {
+            "file_name": self.file_name,
+            "bytes": self.bytes,
+            "content_type": self.content_type,
+            "sha256": self.sha256,
         }
 
 
@@ -197,6 +249,7 @@ class SimulatorState:
     conversations: dict[str, Conversation] = field(default_factory=dict)
     chats: dict[str, Chat] = field(default_factory=dict)
     issued_tokens: dict[str, float] = field(default_factory=dict)  # token -> expiry
+    files: dict[str, UploadedFile] = field(default_factory=dict)
     open_streams: int = 0
     total_streams: int = 0
     client_disconnects: int = 0
@@ -345,6 +398,26 @@ def user_text(messages: list[Any]) -> str:
     return ""
 
 
+def message_attachments(message: Any) -> list[dict[str, Any]]:
+    """The ``image``/``file``/``audio`` items of an ``object_string`` message ([] otherwise)."""
+    if not isinstance(message, dict) or message.get("content_type") != "object_string":
+        return []
+    try:
+        items = json.loads(message.get("content") or "")
+    except (TypeError, ValueError):
+        return []
+    if not isinstance(items, list):
+        return []
+    return [item for item in items if isinstance(item, dict) and item.get("type") in ("image", "file", "audio")]
+
+
+def last_user_message(messages: list[Any]) -> Any:
+    for message in reversed(messages):
+        if isinstance(message, dict) and message.get("role") == "user":
+            return message
+    return None
+
+
 def answer_text(text: str, directives: Directives, earlier_turns: list[str]) -> str:
     """The deterministic answer to ``text`` given the section's earlier user turns."""
     if directives.echo is not None:
@@ -484,6 +557,8 @@ class SimulatorApp:
                 self._conversation_retrieve,
                 True,
             ),
+            UPLOAD_PATH: (frozenset({"POST"}), self._file_upload, True),
+            "/v1/files/retrieve": (frozenset({"GET"}), self._file_retrieve, True),
             "/api/permission/oauth2/token": (
                 frozenset({"POST"}),
                 self._oauth_token,
@@ -507,7 +582,8 @@ class SimulatorApp:
             return
         logid = _new_logid()
         try:
-            body = await self._read_body(receive)
+            limit = self.config.max_upload_bytes + 1024 * 1024 if scope["path"] == UPLOAD_PATH else MAX_BODY_BYTES
+            body = await self._read_body(receive, limit)
             if body is None:  # the client left before sending its body
                 return
             request = Request(
@@ -537,7 +613,7 @@ class SimulatorApp:
                 return
 
     @staticmethod
-    async def _read_body(receive: Receive) -> bytes | None:
+    async def _read_body(receive: Receive, limit: int = MAX_BODY_BYTES) -> bytes | None:
         chunks = []
         size = 0
         while True:
@@ -546,7 +622,7 @@ class SimulatorApp:
                 return None
             chunk = message.get("body", b"")
             size += len(chunk)
-            if size > MAX_BODY_BYTES:
+            if size > limit:
                 raise CozeError(4000, "the body is too large")
             chunks.append(chunk)
             if not message.get("more_body", False):
@@ -595,6 +671,9 @@ class SimulatorApp:
         # /_sim/chats/{id}
         if len(parts) == 4 and parts[1:3] == ["_sim", "chats"]:
             return frozenset({"GET"}), self._sim_chat, False
+        # /_sim/files/{id}
+        if len(parts) == 4 and parts[1:3] == ["_sim", "files"]:
+            return frozenset({"GET"}), self._sim_file, False
         return None
 
     def _authenticate(self, request: Request) -> None:
@@ -671,6 +750,7 @@ class SimulatorApp:
                 if isinstance(fault, Response):
                     return fault
                 raise CozeError(*fault)
+        received = self._received_attachments(message_attachments(last_user_message(messages)))
 
         conversation_id = request.query.get("conversation_id")
         if conversation_id:
@@ -689,8 +769,9 @@ class SimulatorApp:
             created_at=int(time.time()),
             meta_data=body["meta_data"] if isinstance(body.get("meta_data"), dict) else {},
             stream=stream,
+            request_messages=messages,
         )
-        plan = self._plan(chat, conversation, text, directives)
+        plan = self._plan(chat, conversation, text, directives, received)
         if body.get("auto_save_history", True) is not False:
             conversation.turns.append(text)
         conversation.running_chat_id = chat.id
@@ -714,8 +795,28 @@ class SimulatorApp:
             for chat_id in [cid for cid, old in oldest if old.finished_at is not None][:excess]:
                 del chats[chat_id]
 
-    def _plan(self, chat: Chat, conversation: Conversation, text: str, directives: Directives) -> ChatPlan:
+    def _received_attachments(self, items: list[dict[str, Any]]) -> str:
+        """`` [received: image cat.png, file https://…]`` for the answer; 4000 for an unknown file id."""
+        names = []
+        for item in items:
+            file_id, file_url = item.get("file_id"), item.get("file_url")
+            if file_id:
+                uploaded = self.state.files.get(str(file_id))
+                if uploaded is None:
+                    raise CozeError(4000, f"file {file_id!r} does not exist")
+                names.append(f"{item['type']} {uploaded.file_name}")
+            elif isinstance(file_url, str) and file_url:
+                names.append(f"{item['type']} {file_url}")
+            else:
+                raise CozeError(4000, f"a {item['type']} item needs file_id or file_url")
+        return f" [received: {', '.join(names)}]" if names else ""
+
+    def _plan(
+        self, chat: Chat, conversation: Conversation, text: str, directives: Directives, received: str = ""
+    ) -> ChatPlan:
         answer = answer_text(text, directives, conversation.turns)
+        if directives.echo is None:  # an echo stays exactly the text after the directive
+            answer += received
         message = {
             "id": self.new_id(),
             "conversation_id": chat.conversation_id,
@@ -933,6 +1034,40 @@ class SimulatorApp:
         self.state.cancels += 1
         return _ok(chat.as_dict())
 
+    # ----------------------------------------------------------------- files
+
+    async def _file_upload(self, request: Request) -> Response:
+        content_type = request.headers.get("content-type", "")
+        if not content_type.lower().startswith("multipart/form-data"):
+            raise CozeError(4000, "the body must be multipart/form-data with a file field")
+        part = _multipart_file(content_type, request.body, "file")
+        if part is None:
+            raise CozeError(4000, "the file field is missing")
+        file_name, part_type, content = part
+        if len(content) > self.config.max_upload_bytes:
+            raise CozeError(4000, f"the file exceeds the size limit of {self.config.max_upload_bytes} bytes")
+        if not content:
+            raise CozeError(4000, "the file is empty")
+        extension = file_name.rsplit(".", 1)[-1].lower() if "." in file_name else ""
+        if extension not in COZE_UPLOAD_EXTENSIONS:
+            raise CozeError(4000, f"unsupported file type: {file_name!r}")
+        uploaded = UploadedFile(
+            id=self.new_id(),
+            file_name=file_name,
+            bytes=len(content),
+            content_type=part_type,
+            sha256=hashlib.sha256(content).hexdigest(),
+            created_at=int(time.time()),
+        )
+        self.state.files[uploaded.id] = uploaded
+        return _ok(uploaded.as_dict())
+
+    async def _file_retrieve(self, request: Request) -> Response:
+        uploaded = self.state.files.get(request.query.get("file_id", ""))
+        if uploaded is None:
+            raise CozeError(4000, "the file does not exist")
+        return _ok(uploaded.as_dict())
+
     # ----------------------------------------------------------------- OAuth (JWT grant)
 
     async def _oauth_token(self, request: Request) -> Response:
@@ -978,11 +1113,30 @@ class SimulatorApp:
     async def _sim_stats(self, request: Request) -> Response:
         return _json_response(200, self.state.stats())
 
+    async def _sim_file(self, request: Request) -> Response:
+        uploaded = self.state.files.get(request.path.split("/")[3])
+        if uploaded is None:
+            return _json_response(404, {"code": 4000, "msg": "file not found"})
+        return _json_response(200, uploaded.inspection())
+
     async def _sim_chat(self, request: Request) -> Response:
         chat = self.state.chats.get(request.path.split("/")[3])
         if chat is None:
             return _json_response(404, {"code": 4001, "msg": "chat not found"})
         return _json_response(200, chat.inspection())
+
+
+def _multipart_file(content_type: str, body: bytes, field_name: str) -> tuple[str, str, bytes] | None:
+    """(file name, part content type, content) of the multipart field ``field_name``, or None."""
+    parser = email.parser.BytesParser(policy=email.policy.HTTP)
+    message = parser.parsebytes(b"Content-Type: " + content_type.encode("latin-1") + b"\r\n\r\n" + body)
+    if not message.is_multipart():
+        return None
+    for part in message.iter_parts():
+        if part.get_param("name", header="content-disposition") == field_name:
+            file_name = part.get_filename() or ""
+            return file_name, part.get_content_type(), part.get_payload(decode=True) or b""
+    return None
 
 
 def _oauth_error(status: int, error_code: str, message: str) -> Response:

@@ -48,6 +48,10 @@
     sidebar: $("sidebar"),
     scrim: $("scrim"),
     menu: $("menu-button"),
+    attach: $("attach"),
+    fileInput: $("file-input"),
+    tray: $("attachment-tray"),
+    dropOverlay: $("drop-overlay"),
   };
 
   // --- safe rendering -------------------------------------------------------------------------
@@ -467,11 +471,209 @@
     }
   }
 
-  function userMessage(text) {
+  function userMessage(text, attachments = []) {
     const node = make("article", "msg msg-user");
-    const bubble = make("div", "bubble", text); // always text, never HTML
-    node.appendChild(bubble);
+    const column = make("div", "msg-user-column");
+    if (attachments.length) column.appendChild(attachmentList(attachments));
+    if (text) column.appendChild(make("div", "bubble", text)); // always text, never HTML
+    node.appendChild(column);
     return node;
+  }
+
+  // --- attachments ----------------------------------------------------------------------------------
+
+  // Thumbnails of images uploaded from this page, by file id (the server keeps no image URL).
+  const previews = new Map();
+
+  function formatBytes(bytes) {
+    if (bytes == null) return "";
+    if (bytes < 1024) return `${bytes} B`;
+    if (bytes < 1024 * 1024) return `${(bytes / 1024).toFixed(bytes < 10240 ? 1 : 0)} KB`;
+    return `${(bytes / (1024 * 1024)).toFixed(1)} MB`;
+  }
+
+  /** Sent attachments, as the session API describes them: {file_id, file_name, content_type, bytes} or {url, type}. */
+  function attachmentList(attachments) {
+    const list = make("div", "msg-attachments");
+    for (const attachment of attachments) {
+      const isImage = attachment.file_id ? (attachment.content_type || "").startsWith("image/") : attachment.type === "image";
+      const src = attachment.file_id ? previews.get(attachment.file_id) : attachment.url;
+      const name = attachment.file_id ? attachment.file_name : attachment.url;
+      const item = make("div", "attachment");
+      item.title = name;
+      if (isImage && src) {
+        const image = make("img", "attachment-thumb");
+        image.src = src;
+        image.alt = name;
+        image.loading = "lazy";
+        image.referrerPolicy = "no-referrer";
+        item.appendChild(image);
+        item.classList.add("attachment-image");
+      } else {
+        item.appendChild(svgIcon("file"));
+        const label = make("span", "attachment-text");
+        label.append(make("span", "attachment-name", name));
+        const details = attachment.file_id ? formatBytes(attachment.bytes) : attachment.type;
+        if (details) label.append(make("span", "attachment-size", details));
+        item.appendChild(label);
+      }
+      list.appendChild(item);
+    }
+    return list;
+  }
+
+  // Files chosen for the next message: each uploads at once, showing its progress.
+  const pending = [];
+
+  function uploadRefusal(status, payload, file) {
+    const name = `“${file.name || "pasted image"}”`;
+    if (status === 413) return `${name} is too large. ${payload.detail || ""}`.trim();
+    if (status === 415) return `${name} can't be attached: ${payload.detail || "this type of file is not accepted."}`;
+    if (status === 429) return `Too many uploads; wait a moment and try ${name} again.`;
+    if (status === 401) {
+      showSignInBanner();
+      return `Sign in to attach ${name}.`;
+    }
+    return `Could not upload ${name}: ${payload.detail || `the server answered ${status || "nothing"}.`}`;
+  }
+
+  function renderTray() {
+    el.tray.hidden = pending.length === 0;
+    el.form.classList.toggle("has-attachments", pending.length > 0);
+    el.tray.replaceChildren(
+      ...pending.map((entry) => {
+        const item = make("div", `tray-item tray-${entry.status}`);
+        item.dataset.status = entry.status;
+        item.title = entry.file.name;
+        if (entry.preview) {
+          const image = make("img", "tray-thumb");
+          image.src = entry.preview;
+          image.alt = entry.file.name;
+          item.appendChild(image);
+        } else {
+          item.appendChild(svgIcon("file"));
+        }
+        const text = make("span", "tray-text");
+        text.append(make("span", "tray-name", entry.file.name || "pasted image"));
+        text.append(make("span", "tray-size", entry.status === "uploading" ? `${Math.round(entry.progress * 100)}%` : formatBytes(entry.file.size)));
+        item.appendChild(text);
+        if (entry.status === "uploading") {
+          const bar = make("progress", "tray-progress");
+          bar.max = 1;
+          bar.value = entry.progress;
+          bar.setAttribute("aria-label", `Uploading ${entry.file.name}`);
+          item.appendChild(bar);
+        }
+        const remove = make("button", "icon-button tray-remove");
+        remove.type = "button";
+        remove.setAttribute("aria-label", `Remove ${entry.file.name}`);
+        remove.appendChild(svgIcon("x"));
+        remove.addEventListener("click", () => removePending(entry));
+        item.appendChild(remove);
+        return item;
+      }),
+    );
+  }
+
+  function removePending(entry) {
+    const index = pending.indexOf(entry);
+    if (index >= 0) pending.splice(index, 1);
+    if (entry.request) entry.request.abort();
+    if (entry.preview && !entry.fileId) URL.revokeObjectURL(entry.preview);
+    renderTray();
+  }
+
+  function uploadFile(file) {
+    const entry = { file, status: "uploading", progress: 0, fileId: null, preview: null, request: null };
+    if (file.type.startsWith("image/")) entry.preview = URL.createObjectURL(file);
+    pending.push(entry);
+    renderTray();
+    const form = new FormData();
+    form.append("file", file, file.name || `pasted-image.${(file.type.split("/")[1] || "png").replace("jpeg", "jpg")}`);
+    // XMLHttpRequest rather than fetch: only it reports upload progress.
+    const request = new XMLHttpRequest();
+    entry.request = request;
+    request.open("POST", "/api/files");
+    request.setRequestHeader("X-CSRFToken", csrfToken());
+    request.setRequestHeader("Accept", "application/json");
+    request.upload.addEventListener("progress", (event) => {
+      if (!event.lengthComputable) return;
+      entry.progress = event.loaded / event.total;
+      renderTray();
+    });
+    request.addEventListener("load", () => {
+      entry.request = null;
+      let payload = {};
+      try {
+        payload = JSON.parse(request.responseText || "{}");
+      } catch (error) {
+        // not JSON: a proxy page
+      }
+      if (request.status === 201) {
+        entry.status = "ready";
+        entry.fileId = payload.file_id;
+        entry.uploaded = payload;
+        if (entry.preview) previews.set(payload.file_id, entry.preview);
+      } else {
+        toast(uploadRefusal(request.status, payload, file));
+        removePending(entry);
+        return;
+      }
+      renderTray();
+    });
+    request.addEventListener("error", () => {
+      entry.request = null;
+      toast(uploadRefusal(0, {}, file));
+      removePending(entry);
+    });
+    request.send(form);
+  }
+
+  function attachFiles(files) {
+    for (const file of files) uploadFile(file);
+    el.input.focus();
+  }
+
+  el.attach.addEventListener("click", () => el.fileInput.click());
+  el.fileInput.addEventListener("change", () => {
+    attachFiles(Array.from(el.fileInput.files || []));
+    el.fileInput.value = "";
+  });
+  document.addEventListener("paste", (event) => {
+    const files = Array.from(event.clipboardData ? event.clipboardData.files : []);
+    if (!files.length) return;
+    event.preventDefault(); // an image pasted is attached, not inserted as its file name
+    attachFiles(files);
+  });
+  let dragDepth = 0;
+  const carriesFiles = (event) => Array.from(event.dataTransfer ? event.dataTransfer.types : []).includes("Files");
+  document.addEventListener("dragenter", (event) => {
+    if (!carriesFiles(event)) return;
+    dragDepth += 1;
+    el.dropOverlay.hidden = false;
+  });
+  document.addEventListener("dragleave", (event) => {
+    if (!carriesFiles(event)) return;
+    dragDepth = Math.max(0, dragDepth - 1);
+    if (!dragDepth) el.dropOverlay.hidden = true;
+  });
+  document.addEventListener("dragover", (event) => {
+    if (carriesFiles(event)) event.preventDefault();
+  });
+  document.addEventListener("drop", (event) => {
+    if (!carriesFiles(event)) return;
+    event.preventDefault();
+    dragDepth = 0;
+    el.dropOverlay.hidden = true;
+    attachFiles(Array.from(event.dataTransfer.files));
+  });
+
+  /** The attachments ready to send, taken out of the tray; null while one is still uploading. */
+  function takeAttachments() {
+    if (pending.some((entry) => entry.status === "uploading")) return null;
+    const ready = pending.splice(0, pending.length);
+    renderTray();
+    return ready.map((entry) => entry.uploaded);
   }
 
   function divider(text) {
@@ -591,14 +793,14 @@
     });
   }
 
-  async function sendMessage(text, { retryInto } = {}) {
+  async function sendMessage(text, { retryInto, attachments = [] } = {}) {
     text = (text || "").trim();
-    if (!text || state.busy) return;
+    if ((!text && !attachments.length) || state.busy) return;
     if (!state.sessionId) {
       state.sessionId = newSessionId();
       setHash(state.sessionId);
     }
-    saveTitle(state.sessionId, text);
+    saveTitle(state.sessionId, text || attachments.map((attachment) => attachment.file_name).join(", "));
     setTitle(titleFor(state.sessionId));
     showEmpty(false);
     el.thread.querySelectorAll(".follow-ups").forEach((node) => node.replaceChildren());
@@ -606,7 +808,7 @@
     let view = retryInto;
     if (view) view.reset();
     else {
-      el.thread.appendChild(userMessage(text));
+      el.thread.appendChild(userMessage(text, attachments));
       view = new AssistantMessage();
       el.thread.appendChild(view.node);
     }
@@ -614,7 +816,13 @@
     setBusy(true);
     state.stopRequested = false;
     const transport = state.transport;
-    const requestBody = { message: text, session_id: state.sessionId };
+    const requestBody = { session_id: state.sessionId };
+    if (text) requestBody.message = text;
+    if (attachments.length) {
+      requestBody.attachments = attachments.map((attachment) =>
+        attachment.file_id ? { file_id: attachment.file_id } : { url: attachment.url, type: attachment.type },
+      );
+    }
     let result;
     for (let attempt = 0; ; attempt += 1) {
       state.handle = transport.start(requestBody, (event) => {
@@ -649,7 +857,7 @@
       transportName: transport.name,
       onRetry: () => {
         if (state.busy) return;
-        sendMessage(text, { retryInto: view });
+        sendMessage(text, { retryInto: view, attachments });
       },
     });
     setBusy(false);
@@ -675,10 +883,15 @@
   el.form.addEventListener("submit", (event) => {
     event.preventDefault();
     const text = el.input.value;
-    if (!text.trim() || state.busy) return;
+    if ((!text.trim() && !pending.length) || state.busy) return;
+    const attachments = takeAttachments();
+    if (attachments === null) {
+      toast("Wait for the upload to finish before sending.", "info");
+      return;
+    }
     el.input.value = "";
     autosize();
-    sendMessage(text);
+    sendMessage(text, { attachments });
   });
   el.input.addEventListener("input", autosize);
   el.input.addEventListener("keydown", (event) => {
@@ -840,8 +1053,9 @@
       // A question whose reply produced no answer: say how it ended.
       const view = new AssistantMessage();
       const question = pendingQuestion.content;
+      const attachments = pendingQuestion.attachments || [];
       view.finish(historyResult(pendingQuestion.status), {
-        onRetry: () => !state.busy && sendMessage(question, { retryInto: view }),
+        onRetry: () => !state.busy && sendMessage(question, { retryInto: view, attachments }),
       });
       el.thread.appendChild(view.node);
       pendingQuestion = null;
@@ -849,14 +1063,15 @@
     for (const message of messages) {
       if (message.role === "user") {
         closeQuestion();
-        el.thread.appendChild(userMessage(message.content));
+        el.thread.appendChild(userMessage(message.content, message.attachments || []));
         pendingQuestion = message;
       } else if (message.type === "answer") {
         const view = new AssistantMessage({ text: message.content });
         const question = pendingQuestion ? pendingQuestion.content : null;
+        const attachments = pendingQuestion ? pendingQuestion.attachments || [] : [];
         if (message.status && message.status !== "completed") {
           view.finish(historyResult(message.status), {
-            onRetry: question ? () => !state.busy && sendMessage(question, { retryInto: view }) : null,
+            onRetry: question !== null ? () => !state.busy && sendMessage(question, { retryInto: view, attachments }) : null,
           });
         }
         pendingQuestion = null;

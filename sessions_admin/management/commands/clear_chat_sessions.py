@@ -12,6 +12,9 @@ How it stays safe on big tables and a live server:
   memory stays flat, and an interruption at any point leaves no orphan rows: run it again to
   finish;
 * sessions with a reply in progress (a live lock) are skipped unless `--include-busy`.
+
+Uploaded files (`ChatFile`) attached by a deleted session's messages are deleted with it, first
+(their link to the session goes through the messages); files never attached are not touched.
 """
 
 import time
@@ -22,18 +25,21 @@ from django.db import transaction
 from django.db.models import Max, Q
 from django.utils import timezone
 
-from sessions_admin.models import ChatSession, Conversation, Message, Reply
+from chat.files import files_of_sessions
+from sessions_admin.models import ChatFile, ChatSession, Conversation, Message, Reply
 
 COUNTED = {
     "sessions": ChatSession._meta.label,
     "conversations": Conversation._meta.label,
     "messages": Message._meta.label,
     "replies": Reply._meta.label,
+    "files": ChatFile._meta.label,
 }
 
 
 def summary(counts: dict[str, int]) -> str:
-    return ", ".join(f"{counts.get(name, 0):,} {name}" for name in COUNTED)
+    # Files are named only when there are some: most deployments never upload any.
+    return ", ".join(f"{counts.get(name, 0):,} {name}" for name in COUNTED if name != "files" or counts.get(name))
 
 
 class Command(BaseCommand):
@@ -146,6 +152,7 @@ class Command(BaseCommand):
             "conversations": Conversation.objects.filter(session__in=sessions).count(),
             "messages": Message.objects.filter(conversation__session__in=sessions).count(),
             "replies": Reply.objects.filter(session__in=sessions).count(),
+            "files": files_of_sessions(sessions).count(),
         }
 
     def list_some(self, sessions, limit: int = 20) -> None:
@@ -163,6 +170,7 @@ class Command(BaseCommand):
         """Children first, in chunks, each chunk its own short transaction; the sessions last."""
         deleted = dict.fromkeys(COUNTED, 0)
         steps = [
+            files_of_sessions(session_pks),
             Message.objects.filter(conversation__session__in=session_pks),
             Reply.objects.filter(session__in=session_pks),
             Conversation.objects.filter(session__in=session_pks),

@@ -1,0 +1,258 @@
+"""Files and images in a conversation (docs/api.md §12): uploads and attachments.
+
+`afile_upload` checks an uploaded file against the size and type limits, sends it to Coze
+through the adapter and records it for its owner. `attachments_resolve` turns the `attachments`
+of a chat body into what the turn needs — the Coze item of each and the copy stored on the
+user's message — and refuses another owner's file as not found. `files_delete_for_sessions` is
+the deletion rule: a session's files go with it.
+"""
+
+import base64
+import binascii
+import mimetypes
+from dataclasses import dataclass
+from fnmatch import fnmatchcase
+
+import filetype
+from django.conf import settings
+from django.core.files.uploadedfile import SimpleUploadedFile
+from django.db.models import QuerySet
+
+from chat import coze
+from chat.db import db_async
+from chat.errors import ChatError
+from sessions_admin.models import ChatFile, Message
+
+SNIFF_BYTES = 8192
+TEXT_TYPES_PREFIX = "text/"
+# Content types that share one signature: what the first bytes can show, for each declared type.
+ZIP_OFFICE_TYPES = {
+    "application/vnd.openxmlformats-officedocument.wordprocessingml.document",
+    "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet",
+    "application/vnd.openxmlformats-officedocument.presentationml.presentation",
+}
+OLE_OFFICE_TYPES = {"application/msword", "application/vnd.ms-excel", "application/vnd.ms-powerpoint"}
+# The legacy Office formats share one container (OLE2); what is inside is told apart only by
+# heuristics that miss files written by other tools, so the container's signature is the check.
+OLE_SIGNATURE = bytes.fromhex("D0CF11E0A1B11AE1")
+SAME_SIGNATURE = {
+    **{office: {*ZIP_OFFICE_TYPES, "application/zip"} for office in ZIP_OFFICE_TYPES},
+    "image/png": {"image/png", "image/apng"},
+}
+GENERIC_TYPES = {"", "application/octet-stream", "binary/octet-stream"}
+
+
+# --- checks -----------------------------------------------------------------------------------
+
+
+def upload_too_large_detail() -> str:
+    """The 413 detail for uploads (also used by the body-size middleware)."""
+    limit = settings.CHAT_MAX_UPLOAD_BYTES
+    size = f"{limit / (1024 * 1024):g} MiB" if limit >= 1024 * 1024 else f"{limit:,} bytes"
+    return f"The file is larger than the upload limit of {size}."
+
+
+def upload_type_allowed(content_type: str) -> bool:
+    return any(fnmatchcase(content_type, pattern.lower()) for pattern in settings.CHAT_UPLOAD_TYPES)
+
+
+def allowed_types_summary() -> str:
+    """CHAT_UPLOAD_TYPES in words: "images, PDF, text or Office documents"."""
+    words: list[str] = []
+    for pattern in settings.CHAT_UPLOAD_TYPES:
+        pattern = pattern.lower()
+        if pattern.startswith("image/"):
+            word = "images"
+        elif pattern == "application/pdf":
+            word = "PDF"
+        elif pattern.startswith("text/"):
+            word = "text"
+        elif pattern in ZIP_OFFICE_TYPES or pattern in OLE_OFFICE_TYPES:
+            word = "Office documents"
+        else:
+            word = pattern
+        if word not in words:
+            words.append(word)
+    return ", ".join(words[:-1]) + f" or {words[-1]}" if len(words) > 1 else "".join(words)
+
+
+def sniffed_type(head: bytes) -> str | None:
+    """The type the first bytes show (None when they show none, as for text)."""
+    kind = filetype.guess(head)
+    return kind.mime if kind else None
+
+
+def looks_like_text(head: bytes) -> bool:
+    """UTF-8 (or ASCII) without NUL bytes; a character cut at the end of `head` is allowed."""
+    if b"\x00" in head:
+        return False
+    try:
+        head.decode("utf-8")
+    except UnicodeDecodeError as error:
+        return error.start >= len(head) - 3 and error.reason == "unexpected end of data"
+    return True
+
+
+def upload_content_type(*, declared: str, file_name: str, head: bytes) -> str:
+    """The file's content type once it passes the type check; ChatError("unsupported_media_type")
+    otherwise.
+
+    The declared type (the part's Content-Type, or the name's when generic) must be one of
+    CHAT_UPLOAD_TYPES, and the first bytes must agree with it: a PDF starts like a PDF, an
+    image like that image, text is text.
+    """
+    content_type = declared.split(";")[0].strip().lower()
+    if content_type in GENERIC_TYPES:
+        content_type = (mimetypes.guess_type(file_name)[0] or "").lower()
+    if not content_type or not upload_type_allowed(content_type):
+        raise ChatError(
+            "unsupported_media_type",
+            f"Files of type {content_type or 'unknown'!r} are not accepted; send {allowed_types_summary()}.",
+        )
+    sniffed = sniffed_type(head)
+    if content_type.startswith(TEXT_TYPES_PREFIX):
+        matches = sniffed is None and looks_like_text(head)
+    elif content_type in OLE_OFFICE_TYPES:
+        matches = head.startswith(OLE_SIGNATURE)
+    else:
+        matches = sniffed is not None and sniffed in SAME_SIGNATURE.get(content_type, {content_type})
+    if not matches:
+        raise ChatError(
+            "unsupported_media_type",
+            f"The file's content is not {content_type}" + (f" (it looks like {sniffed})." if sniffed else "."),
+        )
+    return content_type
+
+
+def attachment_kind(content_type: str) -> str:
+    """How Coze is told about a file: `image` for images, `file` for everything else."""
+    return "image" if content_type.startswith("image/") else "file"
+
+
+# --- upload -----------------------------------------------------------------------------------
+
+
+@db_async
+def _file_record(*, owner, coze_file: coze.UploadedFile, file_name: str, size: int, content_type: str) -> ChatFile:
+    chat_file, _ = ChatFile.objects.update_or_create(
+        owner_key=owner.key,
+        coze_file_id=coze_file.file_id,
+        defaults={
+            "api_client_id": owner.api_client_id,
+            "user_id": owner.user_id,
+            "file_name": file_name,
+            "bytes": size,
+            "content_type": content_type,
+        },
+    )
+    return chat_file
+
+
+async def afile_upload(*, owner, uploaded_file) -> ChatFile:
+    """Check `uploaded_file` (Django's UploadedFile), upload it to Coze, record it for `owner`.
+
+    Raises ChatError: payload_too_large over CHAT_MAX_UPLOAD_BYTES, unsupported_media_type
+    for a type outside CHAT_UPLOAD_TYPES or content that contradicts it, invalid when empty,
+    upstream_* when Coze refuses or can't be reached. Nothing reaches Coze unless the checks pass.
+    """
+    if uploaded_file.size > settings.CHAT_MAX_UPLOAD_BYTES:
+        raise ChatError("payload_too_large", upload_too_large_detail())
+    if not uploaded_file.size:
+        raise ChatError("invalid", "The file is empty.", errors={"file": ["The file is empty."]})
+    file_name = (uploaded_file.name or "upload")[:255]
+    uploaded_file.seek(0)
+    head = uploaded_file.read(SNIFF_BYTES)
+    uploaded_file.seek(0)
+    content_type = upload_content_type(declared=uploaded_file.content_type or "", file_name=file_name, head=head)
+    coze_file = await coze.aupload_file(file=uploaded_file.file, file_name=file_name, content_type=content_type)
+    return await _file_record(
+        owner=owner, coze_file=coze_file, file_name=file_name, size=uploaded_file.size, content_type=content_type
+    )
+
+
+def file_upload_body(chat_file: ChatFile) -> dict:
+    """The `201` body of `POST /api/files`."""
+    return {
+        "file_id": chat_file.coze_file_id,
+        "file_name": chat_file.file_name,
+        "bytes": chat_file.bytes,
+        "content_type": chat_file.content_type,
+    }
+
+
+# --- attachments ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class ResolvedAttachments:
+    """The attachments of one turn: Coze items (see `coze.attachment_item`), the copies stored on
+    the user's message, and the owner's files to link to that message."""
+
+    items: tuple[dict, ...] = ()
+    records: tuple[dict, ...] = ()
+    files: tuple[ChatFile, ...] = ()
+
+
+async def aattachment_from_image_url(*, owner, url: str) -> dict:
+    """The chat body's attachment for an OpenAI `image_url` part: an `https://` link as it is,
+    a `data:image/…;base64,…` URL uploaded to Coze for `owner` (same limits and checks as
+    `POST /api/files`) and attached by its file id. Raises ChatError (invalid, 413, 415, upstream_*).
+    """
+    if url[:8].lower() == "https://":
+        return {"url": url, "type": "image"}
+    header, comma, payload = url.partition(",")
+    if not (header[:5].lower() == "data:" and header.lower().endswith(";base64") and comma):
+        raise ChatError("invalid", "An image URL must be https:// or a base64 data: URL.")
+    content_type = header[5:].rsplit(";", 1)[0].lower() or "application/octet-stream"
+    try:
+        content = base64.b64decode(payload, validate=True)
+    except (binascii.Error, ValueError):
+        raise ChatError("invalid", "The data: URL is not valid base64.") from None
+    extension = mimetypes.guess_extension(content_type) or ""
+    extension = {".jpe": ".jpg", ".jpeg": ".jpg"}.get(extension, extension)
+    image = SimpleUploadedFile(f"image{extension}", content, content_type=content_type)
+    chat_file = await afile_upload(owner=owner, uploaded_file=image)
+    return {"file_id": chat_file.coze_file_id}
+
+
+def attachments_resolve(*, owner_key: str, attachments: list[dict]) -> ResolvedAttachments:
+    """Resolve validated attachments for a turn (sync: runs inside `turn_start`'s transaction).
+
+    Raises ChatError("not_found") for a `file_id` that is unknown or not the owner's.
+    """
+    file_ids = [item["file_id"] for item in attachments if "file_id" in item]
+    files = {f.coze_file_id: f for f in ChatFile.objects.filter(owner_key=owner_key, coze_file_id__in=file_ids)}
+    items, records = [], []
+    for attachment in attachments:
+        if "file_id" in attachment:
+            chat_file = files.get(attachment["file_id"])
+            if chat_file is None:
+                raise ChatError("not_found", f"No such file: {attachment['file_id']}.")
+            items.append({"kind": attachment_kind(chat_file.content_type), "file_id": chat_file.coze_file_id})
+            records.append(chat_file.as_attachment())
+        else:
+            items.append({"kind": attachment["type"], "url": attachment["url"]})
+            records.append({"url": attachment["url"], "type": attachment["type"]})
+    return ResolvedAttachments(items=tuple(items), records=tuple(records), files=tuple(files.values()))
+
+
+def attachments_link(*, message: Message, resolved: ResolvedAttachments) -> None:
+    """Link the owner's files to the message that attached them (for deletion with the session)."""
+    if resolved.files:
+        message.files.add(*resolved.files)
+
+
+# --- deletion ---------------------------------------------------------------------------------
+
+
+def files_of_sessions(session_pks) -> QuerySet[ChatFile]:
+    """The files attached by messages of these sessions."""
+    linked = ChatFile.messages.through.objects.filter(message__conversation__session__in=session_pks)
+    return ChatFile.objects.filter(pk__in=linked.values("chatfile_id"))
+
+
+def files_delete_for_sessions(session_pks) -> int:
+    """Delete the file records used by these sessions' messages; returns how many. Call it before
+    the messages go (the link is through them)."""
+    _, by_label = files_of_sessions(session_pks).delete()
+    return by_label.get(ChatFile._meta.label, 0)

@@ -56,7 +56,7 @@ def free_port() -> int:
 class ServerProcess:
     """`daphne cozeproject.asgi:application` in its own process, configured like production."""
 
-    def __init__(self, simulator, tmp_path: Path, name: str, **extra_env: str):
+    def __init__(self, simulator, tmp_path: Path, name: str, server: str = "daphne", **extra_env: str):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = tmp_path / f"{name}.log"
@@ -75,8 +75,13 @@ class ServerProcess:
         )
         env.update(extra_env)
         self.log = open(self.log_path, "w")
+        command = {
+            "daphne": ["-m", "daphne", "-b", "127.0.0.1", "-p", str(self.port)],
+            # uvicorn sends the ASGI lifespan events, where the start-up hooks run (chat/lifecycle.py).
+            "uvicorn": ["-m", "uvicorn", "--host", "127.0.0.1", "--port", str(self.port), "--lifespan", "on"],
+        }[server]
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(self.port), "cozeproject.asgi:application"],
+            [sys.executable, *command, "cozeproject.asgi:application"],
             cwd=ROOT,
             env=env,
             stdout=self.log,
@@ -104,8 +109,8 @@ class ServerProcess:
 def start_worker(simulator, tmp_path):
     workers = []
 
-    def start(name: str, **env) -> ServerProcess:
-        worker = ServerProcess(simulator, tmp_path, name, **env)
+    def start(name: str, server: str = "daphne", **env) -> ServerProcess:
+        worker = ServerProcess(simulator, tmp_path, name, server, **env)
         workers.append(worker)
         return worker
 
@@ -201,8 +206,9 @@ def test_rate_limits_are_shared_between_workers(start_worker, api_key):
     assert statuses[4:] == [429, 429]
 
 
-def test_sigterm_interrupts_replies_in_flight_and_stores_them(start_worker, api_key):
-    worker = start_worker("a")
+@pytest.mark.parametrize("server", ["daphne", "uvicorn"])
+def test_sigterm_interrupts_replies_in_flight_and_stores_them(start_worker, api_key, server):
+    worker = start_worker("a", server)
     client, lines, session = open_stream(worker.url, api_key, {"message": "[sim:slow=100] interrupted by a deploy"})
     rest, reader = read_rest(lines)
 

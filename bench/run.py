@@ -575,41 +575,40 @@ class Bench:
 
 
 class HealthProbe:
-    """`GET /health` on its own kept-alive connection, one every ~50 ms, until stopped."""
+    """`GET /health` every 50 ms, each on a new connection (as a load balancer's check) and each on
+    its own, so that a slow answer doesn't hold back the probes after it."""
 
-    def __init__(self, target: Target):
-        self.target = target
-        self.times: list[float] = []
-        self.failed = 0
+    def __init__(self, target: Target, every: float = 0.05, timeout: float = 10.0):
+        self.target, self.every, self.timeout = target, every, timeout
+        self.probes: list[asyncio.Task] = []
         self.stopped = False
         self.task: asyncio.Task | None = None
 
-    async def run(self) -> None:
-        client = self.target.http()
+    async def probe(self) -> float | None:
+        client = self.target.http(keep_alive=False)
         request = client.request_bytes("GET", "/health", b"", {})
+        try:
+            status, _, t0, t1 = await asyncio.wait_for(clients.json_request(client, request), self.timeout)
+        except Exception:  # a failed or slower than `timeout` probe counts as failed
+            return None
+        return (t1 - t0) * 1000 if status == 200 else None
+
+    async def run(self) -> None:
         while not self.stopped:
-            try:
-                status, _, t0, t1 = await asyncio.wait_for(clients.json_request(client, request), 10)
-                if status == 200:
-                    self.times.append((t1 - t0) * 1000)
-                else:
-                    self.failed += 1
-            except Exception:
-                self.failed += 1
-                client.close()
-                client = self.target.http()
-            await asyncio.sleep(0.05)
-        client.close()
+            self.probes.append(asyncio.create_task(self.probe()))
+            await asyncio.sleep(self.every)
 
     async def finish(self) -> dict:
         self.stopped = True
         await self.task
+        answers = await asyncio.gather(*self.probes)
+        times = [a for a in answers if a is not None]
         return {
-            "probes": len(self.times) + self.failed,
-            "failed": self.failed,
-            "p50_ms": pct(self.times, 50),
-            "p99_ms": pct(self.times, 99),
-            "max_ms": max(self.times, default=float("nan")),
+            "probes": len(answers),
+            "failed": len(answers) - len(times),
+            "p50_ms": pct(times, 50),
+            "p99_ms": pct(times, 99),
+            "max_ms": max(times, default=float("nan")),
         }
 
 
@@ -883,6 +882,8 @@ def report(results: dict) -> str:
         f"Load average at start {m['load_average_at_start']}, at end {results.get('load_average_at_end')}.",
         "",
     ]
+    if a.get("whatif"):
+        lines += [f"**What-if `{a['whatif']}`** (bench/whatif.py): costs taken away, not the product.", ""]
     servers = results["servers"]
     for kind, s in servers.items():
         lines += server_table(kind, s)

@@ -3,8 +3,9 @@
 Not a design, a measurement. `BENCH_WHATIF` is a comma list of:
 
 - `nodb`: the turn's database steps (`chat.turn_store`: `session_route`, `turn_start`,
-  `turn_upstream_started`, `turn_renew_lock`, `turn_finish`) and the API-key lookup (async and
-  sync) become in-memory stand-ins, so a turn does no database work. Real gateway minus this =
+  `turn_upstream_started`, `turn_renew_lock`, `turn_finish`), the API-key lookup (async and
+  sync) and, where the tree has per-client budgets, the owner's spend (`chat.limits.aspend_of`)
+  become in-memory stand-ins, so a turn does no database work. Real gateway minus this =
   what the database work costs a turn.
 
     python -m bench.run --server daphne --sizes 1000 --whatif nodb --skip dbwork,earlier
@@ -68,5 +69,15 @@ if "nodb" in WHATIF:
     turn_store.turn_renew_lock = _nothing
     auth.aowner_from_api_key = _aowner_from_api_key
     auth.owner_from_api_key_cached = lambda key: BENCH_OWNER
+    try:  # per-client budgets read the owner's spend (chat.limits, where the tree has it)
+        from chat import limits
+    except ImportError:
+        limits = None
+    if limits is not None and hasattr(limits, "aspend_of"):
+
+        async def _no_spend(owner_key, at):
+            return limits.Spend()
+
+        limits.aspend_of = _no_spend
 
 application = gateway

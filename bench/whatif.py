@@ -1,47 +1,55 @@
-"""What-if entry points: the gateway with one cost taken away, to measure what that cost is.
+"""What-if entry point: the gateway with one cost taken away, to measure what that cost is.
 
-Not designs, measurements. `BENCH_WHATIF` is a comma list of:
+Not a design, a measurement. `BENCH_WHATIF` is a comma list of:
 
-- `nodb`: the chat service's database steps (`turn_start`, `turn_upstream_started`,
-  `turn_finish`, `turn_renew_lock`) and the API-key lookup become in-memory stand-ins, so a
-  turn does no database work. Real gateway minus this = what the database work costs.
-- `lean`: `POST /api/chat/stream` calls the same view function, but straight from ASGI: no
-  Django request handler, middleware, signals or per-request thread (ThreadSensitiveContext).
-  Real gateway minus this = what Django's request machinery costs a stream.
+- `nodb`: the turn's database steps (`chat.turn_store`: `session_route`, `turn_start`,
+  `turn_upstream_started`, `turn_renew_lock`, `turn_finish`), the API-key lookup (async and
+  sync) and, where the tree has per-client budgets, the owner's spend (`chat.limits.aspend_of`)
+  become in-memory stand-ins, so a turn does no database work. Real gateway minus this =
+  what the database work costs a turn.
 
-    python -m bench.run --server daphne --sizes 1000 --whatif nodb,lean --skip dbwork,earlier
+    python -m bench.run --server daphne --sizes 1000 --whatif nodb --skip dbwork,earlier
 """
 
-import io
 import itertools
 import os
 
-import django
-from django.core.handlers.asgi import ASGIRequest
-
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "cozeproject.settings")
-django.setup()
 
-from chat import auth, services, views  # noqa: E402  (after django.setup())
-from cozeproject.asgi import application as gateway  # noqa: E402
+from django.conf import settings
+
+from bench.bare import application as gateway
+from chat import auth, turn_store
+from chat.inputs import Owner
 
 WHATIF = set(filter(None, os.environ.get("BENCH_WHATIF", "").split(",")))
+KNOWN = {"nodb"}
+if WHATIF - KNOWN:
+    raise SystemExit(f"BENCH_WHATIF: unknown {sorted(WHATIF - KNOWN)}; known: {sorted(KNOWN)}")
 _ids = itertools.count(1)
+BENCH_OWNER = Owner(key="api:bench", api_client_id=1)
 
 
-async def _turn_start(*, owner, chat_request, transport, worker_channel=""):
+async def _turn_start(*, owner, chat_request, session_id, bot_id, transport, worker_channel, lock_token, **kwargs):
     pk = next(_ids)
-    return services.TurnContext(
+    route = turn_store.Route(
+        coze_conversation_id="", bot_id=bot_id, coze_user_id=chat_request.user_id or settings.COZE_USER_ID
+    )
+    return turn_store.TurnContext(
         session_pk=pk,
-        session_id=chat_request.session_id or f"s{pk}",
+        session_id=session_id,
         conversation_pk=pk,
-        coze_conversation_id="",
         reply_pk=pk,
-        lock_token="x",
-        coze_user_id=chat_request.user_id or "bench",
-        bot_id=chat_request.bot_id or os.environ.get("COZE_BOT_ID", ""),
+        lock_token=lock_token,
+        route=route,
         owner_key=owner.key,
         transport=transport,
+    )
+
+
+async def _session_route(*, owner, session_id, bot_id, requested_user_id):
+    return turn_store.Route(
+        coze_conversation_id="", bot_id=bot_id, coze_user_id=requested_user_id or settings.COZE_USER_ID
     )
 
 
@@ -49,37 +57,27 @@ async def _nothing(**kwargs):
     return None
 
 
-async def _owner_from_api_key(key):
-    return services.Owner(key="api:bench", api_client_id=1)
+async def _aowner_from_api_key(key):
+    return BENCH_OWNER
 
 
 if "nodb" in WHATIF:
-    services.turn_start = _turn_start
-    services.turn_upstream_started = _nothing
-    services.turn_finish = _nothing
-    services.turn_renew_lock = _nothing
-    auth.aowner_from_api_key = _owner_from_api_key
+    turn_store.turn_start = _turn_start
+    turn_store.session_route = _session_route
+    turn_store.turn_upstream_started = _nothing
+    turn_store.turn_finish = _nothing
+    turn_store.turn_renew_lock = _nothing
+    auth.aowner_from_api_key = _aowner_from_api_key
+    auth.owner_from_api_key_cached = lambda key: BENCH_OWNER
+    try:  # per-client budgets read the owner's spend (chat.limits, where the tree has it)
+        from chat import limits
+    except ImportError:
+        limits = None
+    if limits is not None and hasattr(limits, "aspend_of"):
 
+        async def _no_spend(owner_key, at):
+            return limits.Spend()
 
-async def _lean_stream(scope, receive, send):
-    body = b""
-    while True:
-        message = await receive()
-        body += message.get("body", b"")
-        if not message.get("more_body"):
-            break
-    response = await views.chat_stream_view(ASGIRequest(scope, io.BytesIO(body)))
-    headers = [(k.encode("latin1"), v.encode("latin1")) for k, v in response.items()]
-    await send({"type": "http.response.start", "status": response.status_code, "headers": headers})
-    if response.streaming:
-        async for part in response:
-            await send({"type": "http.response.body", "body": part, "more_body": True})
-        await send({"type": "http.response.body"})
-    else:
-        await send({"type": "http.response.body", "body": response.content})
+        limits.aspend_of = _no_spend
 
-
-async def application(scope, receive, send):
-    if "lean" in WHATIF and scope["type"] == "http" and scope["path"] == "/api/chat/stream":
-        return await _lean_stream(scope, receive, send)
-    return await gateway(scope, receive, send)
+application = gateway

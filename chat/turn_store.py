@@ -14,11 +14,13 @@ constant amount of work per turn however long the reply. What they guarantee:
   a retry after a commit whose acknowledgement was lost stores nothing twice.
 """
 
+import contextlib
+import json
 from dataclasses import dataclass, field
 from datetime import timedelta
 
 from django.conf import settings
-from django.db import IntegrityError, models, transaction
+from django.db import IntegrityError, connection, models, transaction
 from django.db.models import Case, ExpressionWrapper, F, Q, Value, When
 from django.db.models.functions import Now
 from django.utils import timezone
@@ -164,7 +166,79 @@ def turn_start(
     raise AssertionError("unreachable")
 
 
-def _turn_start_once(
+def _turn_start_once(**start) -> TurnContext:
+    if connection.vendor == "postgresql":
+        return _turn_start_pg(**start)
+    return _turn_start_orm(**start)
+
+
+def _turn_start_pg(
+    *,
+    owner: Owner,
+    chat_request: ChatRequest,
+    session_id: str,
+    bot_id: str,
+    transport: str,
+    worker_channel: str,
+    lock_token: str,
+    attachments: files.ResolvedAttachments,
+    expected_route: Route | None,
+) -> TurnContext:
+    """`_turn_start_orm`'s steps in one round trip: the `cozeproject_turn_start` function
+    (sessions_admin/migrations/0010_turn_start_function.py)."""
+    params = [
+        owner.key,
+        owner.api_client_id,
+        owner.user_id,
+        session_id,
+        chat_request.user_id or "",
+        settings.COZE_USER_ID,
+        bot_id,
+        transport,
+        worker_channel,
+        chat_request.user_text,
+        chat_request.content_type,
+        json.dumps(list(attachments.records)),
+        lock_token,
+        settings.CHAT_SESSION_LOCK_TTL,
+        expected_route is not None,
+        expected_route.coze_conversation_id if expected_route else "",
+        expected_route.coze_user_id if expected_route else "",
+        transcripts.transcript_start(owner_key=owner.key, bot_id=bot_id),
+    ]
+    # One statement, its own transaction; attachments are linked in the same transaction.
+    with transaction.atomic() if attachments.files else contextlib.nullcontext(), connection.cursor() as cursor:
+        cursor.execute(TURN_START_SQL, params)
+        outcome, session_pk, conversation_pk, reply_pk, question_pk, coze_id, coze_user, digest, question = (
+            cursor.fetchone()
+        )
+        if outcome == "busy":
+            raise ChatError("session_busy")
+        if outcome == "route_changed":
+            raise RouteChanged(Route(coze_conversation_id=coze_id, bot_id=bot_id, coze_user_id=coze_user))
+        if attachments.files:
+            files.attachments_link(message=Message(pk=question_pk), resolved=attachments)
+    return TurnContext(
+        session_pk=session_pk,
+        session_id=session_id,
+        conversation_pk=conversation_pk,
+        reply_pk=reply_pk,
+        lock_token=lock_token,
+        route=Route(coze_conversation_id=coze_id, bot_id=bot_id, coze_user_id=coze_user),
+        owner_key=owner.key,
+        transport=transport,
+        question=question,
+        transcript_hash=digest,
+    )
+
+
+# Eighteen arguments, the attachments as JSON; only placeholders are formatted in, never values.
+TURN_START_SQL = "SELECT * FROM cozeproject_turn_start({})".format(  # noqa: S608
+    ", ".join(["%s"] * 11 + ["%s::jsonb"] + ["%s"] * 6)
+)
+
+
+def _turn_start_orm(
     *,
     owner: Owner,
     chat_request: ChatRequest,

@@ -18,6 +18,8 @@ class TurnControl:
     reason: str = "cancelled"  # or "interrupted" when the server shuts down
     task: asyncio.Task | None = None
     chat_id: str = ""
+    reply_pk: int | None = None  # set once the turn's start is stored
+    resumable: bool = False  # the turn runs on when its client goes away (docs/api.md §9)
 
     def stop(self, reason: str = "cancelled") -> None:
         self.reason = reason

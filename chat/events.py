@@ -103,4 +103,11 @@ class ErrorEvent:
         return {"type": self.type, "code": self.code, "detail": self.detail, "retryable": self.retryable}
 
 
+class Ping:
+    """A heartbeat marker: yielded by a reply's event stream while nothing else happens."""
+
+
+PING = Ping()
+
+
 ChatEvent = SessionEvent | ReasoningEvent | DeltaEvent | FollowUpEvent | CompletedEvent | ErrorEvent

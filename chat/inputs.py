@@ -26,6 +26,7 @@ class ChatRequest:
     custom_variables: dict[str, str] = field(default_factory=dict)
     meta_data: dict[str, str] = field(default_factory=dict)
     additional_messages: list[dict] | None = None
+    resumable: bool = False  # the reply runs on when its client goes away (docs/api.md §9)
 
     @property
     def user_text(self) -> str:

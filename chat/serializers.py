@@ -33,6 +33,17 @@ class StrictCharField(serializers.CharField):
         return super().to_internal_value(data)
 
 
+class StrictBooleanField(serializers.BooleanField):
+    """true or false, and only those: DRF's BooleanField would also take "yes", 1 or "on"."""
+
+    default_error_messages = {"not_a_boolean": "Must be true or false."}
+
+    def to_internal_value(self, data):
+        if not isinstance(data, bool):
+            self.fail("not_a_boolean")
+        return data
+
+
 class StringMapField(serializers.DictField):
     """A flat map of strings, within Coze's limits (16 pairs, keys ≤ 64, values ≤ 512 chars)."""
 
@@ -75,6 +86,9 @@ class ChatRequestSerializer(serializers.Serializer):
     meta_data = StringMapField(required=False)
     additional_messages = serializers.ListField(
         child=AdditionalMessageSerializer(), required=False, allow_empty=False, max_length=MAX_ADDITIONAL_MESSAGES
+    )
+    resumable = StrictBooleanField(
+        required=False, help_text="Keep the reply running when the client goes away, for a resume (§9)."
     )
 
     def validate_session_id(self, value: str) -> str:
@@ -132,6 +146,7 @@ def parse_chat_request(data, *, extra_fields: frozenset[str] = frozenset()) -> C
         custom_variables=dict(attrs.get("custom_variables") or {}),
         meta_data=dict(attrs.get("meta_data") or {}),
         additional_messages=[dict(item) for item in additional] if additional else None,
+        resumable=attrs.get("resumable", False),
     )
 
 

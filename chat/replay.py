@@ -218,7 +218,7 @@ def _entry_id(raw: bytes) -> int:
 class _RedisWriter:
     """Appends a reply's events to its stream in order, batching whatever piled up meanwhile."""
 
-    __slots__ = ("broken", "ended", "flushing", "key", "pending")
+    __slots__ = ("broken", "ended", "flushing", "key", "pending", "written")
 
     def __init__(self, key: str):
         self.key = key
@@ -226,6 +226,7 @@ class _RedisWriter:
         self.flushing: asyncio.Task | None = None
         self.ended = False
         self.broken = False
+        self.written = False
 
     def append(self, event_id: int, event: ChatEvent) -> None:
         self._add(event_id, event.type, encode_json(event.as_dict()))
@@ -249,6 +250,10 @@ class _RedisWriter:
             while self.pending:
                 batch, self.pending = self.pending, []
                 pipe = client.pipeline(transaction=False)
+                if not self.written:
+                    # A stream left under this key by a database that was reset is not this reply's.
+                    pipe.delete(self.key)
+                    self.written = True
                 for event_id, kind, data in batch:
                     pipe.xadd(
                         self.key,

@@ -27,6 +27,14 @@ def _redis_ok(url: str) -> bool:
         return False
 
 
+def _clear_redis_buffers(url: str) -> None:
+    """Reply ids start again in each test database: drop the streams earlier tests left."""
+    client = redis.from_url(url)
+    stale = list(client.scan_iter(f"{replay.KEY_PREFIX}*"))
+    if stale:
+        client.delete(*stale)
+
+
 @pytest.fixture(params=["memory", "redis"])
 def backend(request, settings):
     """The replay backend under test: this process's memory, or Redis Streams."""
@@ -34,6 +42,8 @@ def backend(request, settings):
         settings.REDIS_URL = ""
     elif not _redis_ok(settings.REDIS_URL):
         pytest.skip("needs REDIS_URL with a running Redis")
+    else:
+        _clear_redis_buffers(settings.REDIS_URL)
     return request.param
 
 
@@ -79,9 +89,7 @@ def resume(base_url: str, key: str, session_id: str, last_event_id: int | None =
             params["last_event_id"] = str(last_event_id)
         else:
             headers["Last-Event-ID"] = str(last_event_id)
-    response = httpx.get(
-        f"{base_url}/api/sessions/{session_id}/stream", headers=headers, params=params, timeout=30
-    )
+    response = httpx.get(f"{base_url}/api/sessions/{session_id}/stream", headers=headers, params=params, timeout=30)
     return response
 
 
@@ -228,3 +236,27 @@ def test_a_bad_last_event_id_is_invalid(asgi_server, api_key):
 def test_resumable_must_be_a_boolean(http, api_key):
     response = http.post("/api/chat/stream", json={"message": "hi", "resumable": "yes"}, headers=auth(api_key))
     assert response.status_code == 400 and "resumable" in response.json()["errors"]
+
+
+def test_session_cancel_stops_a_resumable_reply_whose_client_left(asgi_server, api_key, backend, simulator):
+    body = {"message": "[sim:slow=100][sim:echo]" + TRICKY, "session_id": "stop-it", "resumable": True}
+    seen = start_and_drop(asgi_server.url, api_key, body, deltas=2)
+    chat_id = event_data(seen[0])["chat_id"]
+
+    cancelled = httpx.post(f"{asgi_server.url}/api/sessions/stop-it/cancel", headers=auth(api_key), timeout=30)
+
+    assert cancelled.status_code == 200
+    assert cancelled.json() == {"session_id": "stop-it", "chat_id": chat_id, "status": "cancelled"}
+    assert Reply.objects.get().status == "cancelled"
+    chat = wait_until(
+        lambda: (c := httpx.get(f"{simulator.base_url}/_sim/chats/{chat_id}").json())["client_disconnected_at"] and c
+    )
+    assert chat["status"] == "canceled"  # the upstream stream was closed (and Coze's cancel called)
+    rest = split_events(resume(asgi_server.url, api_key, "stop-it", event_id(seen[-1])).content)
+    assert event_data(rest[-2])["code"] == "cancelled" and rest[-1].endswith(b"data: [DONE]\n\n")
+    assert deltas_of(seen) + deltas_of(rest) == Message.objects.get(kind="answer").content
+    # Once it has ended, a cancel answers how it ended; unknown sessions are 404.
+    again = httpx.post(f"{asgi_server.url}/api/sessions/stop-it/cancel", headers=auth(api_key), timeout=30)
+    assert again.json()["status"] == "cancelled"
+    missing = httpx.post(f"{asgi_server.url}/api/sessions/nope/cancel", headers=auth(api_key), timeout=30)
+    assert missing.status_code == 404 and missing.json()["code"] == "not_found"

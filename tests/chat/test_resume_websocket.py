@@ -2,7 +2,7 @@
 outlives its socket, and a `resume` frame on a new socket continues after the last id seen."""
 
 import pytest
-from asgiref.sync import sync_to_async
+from channels.db import database_sync_to_async
 
 from sessions_admin.models import Reply
 from tests.chat.test_resume import TRICKY, _clear_redis_buffers, _redis_ok
@@ -44,7 +44,7 @@ async def test_a_resumable_reply_outlives_its_socket_and_resumes_on_another(api_
     text = "".join(frame["content"] for frame in seen + rest if frame["type"] == "delta")
     assert text == rest[-2]["content"] == TRICKY
     assert everything == seen + rest
-    reply = await sync_to_async(Reply.objects.get)()
+    reply = await database_sync_to_async(Reply.objects.get)()
     assert reply.status == "completed" and reply.transport == "websocket"
 
 
@@ -86,4 +86,4 @@ async def test_cancel_frame_stops_a_reply_followed_after_a_resume(api_key, backe
     await second.disconnect()
 
     assert rest[-2]["type"] == "error" and rest[-2]["code"] == "cancelled"
-    assert (await sync_to_async(Reply.objects.get)()).status == "cancelled"
+    assert (await database_sync_to_async(Reply.objects.get)()).status == "cancelled"

@@ -426,3 +426,37 @@ def test_an_sse_reply_that_goes_silent_past_the_heartbeat_is_dropped_with_a_retr
         assert answer_text(page) == "You said: This reply will hang"
     finally:
         silent.close()
+
+
+RESUMED_TEXT = (
+    "First line of a long answer, 你好世界 👋🏽.\n\n"
+    "Second paragraph keeps going — and going, word after word, until the end."
+)
+
+
+@pytest.mark.parametrize("transport", ["sse", "ws"])
+def test_reloading_mid_reply_picks_the_reply_up_and_shows_the_whole_answer(page, transport):
+    use_transport(page, transport)
+    send(page, "[sim:slow=60][sim:echo]" + RESUMED_TEXT)
+    page.wait_for_function(
+        "() => (document.querySelector('.msg-assistant:last-child .answer')?.innerText || '').length > 10"
+    )
+    session_id = page.evaluate("window.chatPage.sessionId")
+
+    page.reload()
+    page.wait_for_function("window.chatPage !== undefined")
+    if transport == "ws":
+        page.wait_for_function("window.chatPage.wsState === 'open'")
+    # The session list says the reply is still being written.
+    page.wait_for_selector(f'.session.is-running[data-session-id="{session_id}"] .session-running')
+    screenshot(page, f"resumed-{transport}-running")
+    wait_status(page, "completed", timeout=30_000)
+
+    assert page.evaluate("window.chatPage.sessionId") == session_id
+    paragraphs = last_answer(page).locator(".answer p").all_inner_texts()
+    assert "\n\n".join(paragraphs) == RESUMED_TEXT  # whole, nothing twice
+    assert page.locator(".msg-assistant").count() == 1
+    reply = db(lambda: Reply.objects.get())
+    assert reply.status == "completed" and reply.resumable and reply.ended_without_client
+    page.wait_for_selector(f'.session[data-session-id="{session_id}"]:not(.is-running)', timeout=10_000)
+    screenshot(page, f"resumed-{transport}-done")

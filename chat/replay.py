@@ -70,7 +70,7 @@ def _content_chars(event: ChatEvent) -> int:
 
 
 class _MemoryBuffer:
-    __slots__ = ("chars", "ended_at", "events", "evicted", "first_id", "waiters")
+    __slots__ = ("chars", "ended_at", "events", "evicted", "first_id", "max_chars", "max_events", "waiters")
 
     def __init__(self):
         self.events: deque[tuple[int, ChatEvent | None]] = deque()  # None is `done`
@@ -79,19 +79,21 @@ class _MemoryBuffer:
         self.ended_at: float | None = None
         self.evicted = False
         self.waiters: list[asyncio.Future] = []
+        self.max_events = settings.CHAT_RESUME_MAX_EVENTS
+        self.max_chars = settings.CHAT_RESUME_MAX_CHARS
 
     def append(self, event_id: int, event: ChatEvent | None) -> None:
-        self.events.append((event_id, event))
+        events = self.events
+        events.append((event_id, event))
         if event is not None:
             self.chars += _content_chars(event)
-        while len(self.events) > 1 and (
-            len(self.events) > settings.CHAT_RESUME_MAX_EVENTS or self.chars > settings.CHAT_RESUME_MAX_CHARS
-        ):
-            dropped_id, dropped = self.events.popleft()
+        while (len(events) > self.max_events or self.chars > self.max_chars) and len(events) > 1:
+            dropped_id, dropped = events.popleft()
             self.first_id = dropped_id + 1
             if dropped is not None:
                 self.chars -= _content_chars(dropped)
-        self.wake()
+        if self.waiters:
+            self.wake()
 
     def wake(self) -> None:
         waiters, self.waiters = self.waiters, []
@@ -216,65 +218,103 @@ def _entry_id(raw: bytes) -> int:
 
 
 class _RedisWriter:
-    """Appends a reply's events to its stream in order, batching whatever piled up meanwhile."""
+    """One reply's stream. Its events go to this event loop's `_RedisFlusher`, which writes the
+    events of every reply in flight together, so the turn never waits for Redis."""
 
-    __slots__ = ("broken", "ended", "flushing", "key", "pending", "written")
+    __slots__ = ("broken", "expires_at", "flusher", "key")
 
     def __init__(self, key: str):
         self.key = key
-        self.pending: list[tuple[int, str, str]] = []
-        self.flushing: asyncio.Task | None = None
-        self.ended = False
+        self.flusher = _flusher()
         self.broken = False
-        self.written = False
+        self.expires_at = 0.0  # monotonic time until which the key's running TTL is known to hold
 
     def append(self, event_id: int, event: ChatEvent) -> None:
-        self._add(event_id, event.type, encode_json(event.as_dict()))
+        if not self.broken:
+            self.flusher.add(self, event_id, event.type, encode_json(event.as_dict()), ended=False)
 
     def end(self, done_id: int) -> None:
-        self.ended = True
-        self._add(done_id, "done", "[DONE]")
+        if not self.broken:
+            self.flusher.add(self, done_id, "done", "[DONE]", ended=True)
 
-    def _add(self, event_id: int, kind: str, data: str) -> None:
-        if self.broken:
-            return
-        self.pending.append((event_id, kind, data))
-        if self.flushing is None:
+
+class _RedisFlusher:
+    """Writes the pending events of all of this loop's replies in one pipeline per round trip:
+    while one pipeline is in flight the next events queue up, so under load each event costs a
+    share of a round trip rather than a whole one."""
+
+    def __init__(self):
+        self.pending: list[tuple[_RedisWriter, int, str, str, bool]] = []
+        self.task: asyncio.Task | None = None
+
+    def add(self, writer: _RedisWriter, event_id: int, kind: str, data: str, *, ended: bool) -> None:
+        self.pending.append((writer, event_id, kind, data, ended))
+        if self.task is None:
             from chat.control import in_background  # kept alive until written, whoever awaits it
 
-            self.flushing = in_background(self._flush())
+            self.task = in_background(self._flush())
 
     async def _flush(self) -> None:
-        client = _redis()
         try:
             while self.pending:
                 batch, self.pending = self.pending, []
+                await self._write(batch)
+        finally:
+            self.task = None
+
+    async def _write(self, batch: list[tuple[_RedisWriter, int, str, str, bool]]) -> None:
+        window = int(settings.CHAT_RESUME_WINDOW)
+        running_ttl = int(settings.CHAT_SESSION_LOCK_TTL) + window
+        max_events = settings.CHAT_RESUME_MAX_EVENTS
+        now = time.monotonic()
+        commands: list[tuple] = []
+        writers: dict[_RedisWriter, None] = {}
+        for writer, event_id, kind, data, ended in batch:
+            if writer.broken:
+                continue
+            writers[writer] = None
+            if event_id == 1:
+                # A stream left under this key by a database that was reset is not this reply's.
+                commands.append(("DEL", writer.key))
+            commands.append(("XADD", writer.key, "MAXLEN", "~", max_events, f"{event_id}-0", "t", kind, "d", data))
+            if ended:
+                commands.append(("EXPIRE", writer.key, window))
+            elif writer.expires_at < now + running_ttl / 2:
+                # A running reply's key outlives its writer by the running TTL (a crashed worker's
+                # streams go too); renewed when half of it has passed, not on every event.
+                commands.append(("EXPIRE", writer.key, running_ttl))
+                writer.expires_at = now + running_ttl
+        if not commands:
+            return
+        client = _redis()
+        try:
+            if len(commands) == 1:  # the usual case at low load: a pipeline would only add work
+                await client.execute_command(*commands[0])
+            else:
                 pipe = client.pipeline(transaction=False)
-                if not self.written:
-                    # A stream left under this key by a database that was reset is not this reply's.
-                    pipe.delete(self.key)
-                    self.written = True
-                for event_id, kind, data in batch:
-                    pipe.xadd(
-                        self.key,
-                        {"t": kind, "d": data},
-                        id=f"{event_id}-0",
-                        maxlen=settings.CHAT_RESUME_MAX_EVENTS,
-                        approximate=True,
-                    )
-                window = int(settings.CHAT_RESUME_WINDOW)
-                pipe.expire(self.key, window if self.ended else int(settings.CHAT_SESSION_LOCK_TTL) + window)
+                for command in commands:
+                    pipe.execute_command(*command)
                 await pipe.execute()
         except (redis.RedisError, OSError) as exc:
-            # A stream with a hole would replay wrongly: drop it, resumes get the stored reply.
-            logger.warning("Replay buffer %s could not be written, dropping it: %s", self.key, exc)
-            self.broken, self.pending = True, []
+            # A stream with a hole would replay wrongly: drop them, resumes get the stored replies.
+            logger.warning("Replay buffers could not be written, dropping %d: %s", len(writers), exc)
+            for writer in writers:
+                writer.broken = True
             try:
-                await client.delete(self.key)
+                await client.delete(*(writer.key for writer in writers))
             except (redis.RedisError, OSError):
                 pass
-        finally:
-            self.flushing = None
+
+
+_flushers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _RedisFlusher] = weakref.WeakKeyDictionary()
+
+
+def _flusher() -> _RedisFlusher:
+    loop = asyncio.get_running_loop()
+    flusher = _flushers.get(loop)
+    if flusher is None:
+        flusher = _flushers[loop] = _RedisFlusher()
+    return flusher
 
 
 class RedisReplay:

@@ -79,8 +79,9 @@ Replays the session's current or latest reply after the event named by `Last-Eve
 `?last_event_id=`; none: from the start), then follows it live until `done`: the same bytes, with
 the same ids, as an uninterrupted client got. Replies sent with `"resumable": true` keep their
 events for `CHAT_RESUME_WINDOW` seconds after they end; after that (or for a reply that was not
-resumable) a resume gets the stored reply once it has ended: `session`, one `delta` with the
-whole answer, `completed` (or its `error`), `done`, numbered from 1.
+resumable) a resume gets the stored reply once it has ended: `session`, one `delta` with the rest
+of the answer after the event named (the whole answer for a reply that was not resumable),
+`completed` (or its `error`), `done`, numbered on from the event named.
 """
 
 WEBSOCKET_DESCRIPTION = """

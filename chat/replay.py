@@ -388,11 +388,12 @@ class Recording:
     """What a resumable turn does with its events: numbers them as its SSE stream does and writes
     them to the buffer. Opened at the `session` event (the reply's row exists by then)."""
 
-    __slots__ = ("next_id", "writer")
+    __slots__ = ("answer_chars", "next_id", "writer")
 
     def __init__(self):
         self.writer: _MemoryWriter | _RedisWriter | None = None
         self.next_id = 1
+        self.answer_chars: list[int] = []  # per event: characters it added to the answer
 
     def add(self, event: ChatEvent, reply_pk: int | None) -> None:
         if self.writer is None:
@@ -401,6 +402,11 @@ class Recording:
             self.writer = backend().start(reply_pk)
         self.writer.append(self.next_id, event)
         self.next_id += 1
+        self.answer_chars.append(len(event.content) if event.type == "delta" else 0)
+
+    def answer_offsets(self) -> str:
+        """What the Reply keeps so that a resume after the window can send the rest of the answer."""
+        return ",".join(map(str, self.answer_chars))
 
     def end(self, last: ChatEvent | None = None) -> None:
         """The reply ended; `last` is a final event its stream added (a cancel's `error`)."""

@@ -3,8 +3,8 @@
 The session's latest reply is followed from its replay buffer (`chat.replay`) while the buffer
 holds every event after that one; otherwise — the window passed, the buffer was dropped, or the
 reply runs on a worker whose memory this one can't see — the reply is awaited until it ends and
-its stored form is sent: `session`, one `delta` with the answer, `completed` (or its `error`),
-`done`. Owner-scoped like every session operation: someone else's session is `not_found`.
+its stored form is sent: `session`, one `delta` with the rest of the answer, `completed` (or
+its `error`), `done`. Owner-scoped like every session operation: someone else's session is `not_found`.
 """
 
 import asyncio
@@ -51,15 +51,37 @@ def _count_resume(reply_pk: int) -> None:
     Reply.objects.filter(pk=reply_pk).update(resume_count=F("resume_count") + 1)
 
 
-@db_async
-def amark_resumable_end(*, reply_pk: int, client_gone: bool) -> None:
-    """Note on a resumable reply, as it ends, whether its client had gone (for the admin)."""
-    Reply.objects.filter(pk=reply_pk).update(resumable=True, ended_without_client=client_gone)
+# How long a resume waits for a resumable reply's end note (written just after its outcome).
+END_NOTE_WAIT_SECONDS = 5.0
 
 
 @db_async
-def _stored_entries(reply_pk: int) -> list[Entry]:
-    """An ended reply as a resume sends it once its events are gone."""
+def amark_resumable_end(*, reply_pk: int, client_gone: bool, answer_offsets: str) -> None:
+    """Note on a resumable reply, as it ends, whether its client had gone (for the admin) and how
+    much of the answer each event carried (for a resume after the window)."""
+    Reply.objects.filter(pk=reply_pk).update(
+        resumable=True, ended_without_client=client_gone, answer_offsets=answer_offsets
+    )
+
+
+@db_async
+def _end_noted(reply_pk: int) -> bool:
+    return not Reply.objects.filter(pk=reply_pk, resumable=True, ended_without_client__isnull=True).exists()
+
+
+def _answer_after(text: str, answer_offsets: str, after_id: int) -> str:
+    """The answer after event `after_id`, from a resumable reply's per-event character counts."""
+    if not after_id or not answer_offsets:
+        return text
+    counts = answer_offsets.split(",")
+    return text[sum(map(int, counts[:after_id])) :]
+
+
+@db_async
+def _stored_entries(reply_pk: int, after_id: int) -> list[Entry]:
+    """An ended reply as a resume sends it once its events are gone: `session`, the answer after
+    event `after_id` as one `delta` (the whole answer if the reply was not resumable), `completed`
+    or the `error` it ended with, `done`; numbered on from `after_id`."""
     reply = Reply.objects.select_related("session", "conversation").get(pk=reply_pk)
     answer = (
         Message.objects.filter(reply_id=reply_pk, kind=Message.Kind.ANSWER).values("content", "coze_message_id").first()
@@ -67,8 +89,9 @@ def _stored_entries(reply_pk: int) -> list[Entry]:
     text = answer["content"] if answer else ""
     session_id, conversation_id = reply.session.session_id, reply.conversation.coze_conversation_id
     events = [SessionEvent(session_id=session_id, conversation_id=conversation_id, chat_id=reply.coze_chat_id)]
-    if text:
-        events.append(DeltaEvent(text))
+    rest = _answer_after(text, reply.answer_offsets, after_id)
+    if rest:
+        events.append(DeltaEvent(rest))
     if reply.status == Reply.Status.COMPLETED:
         usage = Usage(reply.input_tokens, reply.output_tokens, reply.total_tokens)
         message_id = (answer and answer["coze_message_id"]) or f"reply-{reply.pk}"
@@ -85,8 +108,8 @@ def _stored_entries(reply_pk: int) -> list[Entry]:
     else:
         code = reply.error_code if reply.error_code in ERROR_CODES else "internal_error"
         events.append(ErrorEvent.from_error(ChatError(code, reply.error_detail or None)))
-    entries = [Entry(index, event.type, encode_json(event.as_dict())) for index, event in enumerate(events, 1)]
-    return [*entries, Entry(len(entries) + 1, "done", "[DONE]")]
+    entries = [Entry(index, e.type, encode_json(e.as_dict())) for index, e in enumerate(events, after_id + 1)]
+    return [*entries, Entry(after_id + len(entries) + 1, "done", "[DONE]")]
 
 
 async def aopen_reply_stream(
@@ -111,7 +134,11 @@ async def _reply_events(reply_pk: int, after_id: int, heartbeat: float) -> Async
                     yield item
             return
         if await _reply_status(reply_pk) != Reply.Status.IN_PROGRESS:
-            for entry in await _stored_entries(reply_pk):
+            for _ in range(int(END_NOTE_WAIT_SECONDS / 0.05)):
+                if await _end_noted(reply_pk):
+                    break
+                await asyncio.sleep(0.05)  # stored a moment ago; its end note follows at once
+            for entry in await _stored_entries(reply_pk, after_id):
                 yield entry
             return
         # Running, but its events are not here (not resumable, just starting, or in another

@@ -233,6 +233,7 @@ def _turn_start_once(
             transport=transport,
             worker_channel=worker_channel,
             started_at=now,
+            resumable=chat_request.resumable,
         )
         Message.objects.create(
             conversation=conversation,

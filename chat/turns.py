@@ -549,7 +549,11 @@ def _end_recording(
     else:
         recording.end(ErrorEvent.from_error(ChatError("internal_error")))
     if control.reply_pk is not None:
-        in_background(resume.amark_resumable_end(reply_pk=control.reply_pk, client_gone=client_gone))
+        in_background(
+            resume.amark_resumable_end(
+                reply_pk=control.reply_pk, client_gone=client_gone, answer_offsets=recording.answer_offsets()
+            )
+        )
 
 
 async def achat_send(*, owner: Owner, chat_request: ChatRequest, transport: str) -> CompletedEvent:

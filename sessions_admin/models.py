@@ -172,6 +172,9 @@ class Reply(models.Model):
         null=True, blank=True, help_text="A resumable reply that ended after its client had gone."
     )
     resume_count = models.PositiveIntegerField(default=0, help_text="Times a client resumed this reply.")
+    # Per event of a resumable reply (ids 1, 2, …), the characters it added to the answer,
+    # comma-separated: a resume after the events expired sends the answer after the client's event.
+    answer_offsets = models.TextField(blank=True, default="", editable=False)
 
     class Meta:
         verbose_name_plural = "replies"

@@ -336,11 +336,6 @@
     apply(event) {
       switch (event.type) {
         case "session":
-          // A resume that could only get the stored reply sends it whole: start the text again.
-          if (this.text) {
-            this.text = "";
-            this.queueRender();
-          }
           this.setStatus("streaming");
           this.notice.hidden = true;
           break;

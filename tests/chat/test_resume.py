@@ -195,13 +195,17 @@ def test_resume_after_the_window_gets_the_stored_reply(asgi_server, api_key, bac
     _forget(reply.pk, backend)
 
     stored = split_events(resume(asgi_server.url, api_key, "expired", 4).content)
+    whole = split_events(resume(asgi_server.url, api_key, "expired").content)
 
     data = [event_data(f) for f in stored]
     assert [d if d == "[DONE]" else d["type"] for d in data] == ["session", "delta", "completed", "[DONE]"]
-    assert [event_id(f) for f in stored] == [1, 2, 3, 4]
+    assert [event_id(f) for f in stored] == [5, 6, 7, 8]  # numbered on from the client's last id
     assert data[0] == event_data(frames[0])
-    assert data[1]["content"] == data[2]["content"] == TRICKY
+    # One delta with the rest of the answer: after what the client had, byte for byte.
+    assert deltas_of(frames[:4]) + data[1]["content"] == data[2]["content"] == TRICKY
     assert data[2] == event_data(frames[-2])
+    assert [event_id(f) for f in whole] == [1, 2, 3, 4] and deltas_of(whole) == TRICKY
+    assert wait_until(lambda: Reply.objects.get().resume_count == 2)
 
 
 def _forget(reply_pk: int, backend: str) -> None:

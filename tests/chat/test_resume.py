@@ -264,3 +264,15 @@ def test_session_cancel_stops_a_resumable_reply_whose_client_left(asgi_server, a
     assert again.json()["status"] == "cancelled"
     missing = httpx.post(f"{asgi_server.url}/api/sessions/nope/cancel", headers=auth(api_key), timeout=30)
     assert missing.status_code == 404 and missing.json()["code"] == "not_found"
+
+
+def test_a_resume_sends_heartbeats_while_the_reply_is_silent(asgi_server, api_key, backend, settings):
+    settings.CHAT_SSE_HEARTBEAT = 0.2
+    body = {"message": "[sim:slow=20][sim:silence=2][sim:echo]" + TRICKY, "session_id": "quiet", "resumable": True}
+    seen = start_and_drop(asgi_server.url, api_key, body, deltas=2)
+
+    resumed = resume(asgi_server.url, api_key, "quiet", event_id(seen[-1]))
+
+    assert resumed.content.count(b": ping\n\n") >= 3
+    rest = split_events(resumed.content)
+    assert deltas_of(seen) + deltas_of(rest) == TRICKY

@@ -87,3 +87,14 @@ async def test_cancel_frame_stops_a_reply_followed_after_a_resume(api_key, backe
 
     assert rest[-2]["type"] == "error" and rest[-2]["code"] == "cancelled"
     assert (await database_sync_to_async(Reply.objects.get)()).status == "cancelled"
+
+
+async def test_a_reply_refused_before_it_started_is_error_1_then_done_2(api_key):
+    communicator = communicator_for(api_key)
+    await communicator.connect()
+    await communicator.send_json_to({"type": "chat", "message": "[sim:busy] no", "resumable": True})
+    frames = await receive_until_done(communicator)
+    await communicator.disconnect()
+
+    assert [(frame["type"], frame["id"]) for frame in frames] == [("error", 1), ("done", 2)]
+    assert frames[0]["code"] == "session_busy"

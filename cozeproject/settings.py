@@ -142,8 +142,8 @@ CHAT_SESSION_LOCK_TTL = env_number("CHAT_SESSION_LOCK_TTL", COZE_STREAM_IDLE_TIM
 # (memory backend only; Redis entries expire instead).
 CHAT_RESUME_WINDOW = env_number("CHAT_RESUME_WINDOW", 300.0, minimum=1)
 CHAT_RESUME_MAX_EVENTS = env_number("CHAT_RESUME_MAX_EVENTS", 5000, minimum=10, cast=int)
-CHAT_RESUME_MAX_CHARS = env_number("CHAT_RESUME_MAX_CHARS", 200_000, minimum=1000, cast=int)
-CHAT_RESUME_MAX_REPLIES = env_number("CHAT_RESUME_MAX_REPLIES", 200, minimum=1, cast=int)
+CHAT_RESUME_MAX_CHARS = env_number("CHAT_RESUME_MAX_CHARS", 100_000, minimum=1000, cast=int)
+CHAT_RESUME_MAX_REPLIES = env_number("CHAT_RESUME_MAX_REPLIES", 100, minimum=1, cast=int)
 
 # --- Django -----------------------------------------------------------------------------------
 

@@ -14,7 +14,7 @@ from collections.abc import AsyncIterator
 
 from django.db.models import F
 
-from chat import replay
+from chat import ratelimit, replay
 from chat.control import in_background
 from chat.db import db_async
 from chat.errors import ERROR_CODES, ChatError
@@ -117,8 +117,10 @@ async def aopen_reply_stream(
 ) -> AsyncIterator[Entry | Ping]:
     """The events of the session's latest reply after `after_id` (0: all), live until `done`.
 
-    Raises ChatError("not_found") for an unknown or someone else's session, or one with no reply.
+    Raises ChatError("not_found") for an unknown or someone else's session, or one with no reply,
+    and ChatError("rate_limited") when the owner is over its requests per minute.
     """
+    await ratelimit.acheck_request(owner.key)  # a resume is a request like any other
     reply = await _latest_reply(owner=owner, session_id=session_id)
     in_background(_count_resume(reply.pk))
     return _reply_events(reply.pk, after_id, heartbeat)

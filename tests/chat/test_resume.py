@@ -276,3 +276,17 @@ def test_a_resume_sends_heartbeats_while_the_reply_is_silent(asgi_server, api_ke
     assert resumed.content.count(b": ping\n\n") >= 3
     rest = split_events(resumed.content)
     assert deltas_of(seen) + deltas_of(rest) == TRICKY
+
+
+def test_a_resume_counts_against_the_owners_rate_limit(asgi_server, api_key, settings):
+    settings.REDIS_URL = ""  # this process's counters, fresh for this test's client
+    with httpx.Client(base_url=asgi_server.url, timeout=30) as client:
+        body = {"message": "[sim:echo]hi", "session_id": "limited", "resumable": True}
+        assert client.post("/api/chat/stream", json=body, headers=auth(api_key)).status_code == 200
+    settings.CHAT_RATE_LIMIT_PER_MINUTE = 2
+
+    first, second = resume(asgi_server.url, api_key, "limited"), resume(asgi_server.url, api_key, "limited")
+
+    assert first.status_code == 200 and second.status_code == 200
+    third = resume(asgi_server.url, api_key, "limited")
+    assert third.status_code == 429 and third.json()["code"] == "rate_limited" and "Retry-After" in third.headers

@@ -290,3 +290,28 @@ def test_a_resume_counts_against_the_owners_rate_limit(asgi_server, api_key, set
     assert first.status_code == 200 and second.status_code == 200
     third = resume(asgi_server.url, api_key, "limited")
     assert third.status_code == 429 and third.json()["code"] == "rate_limited" and "Retry-After" in third.headers
+
+
+def test_redis_keeps_a_reply_for_the_window_and_at_most_about_max_events(asgi_server, api_key, settings):
+    if not _redis_ok(settings.REDIS_URL):
+        pytest.skip("needs REDIS_URL with a running Redis")
+    _clear_redis_buffers(settings.REDIS_URL)
+    settings.CHAT_RESUME_WINDOW = 120
+    settings.CHAT_RESUME_MAX_EVENTS = 10
+    long_text = TRICKY * 4  # about 400 deltas
+    body = {"message": "[sim:echo]" + long_text, "session_id": "trimmed", "resumable": True}
+    with httpx.Client(base_url=asgi_server.url, timeout=30) as client:
+        frames = split_events(client.post("/api/chat/stream", json=body, headers=auth(api_key)).content)
+    key = f"{replay.KEY_PREFIX}{Reply.objects.get().pk}"
+    client = redis.from_url(settings.REDIS_URL)
+    wait_until(lambda: client.xrevrange(key, count=1) and client.xrevrange(key, count=1)[0][1][b"t"] == b"done")
+
+    assert len(frames) > 300
+    assert 0 < client.ttl(key) <= 120
+    # MAXLEN ~: Redis trims whole nodes of its stream (100 entries each by default).
+    assert client.xlen(key) <= 10 + 100
+    # The last events replay as they were; from before the kept ones, the rest of the stored answer.
+    assert split_events(resume(asgi_server.url, api_key, "trimmed", len(frames) - 3).content) == frames[-3:]
+    early = split_events(resume(asgi_server.url, api_key, "trimmed", 5).content)
+    assert [event_id(f) for f in early] == [6, 7, 8, 9]
+    assert deltas_of(frames[:5]) + deltas_of(early) == long_text

@@ -11,10 +11,11 @@ functions as the original stream (`Entry.sse`), so replayed bytes equal the orig
   reply is dropped first, then the oldest running one); an ended reply is dropped
   CHAT_RESUME_WINDOW seconds after its end.
 * **Redis Streams** (REDIS_URL set): one stream per reply, `XADD … MAXLEN ~ CHAT_RESUME_MAX_EVENTS`
-  with the event id as the entry id (`N-0`), written in pipelined batches by one task per reply
-  so the turn never waits for Redis. The key expires CHAT_RESUME_WINDOW seconds after the reply
-  ends (while running, CHAT_SESSION_LOCK_TTL + the window after its last write, so a crashed
-  worker's stream goes too). Any worker can follow it with `XREAD BLOCK`.
+  with the event id as the entry id (`N-0`), written by one task per event loop that sends the
+  pending events of all replies together (a pipeline per round trip), so the turn never waits
+  for Redis. The key expires CHAT_RESUME_WINDOW seconds after the reply ends (while running,
+  CHAT_SESSION_LOCK_TTL + the window, renewed as it runs, so a crashed worker's stream goes too).
+  Any worker can follow it with `XREAD BLOCK`.
 
 Whatever is missing (never recorded, evicted, expired, trimmed, Redis away) makes `follow` answer
 None, and the caller falls back to the stored reply; a buffer never answers a resume wrongly.

@@ -136,6 +136,29 @@ class ChatCancelApi(AsyncAPIView):
         return Response(await sessions.achat_cancel(owner=request.auth, chat_id=chat_id))
 
 
+class SessionCancelApi(AsyncAPIView):
+    """Stop the session's reply in progress, wherever it streams; the upstream chat is cancelled too."""
+
+    @extend_schema(
+        request=None,
+        responses={
+            200: inline_serializer(
+                "SessionCancelResponse",
+                {
+                    "session_id": serializers.CharField(),
+                    "chat_id": serializers.CharField(),
+                    "status": serializers.CharField(),
+                },
+            ),
+            **ERRORS,
+        },
+        summary="Cancel the session's reply in progress",
+        tags=["sessions"],
+    )
+    async def post(self, request, session_id: str):
+        return Response(await sessions.asession_cancel(owner=request.auth, session_id=session_id))
+
+
 class SessionListApi(ListAPIView):
     """The caller's sessions, newest activity first."""
 

@@ -1,12 +1,15 @@
-"""WebSocket transport, `ws/chat/` (docs/api.md §5).
+"""WebSocket transport, `ws/chat/` (docs/api.md §5, §9).
 
-Frames in: `{"type":"chat", …body}`, `{"type":"cancel"[, "chat_id"]}`, `{"type":"ping"}`.
-Frames out: the same objects as the SSE `data` lines, `{"type":"done"}` after each reply, and
-`{"type":"pong"}`. Each reply runs in its own task so `receive` and `disconnect` never wait on
-the upstream. A bad frame gets an `error` object; the socket stays open.
+Frames in: `{"type":"chat", …body}`, `{"type":"resume","session_id","last_event_id"}`,
+`{"type":"cancel"[, "chat_id"]}`, `{"type":"ping"}`.
+Frames out: the same objects as the SSE `data` lines, each with the `id` its SSE event has,
+`{"type":"done","id"}` after each reply, and `{"type":"pong"}`. Each reply (or resume) runs in
+its own task so `receive` and `disconnect` never wait on the upstream. A bad frame gets an
+`error` object; the socket stays open.
 """
 
 import asyncio
+import contextlib
 import json
 import logging
 
@@ -14,7 +17,7 @@ from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
 from django.conf import settings
 
-from chat import turns
+from chat import resume, sessions, turns
 from chat.auth import (
     BROWSER_SESSION_KEY,
     aowner_from_api_key,
@@ -22,11 +25,11 @@ from chat.auth import (
     owner_for_browser,
     owner_for_user,
 )
-from chat.control import TurnControl
+from chat.control import TurnControl, in_background
 from chat.errors import ChatError
 from chat.inputs import ChatRequest, Owner
 from chat.logging import new_request_id, request_id_var
-from chat.serializers import parse_chat_request
+from chat.serializers import SESSION_ID_RE, parse_chat_request
 from chat.sse import encode_json
 from sessions_admin.models import Reply
 
@@ -34,6 +37,18 @@ logger = logging.getLogger(__name__)
 
 CLOSE_UNAUTHENTICATED = 4401
 CHAT_FRAME_EXTRA_FIELDS = frozenset({"type"})
+
+
+def _parse_resume(frame: dict) -> tuple[str, int]:
+    session_id = frame.get("session_id")
+    if not isinstance(session_id, str) or not SESSION_ID_RE.match(session_id):
+        raise ChatError("invalid", "resume needs the session_id of the reply to follow.")
+    after_id = frame.get("last_event_id", 0)
+    if after_id is None:
+        after_id = 0
+    if isinstance(after_id, bool) or not isinstance(after_id, int) or after_id < 0:
+        raise ChatError("invalid", "last_event_id must be the id of an event: a whole number.")
+    return session_id, after_id
 
 
 class ChatConsumer(AsyncJsonWebsocketConsumer):
@@ -44,6 +59,7 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
     async def connect(self) -> None:
         self.owner: Owner | None = None
         self.replies: dict[asyncio.Task, TurnControl] = {}
+        self.resumes: dict[asyncio.Task, str] = {}  # following a session's reply
         await self.accept()
         try:
             self.owner = await self._resolve_owner()
@@ -96,40 +112,85 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
             task = asyncio.create_task(self._run_reply(chat_request, control))
             self.replies[task] = control
             task.add_done_callback(lambda done: self.replies.pop(done, None))
+        elif frame_type == "resume":
+            try:
+                session_id, after_id = _parse_resume(content)
+            except ChatError as error:
+                await self._send_error(error)
+                return
+            request_id_var.set(new_request_id())
+            task = asyncio.create_task(self._run_resume(session_id, after_id))
+            self.resumes[task] = session_id
+            task.add_done_callback(lambda done: self.resumes.pop(done, None))
         elif frame_type == "cancel":
             chat_id = content.get("chat_id")
             for control in list(self.replies.values()):
                 if not chat_id or control.chat_id == chat_id:
                     control.stop("cancelled")
+            # A reply this socket follows after a resume runs elsewhere: cancel it by its session.
+            for session_id in set(self.resumes.values()):
+                in_background(self._cancel_session(session_id))
         elif frame_type == "ping":
             await self.send_json({"type": "pong"})
         else:
-            await self._send_error(ChatError("invalid", "Unknown frame type; use chat, cancel or ping."))
+            await self._send_error(ChatError("invalid", "Unknown frame type; use chat, resume, cancel or ping."))
 
     async def _run_reply(self, chat_request: ChatRequest, control: TurnControl) -> None:
+        # Each event carries the id the SSE stream would give it, so a resume can name it (§9).
+        event_id = 0
         try:
             async for event in turns.achat_events(
                 owner=self.owner, chat_request=chat_request, transport=Reply.Transport.WEBSOCKET, control=control
             ):
                 if event is not turns.PING:
-                    await self.send_json(event.as_dict())
+                    event_id += 1
+                    await self.send_json({**event.as_dict(), "id": event_id})
         except ChatError as error:
-            await self._send_error(error)
+            event_id += 1
+            await self.send_json({**error.as_event(), "id": event_id})
         except asyncio.CancelledError:
             raise
         except Exception:
             logger.exception("WebSocket reply failed")
+            event_id += 1
+            await self.send_json({**ChatError("internal_error").as_event(), "id": event_id})
+        await self.send_json({"type": "done", "id": event_id + 1})
+
+    async def _run_resume(self, session_id: str, after_id: int) -> None:
+        """Replay a session's reply after `after_id` and follow it to `done`, as the SSE resume does."""
+        try:
+            events = await resume.aopen_reply_stream(
+                owner=self.owner, session_id=session_id, after_id=after_id, heartbeat=settings.CHAT_SSE_HEARTBEAT
+            )
+            async with contextlib.aclosing(events):
+                async for item in events:
+                    if item is not turns.PING:
+                        await self.send_json(item.frame())
+        except ChatError as error:
+            await self.send_json({**error.as_event(), "id": 1})
+            await self.send_json({"type": "done", "id": 2})
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            logger.exception("WebSocket resume failed")
             await self._send_error(ChatError("internal_error"))
-        await self.send_json({"type": "done"})
+
+    async def _cancel_session(self, session_id: str) -> None:
+        try:
+            await sessions.asession_cancel(owner=self.owner, session_id=session_id)
+        except ChatError:
+            pass  # the reply ended or the session went meanwhile
 
     async def _send_error(self, error: ChatError) -> None:
         await self.send_json(error.as_event())
 
     async def disconnect(self, code) -> None:
         # The client is gone: stop its replies (stored as cancelled) and wait for the records.
-        tasks = list(self.replies)
+        # Resumable replies run on (their sending tasks end, the turns do not); resumes just end.
+        tasks = [*self.replies, *self.resumes]
         for control in self.replies.values():
-            control.stop("cancelled")
+            if not control.resumable:
+                control.stop("cancelled")
         for task in tasks:
             task.cancel()
         if tasks:

@@ -19,6 +19,8 @@ class TurnControl:
     task: asyncio.Task | None = None
     chat_id: str = ""
     session_id: str = ""
+    reply_pk: int | None = None  # set once the turn's start is stored
+    resumable: bool = False  # the turn runs on when its client goes away (docs/api.md §9)
 
     @property
     def stopping(self) -> bool:

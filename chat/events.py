@@ -107,4 +107,11 @@ class ErrorEvent:
         return body
 
 
+class Ping:
+    """A heartbeat marker: yielded by a reply's event stream while nothing else happens."""
+
+
+PING = Ping()
+
+
 ChatEvent = SessionEvent | ReasoningEvent | DeltaEvent | FollowUpEvent | CompletedEvent | ErrorEvent

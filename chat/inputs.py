@@ -28,6 +28,7 @@ class ChatRequest:
     additional_messages: list[dict] | None = None
     # Validated `{"file_id"}` / `{"url", "type"}` items (docs/api.md §12), resolved as the turn starts.
     attachments: tuple[dict, ...] = ()
+    resumable: bool = False  # the reply runs on when its client goes away (docs/api.md §9)
 
     @property
     def user_text(self) -> str:

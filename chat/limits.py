@@ -561,6 +561,26 @@ def check_request(owner) -> None:
             return
     else:
         count, ttl = _local.hit(owner.key)
+    _refuse_over(limit, count, ttl)
+
+
+async def acheck_request(owner) -> None:
+    """`check_request` for async views (a resume is a request like any other)."""
+    limit = (await alimits_for(owner)).rpm
+    if not limit:
+        return
+    if settings.REDIS_URL:
+        try:
+            count, ttl = await _aredis().eval(HIT_SCRIPT, 1, _window_key(owner.key), WINDOW_SECONDS)
+        except redis.RedisError as exc:
+            logger.warning("Rate limiter: Redis unavailable, not limiting: %s", exc)
+            return
+    else:
+        count, ttl = _local.hit(owner.key)
+    _refuse_over(limit, count, ttl)
+
+
+def _refuse_over(limit: int, count: int, ttl: int) -> None:
     if count > limit:
         raise ChatError(
             "rate_limited", f"More than {limit} requests a minute; retry in {max(1, ttl)} s.", retry_after=max(1, ttl)

@@ -74,6 +74,16 @@ before the first event (authentication, validation, busy session, Coze refusing 
 JSON error responses with their status instead of a stream.
 """
 
+RESUME_DESCRIPTION = """\
+Replays the session's current or latest reply after the event named by `Last-Event-ID` (or
+`?last_event_id=`; none: from the start), then follows it live until `done`: the same bytes, with
+the same ids, as an uninterrupted client got. Replies sent with `"resumable": true` keep their
+events for `CHAT_RESUME_WINDOW` seconds after they end; after that (or for a reply that was not
+resumable) a resume gets the stored reply once it has ended: `session`, one `delta` with the rest
+of the answer after the event named (the whole answer for a reply that was not resumable),
+`completed` (or its `error`), `done`, numbered on from the event named.
+"""
+
 WEBSOCKET_DESCRIPTION = """
 
 ## WebSocket: `ws/chat/`
@@ -81,10 +91,13 @@ WEBSOCKET_DESCRIPTION = """
 Authenticate with `Authorization: Bearer <api key>` (non-browser clients) or the session cookie
 (browsers, whose `Origin` must be allowed). An unauthenticated socket is closed with code 4401.
 
-Client frames: `{"type":"chat", …chat request body}`, `{"type":"cancel"[, "chat_id"]}`, `{"type":"ping"}`.
+Client frames: `{"type":"chat", …chat request body}`, `{"type":"resume","session_id","last_event_id"}`,
+`{"type":"cancel"[, "chat_id"]}`, `{"type":"ping"}`.
 
 Server frames: the same JSON objects as the SSE `data:` lines (`session`, `reasoning`, `delta`,
-`follow_up`, `completed`, `error`), then `{"type":"done"}` after each reply, and `{"type":"pong"}`.
+`follow_up`, `completed`, `error`), each with the `"id"` of its SSE event, then
+`{"type":"done","id"}` after each reply, and `{"type":"pong"}`. `resume` replays a session's
+reply after `last_event_id` and follows it, as `GET /api/sessions/{session_id}/stream` does.
 One socket carries many turns; a bad frame gets an `error` object and the socket stays open.
 Frames are limited to 1 MiB.
 """
@@ -379,6 +392,27 @@ def add_views_outside_drf(result, generator, request, public):
                     "An event stream; each `data:` line is one of these objects.", list(EVENT_SCHEMAS)
                 ),
                 **{code: error_response for code in CHAT_ERROR_STATUSES},
+            },
+        }
+    }
+    result["paths"]["/api/sessions/{session_id}/stream"] = {
+        "get": {
+            "operationId": "session_stream",
+            "summary": "Resume: the session's latest reply after Last-Event-ID, then live to its end",
+            "description": RESUME_DESCRIPTION,
+            "tags": ["sessions"],
+            "security": security,
+            "parameters": [
+                SESSION_ID_PARAMETER,
+                {"in": "header", "name": "Last-Event-ID", "required": False, "schema": {"type": "integer"}},
+                {"in": "query", "name": "last_event_id", "required": False, "schema": {"type": "integer"}},
+            ],
+            "responses": {
+                "200": _event_stream_response(
+                    "The events after the one named, with their original ids; the last is `done`.",
+                    list(EVENT_SCHEMAS),
+                ),
+                **{code: error_response for code in ("400", "401", "403", "404")},
             },
         }
     }

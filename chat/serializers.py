@@ -34,6 +34,17 @@ class StrictCharField(serializers.CharField):
         return super().to_internal_value(data)
 
 
+class StrictBooleanField(serializers.BooleanField):
+    """true or false, and only those: DRF's BooleanField would also take "yes", 1 or "on"."""
+
+    default_error_messages = {"not_a_boolean": "Must be true or false."}
+
+    def to_internal_value(self, data):
+        if not isinstance(data, bool):
+            self.fail("not_a_boolean")
+        return data
+
+
 class StringMapField(serializers.DictField):
     """A flat map of strings, within Coze's limits (16 pairs, keys ≤ 64, values ≤ 512 chars)."""
 
@@ -107,6 +118,9 @@ class ChatRequestSerializer(serializers.Serializer):
     attachments = serializers.ListField(
         child=AttachmentSerializer(), required=False, allow_empty=False, max_length=MAX_ATTACHMENTS
     )
+    resumable = StrictBooleanField(
+        required=False, help_text="Keep the reply running when the client goes away, for a resume (§9)."
+    )
 
     def validate_session_id(self, value: str) -> str:
         if not SESSION_ID_RE.match(value):
@@ -169,6 +183,7 @@ def parse_chat_request(data, *, extra_fields: frozenset[str] = frozenset()) -> C
         meta_data=dict(attrs.get("meta_data") or {}),
         additional_messages=[dict(item) for item in additional] if additional else None,
         attachments=tuple(dict(item) for item in attrs.get("attachments") or ()),
+        resumable=attrs.get("resumable", False),
     )
 
 

@@ -13,7 +13,7 @@ from django.db.models.functions import Substr
 from django.utils import timezone
 
 from chat import cancellation, files, turns
-from chat.control import running_turns
+from chat.control import active_turns, running_turns
 from chat.db import db_async
 from chat.errors import ChatError
 from chat.inputs import Owner
@@ -128,3 +128,42 @@ async def achat_cancel(*, owner: Owner, chat_id: str) -> dict:
         await asyncio.sleep(0.05)
         reply = await _reply_for_cancel(owner=owner, chat_id=chat_id)
     return {"chat_id": chat_id, "status": "cancelled"}
+
+
+@db_async
+def _latest_reply(*, owner: Owner, session_id: str) -> Reply:
+    reply = (
+        Reply.objects.filter(owner_key=owner.key, session__owner_key=owner.key, session__session_id=session_id)
+        .order_by("-pk")
+        .only("pk", "status", "coze_chat_id")
+        .first()
+    )
+    if reply is None:
+        session_get(owner=owner, session_id=session_id)  # not_found for an unknown session
+        raise ChatError("not_found", "This session has no reply yet.")
+    return reply
+
+
+async def asession_cancel(*, owner: Owner, session_id: str) -> dict:
+    """Stop the session's current reply (its latest, if still in progress), like `achat_cancel`.
+
+    A reply that has only just started may not know Coze's chat id yet: in this worker it is
+    stopped through its control at once; in another, the cancel waits (up to CANCEL_WAIT_SECONDS)
+    for the id to be recorded, then goes through the channel layer.
+    """
+    reply = await _latest_reply(owner=owner, session_id=session_id)
+    deadline = time.monotonic() + CANCEL_WAIT_SECONDS
+    while reply.status == Reply.Status.IN_PROGRESS:
+        control = next((c for c in list(active_turns) if c.reply_pk == reply.pk and c.owner_key == owner.key), None)
+        if control is not None and control.task is not None:
+            control.stop("cancelled")
+            await asyncio.wait([control.task], timeout=CANCEL_WAIT_SECONDS)
+            return {"session_id": session_id, "chat_id": control.chat_id, "status": "cancelled"}
+        if reply.coze_chat_id:
+            answer = await achat_cancel(owner=owner, chat_id=reply.coze_chat_id)
+            return {"session_id": session_id, **answer}
+        if time.monotonic() > deadline:
+            break
+        await asyncio.sleep(0.05)
+        reply = await _latest_reply(owner=owner, session_id=session_id)
+    return {"session_id": session_id, "chat_id": reply.coze_chat_id, "status": reply.status}

@@ -15,7 +15,12 @@ encode_json = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
 
 
 def sse_event(event_id: int, event: str, data: dict) -> bytes:
-    return f"id: {event_id}\nevent: {event}\ndata: {encode_json(data)}\n\n".encode()
+    return sse_event_json(event_id, event, encode_json(data))
+
+
+def sse_event_json(event_id: int, event: str, data_json: str) -> bytes:
+    """An event whose data is already JSON (a replayed event: the same bytes as the first time)."""
+    return f"id: {event_id}\nevent: {event}\ndata: {data_json}\n\n".encode()
 
 
 def sse_done(event_id: int) -> bytes:

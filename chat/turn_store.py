@@ -205,6 +205,7 @@ def _turn_start_pg(
         expected_route.coze_conversation_id if expected_route else "",
         expected_route.coze_user_id if expected_route else "",
         transcripts.transcript_start(owner_key=owner.key, bot_id=bot_id),
+        chat_request.resumable,
     ]
     # One statement, its own transaction; attachments are linked in the same transaction.
     with transaction.atomic() if attachments.files else contextlib.nullcontext(), connection.cursor() as cursor:
@@ -232,9 +233,9 @@ def _turn_start_pg(
     )
 
 
-# Eighteen arguments, the attachments as JSON; only placeholders are formatted in, never values.
+# Nineteen arguments, the attachments as JSON; only placeholders are formatted in, never values.
 TURN_START_SQL = "SELECT * FROM cozeproject_turn_start({})".format(  # noqa: S608
-    ", ".join(["%s"] * 11 + ["%s::jsonb"] + ["%s"] * 6)
+    ", ".join(["%s"] * 11 + ["%s::jsonb"] + ["%s"] * 7)
 )
 
 
@@ -321,6 +322,7 @@ def _turn_start_orm(
             transport=transport,
             worker_channel=worker_channel,
             started_at=now,
+            resumable=chat_request.resumable,
         )
         question = Message.objects.create(
             conversation=conversation,

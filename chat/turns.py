@@ -37,15 +37,17 @@ from collections.abc import AsyncIterator
 from django.conf import settings
 from django.utils import timezone
 
-from chat import cancellation, coze, files, limits, metrics, turn_store
+from chat import cancellation, coze, files, limits, metrics, replay, resume, turn_store
 from chat.control import TurnControl, active_turns, await_stopping_turn, in_background, running_turns
 from chat.errors import ChatError
-from chat.events import (
+from chat.events import (  # PING and Ping: achat_events' heartbeat marker
+    PING,
     ChatEvent,
     CompletedEvent,
     DeltaEvent,
     ErrorEvent,
     FollowUpEvent,
+    Ping,
     ReasoningEvent,
     SessionEvent,
 )
@@ -58,13 +60,6 @@ logger = logging.getLogger(__name__)
 
 # Seconds between retries of a finish that could not be stored (the database was away).
 FINISH_RETRY_DELAYS = (1, 2, 4, 8, 16, 32)
-
-
-class Ping:
-    """A heartbeat marker yielded by `achat_events` while the upstream is silent."""
-
-
-PING = Ping()
 
 
 # --- routes of known sessions -------------------------------------------------------------------
@@ -289,6 +284,7 @@ async def _turn_events(
         turn, opening = await _start(
             owner=owner, chat_request=chat_request, transport=transport, control=control, started=started
         )
+    control.reply_pk = turn.reply_pk
     logger.info("Turn started: session %s, reply %s, via %s", turn.session_id, turn.reply_pk, transport)
     outcome = TurnOutcome()
     upstream: _Upstream | None = None
@@ -483,23 +479,35 @@ async def achat_events(
 
     Raises ChatError before the first event, like `achat_stream`. If the turn is stopped through
     its TurnControl (cancel request, shutdown), yields an ErrorEvent with code `cancelled` or
-    `interrupted` and ends. If the consumer goes away, the turn is cancelled and stored.
+    `interrupted` and ends. If the consumer goes away, the turn is cancelled and stored — unless
+    it is resumable (docs/api.md §9): then it runs on to its end, recording its events for
+    `replay.afollow`, and is stored as it ends.
     """
     loop = asyncio.get_running_loop()
     control = control or TurnControl(owner_key=owner.key)
+    control.resumable = chat_request.resumable
     queue: asyncio.Queue = asyncio.Queue()
     end = object()
     last_event_at = loop.time()
+    consumer_gone = False
 
     async def pump() -> None:
+        recording = replay.Recording() if chat_request.resumable else None
         try:
             async for event in achat_stream(
                 owner=owner, chat_request=chat_request, transport=transport, control=control
             ):
-                queue.put_nowait(event)
+                if recording is not None:
+                    recording.add(event, control.reply_pk)
+                if not consumer_gone:
+                    queue.put_nowait(event)
         except BaseException as exc:
+            if recording is not None:
+                _end_recording(recording, exc, control, consumer_gone)
             queue.put_nowait((end, exc))
             raise
+        if recording is not None:
+            _end_recording(recording, None, control, consumer_gone)
         queue.put_nowait((end, None))
 
     timer: asyncio.TimerHandle | None = None
@@ -512,6 +520,7 @@ async def achat_events(
 
     control.task = loop.create_task(pump())
     active_turns.add(control)
+    control.task.add_done_callback(lambda _: active_turns.discard(control))
     if heartbeat:
         timer = loop.call_later(heartbeat, tick)
     started_streaming = False
@@ -533,17 +542,50 @@ async def achat_events(
                 last_event_at = loop.time()
             yield item
     finally:
-        active_turns.discard(control)
+        consumer_gone = True
         if timer is not None:
             timer.cancel()
         task = control.task
-        if not task.done():
-            if not task.cancelling():
-                task.cancel()
-            # The turn stores its own outcome; wait for that, whatever it raises.
-            await asyncio.wait([task])
-        if not task.cancelled():
-            task.exception()  # retrieved, so asyncio does not log it as never retrieved
+        if chat_request.resumable and not task.done():
+            # Client gone, reply not: it runs on (in active_turns, so a shutdown still stops it)
+            # and stores itself as it ends.
+            task.add_done_callback(_retrieve_exception)
+        else:
+            if not task.done():
+                if not task.cancelling():
+                    task.cancel()
+                # The turn stores its own outcome; wait for that, whatever it raises.
+                await asyncio.wait([task])
+            _retrieve_exception(task)
+
+
+def _retrieve_exception(task: asyncio.Task) -> None:
+    if not task.cancelled():
+        task.exception()  # retrieved, so asyncio does not log it as never retrieved
+
+
+def _end_recording(
+    recording: replay.Recording, exc: BaseException | None, control: TurnControl, client_gone: bool
+) -> None:
+    """Close a resumable reply's recording as its stream ends, and note on the Reply how it ended.
+
+    A stopped turn's stream ends with the `error` that `achat_events` adds; any other failure
+    after the start with `internal_error` (the live client's connection just breaks there).
+    """
+    if exc is None:
+        recording.end()
+    elif isinstance(exc, asyncio.CancelledError):
+        recording.end(ErrorEvent.from_error(ChatError(control.reason)))
+    elif isinstance(exc, ChatError):
+        recording.end(ErrorEvent.from_error(exc))
+    else:
+        recording.end(ErrorEvent.from_error(ChatError("internal_error")))
+    if control.reply_pk is not None:
+        in_background(
+            resume.amark_resumable_end(
+                reply_pk=control.reply_pk, client_gone=client_gone, answer_offsets=recording.answer_offsets()
+            )
+        )
 
 
 async def achat_send(*, owner: Owner, chat_request: ChatRequest, transport: str) -> CompletedEvent:

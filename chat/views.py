@@ -15,7 +15,7 @@ from django.shortcuts import render
 from django.views.decorators.csrf import csrf_exempt, ensure_csrf_cookie
 from django.views.decorators.http import require_GET, require_POST
 
-from chat import coze, metrics, turns
+from chat import coze, metrics, resume, turns
 from chat.auth import aresolve_owner, ensure_browser_id
 from chat.db import db_async
 from chat.errors import ChatError, json_error_response
@@ -97,6 +97,40 @@ async def start_sse_stream(
 async def chat_stream_view(request: HttpRequest) -> HttpResponse:
     """POST /api/chat/stream: the reply as Server-Sent Events (docs/api.md §5)."""
     return await start_sse_stream(request, transport=Reply.Transport.SSE)
+
+
+def _last_event_id(request: HttpRequest) -> int:
+    """The `Last-Event-ID` header (what EventSource sends on reconnecting) or `?last_event_id=`."""
+    raw = request.headers.get("Last-Event-ID") or request.GET.get("last_event_id") or "0"
+    raw = raw.strip()
+    if not raw.isascii() or not raw.isdigit() or len(raw) > 18:
+        raise ChatError("invalid", "Last-Event-ID must be the id of an event: a whole number.")
+    return int(raw)
+
+
+async def _render_replay(events: AsyncIterator) -> AsyncIterator[bytes]:
+    async with contextlib.aclosing(events):
+        async for item in events:
+            yield PING if item is turns.PING else item.sse()
+
+
+@require_GET
+async def session_stream_view(request: HttpRequest, session_id: str) -> HttpResponse:
+    """GET /api/sessions/{id}/stream: the session's latest reply after Last-Event-ID, live to its end
+    (docs/api.md §9)."""
+    try:
+        owner = await aresolve_owner(request)
+        events = await resume.aopen_reply_stream(
+            owner=owner,
+            session_id=session_id,
+            after_id=_last_event_id(request),
+            heartbeat=settings.CHAT_SSE_HEARTBEAT,
+        )
+    except ChatError as error:
+        return json_error_response(error)
+    return StreamingHttpResponse(
+        _render_replay(events), content_type="text/event-stream; charset=utf-8", headers=SSE_HEADERS
+    )
 
 
 @require_GET

@@ -218,6 +218,13 @@ if any(not 0 < threshold <= 1000 for threshold in CHAT_BUDGET_ALERT_THRESHOLDS):
 CHAT_DB_THREADS = env_number("CHAT_DB_THREADS", 4, minimum=1, cast=int)
 # A session lock not renewed for this long belongs to a crashed worker and may be taken over.
 CHAT_SESSION_LOCK_TTL = env_number("CHAT_SESSION_LOCK_TTL", COZE_STREAM_IDLE_TIMEOUT * 2 + 30, minimum=1)
+# Resumable replies (docs/api.md §9): how long a reply's events stay after it ends, and the bounds
+# of what is kept: events and characters per reply (Redis MAXLEN and memory), replies per process
+# (memory backend only; Redis entries expire instead).
+CHAT_RESUME_WINDOW = env_number("CHAT_RESUME_WINDOW", 300.0, minimum=1)
+CHAT_RESUME_MAX_EVENTS = env_number("CHAT_RESUME_MAX_EVENTS", 5000, minimum=10, cast=int)
+CHAT_RESUME_MAX_CHARS = env_number("CHAT_RESUME_MAX_CHARS", 100_000, minimum=1000, cast=int)
+CHAT_RESUME_MAX_REPLIES = env_number("CHAT_RESUME_MAX_REPLIES", 100, minimum=1, cast=int)
 
 # --- Django -----------------------------------------------------------------------------------
 

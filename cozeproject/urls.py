@@ -33,6 +33,8 @@ urlpatterns = [
     path("api/sessions/<str:session_id>", apis.SessionDetailApi.as_view(), name="session-detail"),
     path("api/sessions/<str:session_id>/messages", apis.SessionMessagesApi.as_view(), name="session-messages"),
     path("api/sessions/<str:session_id>/clear", apis.SessionClearApi.as_view(), name="session-clear"),
+    path("api/sessions/<str:session_id>/stream", views.session_stream_view, name="session-stream"),
+    path("api/sessions/<str:session_id>/cancel", apis.SessionCancelApi.as_view(), name="session-cancel"),
     # The earlier FastAPI services' paths (docs/api.md §8).
     path("chat", compat.legacy_chat_view, name="legacy-chat"),
     path("chat/stream", compat.legacy_chat_stream_view, name="legacy-chat-stream"),

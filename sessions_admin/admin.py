@@ -628,6 +628,7 @@ class ReplyAdmin(BigTableAdmin):
     list_filter = [
         "status",
         "transport",
+        "resumable",
         ReplyBotFilter,
         OwnerFilter,
         ("started_at", admin.DateFieldListFilter),
@@ -655,6 +656,8 @@ class ReplyAdmin(BigTableAdmin):
         "duration_ms",
         "started_at",
         "finished_at",
+        "resumable_end",
+        "resume_count",
     ]
     readonly_fields = fields
 
@@ -714,6 +717,17 @@ class ReplyAdmin(BigTableAdmin):
     @admin.display(description="estimated cost")
     def cost(self, obj: Reply) -> str:
         return cost_text(obj.total_tokens) or "(set CHAT_TOKEN_PRICE_PER_1K)"
+
+    @admin.display(description="resumable")
+    def resumable_end(self, obj: Reply) -> str:
+        """How a resumable reply ended: with its client reading, or after it had gone (ran on alone)."""
+        if obj.status == Reply.Status.IN_PROGRESS:
+            return "in progress"
+        if not obj.resumable:
+            return "no"
+        if obj.ended_without_client:
+            return f"yes: ran on after its client left, then {obj.get_status_display().lower()}"
+        return f"yes: {obj.get_status_display().lower()} with its client reading"
 
     def get_urls(self):
         return [

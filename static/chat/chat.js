@@ -343,6 +343,11 @@
           this.setStatus("streaming");
           this.notice.hidden = true;
           break;
+        case "resuming":
+          this.notice.hidden = false;
+          this.notice.className = "notice notice-retry";
+          this.notice.textContent = "Connection lost; picking the reply up where it was…";
+          break;
         case "reasoning":
           if (this.reasoning.hidden) {
             this.reasoning.hidden = false;
@@ -355,6 +360,7 @@
         case "delta":
           this.endReasoning();
           this.text += event.content;
+          this.notice.hidden = true;
           this.setStatus("streaming");
           this.queueRender();
           break;
@@ -816,7 +822,8 @@
     setBusy(true);
     state.stopRequested = false;
     const transport = state.transport;
-    const requestBody = { session_id: state.sessionId };
+    // Resumable: a dropped connection or a reload picks the reply up where it was (docs/api.md §9).
+    const requestBody = { session_id: state.sessionId, resumable: true };
     if (text) requestBody.message = text;
     if (attachments.length) {
       requestBody.attachments = attachments.map((attachment) =>
@@ -864,6 +871,20 @@
     scrollToBottom();
     refreshSessions();
     if (document.activeElement === document.body) el.input.focus();
+  }
+
+  /** Follow a reply that is still being written (the page was reloaded mid-reply) into `view`. */
+  async function followReply(view) {
+    const transport = state.transport;
+    setBusy(true);
+    state.stopRequested = false;
+    state.handle = transport.resume(state.sessionId, (event) => view.apply(event));
+    const result = await state.handle.result;
+    state.handle = null;
+    view.finish(result, { transportName: transport.name });
+    setBusy(false);
+    scrollToBottom();
+    refreshSessions();
   }
 
   function stopReply() {
@@ -938,6 +959,7 @@
   el.scrim.addEventListener("click", closeSidebar);
 
   let refreshing = null;
+  let sessionPoll = null;
 
   async function refreshSessions() {
     if (refreshing) return refreshing;
@@ -970,7 +992,12 @@
       open.append(make("span", "session-title", titleFor(id)));
       const count = session.message_count;
       const meta = `${relativeTime(session.last_activity)} · ${count} message${count === 1 ? "" : "s"}`;
-      open.append(make("span", "session-meta", meta));
+      const metaLine = make("span", "session-meta", meta);
+      if (session.status === "busy") {
+        item.classList.add("is-running");
+        metaLine.prepend(make("span", "session-running", "replying…"), " · ");
+      }
+      open.append(metaLine);
       open.addEventListener("click", () => {
         closeSidebar();
         openSession(id);
@@ -994,6 +1021,9 @@
     }
     // The open conversation may have been titled before the server's titles arrived (a reload).
     if (state.sessionId && serverTitles[state.sessionId]) setTitle(titleFor(state.sessionId));
+    // While a reply runs (here, in another tab, or left running by a reload), look again soon.
+    clearTimeout(sessionPoll);
+    if (sessions.some((session) => session.status === "busy")) sessionPoll = setTimeout(refreshSessions, 3000);
   }
 
   function markActive() {
@@ -1082,13 +1112,11 @@
       }
     }
     if (pendingQuestion && pendingQuestion.status === "in_progress") {
+      // Still being written (this page was reloaded, or another tab asked): follow it live.
       const view = new AssistantMessage();
-      view.notice.hidden = false;
-      view.notice.className = "notice";
-      view.notice.textContent = "A reply is still being written elsewhere; reopen the conversation to see it.";
-      view.setStatus("completed");
       el.thread.appendChild(view.node);
       pendingQuestion = null;
+      followReply(view);
     }
     closeQuestion();
     el.thread.querySelectorAll(".msg-assistant").forEach((node, index, all) => {

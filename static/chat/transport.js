@@ -10,11 +10,18 @@
  *
  * `started` says whether the server accepted the turn (a `session` event arrived); only a reply
  * that never started is safe to send again automatically.
+ *
+ * Replies are sent with `resumable: true` (docs/api.md §9): when the connection drops mid-reply,
+ * the transport picks the reply up where it was — SSE with `GET /api/sessions/{id}/stream` and
+ * `Last-Event-ID`, the WebSocket with a `resume` frame once it has reconnected — so the text
+ * arrives once, whole. `resume(sessionId, onEvent)` follows a reply from its start (after a reload).
  */
 (function (global) {
   "use strict";
 
   const RETRYABLE_STATUS = new Set([408, 409, 425, 429, 500, 502, 503, 504]);
+  // How many times in a row a dropped reply is resumed before the page gives up on it.
+  const MAX_RESUME_ATTEMPTS = 8;
 
   /** Exponential backoff with "equal jitter": half the ceiling fixed, half random. */
   function backoffDelay(attempt, { baseMs = 500, capMs = 30000 } = {}) {
@@ -112,6 +119,28 @@
     }
   }
 
+  /** Stop the session's current reply wherever it runs (used when the chat id is not known). */
+  function cancelSession(sessionId) {
+    return fetch(`/api/sessions/${encodeURIComponent(sessionId)}/cancel`, {
+      method: "POST",
+      headers: { "X-CSRFToken": csrfToken() },
+      credentials: "same-origin",
+    });
+  }
+
+  /** Resolves after `ms`, or as soon as the browser is back online if it is offline now. */
+  function pause(ms) {
+    return new Promise((resolve) => {
+      const done = () => {
+        clearTimeout(timer);
+        global.removeEventListener("online", done);
+        resolve();
+      };
+      const timer = setTimeout(done, ms);
+      global.addEventListener("online", done);
+    });
+  }
+
   function lostResult(started) {
     return {
       outcome: "error",
@@ -153,7 +182,21 @@
     }
 
     start(body, onEvent) {
-      const controller = new AbortController();
+      return this.run(body, onEvent, null);
+    }
+
+    /** Follow the session's current or latest reply from its first event (a reloaded page). */
+    resume(sessionId, onEvent) {
+      return this.run({ session_id: sessionId, resumable: true }, onEvent, 0);
+    }
+
+    /**
+     * POST the chat (or, with `resumeFrom` a number, GET the session's stream after that event id),
+     * and read it. A resumable reply whose connection drops is followed again after the last id
+     * seen, with backoff, until it ends, is stopped, or can't be resumed.
+     */
+    run(body, onEvent, resumeFrom) {
+      let controller = null;
       const tracker = new ReplyTracker((data) => {
         if (data.type === "session" && stopping) this.cancel(tracker.chatId).catch(() => {});
         onEvent(data);
@@ -161,20 +204,21 @@
       let stopping = false;
       let timedOut = false;
       let timer = null;
+      let lastId = resumeFrom;
       const seconds = Math.round(this.inactivityMs / 1000);
       const arm = () => {
         clearTimeout(timer);
         timer = setTimeout(() => {
           timedOut = true;
-          controller.abort();
+          if (controller) controller.abort();
         }, this.inactivityMs);
       };
+      const resumable = Boolean(body.resumable && body.session_id);
 
-      const run = async () => {
-        arm();
-        let response;
-        try {
-          response = await fetch(this.url, {
+      const open = () => {
+        controller = new AbortController();
+        if (lastId === null) {
+          return fetch(this.url, {
             method: "POST",
             headers: { "Content-Type": "application/json", Accept: "text/event-stream", "X-CSRFToken": csrfToken() },
             body: JSON.stringify(body),
@@ -182,32 +226,18 @@
             cache: "no-store",
             signal: controller.signal,
           });
-        } catch (error) {
-          clearTimeout(timer);
-          if (stopping) return { outcome: "stopped", started: false };
-          if (timedOut) return timeoutResult(false, seconds);
-          return {
-            outcome: "error",
-            code: "network_error",
-            detail: "Could not reach the server. Check your connection.",
-            retryable: true,
-            started: false,
-          };
         }
-        if (!response.ok) {
-          clearTimeout(timer);
-          const payload = await response.json().catch(() => ({}));
-          return {
-            outcome: "error",
-            code: payload.code || `http_${response.status}`,
-            detail: payload.detail || `The server answered ${response.status} ${response.statusText}.`,
-            retryable: RETRYABLE_STATUS.has(response.status),
-            started: false,
-            status: response.status,
-            retryAfterMs: parseRetryAfter(response.headers.get("Retry-After")),
-          };
-        }
+        return fetch(`/api/sessions/${encodeURIComponent(body.session_id)}/stream`, {
+          headers: { Accept: "text/event-stream", "Last-Event-ID": String(lastId) },
+          credentials: "same-origin",
+          cache: "no-store",
+          signal: controller.signal,
+        });
+      };
+
+      const read = async (response) => {
         const parser = new SseParser((message) => {
+          if (message.id != null && /^\d+$/.test(message.id)) lastId = Number(message.id);
           if (message.data === "[DONE]") return;
           try {
             tracker.handle(JSON.parse(message.data));
@@ -225,14 +255,65 @@
             parser.push(decoder.decode(value, { stream: true }));
           }
         } catch (error) {
-          // Aborted (Stop or the inactivity timeout) or the network failed; decided below.
+          // Aborted (Stop or the inactivity timeout) or the network failed; decided by the caller.
         } finally {
           clearTimeout(timer);
         }
-        if (tracker.result) return tracker.result;
-        if (stopping) return { outcome: "stopped", started: tracker.started };
-        if (timedOut) return timeoutResult(tracker.started, seconds);
-        return lostResult(tracker.started);
+      };
+
+      const run = async () => {
+        let lost = null; // how the connection was first lost, if resuming can't help after all
+        for (let attempt = 0; ; attempt += 1) {
+          const resuming = lastId !== null;
+          timedOut = false;
+          arm();
+          let response = null;
+          try {
+            response = await open();
+          } catch (error) {
+            clearTimeout(timer);
+            if (stopping) return { outcome: "stopped", started: tracker.started };
+            if (!resuming) {
+              if (timedOut) return timeoutResult(false, seconds);
+              return {
+                outcome: "error",
+                code: "network_error",
+                detail: "Could not reach the server. Check your connection.",
+                retryable: true,
+                started: false,
+              };
+            }
+          }
+          if (response && !response.ok) {
+            clearTimeout(timer);
+            const payload = await response.json().catch(() => ({}));
+            const failure = {
+              outcome: "error",
+              code: payload.code || `http_${response.status}`,
+              detail: payload.detail || `The server answered ${response.status} ${response.statusText}.`,
+              retryable: RETRYABLE_STATUS.has(response.status),
+              started: tracker.started,
+              status: response.status,
+              retryAfterMs: parseRetryAfter(response.headers.get("Retry-After")),
+            };
+            // A resume that can't be served (the reply is gone) ends as the connection's loss did;
+            // a busy server is retried.
+            if (!resuming) return failure;
+            if (!failure.retryable) return lost || failure;
+          } else if (response) {
+            await read(response);
+            if (tracker.result) return tracker.result;
+          }
+          if (stopping) return { outcome: "stopped", started: tracker.started };
+          const loss = timedOut ? timeoutResult(tracker.started, seconds) : lostResult(tracker.started);
+          lost = lost || loss;
+          if (!resumable || !(tracker.started || resuming) || attempt >= MAX_RESUME_ATTEMPTS) return lost;
+          // The connection dropped mid-reply: the reply runs on at the server; follow it again.
+          if (lastId === null) lastId = 0;
+          onEvent({ type: "resuming" });
+          await pause(attempt === 0 ? 0 : backoffDelay(attempt - 1, { baseMs: 500, capMs: 10000 }));
+          if (stopping) return { outcome: "stopped", started: tracker.started };
+        }
       };
 
       return {
@@ -240,12 +321,17 @@
         stop: () => {
           if (stopping) return;
           stopping = true;
-          if (tracker.chatId) {
-            // Cancel upstream through the API; the stream then ends with `cancelled`. Abort anyway
-            // if the server does not close it soon (closing also cancels the turn server-side).
-            this.cancel(tracker.chatId).catch(() => controller.abort());
-            setTimeout(() => controller.abort(), 5000);
-          } else {
+          // Cancel upstream through the API; the stream then ends with `cancelled`. Abort anyway
+          // if the server does not close it soon (closing also cancels a reply that is not resumable).
+          const cancelling = tracker.chatId
+            ? this.cancel(tracker.chatId)
+            : body.session_id && (tracker.started || lastId !== null)
+              ? cancelSession(body.session_id)
+              : null;
+          if (cancelling) {
+            cancelling.catch(() => controller && controller.abort());
+            setTimeout(() => controller && controller.abort(), 5000);
+          } else if (controller) {
             controller.abort();
           }
         },
@@ -274,6 +360,7 @@
       this.keepalive = null;
       this.lastSeen = 0;
       this.current = null;
+      this.parked = null;
       this.waiters = [];
       this.state = "idle";
       this.onOnline = () => {
@@ -315,6 +402,7 @@
         this.lastSeen = Date.now();
         this.startKeepalive();
         this.setState("open");
+        this.resumeParked();
         this.waiters.splice(0).forEach((waiter) => waiter.resolve());
       };
       socket.onmessage = (message) => {
@@ -352,7 +440,13 @@
       clearInterval(this.keepalive);
       const reply = this.current;
       this.current = null;
-      if (reply) reply.finish(reply.stopping ? { outcome: "stopped", started: reply.tracker.started } : lostResult(reply.tracker.started));
+      if (reply && !reply.stopping && reply.resumable && (reply.tracker.started || reply.lastId !== null) && code !== 4401) {
+        // The reply runs on at the server: ask for the rest once the socket is back.
+        if ((reply.resumeAttempts = (reply.resumeAttempts || 0) + 1) <= MAX_RESUME_ATTEMPTS) {
+          this.parked = reply;
+          reply.tracker.onEvent({ type: "resuming" });
+        } else reply.finish(lostResult(reply.tracker.started));
+      } else if (reply) reply.finish(reply.stopping ? { outcome: "stopped", started: reply.tracker.started } : lostResult(reply.tracker.started));
       if (code === 4401) {
         this.waiters.splice(0).forEach((waiter) => waiter.reject(new Error("unauthorized")));
         this.setState("unauthorized");
@@ -414,10 +508,20 @@
       });
     }
 
+    /** A reply whose socket dropped continues after the last id it saw, on the new socket. */
+    resumeParked() {
+      const reply = this.parked;
+      if (!reply || !this.socket || this.socket.readyState !== WebSocket.OPEN) return;
+      this.parked = null;
+      this.current = reply;
+      this.socket.send(JSON.stringify({ type: "resume", session_id: reply.sessionId, last_event_id: reply.lastId || 0 }));
+    }
+
     frame(frame) {
       if (!frame || frame.type === "pong") return;
       const reply = this.current;
       if (!reply) return;
+      if (typeof frame.id === "number") reply.lastId = frame.id;
       if (frame.type === "done") {
         this.current = null;
         reply.finish(reply.tracker.result || lostResult(reply.tracker.started));
@@ -435,7 +539,23 @@
     }
 
     start(body, onEvent) {
-      const reply = { tracker: new ReplyTracker(onEvent), stopping: false, done: false };
+      return this.run({ type: "chat", ...body }, onEvent, null);
+    }
+
+    /** Follow the session's current or latest reply from its first event (a reloaded page). */
+    resume(sessionId, onEvent) {
+      return this.run({ type: "resume", session_id: sessionId, last_event_id: 0 }, onEvent, 0);
+    }
+
+    run(frame, onEvent, lastId) {
+      const reply = {
+        tracker: new ReplyTracker(onEvent),
+        stopping: false,
+        done: false,
+        resumable: Boolean(frame.type === "resume" || (frame.resumable && frame.session_id)),
+        sessionId: frame.session_id,
+        lastId,
+      };
       const result = new Promise((resolve) => {
         reply.finish = (value) => {
           if (reply.done) return;
@@ -472,7 +592,7 @@
           return;
         }
         this.current = reply;
-        this.socket.send(JSON.stringify({ type: "chat", ...body }));
+        this.socket.send(JSON.stringify(frame));
       })();
       return {
         result,
@@ -480,6 +600,12 @@
           if (reply.stopping || reply.done) return;
           reply.stopping = true;
           if (this.current === reply) this.sendCancel(reply.tracker.chatId);
+          else if (this.parked === reply && reply.sessionId) {
+            // Between sockets: stop it over HTTP, and end here.
+            this.parked = null;
+            cancelSession(reply.sessionId).catch(() => {});
+            reply.finish({ outcome: "stopped", started: reply.tracker.started });
+          }
           // If the server never confirms, give the composer back anyway.
           reply.stopTimer = setTimeout(() => {
             if (this.current === reply) this.current = null;

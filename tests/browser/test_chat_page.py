@@ -426,3 +426,124 @@ def test_an_sse_reply_that_goes_silent_past_the_heartbeat_is_dropped_with_a_retr
         assert answer_text(page) == "You said: This reply will hang"
     finally:
         silent.close()
+
+
+RESUMED_TEXT = (
+    "First line of a long answer, 你好世界 👋🏽.\n\n"
+    "Second paragraph keeps going — and going, word after word, until the end."
+)
+
+
+@pytest.mark.parametrize("transport", ["sse", "ws"])
+def test_reloading_mid_reply_picks_the_reply_up_and_shows_the_whole_answer(page, transport):
+    use_transport(page, transport)
+    send(page, "[sim:slow=60][sim:echo]" + RESUMED_TEXT)
+    page.wait_for_function(
+        "() => (document.querySelector('.msg-assistant:last-child .answer')?.innerText || '').length > 10"
+    )
+    session_id = page.evaluate("window.chatPage.sessionId")
+
+    page.reload()
+    page.wait_for_function("window.chatPage !== undefined")
+    if transport == "ws":
+        page.wait_for_function("window.chatPage.wsState === 'open'")
+    # The session list says the reply is still being written.
+    page.wait_for_selector(f'.session.is-running[data-session-id="{session_id}"] .session-running')
+    screenshot(page, f"resumed-{transport}-running")
+    wait_status(page, "completed", timeout=30_000)
+
+    assert page.evaluate("window.chatPage.sessionId") == session_id
+    paragraphs = last_answer(page).locator(".answer p").all_inner_texts()
+    assert "\n\n".join(paragraphs) == RESUMED_TEXT  # whole, nothing twice
+    assert page.locator(".msg-assistant").count() == 1
+    reply = db(lambda: Reply.objects.get())
+    assert reply.status == "completed" and reply.resumable and reply.ended_without_client
+    page.wait_for_selector(f'.session[data-session-id="{session_id}"]:not(.is-running)', timeout=10_000)
+    screenshot(page, f"resumed-{transport}-done")
+
+
+class CuttingProxy:
+    """Passes one SSE request to the real server and cuts the connection after a few deltas: a
+    network that drops mid-reply (the server sees its client go)."""
+
+    def __init__(self, target_port: int, deltas: int = 4):
+        self.target_port = target_port
+        self.deltas = deltas
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen()
+        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}/api/chat/stream"
+        self.relayed = b""
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self):
+        try:
+            conn, _ = self.sock.accept()
+        except OSError:
+            return
+        with conn, socket.create_connection(("127.0.0.1", self.target_port)) as upstream:
+            request = conn.recv(65536)
+            head, _, body = request.partition(b"\r\n\r\n")
+            length = int(re.search(rb"(?i)content-length: *(\d+)", head).group(1))
+            while len(body) < length:
+                body += conn.recv(65536)
+            # The browser's Host names this proxy; the server's CSRF check wants its own.
+            head = re.sub(rb"(?im)^host: *[^\r\n]*", f"Host: 127.0.0.1:{self.target_port}".encode(), head)
+            upstream.sendall(head + b"\r\n\r\n" + body)
+            while self.relayed.count(b"event: delta") < self.deltas:
+                chunk = upstream.recv(65536)
+                if not chunk:
+                    break
+                self.relayed += chunk
+                conn.sendall(chunk)
+
+    def close(self):
+        self.sock.close()
+
+
+@pytest.mark.parametrize("transport", ["sse", "ws"])
+def test_a_connection_lost_mid_reply_picks_the_reply_up_with_nothing_missing_or_twice(page, asgi_server, transport):
+    use_transport(page, transport)
+    resumes: list[str] = []
+    page.on(
+        "request", lambda request: "/stream" in request.url and request.method == "GET" and resumes.append(request.url)
+    )
+    proxy = None
+    sockets: list = []
+    if transport == "sse":
+        proxy = CuttingProxy(asgi_server.port)
+        page.route("**/api/chat/stream", lambda route: route.continue_(url=proxy.url), times=1)
+    else:
+
+        def route(ws_route):
+            server = ws_route.connect_to_server()
+            sockets.append(ws_route)
+            frames: list[str] = []
+
+            def from_server(message):
+                ws_route.send(message)
+                frames.append(message)
+                if len(sockets) == 1 and sum('"type":"delta"' in frame for frame in frames) == 4:
+                    ws_route.close(code=4000, reason="network lost")
+
+            server.on_message(from_server)
+
+        page.route_web_socket(WS_URL, route)
+        page.reload()
+        page.wait_for_function("window.chatPage !== undefined")
+        use_transport(page, "ws")
+    try:
+        send(page, "[sim:slow=50][sim:echo]" + RESUMED_TEXT)
+        wait_status(page, "completed", timeout=30_000)
+    finally:
+        if proxy:
+            proxy.close()
+
+    paragraphs = last_answer(page).locator(".answer p").all_inner_texts()
+    assert "\n\n".join(paragraphs) == RESUMED_TEXT
+    reply = db(lambda: Reply.objects.get())
+    assert reply.status == "completed" and reply.resume_count >= 1
+    if transport == "sse":
+        assert proxy.relayed.count(b"event: delta") >= 4 and resumes, "the page resumed with GET …/stream"
+    else:
+        assert len(sockets) >= 2, "the page reconnected and resumed on a new socket"

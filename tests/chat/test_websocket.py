@@ -118,7 +118,13 @@ async def test_cancel_frame_stops_the_reply_and_closes_the_upstream_stream(api_k
     frames = await receive_until_done(communicator)
     await communicator.disconnect()
 
-    assert frames[-2] == {"type": "error", "code": "cancelled", "detail": frames[-2]["detail"], "retryable": False}
+    assert frames[-2] == {
+        "type": "error",
+        "code": "cancelled",
+        "detail": frames[-2]["detail"],
+        "retryable": False,
+        "id": frames[-1]["id"] - 1,
+    }
     chat = await upstream_closed_within_a_second(simulator, session["chat_id"])
     assert chat["status"] == "canceled"  # Coze's cancel was called too
     reply = await sync_to_async(Reply.objects.get)(coze_chat_id=session["chat_id"])

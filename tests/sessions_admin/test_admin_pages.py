@@ -436,3 +436,23 @@ def test_admin_index_hides_the_dashboard_link_without_permission(staff_without_p
     response = staff_without_permissions_client.get(reverse("admin:index"))
     assert response.status_code == 200
     assert url("reply_dashboard") not in response.content.decode()
+
+
+def test_a_reply_page_shows_how_a_resumable_reply_ended_and_how_often_it_was_resumed(staff_client):
+    conversation = make_conversation(make_session())
+    alone = make_turn(conversation)
+    Reply.objects.filter(pk=alone.pk).update(resumable=True, ended_without_client=True, resume_count=3)
+    watched = make_turn(conversation, status="cancelled")
+    Reply.objects.filter(pk=watched.pk).update(resumable=True, ended_without_client=False)
+    plain = make_turn(conversation)
+
+    alone_page = staff_client.get(url("reply_change", alone.pk)).content.decode()
+    watched_page = staff_client.get(url("reply_change", watched.pk)).content.decode()
+    plain_page = staff_client.get(url("reply_change", plain.pk)).content.decode()
+    resumable_only = staff_client.get(url("reply_changelist"), {"resumable__exact": "1"}).context["cl"].result_list
+
+    assert "yes: ran on after its client left, then completed" in alone_page
+    assert '<div class="readonly">3</div>' in alone_page
+    assert "yes: cancelled with its client reading" in watched_page
+    assert '<div class="readonly">no</div>' in plain_page
+    assert {reply.pk for reply in resumable_only} == {alone.pk, watched.pk}

@@ -27,7 +27,8 @@ CREATE OR REPLACE FUNCTION cozeproject_turn_start(
     p_check_route boolean,
     p_expected_conversation text,
     p_expected_user text,
-    p_transcript_start text
+    p_transcript_start text,
+    p_resumable boolean
 ) RETURNS TABLE (
     outcome text,
     session_pk bigint,
@@ -116,10 +117,11 @@ BEGIN
     INSERT INTO sessions_admin_reply (
         session_id, conversation_id, owner_key, api_client_id, user_id, bot_id, coze_chat_id, coze_logid, status,
         error_code, error_detail, transport, input_tokens, output_tokens, total_tokens, time_to_first_token_ms,
-        duration_ms, worker_channel, started_at, finished_at
+        duration_ms, worker_channel, started_at, finished_at, resumable, ended_without_client, resume_count,
+        answer_offsets
     ) VALUES (
         s.id, c.id, p_owner_key, p_api_client_id, p_user_id, p_bot_id, '', '', 'in_progress',
-        '', '', p_transport, 0, 0, 0, NULL, NULL, p_worker_channel, now(), NULL
+        '', '', p_transport, 0, 0, 0, NULL, NULL, p_worker_channel, now(), NULL, p_resumable, NULL, 0, ''
     ) RETURNING id INTO v_reply;
     INSERT INTO sessions_admin_message (
         conversation_id, reply_id, role, kind, content, content_type, coze_message_id, attachments, created_at
@@ -144,7 +146,7 @@ def drop_function(apps, schema_editor):
 
 class Migration(migrations.Migration):
     dependencies = [
-        ("sessions_admin", "0009_chat_files_and_message_attachments"),
+        ("sessions_admin", "0010_reply_resumable_end_and_resume_count"),
     ]
 
     operations = [migrations.RunPython(create_function, drop_function)]

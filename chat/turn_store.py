@@ -218,7 +218,7 @@ def _turn_start_pg(
         if outcome == "route_changed":
             raise RouteChanged(Route(coze_conversation_id=coze_id, bot_id=bot_id, coze_user_id=coze_user))
         if attachments.files:
-            files.attachments_link(message=Message(pk=question_pk), resolved=attachments)
+            files.attachments_link(message=Message.objects.only("pk").get(pk=question_pk), resolved=attachments)
     return TurnContext(
         session_pk=session_pk,
         session_id=session_id,

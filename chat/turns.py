@@ -2,7 +2,8 @@
 
 A turn, top to bottom:
 
-1. **Admit** (`achat_stream`): the owner's rate and concurrent-stream limits, before anything else.
+1. **Admit** (`achat_stream`): the owner's bots, budgets, rate and concurrent streams (`chat.limits`),
+   before anything else.
 2. **Start** (`_start`): store the turn's start — session lock, the user's message, the Reply — in
    one transaction (`turn_store.turn_start`), and open the Coze stream *at the same time*, so the
    commit costs the client no time. Coze needs the session's conversation before it is stored,

@@ -7,16 +7,20 @@ and connections stay bounded (CHAT_DB_THREADS + 3) however many streams are open
 held while streaming.
 """
 
+import asyncio
 import functools
 import logging
 import threading
+import weakref
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import ParamSpec, TypeVar
 
+import psycopg
 from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.db import InterfaceError, OperationalError, connections
+from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from chat.errors import ChatError
 
@@ -76,7 +80,11 @@ def db_async(func: Callable[P, R] | None = None, *, pool: str = "chat"):
 
 
 def close_db_threads() -> None:
-    """Close the pools' connections and stop their threads (tests, shutdown). New pools start on demand."""
+    """Close the pools' connections and stop their threads (tests, shutdown). New pools start on demand.
+
+    The event loops' async pools are replaced on their next use."""
+    global _pool_generation
+    _pool_generation += 1
     with _executor_lock:
         executors = dict(_executors)
         _executors.clear()
@@ -95,3 +103,82 @@ def close_db_threads() -> None:
         for _ in range(workers):
             executor.submit(close_in_this_thread)
         executor.shutdown(wait=True)
+
+
+# --- PostgreSQL statements on the event loop ---------------------------------------------------
+#
+# The two statements on the way to a turn's first byte (the session's route, the start of the
+# turn as one function call) are single statements, so on PostgreSQL they run straight from the
+# event loop on psycopg's async pool: no thread hop and no ORM on the critical path. One small
+# pool per event loop (a worker has one), its connections bounded by CHAT_DB_THREADS.
+
+_async_pools: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, tuple[int, AsyncConnectionPool]]" = (
+    weakref.WeakKeyDictionary()
+)
+# Bumped by close_db_threads: every loop's pool is then replaced on its next use (new settings).
+_pool_generation = 0
+# How long a statement waits for a connection of the async pool before the turn is refused.
+ASYNC_POOL_WAIT_SECONDS = 5.0
+
+
+def on_postgresql() -> bool:
+    return connections["default"].vendor == "postgresql"
+
+
+def _conninfo() -> str:
+    params = connections["default"].get_connection_params()
+    params.pop("cursor_factory", None)
+    params.pop("context", None)
+    params.pop("server_side_binding", None)
+    params.pop("prepare_threshold", None)
+    params.setdefault("connect_timeout", 3)
+    return psycopg.conninfo.make_conninfo(**{key: value for key, value in params.items() if value is not None})
+
+
+async def _apool() -> AsyncConnectionPool:
+    loop = asyncio.get_running_loop()
+    generation, pool = _async_pools.get(loop, (None, None))
+    if pool is not None and generation != _pool_generation:
+        await _aclose_pool()
+        pool = None
+    if pool is None:
+        pool = AsyncConnectionPool(
+            _conninfo(),
+            min_size=1,
+            max_size=settings.CHAT_DB_THREADS,
+            kwargs={"autocommit": True},
+            open=False,
+            name="chat-async",
+        )
+        _async_pools[loop] = (_pool_generation, pool)
+        await pool.open()
+    return pool
+
+
+async def apg_fetchone(sql: str, params: list) -> tuple | None:
+    """Run one statement (its own transaction) on PostgreSQL from the event loop; its first row.
+
+    Raises ChatError("service_unavailable") when the database can't be reached, after one retry
+    on a fresh connection (as `_run_guarded` does for the threads).
+    """
+    for attempt in (1, 2):
+        try:
+            pool = await _apool()
+            async with pool.connection(timeout=ASYNC_POOL_WAIT_SECONDS) as conn:
+                cursor = await conn.execute(sql, params)
+                return await cursor.fetchone()
+        except PoolTimeout as exc:  # no connection to be had: the database is down or overloaded
+            logger.error("Database unavailable: %s", exc)
+            raise ChatError("service_unavailable", "The database is unavailable; retry shortly.") from exc
+        except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
+            await _aclose_pool()
+            if attempt == 2:
+                logger.error("Database unavailable: %s", exc)
+                raise ChatError("service_unavailable", "The database is unavailable; retry shortly.") from exc
+    raise AssertionError("unreachable")
+
+
+async def _aclose_pool() -> None:
+    _, pool = _async_pools.pop(asyncio.get_running_loop(), (None, None))
+    if pool is not None:
+        await pool.close()

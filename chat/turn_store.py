@@ -14,7 +14,6 @@ constant amount of work per turn however long the reply. What they guarantee:
   a retry after a commit whose acknowledgement was lost stores nothing twice.
 """
 
-import contextlib
 import json
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -26,7 +25,7 @@ from django.db.models.functions import Now
 from django.utils import timezone
 
 from chat import files, transcripts
-from chat.db import db_async
+from chat.db import apg_fetchone, db_async, on_postgresql
 from chat.errors import ChatError
 from chat.events import Usage
 from chat.inputs import ChatRequest, Owner
@@ -101,34 +100,60 @@ def _route(*, coze_user_id: str, conversation: dict | None, bot_id: str, request
     )
 
 
-@db_async
-def session_route(*, owner: Owner, session_id: str, bot_id: str, requested_user_id: str | None) -> Route:
+async def session_route(*, owner: Owner, session_id: str, bot_id: str, requested_user_id: str | None) -> Route:
     """The route a turn of this session would take now (one indexed read; a new session's if none)."""
-    row = (
-        ChatSession.objects.filter(owner_key=owner.key, session_id=session_id)
-        .values("coze_user_id", "current_conversation__bot_id", "current_conversation__coze_conversation_id")
-        .first()
-    )
+    if on_postgresql():
+        row = await apg_fetchone(ROUTE_SQL, [owner.key, session_id])
+    else:
+        row = await _session_route_row(owner_key=owner.key, session_id=session_id)
     if row is None:
         return Route(coze_conversation_id="", bot_id=bot_id, coze_user_id=requested_user_id or settings.COZE_USER_ID)
+    coze_user_id, conversation_bot_id, coze_conversation_id = row
     conversation = (
-        {
-            "bot_id": row["current_conversation__bot_id"],
-            "coze_conversation_id": row["current_conversation__coze_conversation_id"],
-        }
-        if row["current_conversation__bot_id"] is not None
+        {"bot_id": conversation_bot_id, "coze_conversation_id": coze_conversation_id}
+        if conversation_bot_id is not None
         else None
     )
     return _route(
-        coze_user_id=row["coze_user_id"], conversation=conversation, bot_id=bot_id, requested_user_id=requested_user_id
+        coze_user_id=coze_user_id, conversation=conversation, bot_id=bot_id, requested_user_id=requested_user_id
+    )
+
+
+ROUTE_SQL = (
+    "SELECT s.coze_user_id, c.bot_id, c.coze_conversation_id FROM sessions_admin_chatsession s "
+    "LEFT JOIN sessions_admin_conversation c ON c.id = s.current_conversation_id "
+    "WHERE s.owner_key = %s AND s.session_id = %s"
+)
+
+
+@db_async
+def _session_route_row(*, owner_key: str, session_id: str) -> tuple | None:
+    return (
+        ChatSession.objects.filter(owner_key=owner_key, session_id=session_id)
+        .values_list("coze_user_id", "current_conversation__bot_id", "current_conversation__coze_conversation_id")
+        .first()
     )
 
 
 resolve_attachments = db_async(files.attachments_resolve)
 
 
+async def turn_start(**start) -> TurnContext:
+    """Lock the session (creating it if new), store the user's message and open the Reply, in one
+    transaction.
+
+    Raises ChatError("session_busy") when another reply holds the lock, and RouteChanged (storing
+    nothing) when `expected_route` is given and is no longer the session's route. On PostgreSQL
+    (without attachments to link) that is one function call from the event loop.
+    """
+    if on_postgresql() and not start["attachments"].files:
+        row = await apg_fetchone(TURN_START_SQL, _turn_start_params(**start))
+        return _started_turn(row, **start)
+    return await _turn_start_in_thread(**start)
+
+
 @db_async
-def turn_start(
+def _turn_start_in_thread(
     *,
     owner: Owner,
     chat_request: ChatRequest,
@@ -140,12 +165,7 @@ def turn_start(
     attachments: files.ResolvedAttachments,
     expected_route: Route | None = None,
 ) -> TurnContext:
-    """Lock the session (creating it if new), store the user's message and open the Reply, in one
-    transaction.
-
-    Raises ChatError("session_busy") when another reply holds the lock, and RouteChanged (storing
-    nothing) when `expected_route` is given and is no longer the session's route.
-    """
+    """`turn_start` on a database thread: the ORM steps, or the function with attachments to link."""
     for attempt in range(2):
         try:
             return _turn_start_once(
@@ -172,7 +192,7 @@ def _turn_start_once(**start) -> TurnContext:
     return _turn_start_orm(**start)
 
 
-def _turn_start_pg(
+def _turn_start_params(
     *,
     owner: Owner,
     chat_request: ChatRequest,
@@ -183,10 +203,9 @@ def _turn_start_pg(
     lock_token: str,
     attachments: files.ResolvedAttachments,
     expected_route: Route | None,
-) -> TurnContext:
-    """`_turn_start_orm`'s steps in one round trip: the `cozeproject_turn_start` function
-    (sessions_admin/migrations/0010_turn_start_function.py)."""
-    params = [
+) -> list:
+    """The arguments of `cozeproject_turn_start` (sessions_admin/migrations/0011_turn_start_function.py)."""
+    return [
         owner.key,
         owner.api_client_id,
         owner.user_id,
@@ -207,30 +226,40 @@ def _turn_start_pg(
         transcripts.transcript_start(owner_key=owner.key, bot_id=bot_id),
         chat_request.resumable,
     ]
-    # One statement, its own transaction; attachments are linked in the same transaction.
-    with transaction.atomic() if attachments.files else contextlib.nullcontext(), connection.cursor() as cursor:
-        cursor.execute(TURN_START_SQL, params)
-        outcome, session_pk, conversation_pk, reply_pk, question_pk, coze_id, coze_user, digest, question = (
-            cursor.fetchone()
-        )
-        if outcome == "busy":
-            raise ChatError("session_busy")
-        if outcome == "route_changed":
-            raise RouteChanged(Route(coze_conversation_id=coze_id, bot_id=bot_id, coze_user_id=coze_user))
-        if attachments.files:
-            files.attachments_link(message=Message.objects.only("pk").get(pk=question_pk), resolved=attachments)
+
+
+def _started_turn(
+    row: tuple, *, owner: Owner, session_id: str, bot_id: str, transport: str, lock_token: str, **_
+) -> TurnContext:
+    """The TurnContext for a row of `cozeproject_turn_start`; raises for a busy or moved session."""
+    outcome, session_pk, conversation_pk, reply_pk, _question_pk, coze_id, coze_user, digest, question = row
+    if outcome == "busy":
+        raise ChatError("session_busy")
+    route = Route(coze_conversation_id=coze_id, bot_id=bot_id, coze_user_id=coze_user)
+    if outcome == "route_changed":
+        raise RouteChanged(route)
     return TurnContext(
         session_pk=session_pk,
         session_id=session_id,
         conversation_pk=conversation_pk,
         reply_pk=reply_pk,
         lock_token=lock_token,
-        route=Route(coze_conversation_id=coze_id, bot_id=bot_id, coze_user_id=coze_user),
+        route=route,
         owner_key=owner.key,
         transport=transport,
         question=question,
         transcript_hash=digest,
     )
+
+
+def _turn_start_pg(**start) -> TurnContext:
+    """`cozeproject_turn_start` and the attachments' links, in one transaction (on a thread)."""
+    with transaction.atomic(), connection.cursor() as cursor:
+        cursor.execute(TURN_START_SQL, _turn_start_params(**start))
+        row = cursor.fetchone()
+        turn = _started_turn(row, **start)
+        files.attachments_link(message=Message.objects.only("pk").get(pk=row[4]), resolved=start["attachments"])
+    return turn
 
 
 # Nineteen arguments, the attachments as JSON; only placeholders are formatted in, never values.

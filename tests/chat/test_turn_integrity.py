@@ -11,7 +11,6 @@ import threading
 
 import httpx
 import pytest
-from django.db import OperationalError
 from django.utils import timezone
 
 from chat import coze, turn_store, turns
@@ -20,7 +19,7 @@ from chat.events import CompletedEvent, ErrorEvent
 from chat.inputs import ChatRequest, Owner
 from chat.sessions import session_clear
 from sessions_admin.models import ChatSession, Conversation, Message, Reply
-from tests.conftest import auth, read_sse, wait_until
+from tests.conftest import auth, await_until, read_sse, wait_until
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -29,6 +28,14 @@ OWNER = Owner(key="client:integrity")
 
 def sim_stats(simulator) -> dict:
     return httpx.get(f"{simulator.base_url}/_sim/stats").json()
+
+
+def async_sim_streams_above(simulator, count: int):
+    async def check() -> bool:
+        async with httpx.AsyncClient() as client:
+            return (await client.get(f"{simulator.base_url}/_sim/stats")).json()["total_streams"] > count
+
+    return check
 
 
 def test_the_users_message_is_stored_before_the_first_byte_of_the_reply(asgi_server, api_key):
@@ -49,20 +56,20 @@ def test_a_store_that_fails_after_coze_was_called_stops_the_chat_and_stores_noth
     http, api_key, simulator, monkeypatch
 ):
     before = sim_stats(simulator)
-    real_start = turn_store._turn_start_once
     real_cancel = coze.achat_cancel
     cancelled = []
 
-    def failing_start(**kwargs):
+    async def failing_start(**start):
         # Coze has the chat by now (the turn opens it while its start is stored); then storage fails.
-        wait_until(lambda: sim_stats(simulator)["total_streams"] > before["total_streams"])
-        raise OperationalError("the database went away")
+        await await_until(async_sim_streams_above(simulator, before["total_streams"]))
+        raise ChatError("service_unavailable", "The database is unavailable; retry shortly.")
 
     async def recording_cancel(*, conversation_id, chat_id):
         cancelled.append(chat_id)
         await real_cancel(conversation_id=conversation_id, chat_id=chat_id)
 
-    monkeypatch.setattr(turn_store, "_turn_start_once", failing_start)
+    real_start = turn_store.turn_start
+    monkeypatch.setattr(turn_store, "turn_start", failing_start)
     monkeypatch.setattr(coze, "achat_cancel", recording_cancel)
     response = http.post(
         "/api/chat/stream", json={"message": "[sim:slow=50] lost?", "session_id": "s-fail"}, headers=auth(api_key)
@@ -78,22 +85,22 @@ def test_a_store_that_fails_after_coze_was_called_stops_the_chat_and_stores_noth
     assert not ChatSession.objects.filter(session_id="s-fail").exists()
     assert not Reply.objects.exists() and not Message.objects.exists()
 
-    monkeypatch.setattr(turn_store, "_turn_start_once", real_start)
+    monkeypatch.setattr(turn_store, "turn_start", real_start)
     again = http.post("/api/chat", json={"message": "now?", "session_id": "s-fail"}, headers=auth(api_key))
     assert again.status_code == 200
 
 
 @pytest.mark.asyncio
 async def test_a_turn_cancelled_while_its_start_is_stored_leaves_the_session_free(monkeypatch):
-    real_start = turn_store._turn_start_once
+    real_start = turn_store.turn_start
     started = threading.Event()
 
-    def slow_start(**kwargs):
+    async def slow_start(**start):
         started.set()
-        threading.Event().wait(0.3)  # the store is still running when its caller goes away
-        return real_start(**kwargs)
+        await asyncio.sleep(0.3)  # the store is still running when its caller goes away
+        return await real_start(**start)
 
-    monkeypatch.setattr(turn_store, "_turn_start_once", slow_start)
+    monkeypatch.setattr(turn_store, "turn_start", slow_start)
     request = ChatRequest(message="[sim:slow=50] cancelled early", session_id="early")
     consumer = asyncio.ensure_future(_collect(request))
     await asyncio.to_thread(started.wait, 5)
@@ -106,7 +113,7 @@ async def test_a_turn_cancelled_while_its_start_is_stored_leaves_the_session_fre
     session = await asyncio.to_thread(ChatSession.objects.get, session_id="early")
     assert session.status == "active" and not session.lock_token
 
-    monkeypatch.setattr(turn_store, "_turn_start_once", real_start)
+    monkeypatch.setattr(turn_store, "turn_start", real_start)
     completed = await turns.achat_send(
         owner=OWNER, chat_request=ChatRequest(message="next", session_id="early"), transport="sync"
     )

@@ -400,10 +400,20 @@ def _committed_start(*, session: ChatSession, lock_token: str, owner: Owner, tra
     )
 
 
-@db_async
-def turn_upstream_started(*, turn: TurnContext, chat_id: str, logid: str) -> None:
+async def turn_upstream_started(*, turn: TurnContext, chat_id: str, logid: str) -> None:
     """Record Coze's chat id as soon as it is known, so the chat can be cancelled by id from any worker."""
-    Reply.objects.filter(pk=turn.reply_pk).update(coze_chat_id=chat_id, coze_logid=logid)
+    if on_postgresql():
+        await apg_fetchone(UPSTREAM_STARTED_SQL, [chat_id, logid, turn.reply_pk])
+    else:
+        await _record_upstream_ids(reply_pk=turn.reply_pk, chat_id=chat_id, logid=logid)
+
+
+UPSTREAM_STARTED_SQL = "UPDATE sessions_admin_reply SET coze_chat_id = %s, coze_logid = %s WHERE id = %s RETURNING id"
+
+
+@db_async
+def _record_upstream_ids(*, reply_pk: int, chat_id: str, logid: str) -> None:
+    Reply.objects.filter(pk=reply_pk).update(coze_chat_id=chat_id, coze_logid=logid)
 
 
 @db_async

@@ -20,7 +20,6 @@ import psycopg
 from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.db import InterfaceError, OperationalError, connections
-from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from chat.errors import ChatError
 
@@ -85,6 +84,7 @@ def close_db_threads() -> None:
     The event loops' async pools are replaced on their next use."""
     global _pool_generation
     _pool_generation += 1
+    _finish_connections_of_ended_loops()
     with _executor_lock:
         executors = dict(_executors)
         _executors.clear()
@@ -107,18 +107,49 @@ def close_db_threads() -> None:
 
 # --- PostgreSQL statements on the event loop ---------------------------------------------------
 #
-# The two statements on the way to a turn's first byte (the session's route, the start of the
-# turn as one function call) are single statements, so on PostgreSQL they run straight from the
-# event loop on psycopg's async pool: no thread hop and no ORM on the critical path. One small
-# pool per event loop (a worker has one), its connections bounded by CHAT_DB_THREADS.
+# The statements on the way to a turn's first byte (the session's route, the start of the turn as
+# one function call, Coze's chat id) are single statements, so on PostgreSQL they run straight
+# from the event loop on psycopg's async connections: no thread hop and no ORM on the critical
+# path. Each event loop (a worker has one) keeps at most CHAT_DB_THREADS of them.
 
-_async_pools: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, tuple[int, AsyncConnectionPool]]" = (
+
+class _LoopConnections:
+    """The async connections of one event loop: at most `size` at once, idle ones kept."""
+
+    def __init__(self, size: int):
+        self.generation = _pool_generation
+        self.slots = asyncio.Semaphore(size)
+        self.idle: list[psycopg.AsyncConnection] = []
+
+    async def acquire(self) -> psycopg.AsyncConnection:
+        await self.slots.acquire()
+        try:
+            if self.idle:
+                return self.idle.pop()
+            return await psycopg.AsyncConnection.connect(_conninfo(), autocommit=True)
+        except BaseException:
+            self.slots.release()
+            raise
+
+    async def release(self, conn: psycopg.AsyncConnection, *, broken: bool) -> None:
+        self.slots.release()
+        if broken or conn.closed or self.generation != _pool_generation:
+            await conn.close()
+        else:
+            self.idle.append(conn)
+
+    def finish(self) -> None:
+        """Close the idle connections without a running loop (the loop that owned them has ended)."""
+        for conn in self.idle:
+            conn.pgconn.finish()
+        self.idle.clear()
+
+
+_loop_connections: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _LoopConnections]" = (
     weakref.WeakKeyDictionary()
 )
-# Bumped by close_db_threads: every loop's pool is then replaced on its next use (new settings).
+# Bumped by close_db_threads: every loop's connections are then replaced (new settings, tests).
 _pool_generation = 0
-# How long a statement waits for a connection of the async pool before the turn is refused.
-ASYNC_POOL_WAIT_SECONDS = 5.0
 
 
 def on_postgresql() -> bool:
@@ -127,32 +158,29 @@ def on_postgresql() -> bool:
 
 def _conninfo() -> str:
     params = connections["default"].get_connection_params()
-    params.pop("cursor_factory", None)
-    params.pop("context", None)
-    params.pop("server_side_binding", None)
-    params.pop("prepare_threshold", None)
+    for psycopg_only in ("cursor_factory", "context", "server_side_binding", "prepare_threshold"):
+        params.pop(psycopg_only, None)
     params.setdefault("connect_timeout", 3)
     return psycopg.conninfo.make_conninfo(**{key: value for key, value in params.items() if value is not None})
 
 
-async def _apool() -> AsyncConnectionPool:
+def _connections_of_this_loop() -> _LoopConnections:
     loop = asyncio.get_running_loop()
-    generation, pool = _async_pools.get(loop, (None, None))
-    if pool is not None and generation != _pool_generation:
-        await _aclose_pool()
-        pool = None
-    if pool is None:
-        pool = AsyncConnectionPool(
-            _conninfo(),
-            min_size=1,
-            max_size=settings.CHAT_DB_THREADS,
-            kwargs={"autocommit": True},
-            open=False,
-            name="chat-async",
-        )
-        _async_pools[loop] = (_pool_generation, pool)
-        await pool.open()
+    pool = _loop_connections.get(loop)
+    if pool is None or pool.generation != _pool_generation:
+        if pool is not None:
+            pool.finish()
+        _finish_connections_of_ended_loops()
+        pool = _loop_connections[loop] = _LoopConnections(settings.CHAT_DB_THREADS)
     return pool
+
+
+def _finish_connections_of_ended_loops() -> None:
+    # A loop that ended (tests start many) can't close its connections any more: do it for it.
+    for loop, pool in list(_loop_connections.items()):
+        if loop.is_closed():
+            pool.finish()
+            _loop_connections.pop(loop, None)
 
 
 async def apg_fetchone(sql: str, params: list) -> tuple | None:
@@ -162,23 +190,22 @@ async def apg_fetchone(sql: str, params: list) -> tuple | None:
     on a fresh connection (as `_run_guarded` does for the threads).
     """
     for attempt in (1, 2):
+        pool = _connections_of_this_loop()
         try:
-            pool = await _apool()
-            async with pool.connection(timeout=ASYNC_POOL_WAIT_SECONDS) as conn:
-                cursor = await conn.execute(sql, params)
-                return await cursor.fetchone()
-        except PoolTimeout as exc:  # no connection to be had: the database is down or overloaded
+            conn = await pool.acquire()
+        except psycopg.Error as exc:
             logger.error("Database unavailable: %s", exc)
             raise ChatError("service_unavailable", "The database is unavailable; retry shortly.") from exc
+        broken = True
+        try:
+            cursor = await conn.execute(sql, params)
+            row = await cursor.fetchone()
+            broken = False
+            return row
         except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
-            await _aclose_pool()
             if attempt == 2:
                 logger.error("Database unavailable: %s", exc)
                 raise ChatError("service_unavailable", "The database is unavailable; retry shortly.") from exc
+        finally:
+            await pool.release(conn, broken=broken)
     raise AssertionError("unreachable")
-
-
-async def _aclose_pool() -> None:
-    _, pool = _async_pools.pop(asyncio.get_running_loop(), (None, None))
-    if pool is not None:
-        await pool.close()

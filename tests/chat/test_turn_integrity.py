@@ -79,7 +79,7 @@ def test_a_store_that_fails_after_coze_was_called_stops_the_chat_and_stores_noth
     assert response.json()["code"] == "service_unavailable"
     wait_until(lambda: cancelled)
     chat = simulator.app.state.chats[cancelled[0]]
-    assert chat.status == "canceled"
+    wait_until(lambda: chat.status == "canceled")
     assert chat.client_disconnected_at is not None  # the connection was closed, not left to the GC
     assert sim_stats(simulator)["open_streams"] == 0
     assert not ChatSession.objects.filter(session_id="s-fail").exists()

@@ -206,14 +206,15 @@ class Reply(models.Model):
     finished_at = models.DateTimeField(null=True, blank=True)
     # Resumable replies (docs/api.md §9), noted as they end: whether the client that asked was
     # still reading then (or the reply ran on alone), and how many times a client resumed it.
-    resumable = models.BooleanField(default=False)
+    # Database defaults too: seed_chat_data loads replies with COPY, naming only the older columns.
+    resumable = models.BooleanField(default=False, db_default=False)
     ended_without_client = models.BooleanField(
         null=True, blank=True, help_text="A resumable reply that ended after its client had gone."
     )
-    resume_count = models.PositiveIntegerField(default=0, help_text="Times a client resumed this reply.")
+    resume_count = models.PositiveIntegerField(default=0, db_default=0, help_text="Times a client resumed this reply.")
     # Per event of a resumable reply (ids 1, 2, …), the characters it added to the answer,
     # comma-separated: a resume after the events expired sends the answer after the client's event.
-    answer_offsets = models.TextField(blank=True, default="", editable=False)
+    answer_offsets = models.TextField(blank=True, default="", db_default="", editable=False)
 
     class Meta:
         verbose_name_plural = "replies"

@@ -103,10 +103,10 @@ def test_token_usage_list_fits_without_horizontal_scrolling(asgi_server, usage_r
     assert sizes["table"] <= sizes["container"], sizes
     assert sizes["page"] <= sizes["viewport"], sizes
     # Every value is still there, in full, for a hover or a screen reader.
-    assert page.locator("#result_list tbody tr").count() == 12
+    assert page.locator("#result_list tbody tr").count() == 3 * min(len(Reply.Status), len(Reply.Transport))
     headers = [text.strip() for text in page.locator("#result_list thead th").all_text_contents()]
     assert headers == ["Started", "Session", "Bot", "Owner", "Status", "Transport", "Tokens", "First token", "Duration"]
-    assert page.get_by_title("9" * 64).count() == 4
+    assert page.get_by_title("9" * 64).count() == min(len(Reply.Status), len(Reply.Transport))  # its replies
     filters = page.locator("#changelist-filter").inner_text()
     for label in ("SSE", "WebSocket", "Compatibility paths", "Sync API"):
         assert label in filters

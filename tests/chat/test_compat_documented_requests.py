@@ -125,7 +125,8 @@ def test_a_list_with_an_image_reaches_the_bot_as_an_object_string(http, api_key,
 
     response = http.post("/api/coze-chat", json=body, headers=auth(api_key))
 
-    assert answer(response) == "You said: 这是什么?"
+    # The simulator names the images and files it was given, as its answer shows.
+    assert answer(response) == "You said: 这是什么? [received: image https://example.com/cat.png]"
     [sent] = coze.chat_bodies
     message = sent["additional_messages"][0]
     assert message["content_type"] == "object_string"

@@ -312,7 +312,7 @@ def build_messages(
     plain text, or with `attachments` (see `attachment_item`) one object_string message of the
     text and those items, as Coze expects multimodal input."""
     if additional_messages:
-        return [
+        messages = [
             Message(
                 role=item.get("role", "user"),
                 type=item.get("type") or ("question" if item.get("role", "user") == "user" else "answer"),
@@ -322,6 +322,12 @@ def build_messages(
             )
             for item in additional_messages
         ]
+        last = additional_messages[-1]
+        if attachments and last.get("role", "user") == "user" and last.get("content_type", "text") == "text":
+            # The turn's own question is the last message (context before it): its attachments go with it.
+            items = [MessageObjectString.build_text(last["content"])] if last["content"] else []
+            messages[-1] = Message.build_user_question_objects(items + [attachment_item(a) for a in attachments])
+        return messages
     if attachments:
         items = [MessageObjectString.build_text(message)] if message else []
         items += [attachment_item(attachment) for attachment in attachments]

@@ -26,7 +26,7 @@ from django.utils import timezone
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_GET, require_POST
 
-from chat import transcripts, turns
+from chat import files, transcripts, turns
 from chat.auth import aowner_from_api_key, bearer_key
 from chat.db import db_async
 from chat.errors import ChatError
@@ -44,7 +44,7 @@ MODELS_CREATED = int(time.time())
 # marked with this message meta_data, ahead of the conversation.
 SYSTEM_META_DATA = {"openai_role": "system"}
 UNSUPPORTED_PARTS_DETAIL = (
-    "Content parts of type {kind!r} are not supported yet; send text parts (image uploads are coming)."
+    "Content parts of type {kind!r} are not supported; send text and (in user messages) image_url parts."
 )
 
 
@@ -145,6 +145,7 @@ async def model_view(request: HttpRequest, model: str) -> HttpResponse:
 class OpenAIMessage:
     role: str  # "system" (also for OpenAI's "developer"), "user" or "assistant"
     text: str
+    image_urls: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -159,31 +160,41 @@ class CompletionRequest:
     include_usage: bool = False
     user: str | None = None
     session_id: str | None = None
+    # The last user message's images; earlier messages' images are not sent again (a continued
+    # session's Coze conversation has them, a new one gets the earlier messages' text).
+    image_urls: tuple[str, ...] = ()
 
 
 def _invalid(field: str, message: str) -> ChatError:
     return ChatError("invalid", f"{field}: {message}", errors={field: [message]})
 
 
-def _message_text(index: int, role: str, content) -> str:
-    """The text of a message's content: a string, or a list of `text` parts joined by newlines."""
+def _message_content(index: int, role: str, content) -> tuple[str, tuple[str, ...]]:
+    """A message's text (a string, or its `text` parts joined by newlines) and the URLs of its
+    `image_url` parts (user messages only)."""
     field = f"messages[{index}].content"
     if content is None and role == "assistant":
-        return ""  # an assistant turn that only called tools
+        return "", ()  # an assistant turn that only called tools
     if isinstance(content, str):
-        return content
+        return content, ()
     if not isinstance(content, list):
         raise _invalid(field, "Must be a string or a list of content parts.")
-    texts = []
+    texts, image_urls = [], []
     for part in content:
         kind = part.get("type") if isinstance(part, dict) else None
         if kind == "text" and isinstance(part.get("text"), str):
             texts.append(part["text"])
+        elif kind == "image_url" and role == "user":
+            image = part.get("image_url")
+            url = image.get("url") if isinstance(image, dict) else image
+            if not isinstance(url, str) or not url:
+                raise _invalid(field, "An image_url part needs {'image_url': {'url': 'https://… or data:…'}}.")
+            image_urls.append(url)
         elif kind in ("image_url", "input_audio", "file", "refusal"):
             raise _invalid(field, UNSUPPORTED_PARTS_DETAIL.format(kind=kind))
         else:
-            raise _invalid(field, "Each part must be {'type': 'text', 'text': '…'}.")
-    return "\n".join(texts)
+            raise _invalid(field, "Each part must be {'type': 'text', 'text': '…'} or an image_url.")
+    return "\n".join(texts), tuple(image_urls)
 
 
 def _parse_messages(messages) -> list[OpenAIMessage]:
@@ -202,7 +213,8 @@ def _parse_messages(messages) -> list[OpenAIMessage]:
             )
         if role not in ("system", "user", "assistant"):
             raise _invalid(f"messages[{index}].role", "Must be system, developer, user or assistant.")
-        parsed.append(OpenAIMessage(role=role, text=_message_text(index, role, message.get("content"))))
+        text, image_urls = _message_content(index, role, message.get("content"))
+        parsed.append(OpenAIMessage(role=role, text=text, image_urls=image_urls))
     return parsed
 
 
@@ -218,8 +230,8 @@ def parse_completion_request(body, *, header_session_id: str | None = None) -> C
         raise _invalid("model", "Required: a bot id or a name from GET /v1/models.")
     messages = _parse_messages(body.get("messages"))
     last = messages[-1]
-    if last.role != "user" or not last.text.strip():
-        raise _invalid("messages", "The last message must be a user message with text.")
+    if last.role != "user" or not (last.text.strip() or last.image_urls):
+        raise _invalid("messages", "The last message must be a user message with text or images.")
     limit = settings.CHAT_MAX_MESSAGE_CHARS
     if len(last.text) > limit:
         raise ChatError("payload_too_large", f"The message is longer than {limit} characters.")
@@ -249,6 +261,7 @@ def parse_completion_request(body, *, header_session_id: str | None = None) -> C
         include_usage=include_usage,
         user=user or None,
         session_id=session_id,
+        image_urls=last.image_urls,
     )
 
 
@@ -313,7 +326,14 @@ async def chat_request_for(owner: Owner, completion: CompletionRequest) -> tuple
     session with earlier messages also carries them as `additional_messages`, which is what goes to
     Coze (the service prefers them over `message` when sending).
     """
-    common = {"message": completion.question, "user_id": completion.user, "bot_id": completion.bot_id}
+    # Images go to Coze as the turn's attachments: links as they are, data: URLs uploaded first.
+    attachments = tuple([await files.aattachment_from_image_url(owner=owner, url=url) for url in completion.image_urls])
+    common = {
+        "message": completion.question or None,
+        "user_id": completion.user,
+        "bot_id": completion.bot_id,
+        "attachments": attachments,
+    }
     if completion.session_id:
         return ChatRequest(session_id=completion.session_id, **common), True
     history = history_of(completion.earlier)

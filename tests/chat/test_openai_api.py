@@ -1,5 +1,6 @@
 """The OpenAI-compatible API, driven by the official `openai` package over real HTTP."""
 
+import base64
 import json
 import threading
 
@@ -12,6 +13,7 @@ from django.core.management import call_command
 from chat.openai_api import OpenAIMessage, coze_context
 from cozeproject.settings import parse_bot_names
 from sessions_admin.models import ChatSession, Message, Reply
+from tests.chat.test_files import png_bytes
 from tests.conftest import auth, wait_until
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -379,9 +381,10 @@ def test_an_unknown_model_is_not_found(client):
         [],
         [{"role": "assistant", "content": "the last message is not the user's"}],
         [{"role": "tool", "content": "x", "tool_call_id": "1"}, {"role": "user", "content": "x"}],
-        [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "https://example.com/a.png"}}]}],
+        [{"role": "user", "content": [{"type": "input_audio", "input_audio": {"data": "", "format": "wav"}}]}],
+        [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "ftp://example.com/a.png"}}]}],
     ],
-    ids=["empty", "last-not-user", "tool", "image_url"],
+    ids=["empty", "last-not-user", "tool", "audio", "image-not-https"],
 )
 def test_an_invalid_body_is_a_bad_request(client, messages):
     with pytest.raises(openai.BadRequestError) as raised:
@@ -392,22 +395,32 @@ def test_an_invalid_body_is_a_bad_request(client, messages):
     assert not Reply.objects.exists()
 
 
-def test_image_url_parts_answer_a_clear_message(client):
-    with pytest.raises(openai.BadRequestError) as raised:
-        client.chat.completions.create(
-            model=BOT,
-            messages=[
-                {
-                    "role": "user",
-                    "content": [
-                        {"type": "text", "text": "what is this?"},
-                        {"type": "image_url", "image_url": {"url": "https://example.com/a.png"}},
-                    ],
-                }
-            ],
-        )
+def test_image_url_parts_reach_coze_as_image_items_of_the_question(client, simulator):
+    png = base64.b64encode(png_bytes()).decode()
+    completion = client.chat.completions.create(
+        model=BOT,
+        messages=[
+            {
+                "role": "user",
+                "content": [
+                    {"type": "text", "text": "what is this?"},
+                    {"type": "image_url", "image_url": {"url": "https://example.com/a.png"}},
+                    {"type": "image_url", "image_url": {"url": f"data:image/png;base64,{png}"}},
+                ],
+            }
+        ],
+    )
 
-    assert "'image_url' are not supported yet" in raised.value.body["message"]
+    # The simulator names the images it was given: the link as sent, the data: URL uploaded first.
+    answer = completion.choices[0].message.content
+    assert answer.startswith("You said: what is this? [received: image https://example.com/a.png, image image")
+    reply = Reply.objects.get()
+    question = Message.objects.get(reply=reply, kind="question")
+    assert question.content == "what is this?" and question.content_type == "object_string"
+    assert [item.get("url") or item.get("content_type") for item in question.attachments] == [
+        "https://example.com/a.png",
+        "image/png",
+    ]
 
 
 def test_a_busy_session_is_a_conflict(client, asgi_server, api_key):

@@ -153,43 +153,19 @@ async def turn_start(**start) -> TurnContext:
 
 
 @db_async
-def _turn_start_in_thread(
-    *,
-    owner: Owner,
-    chat_request: ChatRequest,
-    session_id: str,
-    bot_id: str,
-    transport: str,
-    worker_channel: str,
-    lock_token: str,
-    attachments: files.ResolvedAttachments,
-    expected_route: Route | None = None,
-) -> TurnContext:
-    """`turn_start` on a database thread: the ORM steps, or the function with attachments to link."""
+def _turn_start_in_thread(**start) -> TurnContext:
+    """`turn_start` on a database thread: the function with attachments to link on PostgreSQL, the
+    ORM steps elsewhere."""
+    if on_postgresql():
+        return _turn_start_pg(**start)
     for attempt in range(2):
         try:
-            return _turn_start_once(
-                owner=owner,
-                chat_request=chat_request,
-                session_id=session_id,
-                bot_id=bot_id,
-                transport=transport,
-                worker_channel=worker_channel,
-                lock_token=lock_token,
-                attachments=attachments,
-                expected_route=expected_route,
-            )
+            return _turn_start_orm(**start)
         except IntegrityError:
             # Two first turns raced to create the session; the loser retries on the winner's row.
             if attempt:
                 raise
     raise AssertionError("unreachable")
-
-
-def _turn_start_once(**start) -> TurnContext:
-    if connection.vendor == "postgresql":
-        return _turn_start_pg(**start)
-    return _turn_start_orm(**start)
 
 
 def _turn_start_params(

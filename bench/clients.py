@@ -211,7 +211,8 @@ class SseReader:
     """Splits an SSE body into (event, data) and feeds a Result.
 
     `flavour` "gateway": our events (`delta`, `completed`, `error`, `done`); "coze": Coze's raw
-    events, for the raw-client reference against the simulator.
+    events, for the raw-client reference against the simulator; "openai": the OpenAI-compatible
+    path's chunks.
     """
 
     __slots__ = ("buf", "flavour", "result")
@@ -236,7 +237,27 @@ class SseReader:
                     data = line[5:]
             if event:
                 self._event(event, data, at)
+            elif data and self.flavour == "openai":
+                self._openai_chunk(data.strip(), at)
         self.buf = buf
+
+    def _openai_chunk(self, data: bytes, at: float) -> None:
+        """OpenAI's `chat.completion.chunk` lines (no `event:` field), then `data: [DONE]`."""
+        result = self.result
+        if data == b"[DONE]":
+            result.finished = at
+            result.ok = result.ok or not result.error
+            return
+        chunk = json.loads(data)
+        if "error" in chunk:
+            result.ok, result.error = False, str(chunk["error"])[:200]
+            return
+        for choice in chunk.get("choices") or ():
+            content = (choice.get("delta") or {}).get("content")
+            if content:
+                if result.first_token is None:
+                    result.first_token = at
+                result.parts.append(content)
 
     def _event(self, event: bytes, data: bytes, at: float) -> None:
         result = self.result

@@ -58,6 +58,7 @@ ANSWER = ("Twenty deltas, ümlaut → ✓ and digits 0123456789. " * 2)[:50]
 SHORT_ANSWER = "Hi there!"
 PRODUCT_STREAM, PRODUCT_CHAT = "/api/chat/stream", "/api/chat"
 BARE_STREAM, BARE_CHAT = "/bare/stream", "/bare/chat"
+OPENAI_STREAM = "/v1/chat/completions"
 TARGETS = {
     "added_ttft_ms": (2.0, 5.0),
     "streams_ratio": 1.25,
@@ -99,6 +100,18 @@ class Target:
         body = json.dumps({"message": text, "session_id": session_id}).encode()
         headers = {"Authorization": f"Bearer {key or self.key}", "Content-Type": "application/json"}
         return client.request_bytes("POST", path, body, headers)
+
+    def openai_post(self, client: HttpClient, text: str, session_id: str) -> bytes:
+        """A streamed `POST /v1/chat/completions`, pinned to a new session as `/api/chat/stream` is."""
+        body = json.dumps(
+            {"model": procs.BOT_ID, "messages": [{"role": "user", "content": text}], "stream": True}
+        ).encode()
+        headers = {
+            "Authorization": f"Bearer {self.key}",
+            "Content-Type": "application/json",
+            "X-Session-Id": session_id,
+        }
+        return client.request_bytes("POST", OPENAI_STREAM, body, headers)
 
 
 class Bench:
@@ -171,10 +184,11 @@ class Bench:
             raise RuntimeError(f"warm-up failed: {bad[:3]}")
 
     async def ttft(self, target: Target, samples: int) -> dict:
-        """Sequential chats, interleaved direct / bare SSE / SSE / WebSocket, each on a kept-alive connection."""
+        """Sequential chats, interleaved direct / bare SSE / SSE / WebSocket / OpenAI-compatible stream,
+        each on a kept-alive connection."""
         text = message(ANSWER, "slow=1")  # first token timing only; a fast tail keeps samples short
         client = target.http()
-        values: dict[str, list[float]] = {"direct": [], "bare": [], "sse": [], "ws": []}
+        values: dict[str, list[float]] = {"direct": [], "bare": [], "sse": [], "ws": [], "openai": []}
         wrong = 0
         headers = {"Authorization": f"Bearer {target.key}"}
         async with ws_connect(f"ws://127.0.0.1:{target.server.port}/ws/chat/", additional_headers=headers) as sock:
@@ -184,10 +198,16 @@ class Bench:
                     ("bare", clients.sse_stream(client, target.post(client, BARE_STREAM, text, self.session("tb")))),
                     ("sse", clients.sse_stream(client, target.post(client, PRODUCT_STREAM, text, self.session("t")))),
                     ("ws", clients.ws_chat(sock, text, self.session("w"))),
+                    (
+                        "openai",
+                        clients.sse_stream(
+                            client, target.openai_post(client, text, self.session("o")), flavour="openai"
+                        ),
+                    ),
                 ]
-                for name, run in runs[i % 4 :] + runs[: i % 4]:
+                for name, run in runs[i % 5 :] + runs[: i % 5]:
                     result = await run
-                    result.check(ANSWER, need_completed=name != "direct")
+                    result.check(ANSWER, need_completed=name not in ("direct", "openai"))
                     if not result.ok:
                         wrong += 1
                         continue
@@ -198,7 +218,7 @@ class Bench:
         out: dict = {"samples": samples, "wrong": wrong}
         for name, series in values.items():
             out[name] = {"p50": pct(series, 50), "p90": pct(series, 90), "p99": pct(series, 99)}
-        for name in ("bare", "sse", "ws"):
+        for name in ("bare", "sse", "ws", "openai"):
             out[f"{name}_added"] = {q: out[name][q] - out["direct"][q] for q in ("p50", "p90")}
         return out
 
@@ -714,7 +734,8 @@ def server_table(kind: str, s: dict) -> list[str]:
                 f"0 (itself {fmt(t['direct']['p50'], 2)} / {fmt(t['direct']['p90'], 2)})",
                 f"{fmt(t['bare_added']['p50'], 2)} / {fmt(t['bare_added']['p90'], 2)}",
                 f"{fmt(p50, 2)} / {fmt(p90, 2)} {met(p50 <= lo and p90 <= hi)}; "
-                f"WebSocket {fmt(t['ws_added']['p50'], 2)} / {fmt(t['ws_added']['p90'], 2)}",
+                f"WebSocket {fmt(t['ws_added']['p50'], 2)} / {fmt(t['ws_added']['p90'], 2)}; "
+                f"OpenAI-compatible {fmt(t['openai_added']['p50'], 2)} / {fmt(t['openai_added']['p90'], 2)}",
                 f"≤ {lo:g} / ≤ {hi:g}",
             )
         )

@@ -9,8 +9,10 @@ from django.contrib.auth import middleware as auth_middleware
 from django.contrib.messages import middleware as messages_middleware
 from django.contrib.sessions import middleware as sessions_middleware
 from django.middleware import clickjacking, common, csrf, security
+from django.utils.deprecation import MiddlewareMixin
 from whitenoise.middleware import WhiteNoiseMiddleware
 
+from chat.errors import ChatError, is_api_path, json_error_response
 from chat.logging import request_context_begin, request_context_end, request_id_var
 
 PAYLOAD_TOO_LARGE = json.dumps(
@@ -233,3 +235,23 @@ class StaticFilesMiddleware(WhiteNoiseMiddleware):
     def _static_file(self, path: str):
         # As WhiteNoiseMiddleware.__call__ looks it up.
         return self.find_file(path) if self.autorefresh else self.files.get(path)
+
+
+class JsonMethodNotAllowedMiddleware(_HooksOnTheLoop, MiddlewareMixin):
+    """A 405 under the API's paths answers the JSON error shape (`method_not_allowed`).
+
+    Django's `require_POST`/`require_GET` answer an empty HttpResponseNotAllowed; DRF views already
+    answer JSON. The `Allow` header is kept.
+    """
+
+    def process_response(self, request, response):
+        if response.status_code != 405 or not is_api_path(request.path_info):
+            return response
+        if response.get("Content-Type", "").startswith("application/json"):
+            return response
+        allowed = response.get("Allow", "")
+        detail = f"{request.method} is not allowed here; use {allowed}." if allowed else None
+        json_response = json_error_response(ChatError("method_not_allowed", detail))
+        if allowed:
+            json_response["Allow"] = allowed
+        return json_response

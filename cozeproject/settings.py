@@ -259,7 +259,7 @@ MIDDLEWARE = [
     "cozeproject.middleware.AuthenticationMiddleware",
     "cozeproject.middleware.MessageMiddleware",
     "cozeproject.middleware.XFrameOptionsMiddleware",
-    "chat.middleware.JsonMethodNotAllowedMiddleware",
+    "cozeproject.middleware.JsonMethodNotAllowedMiddleware",
 ]
 
 ROOT_URLCONF = "cozeproject.urls"

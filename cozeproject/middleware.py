@@ -237,21 +237,43 @@ class StaticFilesMiddleware(WhiteNoiseMiddleware):
         return self.find_file(path) if self.autorefresh else self.files.get(path)
 
 
-class JsonMethodNotAllowedMiddleware(_HooksOnTheLoop, MiddlewareMixin):
-    """A 405 under the API's paths answers the JSON error shape (`method_not_allowed`).
+class JsonErrorsMiddleware(_HooksOnTheLoop, MiddlewareMixin):
+    """Every error answer under the API's paths is the JSON error shape.
 
-    Django's `require_POST`/`require_GET` answer an empty HttpResponseNotAllowed; DRF views already
-    answer JSON. The `Allow` header is kept.
+    Django's own errors mostly come through `chat.errors`' handlers already, but not all: the empty
+    405 of `require_POST`/`require_GET`, and with DEBUG on Django's HTML debug pages for a missing
+    route, a disallowed Host or a crash. Near the outside of the stack, this rewrites such an answer
+    in place (its status and headers — `Allow`, the security headers — stay) as
+    `{"detail", "code"}`. JSON answers (DRF's, the chat views') pass untouched.
     """
 
+    CODES = {
+        400: "invalid",
+        401: "unauthenticated",
+        403: "forbidden",
+        404: "not_found",
+        405: "method_not_allowed",
+        413: "payload_too_large",
+        500: "internal_error",
+    }
+
     def process_response(self, request, response):
-        if response.status_code != 405 or not is_api_path(request.path_info):
+        code = self.CODES.get(response.status_code)
+        if code is None or response.streaming or not is_api_path(request.path_info):
             return response
         if response.get("Content-Type", "").startswith("application/json"):
             return response
-        allowed = response.get("Allow", "")
-        detail = f"{request.method} is not allowed here; use {allowed}." if allowed else None
-        json_response = json_error_response(ChatError("method_not_allowed", detail))
-        if allowed:
-            json_response["Allow"] = allowed
-        return json_response
+        error = ChatError(code, self._detail(request, response))
+        response.content = json_error_response(error).content
+        response["Content-Type"] = "application/json"
+        if response.has_header("Content-Length"):  # set by CommonMiddleware for the page it replaces
+            response["Content-Length"] = str(len(response.content))
+        return response
+
+    @staticmethod
+    def _detail(request, response) -> str | None:
+        if response.status_code == 405 and response.get("Allow"):
+            return f"{request.method} is not allowed here; use {response['Allow']}."
+        if response.status_code == 404:
+            return f"There is no endpoint at {request.path_info}."
+        return None

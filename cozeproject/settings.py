@@ -250,6 +250,7 @@ INSTALLED_APPS = [
 # cozeproject/middleware.py): every request, API or page, passes the same checks without a thread.
 MIDDLEWARE = [
     "cozeproject.middleware.RequestContextMiddleware",
+    "cozeproject.middleware.JsonErrorsMiddleware",
     "cozeproject.middleware.SecurityMiddleware",
     "cozeproject.middleware.StaticFilesMiddleware",
     "corsheaders.middleware.CorsMiddleware",
@@ -259,7 +260,6 @@ MIDDLEWARE = [
     "cozeproject.middleware.AuthenticationMiddleware",
     "cozeproject.middleware.MessageMiddleware",
     "cozeproject.middleware.XFrameOptionsMiddleware",
-    "cozeproject.middleware.JsonMethodNotAllowedMiddleware",
 ]
 
 ROOT_URLCONF = "cozeproject.urls"

@@ -262,3 +262,17 @@ def test_production_starts_with_allowed_hosts_and_debug_without():
 
     assert production.returncode == 0, production.stderr
     assert debug.returncode == 0, debug.stderr
+
+
+def test_with_debug_on_api_errors_are_still_json_and_pages_keep_djangos_debug_pages(http, api_key, settings):
+    settings.DEBUG = True  # what ./scripts/serve runs with
+
+    missing = http.get("/api/nothing-here", headers=auth(api_key))
+    wrong_host = http.post("/api/chat", json={"message": "hi"}, headers={**auth(api_key), "Host": "evil.example"})
+    page = http.get("/accounts/nothing-here")
+
+    assert missing.status_code == 404 and missing.json()["code"] == "not_found"
+    assert int(missing.headers["content-length"]) == len(missing.content)
+    assert wrong_host.status_code == 400 and wrong_host.json()["code"] == "invalid"
+    assert wrong_host.headers["x-content-type-options"] == "nosniff"
+    assert page.status_code == 404 and page.headers["content-type"].startswith("text/html")

@@ -55,6 +55,7 @@ class HttpBackend:
 
     def __init__(self, *, url: str, api_key: str, timeout: float):
         self.url = url.rstrip("/")
+        self.stopped_a_reply = False
         self.client = httpx.Client(
             base_url=self.url,
             headers={"Authorization": f"Bearer {api_key}", "User-Agent": "cozeproject-chat-cli"},
@@ -75,7 +76,22 @@ class HttpBackend:
         mode = health.get("coze", "unknown")
         return f"{self.url} (Coze: {mode})"
 
+    # After Ctrl-C, the stopped reply may still be being stored when the next message goes out:
+    # that message retries a busy session for this long instead of failing.
+    AFTER_STOP_RETRY_SECONDS = 5.0
+
     def run_turn(self, *, message: str, session_id: str, bot_id: str | None, on_event: EventCallback) -> None:
+        deadline = time.monotonic() + (self.AFTER_STOP_RETRY_SECONDS if self.stopped_a_reply else 0)
+        self.stopped_a_reply = False
+        while True:
+            try:
+                return self._run_turn_once(message=message, session_id=session_id, bot_id=bot_id, on_event=on_event)
+            except ChatClientError as error:
+                if error.code != "session_busy" or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.1)
+
+    def _run_turn_once(self, *, message: str, session_id: str, bot_id: str | None, on_event: EventCallback) -> None:
         body = {"message": message, "session_id": session_id}
         if bot_id:
             body["bot_id"] = bot_id
@@ -92,6 +108,7 @@ class HttpBackend:
                         on_event(event)
                 except KeyboardInterrupt:
                     # Ask the server to cancel upstream; leaving the stream also ends the turn.
+                    self.stopped_a_reply = True
                     if chat_id:
                         self.cancel(chat_id)
                     on_event({"type": "error", "code": "cancelled", "detail": "Stopped.", "retryable": False})

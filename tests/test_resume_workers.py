@@ -6,9 +6,9 @@ import httpx
 import pytest
 
 from sessions_admin.models import Reply
+from tests.chat.conftest import clear_redis_buffers
 from tests.chat.test_resume import (
     TRICKY,
-    _clear_redis_buffers,
     deltas_of,
     event_data,
     event_id,
@@ -24,7 +24,7 @@ pytestmark = pytest.mark.django_db(transaction=True)
 
 @needs_redis
 def test_a_reply_dropped_on_one_worker_resumes_on_another_through_redis(start_worker, api_key, settings):  # noqa: F811
-    _clear_redis_buffers(settings.REDIS_URL)
+    clear_redis_buffers(settings.REDIS_URL)
     first, second = start_worker("a"), start_worker("b")
     body = {"message": "[sim:slow=40][sim:echo]" + TRICKY, "session_id": "roaming", "resumable": True}
     seen = start_and_drop(first.url, api_key, body)
@@ -41,7 +41,7 @@ def test_a_reply_dropped_on_one_worker_resumes_on_another_through_redis(start_wo
 
 @needs_redis
 def test_a_session_cancel_on_one_worker_stops_a_resumable_reply_running_on_another(start_worker, api_key, settings):  # noqa: F811
-    _clear_redis_buffers(settings.REDIS_URL)
+    clear_redis_buffers(settings.REDIS_URL)
     first, second = start_worker("a"), start_worker("b")
     body = {"message": "[sim:slow=100][sim:echo]" + TRICKY, "session_id": "far", "resumable": True}
     seen = start_and_drop(first.url, api_key, body, deltas=2)

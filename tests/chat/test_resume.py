@@ -11,6 +11,7 @@ import redis
 
 from chat import replay
 from sessions_admin.models import Message, Reply
+from tests.chat.conftest import clear_redis_buffers, redis_ok
 from tests.conftest import auth, wait_until
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -18,33 +19,6 @@ pytestmark = pytest.mark.django_db(transaction=True)
 # CJK, emoji sequences (ZWJ, flags, skin tones), CRLF, LF, quotes and backslashes: the simulator
 # splits deltas inside all of them.
 TRICKY = 'CJK 你好，世界。— emoji 👩‍👩‍👧‍👦🏳️‍🌈👍🏽 — "quotes" \\ back\\slash\r\nCRLF\nLF\n\n  spaces  ' * 3  # noqa: RUF001
-
-
-def _redis_ok(url: str) -> bool:
-    try:
-        return bool(url) and bool(redis.from_url(url, socket_connect_timeout=1).ping())
-    except redis.RedisError:
-        return False
-
-
-def _clear_redis_buffers(url: str) -> None:
-    """Reply ids start again in each test database: drop the streams earlier tests left."""
-    client = redis.from_url(url)
-    stale = list(client.scan_iter(f"{replay.KEY_PREFIX}*"))
-    if stale:
-        client.delete(*stale)
-
-
-@pytest.fixture(params=["memory", "redis"])
-def backend(request, settings):
-    """The replay backend under test: this process's memory, or Redis Streams."""
-    if request.param == "memory":
-        settings.REDIS_URL = ""
-    elif not _redis_ok(settings.REDIS_URL):
-        pytest.skip("needs REDIS_URL with a running Redis")
-    else:
-        _clear_redis_buffers(settings.REDIS_URL)
-    return request.param
 
 
 def split_events(raw: bytes) -> list[bytes]:
@@ -293,9 +267,9 @@ def test_a_resume_counts_against_the_owners_rate_limit(asgi_server, api_key, set
 
 
 def test_redis_keeps_a_reply_for_the_window_and_at_most_about_max_events(asgi_server, api_key, settings):
-    if not _redis_ok(settings.REDIS_URL):
+    if not redis_ok(settings.REDIS_URL):
         pytest.skip("needs REDIS_URL with a running Redis")
-    _clear_redis_buffers(settings.REDIS_URL)
+    clear_redis_buffers(settings.REDIS_URL)
     settings.CHAT_RESUME_WINDOW = 120
     settings.CHAT_RESUME_MAX_EVENTS = 10
     long_text = TRICKY * 4  # about 400 deltas

@@ -5,21 +5,10 @@ import pytest
 from channels.db import database_sync_to_async
 
 from sessions_admin.models import Reply
-from tests.chat.test_resume import TRICKY, _clear_redis_buffers, _redis_ok
+from tests.chat.test_resume import TRICKY
 from tests.chat.test_websocket import communicator_for, receive_until_done
 
 pytestmark = [pytest.mark.asyncio, pytest.mark.django_db(transaction=True)]
-
-
-@pytest.fixture(params=["memory", "redis"])
-def backend(request, settings):
-    if request.param == "memory":
-        settings.REDIS_URL = ""
-    elif not _redis_ok(settings.REDIS_URL):
-        pytest.skip("needs REDIS_URL with a running Redis")
-    else:
-        _clear_redis_buffers(settings.REDIS_URL)
-    return request.param
 
 
 async def test_a_resumable_reply_outlives_its_socket_and_resumes_on_another(api_key, backend):

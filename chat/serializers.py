@@ -3,6 +3,7 @@ read-side serializers of the session API."""
 
 import json
 import re
+import threading
 
 from django.conf import settings
 from rest_framework import serializers
@@ -142,6 +143,23 @@ class ChatRequestSerializer(serializers.Serializer):
         return attrs
 
 
+_bound_serializers = threading.local()
+
+
+def _chat_request_serializer() -> ChatRequestSerializer:
+    """This thread's ChatRequestSerializer, bound once and reused.
+
+    A new serializer deep-copies and binds all its fields, which was most of the time a chat body
+    took to validate (0.7 ms on the way to the first token). `run_validation` keeps no state on
+    the instance, so one per thread serves every request.
+    """
+    serializer = getattr(_bound_serializers, "chat_request", None)
+    if serializer is None:
+        serializer = _bound_serializers.chat_request = ChatRequestSerializer()
+        serializer.fields  # noqa: B018 - bind the fields now, once
+    return serializer
+
+
 def parse_chat_request(data, *, extra_fields: frozenset[str] = frozenset()) -> ChatRequest:
     """Validate a decoded JSON body; raises ChatError (invalid, payload_too_large, bot_not_allowed).
 
@@ -161,13 +179,13 @@ def parse_chat_request(data, *, extra_fields: frozenset[str] = frozenset()) -> C
     if isinstance(message, str) and len(message) > limit:
         raise ChatError("payload_too_large", f"The message is longer than {limit} characters.")
     body = {key: value for key, value in data.items() if key not in extra_fields}
-    serializer = ChatRequestSerializer(data=body)
-    if not serializer.is_valid():
-        errors = serializer.errors
+    try:
+        attrs = _chat_request_serializer().run_validation(body)
+    except serializers.ValidationError as exc:
+        errors = exc.detail
         field, messages = next(iter(errors.items()))
         first = messages[0] if isinstance(messages, list) and messages else messages
-        raise ChatError("invalid", f"{field}: {first}", errors=_plain(errors))
-    attrs = serializer.validated_data
+        raise ChatError("invalid", f"{field}: {first}", errors=_plain(errors)) from None
     additional = attrs.get("additional_messages")
     if additional and sum(len(item["content"]) for item in additional) > limit:
         raise ChatError("payload_too_large", f"The messages are longer than {limit} characters.")

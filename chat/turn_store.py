@@ -1,8 +1,10 @@
 """The chat turn's database steps: start it (lock the session, store the user's message, open the
 Reply) and finish it (store the answer, usage and timing, release the lock).
 
-Each step is one short transaction on the chat service's own database threads (`chat.db`), a
-constant amount of work per turn however long the reply. What they guarantee:
+Each step is one short transaction, a constant amount of work per turn however long the reply.
+On PostgreSQL the start and the finish are each one function call (migrations 0011 and 0013) run
+from the event loop on `chat.db`'s async connections; elsewhere the same steps run through the ORM
+on the chat service's database threads. What they guarantee:
 
 * `turn_start` commits the session lock, the user's message and the Reply together or not at
   all. It reads the session under a row lock (`SELECT … FOR UPDATE`), so a concurrent clear or
@@ -30,7 +32,7 @@ from chat.errors import ChatError
 from chat.events import Usage
 from chat.inputs import ChatRequest, Owner
 from sessions_admin.models import ChatSession, Conversation, Message, Reply
-from sessions_admin.rollup import record_reply
+from sessions_admin.rollup import record_reply, ttft_bucket
 
 
 @dataclass(frozen=True, slots=True)
@@ -397,18 +399,84 @@ def turn_renew_lock(*, turn: TurnContext) -> None:
     ChatSession.objects.filter(pk=turn.session_pk, lock_token=turn.lock_token).update(locked_until=_lease_end())
 
 
-@db_async
-def turn_finish(*, turn: TurnContext, outcome: TurnOutcome) -> None:
-    """Store the answer (whole or partial), follow-ups, usage and timing, and release the lock.
+async def turn_finish(*, turn: TurnContext, outcome: TurnOutcome) -> None:
+    """Store the answer (whole or partial), follow-ups, usage and timing, release the lock and add
+    the reply to the daily usage rollup, in one transaction.
 
     Idempotent: a Reply that is no longer in progress is left as it is (only the lock, if still
-    this turn's, is released).
+    this turn's, is released). On PostgreSQL that is one function call from the event loop.
     """
+    if on_postgresql():
+        await apg_fetchone(TURN_FINISH_SQL, _turn_finish_params(turn, outcome))
+    else:
+        await _turn_finish_in_thread(turn=turn, outcome=outcome)
+
+
+def _stores_answer(outcome: TurnOutcome) -> bool:
+    """Whether the turn leaves an answer message: what came of it, or an empty but completed one."""
+    return bool(outcome.answer) or outcome.status == Reply.Status.COMPLETED
+
+
+def _ttft_ms(outcome: TurnOutcome) -> int | None:
+    return round(outcome.first_token_at * 1000) if outcome.first_token_at is not None else None
+
+
+def _new_transcript_hash(turn: TurnContext, outcome: TurnOutcome) -> str | None:
+    """The conversation's digest after an answered turn (what the OpenAI path finds resent
+    histories by); None when it stays as it is."""
+    if not (_stores_answer(outcome) and turn.transcript_hash):
+        return None
+    return transcripts.transcript_extend(
+        turn.transcript_hash, [(transcripts.USER, turn.question), (transcripts.ASSISTANT, outcome.answer)]
+    )
+
+
+def _turn_finish_params(turn: TurnContext, outcome: TurnOutcome) -> list:
+    """The arguments of `cozeproject_turn_finish` (sessions_admin/migrations/0013_turn_finish_function.py)."""
+    usage, error, ttft_ms = outcome.usage, outcome.error, _ttft_ms(outcome)
+    return [
+        turn.reply_pk,
+        turn.session_pk,
+        turn.conversation_pk,
+        turn.lock_token,
+        outcome.status,
+        outcome.chat_id,
+        outcome.logid,
+        error.code if error else "",
+        error.detail if error else "",
+        usage.input_tokens,
+        usage.output_tokens,
+        usage.total_tokens,
+        ttft_ms,
+        ttft_bucket(ttft_ms) if ttft_ms is not None else None,
+        round(outcome.duration * 1000),
+        outcome.answer if _stores_answer(outcome) else None,
+        outcome.message_id,
+        list(outcome.follow_ups),
+        outcome.conversation_id if not turn.route.coze_conversation_id else "",
+        _new_transcript_hash(turn, outcome),
+        settings.TIME_ZONE,
+    ]
+
+
+# Twenty-one arguments; only placeholders are formatted in, never values.
+TURN_FINISH_SQL = "SELECT * FROM cozeproject_turn_finish({})".format(  # noqa: S608
+    ", ".join(["%s"] * 12 + ["%s::integer"] * 3 + ["%s"] * 2 + ["%s::text[]"] + ["%s"] * 3)
+)
+
+
+@db_async
+def _turn_finish_in_thread(*, turn: TurnContext, outcome: TurnOutcome) -> None:
+    _turn_finish_orm(turn=turn, outcome=outcome)
+
+
+def _turn_finish_orm(*, turn: TurnContext, outcome: TurnOutcome) -> None:
+    """`cozeproject_turn_finish`'s steps through the ORM (databases other than PostgreSQL)."""
     now = timezone.now()
     answer = outcome.answer
     usage = outcome.usage
     error = outcome.error
-    stored_answer = bool(answer) or outcome.status == Reply.Status.COMPLETED
+    stored_answer = _stores_answer(outcome)
     with transaction.atomic():
         ended = Reply.objects.filter(pk=turn.reply_pk, status=Reply.Status.IN_PROGRESS).update(
             status=outcome.status,
@@ -419,7 +487,7 @@ def turn_finish(*, turn: TurnContext, outcome: TurnOutcome) -> None:
             input_tokens=usage.input_tokens,
             output_tokens=usage.output_tokens,
             total_tokens=usage.total_tokens,
-            time_to_first_token_ms=round(outcome.first_token_at * 1000) if outcome.first_token_at is not None else None,
+            time_to_first_token_ms=_ttft_ms(outcome),
             duration_ms=round(outcome.duration * 1000),
             finished_at=now,
         )
@@ -469,11 +537,9 @@ def turn_finish(*, turn: TurnContext, outcome: TurnOutcome) -> None:
         }
         if outcome.conversation_id and not turn.route.coze_conversation_id:
             conversation_update["coze_conversation_id"] = outcome.conversation_id
-        if stored_answer and turn.transcript_hash:
-            # An answered turn extends the digest the OpenAI path finds resent histories by.
-            conversation_update["transcript_hash"] = transcripts.transcript_extend(
-                turn.transcript_hash, [(transcripts.USER, turn.question), (transcripts.ASSISTANT, answer)]
-            )
+        transcript_hash = _new_transcript_hash(turn, outcome)
+        if transcript_hash is not None:
+            conversation_update["transcript_hash"] = transcript_hash
         Conversation.objects.filter(pk=turn.conversation_pk).update(**conversation_update)
         ChatSession.objects.filter(pk=turn.session_pk).update(
             last_activity=now,

@@ -319,9 +319,10 @@ class DailyUsage(models.Model):
 
     What the usage dashboard reads instead of the replies: a row per bot and owner active that
     day (28,558 rows for the benchmark's 90 days and 500,000 replies).
-    `sessions_admin.rollup.record_reply` adds each reply as it ends (in `turn_finish`'s
-    transaction) and `rebuild_daily_usage` recomputes days from the replies. Rows are not deleted
-    with sessions, so spend history outlives `clear_chat_sessions`.
+    `turn_finish` adds each reply as it ends, in the transaction that stores it (on PostgreSQL
+    in `cozeproject_turn_finish`, elsewhere by `sessions_admin.rollup.record_reply`), and
+    `rebuild_daily_usage` recomputes days from the replies. Rows are not deleted with sessions,
+    so spend history outlives `clear_chat_sessions`.
     """
 
     day = models.DateField()

@@ -5,7 +5,8 @@ replies that have ended: how they ended, their tokens, and their time to first t
 and a histogram, see `TTFT_BUCKET_BOUNDS_MS`). Replies still in progress are not counted yet.
 
 * `record_reply` adds one reply as it ends. `turn_finish` calls it inside the transaction that
-  stores the reply's outcome, so the reply and its count commit together or not at all. It reads
+  stores the reply's outcome, so the reply and its count commit together or not at all (on
+  PostgreSQL the `cozeproject_turn_finish` function runs the same upsert itself). It reads
   the reply by primary key and runs one upsert (`INSERT … ON CONFLICT DO UPDATE SET n = n +
   excluded.n`, atomic on PostgreSQL and SQLite alike): constant work per turn, and concurrent
   replies of the same day, bot and owner can't lose each other's counts.

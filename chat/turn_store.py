@@ -75,6 +75,7 @@ class TurnOutcome:
     message_id: str = ""
     first_token_at: float | None = None
     duration: float = 0.0
+    finishing: bool = False  # the finish is being stored (and stores Coze's ids with it)
 
     @property
     def answer(self) -> str:

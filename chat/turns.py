@@ -289,7 +289,6 @@ async def _turn_events(
     logger.info("Turn started: session %s, reply %s, via %s", turn.session_id, turn.reply_pk, transport)
     outcome = TurnOutcome()
     upstream: _Upstream | None = None
-    ids_recorded: asyncio.Task | None = None
     try:
         upstream = await opening
         first = upstream.first
@@ -297,9 +296,7 @@ async def _turn_events(
         coze_logid_var.set(first.logid or "-")
         control.chat_id = first.chat_id
         running_turns[first.chat_id] = control
-        ids_recorded = in_background(
-            turn_store.turn_upstream_started(turn=turn, chat_id=first.chat_id, logid=first.logid)
-        )
+        in_background(_record_upstream_ids(turn, outcome))
     except ChatError as error:
         outcome.status, outcome.error = Reply.Status.FAILED, error
         outcome.logid = outcome.logid or error.logid or ""
@@ -343,7 +340,7 @@ async def _turn_events(
                 # Long replies keep their lease; this runs a few times per hour at most.
                 lock_renewed_at = now
                 in_background(turn_store.turn_renew_lock(turn=turn))
-        if not await _finish(turn, outcome, started, upstream, ids_recorded):
+        if not await _finish(turn, outcome, started, upstream):
             yield ErrorEvent.from_error(ChatError("service_unavailable", "The reply could not be stored; retry it."))
             return
         remember_route(turn.owner_key, turn.session_id, _route_after(turn, outcome))
@@ -359,20 +356,31 @@ async def _turn_events(
         )
     except ChatError as error:
         outcome.status, outcome.error = Reply.Status.FAILED, error
-        await _finish(turn, outcome, started, upstream, ids_recorded)
+        await _finish(turn, outcome, started, upstream)
         yield ErrorEvent.from_error(error)
     except (asyncio.CancelledError, GeneratorExit):
         if outcome.status == Reply.Status.IN_PROGRESS:
             outcome.status, outcome.error = _stopped_status(control), ChatError(control.reason)
-        await _finish(turn, outcome, started, upstream, ids_recorded, cancel_upstream=True)
+        await _finish(turn, outcome, started, upstream, cancel_upstream=True)
         raise
     except BaseException:
         logger.exception("Chat turn %s failed unexpectedly", outcome.chat_id or turn.reply_pk)
         outcome.status, outcome.error = Reply.Status.FAILED, ChatError("internal_error")
-        await _finish(turn, outcome, started, upstream, ids_recorded)
+        await _finish(turn, outcome, started, upstream)
         raise
     finally:
         running_turns.pop(outcome.chat_id, None)
+
+
+async def _record_upstream_ids(turn: TurnContext, outcome: TurnOutcome) -> None:
+    """Record Coze's chat id on the Reply while the reply streams, so any worker can cancel it by id.
+
+    This runs once the event loop is free. A short reply may have ended by then: its finish stores
+    the ids with the rest, so the extra round trip is skipped (and one still in flight as the finish
+    runs writes the same values).
+    """
+    if not outcome.finishing:
+        await turn_store.turn_upstream_started(turn=turn, chat_id=outcome.chat_id, logid=outcome.logid)
 
 
 def _route_after(turn: TurnContext, outcome: TurnOutcome) -> Route:
@@ -388,7 +396,6 @@ async def _finish(
     outcome: TurnOutcome,
     started: float,
     upstream: _Upstream | None = None,
-    ids_recorded: asyncio.Task | None = None,
     *,
     cancel_upstream: bool = False,
 ) -> bool:
@@ -398,9 +405,7 @@ async def _finish(
     request, shutdown), a further cancellation must neither leave the connection open nor lose
     the record.
     """
-    return await asyncio.shield(
-        in_background(_close_and_store(turn, outcome, started, upstream, ids_recorded, cancel_upstream))
-    )
+    return await asyncio.shield(in_background(_close_and_store(turn, outcome, started, upstream, cancel_upstream)))
 
 
 async def _close_and_store(
@@ -408,7 +413,6 @@ async def _close_and_store(
     outcome: TurnOutcome,
     started: float,
     upstream: _Upstream | None,
-    ids_recorded: asyncio.Task | None,
     cancel_upstream: bool,
 ) -> bool:
     if upstream is not None:
@@ -420,8 +424,7 @@ async def _close_and_store(
     if cancel_upstream and outcome.chat_id and outcome.conversation_id:
         # Coze's cancel stops generation and billing on its side; closing alone may not.
         in_background(coze.achat_cancel(conversation_id=outcome.conversation_id, chat_id=outcome.chat_id))
-    if ids_recorded is not None:
-        await asyncio.wait([ids_recorded])
+    outcome.finishing = True
     outcome.duration = time.monotonic() - started
     try:
         await turn_store.turn_finish(turn=turn, outcome=outcome)

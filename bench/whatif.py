@@ -30,20 +30,22 @@ _ids = itertools.count(1)
 BENCH_OWNER = Owner(key="api:bench", api_client_id=1)
 
 
-async def _turn_start(*, owner, chat_request, session_id, bot_id, transport, worker_channel, lock_token, **kwargs):
+async def _turn_start(start: turn_store.TurnStart) -> turn_store.TurnContext:
     pk = next(_ids)
     route = turn_store.Route(
-        coze_conversation_id="", bot_id=bot_id, coze_user_id=chat_request.user_id or settings.COZE_USER_ID
+        coze_conversation_id="",
+        bot_id=start.bot_id,
+        coze_user_id=start.chat_request.user_id or settings.COZE_USER_ID,
     )
     return turn_store.TurnContext(
         session_pk=pk,
-        session_id=session_id,
+        session_id=start.session_id,
         conversation_pk=pk,
         reply_pk=pk,
-        lock_token=lock_token,
+        lock_token=start.lock_token,
         route=route,
-        owner_key=owner.key,
-        transport=transport,
+        owner_key=start.owner.key,
+        transport=start.transport,
     )
 
 

@@ -49,6 +49,22 @@ class RouteChanged(Exception):
 
 
 @dataclass(frozen=True, slots=True)
+class TurnStart:
+    """What storing the start of a turn needs: who asks what, in which session, with which lock."""
+
+    owner: Owner
+    chat_request: ChatRequest
+    session_id: str
+    bot_id: str
+    transport: str
+    worker_channel: str
+    lock_token: str
+    attachments: files.ResolvedAttachments
+    # The route the turn's Coze chat was sent with; checked under the session's row lock when given.
+    expected_route: Route | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class TurnContext:
     session_pk: int
     session_id: str
@@ -141,7 +157,7 @@ def _session_route_row(*, owner_key: str, session_id: str) -> tuple | None:
 resolve_attachments = db_async(files.attachments_resolve)
 
 
-async def turn_start(**start) -> TurnContext:
+async def turn_start(start: TurnStart) -> TurnContext:
     """Lock the session (creating it if new), store the user's message and open the Reply, in one
     transaction.
 
@@ -149,21 +165,21 @@ async def turn_start(**start) -> TurnContext:
     nothing) when `expected_route` is given and is no longer the session's route. On PostgreSQL
     (without attachments to link) that is one function call from the event loop.
     """
-    if on_postgresql() and not start["attachments"].files:
-        row = await apg_fetchone(TURN_START_SQL, _turn_start_params(**start))
-        return _started_turn(row, **start)
-    return await _turn_start_in_thread(**start)
+    if on_postgresql() and not start.attachments.files:
+        row = await apg_fetchone(TURN_START_SQL, _turn_start_params(start))
+        return _started_turn(row, start)
+    return await _turn_start_in_thread(start)
 
 
 @db_async
-def _turn_start_in_thread(**start) -> TurnContext:
+def _turn_start_in_thread(start: TurnStart) -> TurnContext:
     """`turn_start` on a database thread: the function with attachments to link on PostgreSQL, the
     ORM steps elsewhere."""
     if on_postgresql():
-        return _turn_start_pg(**start)
+        return _turn_start_pg(start)
     for attempt in range(2):
         try:
-            return _turn_start_orm(**start)
+            return _turn_start_orm(start)
         except IntegrityError:
             # Two first turns raced to create the session; the loser retries on the winner's row.
             if attempt:
@@ -171,73 +187,61 @@ def _turn_start_in_thread(**start) -> TurnContext:
     raise AssertionError("unreachable")
 
 
-def _turn_start_params(
-    *,
-    owner: Owner,
-    chat_request: ChatRequest,
-    session_id: str,
-    bot_id: str,
-    transport: str,
-    worker_channel: str,
-    lock_token: str,
-    attachments: files.ResolvedAttachments,
-    expected_route: Route | None,
-) -> list:
+def _turn_start_params(start: TurnStart) -> list:
     """The arguments of `cozeproject_turn_start` (sessions_admin/migrations/0011_turn_start_function.py)."""
+    owner, chat_request, expected_route = start.owner, start.chat_request, start.expected_route
     return [
         owner.key,
         owner.api_client_id,
         owner.user_id,
-        session_id,
+        start.session_id,
         chat_request.user_id or "",
         settings.COZE_USER_ID,
-        bot_id,
-        transport,
-        worker_channel,
+        start.bot_id,
+        start.transport,
+        start.worker_channel,
         chat_request.user_text,
         chat_request.content_type,
-        json.dumps(list(attachments.records)),
-        lock_token,
+        json.dumps(list(start.attachments.records)),
+        start.lock_token,
         settings.CHAT_SESSION_LOCK_TTL,
         expected_route is not None,
         expected_route.coze_conversation_id if expected_route else "",
         expected_route.coze_user_id if expected_route else "",
-        transcripts.transcript_start(owner_key=owner.key, bot_id=bot_id),
+        transcripts.transcript_start(owner_key=owner.key, bot_id=start.bot_id),
         chat_request.resumable,
     ]
 
 
-def _started_turn(
-    row: tuple, *, owner: Owner, session_id: str, bot_id: str, transport: str, lock_token: str, **_
-) -> TurnContext:
+def _started_turn(row: tuple, start: TurnStart) -> TurnContext:
     """The TurnContext for a row of `cozeproject_turn_start`; raises for a busy or moved session."""
     outcome, session_pk, conversation_pk, reply_pk, _question_pk, coze_id, coze_user, digest, question = row
     if outcome == "busy":
         raise ChatError("session_busy")
-    route = Route(coze_conversation_id=coze_id, bot_id=bot_id, coze_user_id=coze_user)
+    route = Route(coze_conversation_id=coze_id, bot_id=start.bot_id, coze_user_id=coze_user)
     if outcome == "route_changed":
         raise RouteChanged(route)
     return TurnContext(
         session_pk=session_pk,
-        session_id=session_id,
+        session_id=start.session_id,
         conversation_pk=conversation_pk,
         reply_pk=reply_pk,
-        lock_token=lock_token,
+        lock_token=start.lock_token,
         route=route,
-        owner_key=owner.key,
-        transport=transport,
+        owner_key=start.owner.key,
+        transport=start.transport,
         question=question,
         transcript_hash=digest,
     )
 
 
-def _turn_start_pg(**start) -> TurnContext:
+def _turn_start_pg(start: TurnStart) -> TurnContext:
     """`cozeproject_turn_start` and the attachments' links, in one transaction (on a thread)."""
     with transaction.atomic(), connection.cursor() as cursor:
-        cursor.execute(TURN_START_SQL, _turn_start_params(**start))
+        cursor.execute(TURN_START_SQL, _turn_start_params(start))
         row = cursor.fetchone()
-        turn = _started_turn(row, **start)
-        files.attachments_link(message=Message.objects.only("pk").get(pk=row[4]), resolved=start["attachments"])
+        turn = _started_turn(row, start)
+        files.attachments_link(message=Message.objects.only("pk").get(pk=row[4]), resolved=start.attachments)
     return turn
 
 
@@ -247,18 +251,10 @@ TURN_START_SQL = "SELECT * FROM cozeproject_turn_start({})".format(  # noqa: S60
 )
 
 
-def _turn_start_orm(
-    *,
-    owner: Owner,
-    chat_request: ChatRequest,
-    session_id: str,
-    bot_id: str,
-    transport: str,
-    worker_channel: str,
-    lock_token: str,
-    attachments: files.ResolvedAttachments,
-    expected_route: Route | None,
-) -> TurnContext:
+def _turn_start_orm(start: TurnStart) -> TurnContext:
+    """`cozeproject_turn_start`'s steps through the ORM (databases other than PostgreSQL)."""
+    owner, chat_request, session_id, bot_id = start.owner, start.chat_request, start.session_id, start.bot_id
+    transport, lock_token, attachments = start.transport, start.lock_token, start.attachments
     now = timezone.now()
     with transaction.atomic():
         session = (
@@ -290,7 +286,7 @@ def _turn_start_orm(
             bot_id=bot_id,
             requested_user_id=chat_request.user_id,
         )
-        if expected_route is not None and route != expected_route:
+        if start.expected_route is not None and route != start.expected_route:
             raise RouteChanged(route)
         new_conversation = conversation is None or conversation.bot_id != bot_id
         if new_conversation:
@@ -328,7 +324,7 @@ def _turn_start_orm(
             user_id=owner.user_id,
             bot_id=bot_id,
             transport=transport,
-            worker_channel=worker_channel,
+            worker_channel=start.worker_channel,
             started_at=now,
             resumable=chat_request.resumable,
         )

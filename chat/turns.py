@@ -28,6 +28,7 @@ own task, so a cancel request from anywhere can stop it, and adds heartbeats.
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import secrets
 import time
@@ -54,7 +55,7 @@ from chat.events import (  # PING and Ping: achat_events' heartbeat marker
 )
 from chat.inputs import ChatRequest, Owner
 from chat.logging import coze_logid_var
-from chat.turn_store import Route, TurnContext, TurnOutcome
+from chat.turn_store import Route, TurnContext, TurnOutcome, TurnStart
 from sessions_admin.models import Reply
 
 logger = logging.getLogger(__name__)
@@ -197,24 +198,25 @@ async def _start(
         if chat_request.attachments
         else files.ResolvedAttachments()
     )
-    start = {
-        "owner": owner,
-        "chat_request": chat_request,
-        "session_id": session_id,
-        "bot_id": bot_id,
-        "transport": transport,
-        "worker_channel": await cancellation.aworker_channel(),
-        "lock_token": secrets.token_hex(8),
-        "attachments": attachments,
-    }
-    storing = in_background(_store_start(**start, expected_route=route))
+    start = TurnStart(
+        owner=owner,
+        chat_request=chat_request,
+        session_id=session_id,
+        bot_id=bot_id,
+        transport=transport,
+        worker_channel=await cancellation.aworker_channel(),
+        lock_token=secrets.token_hex(8),
+        attachments=attachments,
+        expected_route=route,
+    )
+    storing = in_background(_store_start(start))
     opening = in_background(_open_upstream(chat_request=chat_request, route=route, attachments=attachments.items))
     try:
         try:
             turn = await asyncio.shield(storing)
         except turn_store.RouteChanged:
             await _abandon_upstream(opening)
-            storing = in_background(_store_start(**start, expected_route=None))
+            storing = in_background(_store_start(dataclasses.replace(start, expected_route=None)))
             turn = await asyncio.shield(storing)
             opening = in_background(
                 _open_upstream(chat_request=chat_request, route=turn.route, attachments=attachments.items)
@@ -229,9 +231,9 @@ async def _start(
     return turn, opening
 
 
-async def _store_start(**start) -> TurnContext:
+async def _store_start(start: TurnStart) -> TurnContext:
     try:
-        turn = await turn_store.turn_start(**start)
+        turn = await turn_store.turn_start(start)
     except (ChatError, turn_store.RouteChanged):
         raise
     except Exception:

@@ -42,7 +42,10 @@ def test_the_users_message_is_stored_before_the_first_byte_of_the_reply(asgi_ser
     body = {"message": "[sim:slow=500] durable first", "session_id": "durable"}
     with httpx.Client(base_url=asgi_server.url, timeout=30) as client:
         with client.stream("POST", "/api/chat/stream", json=body, headers=auth(api_key)) as response:
-            first_line = next(response.iter_lines())
+            # Keep the line iterator: dropping it would close the connection (and cancel the reply)
+            # whenever the garbage collector finalizes it.
+            lines = response.iter_lines()
+            first_line = next(lines)
             # The first byte is here: the question, its reply record and the lock are committed.
             assert first_line.startswith("id: 1")
             question = Message.objects.get(conversation__session__session_id="durable", kind="question")
@@ -59,7 +62,7 @@ def test_a_store_that_fails_after_coze_was_called_stops_the_chat_and_stores_noth
     real_cancel = coze.achat_cancel
     cancelled = []
 
-    async def failing_start(**start):
+    async def failing_start(start):
         # Coze has the chat by now (the turn opens it while its start is stored); then storage fails.
         await await_until(async_sim_streams_above(simulator, before["total_streams"]))
         raise ChatError("service_unavailable", "The database is unavailable; retry shortly.")
@@ -95,10 +98,10 @@ async def test_a_turn_cancelled_while_its_start_is_stored_leaves_the_session_fre
     real_start = turn_store.turn_start
     started = threading.Event()
 
-    async def slow_start(**start):
+    async def slow_start(start):
         started.set()
         await asyncio.sleep(0.3)  # the store is still running when its caller goes away
-        return await real_start(**start)
+        return await real_start(start)
 
     monkeypatch.setattr(turn_store, "turn_start", slow_start)
     request = ChatRequest(message="[sim:slow=50] cancelled early", session_id="early")

@@ -13,7 +13,7 @@ from chat import files, turn_store
 from chat.errors import ChatError
 from chat.events import Usage
 from chat.inputs import ChatRequest, Owner
-from chat.turn_store import Route, RouteChanged, TurnOutcome
+from chat.turn_store import Route, RouteChanged, TurnOutcome, TurnStart
 from sessions_admin.models import ChatSession, Conversation, DailyUsage, Message, Reply
 from sessions_admin.rollup import ttft_bucket
 
@@ -31,15 +31,17 @@ def start(request):
 
     def call(message="hi", *, session_id="s1", bot_id="7000000000000000001", user_id=None, token="t1", expected=None):
         return implementation(
-            owner=OWNER,
-            chat_request=ChatRequest(message=message, session_id=session_id, user_id=user_id, resumable=True),
-            session_id=session_id,
-            bot_id=bot_id,
-            transport="sse",
-            worker_channel="worker-1",
-            lock_token=token,
-            attachments=files.ResolvedAttachments(),
-            expected_route=expected,
+            TurnStart(
+                owner=OWNER,
+                chat_request=ChatRequest(message=message, session_id=session_id, user_id=user_id, resumable=True),
+                session_id=session_id,
+                bot_id=bot_id,
+                transport="sse",
+                worker_channel="worker-1",
+                lock_token=token,
+                attachments=files.ResolvedAttachments(),
+                expected_route=expected,
+            )
         )
 
     return call
@@ -139,15 +141,16 @@ def finish_with(request):
 
 def new_turn(message="hi", *, session_id="s1", token="t1"):
     return turn_store._turn_start_orm(
-        owner=OWNER,
-        chat_request=ChatRequest(message=message, session_id=session_id),
-        session_id=session_id,
-        bot_id="7000000000000000001",
-        transport="sse",
-        worker_channel="worker-1",
-        lock_token=token,
-        attachments=files.ResolvedAttachments(),
-        expected_route=None,
+        TurnStart(
+            owner=OWNER,
+            chat_request=ChatRequest(message=message, session_id=session_id),
+            session_id=session_id,
+            bot_id="7000000000000000001",
+            transport="sse",
+            worker_channel="worker-1",
+            lock_token=token,
+            attachments=files.ResolvedAttachments(),
+        )
     )
 
 

@@ -209,8 +209,9 @@ async def _start(
         attachments=attachments,
         expected_route=route,
     )
-    storing = in_background(_store_start(start))
+    # Coze's request goes out first: its round trip is the longer one, and the first byte waits for both.
     opening = in_background(_open_upstream(chat_request=chat_request, route=route, attachments=attachments.items))
+    storing = in_background(_store_start(start))
     try:
         try:
             turn = await asyncio.shield(storing)

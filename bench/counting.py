@@ -1,8 +1,10 @@
 """The gateway's ASGI application plus a query counter, for measuring database work per turn.
 
 Every SQL statement Django executes, on any thread, increments a counter (a connection execute
-wrapper installed as each connection opens); `GET /_bench/queries` answers it as JSON. Used only
-by the benchmark's "database work per turn" step, never for the timing runs.
+wrapper installed as each connection opens), and so does every statement the turn sends from the
+event loop on its own async connections (`chat.turn_store`'s `apg_fetchone`); `GET /_bench/queries`
+answers the counts as JSON. Used only by the benchmark's "database work per turn" step, never for
+the timing runs.
 """
 
 import json
@@ -25,16 +27,35 @@ def _kind(sql: str) -> str:
     verb = words[0].upper() if words else "?"
     keyword = {"INSERT": "INTO", "SELECT": "FROM", "DELETE": "FROM", "UPDATE": "UPDATE"}.get(verb)
     if keyword in words[:-1]:
-        return f"{verb} {words[words.index(keyword) + 1]}"
+        return f"{verb} {words[words.index(keyword) + 1].split('(')[0]}"
     return verb
 
 
-def _count(execute, sql, params, many, context):
+def _tally(sql: str) -> None:
     kind = _kind(sql)
     with _lock:
         _counts["queries"] += 1
         _counts["kinds"][kind] = _counts["kinds"].get(kind, 0) + 1
+
+
+def _count(execute, sql, params, many, context):
+    _tally(sql)
     return execute(sql, params, many, context)
+
+
+def _count_event_loop_statements() -> None:
+    from chat import turn_store  # once the ASGI application has set Django up
+
+    uncounted = turn_store.apg_fetchone
+
+    async def apg_fetchone(sql: str, params: list):
+        _tally(sql)
+        return await uncounted(sql, params)
+
+    turn_store.apg_fetchone = apg_fetchone
+
+
+_count_event_loop_statements()
 
 
 def _install(sender, connection, **kwargs):

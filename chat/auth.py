@@ -8,6 +8,7 @@ session, so it gets `401 unauthenticated` (with WWW-Authenticate), never a CSRF 
 answer is for a browser that has a session cookie and no valid token.
 """
 
+import threading
 import time
 import uuid
 from datetime import timedelta
@@ -17,6 +18,7 @@ from django.middleware.csrf import CsrfViewMiddleware
 from django.utils import timezone
 from rest_framework import authentication, exceptions, permissions
 
+from chat import limits, metrics
 from chat.db import db_async
 from chat.errors import ChatError, csrf_detail
 from chat.inputs import Owner
@@ -74,25 +76,109 @@ def _remember_owner(key_hash: str, owner: Owner) -> None:
     _owners_by_key_hash[key_hash] = (time.monotonic() + KEY_CACHE_SECONDS, owner)
 
 
-def owner_from_api_key_cached(raw_key: str) -> Owner:
-    """`owner_from_api_key`, remembering valid keys for KEY_CACHE_SECONDS (sync views)."""
-    key_hash = hash_api_key(raw_key)
-    owner = _cached_owner(key_hash)
-    if owner is None:
+# --- wrong keys from a blocked address ---------------------------------------------------------
+#
+# An address that sent too many wrong keys (chat.limits, CHAT_AUTH_FAILURES_PER_MINUTE) gets its keys
+# that are not ours refused without a lookup, while its valid keys keep working. "Not ours" is told
+# by the directory: the first 64 bits of every active key's hash, loaded in one query only while
+# some address is blocked and reloaded at most every KEY_DIRECTORY_SECONDS (so a key created
+# meanwhile works from a blocked address within that time). A key in it is looked up as usual.
+KEY_DIRECTORY_SECONDS = 10.0
+_directory: tuple[float, frozenset[int]] | None = None
+_directory_lock = threading.Lock()
+_directory_loading = False  # an async reload is under way: others use the stale directory meanwhile
+
+
+def _fingerprint(key_hash: str) -> int:
+    return int(key_hash[:16], 16)
+
+
+def _load_key_directory() -> frozenset[int]:
+    global _directory
+    with _directory_lock:
+        if _directory is not None and _directory[0] > time.monotonic():
+            return _directory[1]  # loaded by another caller while this one waited
+        key_hashes = ApiClient.objects.filter(is_active=True).values_list("key_hash", flat=True)
+        fingerprints = frozenset(_fingerprint(key_hash) for key_hash in key_hashes.iterator())
+        _directory = (time.monotonic() + KEY_DIRECTORY_SECONDS, fingerprints)
+        return fingerprints
+
+
+_aload_key_directory = db_async(_load_key_directory, pool="auth")
+
+
+async def _ais_known_key(key_hash: str) -> bool:
+    global _directory_loading
+    directory = _directory
+    if directory is not None and (directory[0] > time.monotonic() or _directory_loading):
+        return _fingerprint(key_hash) in directory[1]
+    _directory_loading = True
+    try:
+        return _fingerprint(key_hash) in await _aload_key_directory()
+    finally:
+        _directory_loading = False
+
+
+def _refused_from_address(seconds: int) -> ChatError:
+    metrics.AUTH_FAILURES.labels("blocked").inc()
+    return ChatError(
+        "rate_limited",
+        f"Too many failed authentications from this address; retry in {seconds} s.",
+        retry_after=seconds,
+        logged=True,  # logged once when the address was blocked, and counted
+    )
+
+
+def _failed(error: ChatError) -> bool:
+    if error.code != "unauthenticated":
+        return False  # the database failed, not the key
+    metrics.AUTH_FAILURES.labels("unauthenticated").inc()
+    return True
+
+
+def owner_from_api_key_cached(raw_key: str, *, address: str | None = None) -> Owner:
+    """`owner_from_api_key`, remembering valid keys for KEY_CACHE_SECONDS (sync views), with the
+    failed-authentication limit of `address` (the client's IP address) as `aowner_from_api_key`."""
+    key_hash = hash_api_key(raw_key) if looks_like_api_key(raw_key) else None
+    owner = _cached_owner(key_hash) if key_hash else None
+    if owner is not None:
+        return owner
+    blocked = limits.auth_block_seconds(address)
+    if blocked and (key_hash is None or _fingerprint(key_hash) not in _load_key_directory()):
+        raise _refused_from_address(blocked)
+    try:
         owner = owner_from_api_key(raw_key)
-        _remember_owner(key_hash, owner)
+    except ChatError as error:
+        if _failed(error):
+            limits.record_auth_failure(address)
+        raise
+    _remember_owner(key_hash, owner)
     return owner
 
 
-async def aowner_from_api_key(raw_key: str) -> Owner:
-    """`owner_from_api_key` for async code, remembering valid keys for KEY_CACHE_SECONDS."""
-    if not looks_like_api_key(raw_key):
-        raise _invalid_key()  # no database lookup for what can't be a key
-    key_hash = hash_api_key(raw_key)
-    owner = _cached_owner(key_hash)
-    if owner is None:
+async def aowner_from_api_key(raw_key: str, *, address: str | None = None) -> Owner:
+    """The owner of an API key, remembering valid keys for KEY_CACHE_SECONDS.
+
+    Raises ChatError("unauthenticated") for a wrong or deactivated key, counting it against
+    `address` (the client's IP address; None: not limited); and ChatError("rate_limited") without
+    any lookup for a key that is not ours from an address over CHAT_AUTH_FAILURES_PER_MINUTE.
+    """
+    key_hash = hash_api_key(raw_key) if looks_like_api_key(raw_key) else None
+    owner = _cached_owner(key_hash) if key_hash else None
+    if owner is not None:
+        return owner
+    blocked = limits.auth_block_seconds(address)
+    if blocked and (key_hash is None or not await _ais_known_key(key_hash)):
+        raise _refused_from_address(blocked)
+    try:
+        if key_hash is None:
+            raise _invalid_key()  # no database lookup for what can't be a key
         owner = await _aowner_from_api_key_uncached(raw_key)
-        _remember_owner(key_hash, owner)
+    except ChatError as error:
+        if _failed(error):
+            await limits.arecord_auth_failure(address)
+        raise
+    _remember_owner(key_hash, owner)
     return owner
 
 
@@ -140,7 +226,7 @@ async def aresolve_owner(request) -> Owner:
     """For async Django views. Raises ChatError("unauthenticated"/"forbidden")."""
     key = bearer_key(request.headers.get("Authorization", ""))
     if key is not None:
-        return await aowner_from_api_key(key)
+        return await aowner_from_api_key(key, address=request.META.get("REMOTE_ADDR"))
     user = await request.auser()
     if user.is_authenticated:
         _csrf_or_raise(request)
@@ -177,8 +263,10 @@ class ApiKeyAuthentication(authentication.BaseAuthentication):
             key = bearer_key(request.headers.get("Authorization", ""))
             if key is None:
                 return None
-            return (None, owner_from_api_key_cached(key))
+            return (None, owner_from_api_key_cached(key, address=request.META.get("REMOTE_ADDR")))
         except ChatError as error:
+            if error.code != "unauthenticated":
+                raise  # 429 from the failed-authentication limit: the API's exception handler renders it
             raise exceptions.AuthenticationFailed(error.detail) from None
 
     def authenticate_header(self, request) -> str:

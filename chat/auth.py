@@ -8,6 +8,7 @@ session, so it gets `401 unauthenticated` (with WWW-Authenticate), never a CSRF 
 answer is for a browser that has a session cookie and no valid token.
 """
 
+import asyncio
 import threading
 import time
 import uuid
@@ -119,6 +120,30 @@ async def _ais_known_key(key_hash: str) -> bool:
         _directory_loading = False
 
 
+# Refusals held for CHAT_AUTH_BLOCKED_DELAY at once in this worker; beyond that they are sent at
+# once, so many connections can't make the delay cost memory without bound.
+AUTH_REFUSALS_HELD = 256
+_refusals_held = 0
+
+
+async def _ahold_refusal() -> None:
+    """Hold a blocked address's refusal for CHAT_AUTH_BLOCKED_DELAY (bounded, see AUTH_REFUSALS_HELD).
+
+    A client that sends its next request the moment it has an answer (a keep-alive loop) then makes
+    about one request a second per connection instead of as many as the server can answer, and
+    the event loop stays free for valid turns. A client that goes away cancels the wait.
+    """
+    global _refusals_held
+    delay = settings.CHAT_AUTH_BLOCKED_DELAY
+    if delay <= 0 or _refusals_held >= AUTH_REFUSALS_HELD:
+        return
+    _refusals_held += 1
+    try:
+        await asyncio.sleep(delay)
+    finally:
+        _refusals_held -= 1
+
+
 def _refused_from_address(seconds: int) -> ChatError:
     metrics.AUTH_FAILURES.labels("blocked").inc()
     return ChatError(
@@ -169,6 +194,7 @@ async def aowner_from_api_key(raw_key: str, *, address: str | None = None) -> Ow
         return owner
     blocked = limits.auth_block_seconds(address)
     if blocked and (key_hash is None or not await _ais_known_key(key_hash)):
+        await _ahold_refusal()
         raise _refused_from_address(blocked)
     try:
         if key_hash is None:

@@ -2,8 +2,10 @@
 that are not ours are refused with `429 rate_limited` and no database lookup, on every route that
 takes a key, while valid keys from the same address keep working (docs/api.md §3)."""
 
+import json
 import logging
 import secrets
+import socket
 
 import httpx
 import pytest
@@ -14,7 +16,7 @@ from chat import auth, limits, metrics
 from tests.chat.conftest import backend  # noqa: F401 - the memory/Redis fixture
 from tests.chat.limits_helpers import reset_counters
 from tests.conftest import auth as bearer
-from tests.conftest import stream_chat
+from tests.conftest import stream_chat, wait_until
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -38,6 +40,7 @@ def wrong_key() -> str:
 @pytest.fixture(autouse=True)
 def failure_limit(settings, backend):  # noqa: F811
     settings.CHAT_AUTH_FAILURES_PER_MINUTE = LIMIT
+    settings.CHAT_AUTH_BLOCKED_DELAY = 0  # held refusals are tested on their own, below
     reset_counters()
     limits.auth_failures_reset()
     auth._owners_by_key_hash.clear()
@@ -193,3 +196,30 @@ def test_no_limit_when_the_setting_is_zero(http, settings):
     }
 
     assert statuses == {401}
+
+
+def test_a_refusal_is_held_for_the_delay_and_given_up_when_the_client_goes_away(http, asgi_server, settings):
+    block(http)
+    settings.CHAT_AUTH_BLOCKED_DELAY = 60
+    body = json.dumps({"message": "hi"}).encode()
+    request = (
+        f"POST /api/chat/stream HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {wrong_key()}\r\n"
+        f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+    ).encode()
+
+    with socket.create_connection(("127.0.0.1", asgi_server.port)) as client:
+        client.sendall(request + body)
+        wait_until(lambda: auth._refusals_held == 1)
+        # The client goes away while its refusal is held: the wait ends with the request.
+
+    wait_until(lambda: auth._refusals_held == 0)
+
+
+def test_refusals_over_the_held_bound_are_sent_at_once(http, settings, monkeypatch):
+    block(http)
+    settings.CHAT_AUTH_BLOCKED_DELAY = 600
+    monkeypatch.setattr(auth, "AUTH_REFUSALS_HELD", 0)
+
+    response = http.post("/api/chat/stream", json={"message": "hi"}, headers=bearer(wrong_key()))
+
+    assert response.status_code == 429

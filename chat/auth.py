@@ -120,26 +120,38 @@ async def _ais_known_key(key_hash: str) -> bool:
         _directory_loading = False
 
 
-# Refusals held for CHAT_AUTH_BLOCKED_DELAY at once in this worker; beyond that they are sent at
-# once, so many connections can't make the delay cost memory without bound.
-AUTH_REFUSALS_HELD = 256
+# A blocked address's refusals are paced, as nginx's limit_req paces excess requests: each waits
+# for its turn at CHAT_AUTH_BLOCKED_RATE a second (per worker), at most until the block ends. A
+# client that sends its next wrong key as soon as it has an answer then gets that many answers a
+# second however many connections it opens, and the event loop stays free for valid turns.
+# At most AUTH_REFUSALS_HELD wait at once in a worker (about 30-40 KiB each); beyond that they are
+# answered at once, so the waiting can't cost memory without bound.
+AUTH_REFUSALS_HELD = 1024
 _refusals_held = 0
+_next_refusal: dict[str, float] = {}  # address -> monotonic time of its next paced refusal
 
 
-async def _ahold_refusal() -> None:
-    """Hold a blocked address's refusal for CHAT_AUTH_BLOCKED_DELAY (bounded, see AUTH_REFUSALS_HELD).
+def refusal_wait(address: str, *, rate: float, block_seconds: float, now: float) -> float:
+    """Book the next refusal of `address` at `rate` a second and return how long it waits for it:
+    1/rate after the address's last booked refusal (or `now`), but never past the block's end."""
+    if len(_next_refusal) > 10_000:
+        for stale in [a for a, turn in _next_refusal.items() if turn <= now]:
+            del _next_refusal[stale]
+    turn = min(max(now, _next_refusal.get(address, 0.0)) + 1 / rate, now + block_seconds)
+    _next_refusal[address] = turn
+    return turn - now
 
-    A client that sends its next request the moment it has an answer (a keep-alive loop) then makes
-    about one request a second per connection instead of as many as the server can answer, and
-    the event loop stays free for valid turns. A client that goes away cancels the wait.
-    """
+
+async def _ahold_refusal(address: str, block_seconds: int) -> None:
+    """Wait for this refusal's turn (see above); a client that hangs up cancels the wait."""
     global _refusals_held
-    delay = settings.CHAT_AUTH_BLOCKED_DELAY
-    if delay <= 0 or _refusals_held >= AUTH_REFUSALS_HELD:
+    rate = settings.CHAT_AUTH_BLOCKED_RATE
+    if rate <= 0 or _refusals_held >= AUTH_REFUSALS_HELD:
         return
+    wait = refusal_wait(address, rate=rate, block_seconds=block_seconds, now=time.monotonic())
     _refusals_held += 1
     try:
-        await asyncio.sleep(delay)
+        await asyncio.sleep(wait)
     finally:
         _refusals_held -= 1
 
@@ -194,7 +206,7 @@ async def aowner_from_api_key(raw_key: str, *, address: str | None = None) -> Ow
         return owner
     blocked = limits.auth_block_seconds(address)
     if blocked and (key_hash is None or not await _ais_known_key(key_hash)):
-        await _ahold_refusal()
+        await _ahold_refusal(address, blocked)
         raise _refused_from_address(blocked)
     try:
         if key_hash is None:

@@ -204,9 +204,9 @@ CHAT_MAX_CONCURRENT_STREAMS = env_number("CHAT_MAX_CONCURRENT_STREAMS", 200, min
 # Failed API-key authentications one client address may make in a minute; after that, keys from it
 # that are not ours get `429 rate_limited` without a database lookup (valid keys still work).
 CHAT_AUTH_FAILURES_PER_MINUTE = env_number("CHAT_AUTH_FAILURES_PER_MINUTE", 20, minimum=0, cast=int)
-# Seconds such a 429 is held before it is sent (at most AUTH_REFUSALS_HELD at once per worker), so a
-# client that sends its next wrong key as soon as it has an answer can't keep the server busy.
-CHAT_AUTH_BLOCKED_DELAY = env_number("CHAT_AUTH_BLOCKED_DELAY", 1.0, minimum=0)
+# Such 429s a blocked address gets a second from a worker; the others wait their turn (chat/auth.py),
+# so a client looping on wrong keys can't keep the server busy however many connections it opens.
+CHAT_AUTH_BLOCKED_RATE = env_number("CHAT_AUTH_BLOCKED_RATE", 10.0, minimum=0)
 # Tokens each reply in flight is assumed to cost against a budget until the client has replies
 # this month (then its average reply is used); see chat/limits.py.
 CHAT_BUDGET_RESERVE_TOKENS = env_number("CHAT_BUDGET_RESERVE_TOKENS", 1000, minimum=0, cast=int)

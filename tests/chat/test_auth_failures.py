@@ -40,7 +40,7 @@ def wrong_key() -> str:
 @pytest.fixture(autouse=True)
 def failure_limit(settings, backend):  # noqa: F811
     settings.CHAT_AUTH_FAILURES_PER_MINUTE = LIMIT
-    settings.CHAT_AUTH_BLOCKED_DELAY = 0  # held refusals are tested on their own, below
+    settings.CHAT_AUTH_BLOCKED_RATE = 0  # paced refusals are tested on their own, below
     reset_counters()
     limits.auth_failures_reset()
     auth._owners_by_key_hash.clear()
@@ -198,9 +198,9 @@ def test_no_limit_when_the_setting_is_zero(http, settings):
     assert statuses == {401}
 
 
-def test_a_refusal_is_held_for_the_delay_and_given_up_when_the_client_goes_away(http, asgi_server, settings):
+def test_a_refusal_waits_its_turn_and_the_wait_ends_when_the_client_goes_away(http, asgi_server, settings):
     block(http)
-    settings.CHAT_AUTH_BLOCKED_DELAY = 60
+    settings.CHAT_AUTH_BLOCKED_RATE = 1 / 60  # one refusal a minute: this one waits until the block ends
     body = json.dumps({"message": "hi"}).encode()
     request = (
         f"POST /api/chat/stream HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {wrong_key()}\r\n"
@@ -217,9 +217,22 @@ def test_a_refusal_is_held_for_the_delay_and_given_up_when_the_client_goes_away(
 
 def test_refusals_over_the_held_bound_are_sent_at_once(http, settings, monkeypatch):
     block(http)
-    settings.CHAT_AUTH_BLOCKED_DELAY = 600
+    settings.CHAT_AUTH_BLOCKED_RATE = 1 / 600
     monkeypatch.setattr(auth, "AUTH_REFUSALS_HELD", 0)
 
     response = http.post("/api/chat/stream", json={"message": "hi"}, headers=bearer(wrong_key()))
 
     assert response.status_code == 429
+
+
+def test_refusals_are_paced_per_address_up_to_the_end_of_the_block():
+    auth._next_refusal.clear()
+
+    def wait(address, block_seconds=60.0, now=100.0):
+        return round(auth.refusal_wait(address, rate=10, block_seconds=block_seconds, now=now), 6)
+
+    waits = [wait("10.0.0.1"), wait("10.0.0.1"), wait("10.0.0.2"), wait("10.0.0.1", block_seconds=0.25)]
+    later = wait("10.0.0.1", now=200.0)  # long after its last turn: one interval from now
+
+    assert waits == [0.1, 0.2, 0.1, 0.25]
+    assert later == 0.1

@@ -57,8 +57,6 @@ def owner_from_api_key(raw_key: str) -> Owner:
     return Owner(key=client.owner_key, api_client_id=client.pk)
 
 
-_aowner_from_api_key_uncached = db_async(owner_from_api_key, pool="auth")
-
 # Recently seen keys, so a burst of streams doesn't queue one database lookup each on the pool.
 # The price: deactivating a key takes up to this long to reach every worker.
 KEY_CACHE_SECONDS = 10.0
@@ -156,6 +154,19 @@ async def _ahold_refusal(address: str, block_seconds: int) -> None:
         _refusals_held -= 1
 
 
+def _owner_unless_blocked(raw_key: str, address: str | None) -> Owner | int:
+    """On the auth pool: `owner_from_api_key`, unless the address was blocked while this request
+    waited for a thread and the key is not ours; then the seconds left of the block. (A burst of
+    wrong keys queues its lookups before the failure that blocks the address has come back.)"""
+    blocked = limits.auth_block_seconds(address)
+    if blocked and _fingerprint(hash_api_key(raw_key)) not in _load_key_directory():
+        return blocked
+    return owner_from_api_key(raw_key)
+
+
+_aowner_unless_blocked = db_async(_owner_unless_blocked, pool="auth")
+
+
 def _refused_from_address(seconds: int) -> ChatError:
     metrics.AUTH_FAILURES.labels("blocked").inc()
     return ChatError(
@@ -211,11 +222,14 @@ async def aowner_from_api_key(raw_key: str, *, address: str | None = None) -> Ow
     try:
         if key_hash is None:
             raise _invalid_key()  # no database lookup for what can't be a key
-        owner = await _aowner_from_api_key_uncached(raw_key)
+        owner = await _aowner_unless_blocked(raw_key, address)
     except ChatError as error:
         if _failed(error):
             await limits.arecord_auth_failure(address)
         raise
+    if isinstance(owner, int):
+        await _ahold_refusal(address, owner)
+        raise _refused_from_address(owner)
     _remember_owner(key_hash, owner)
     return owner
 

@@ -54,18 +54,13 @@ def failure_limit(settings, backend):  # noqa: F811
 def lookups(monkeypatch):
     """Counts API-key lookups in the database (async views and DRF's sync ones)."""
     counted = []
-    real_async, real_sync = auth._aowner_from_api_key_uncached, auth.owner_from_api_key
+    real = auth.owner_from_api_key
 
-    async def counting_async(raw_key):
+    def counting(raw_key):
         counted.append(raw_key)
-        return await real_async(raw_key)
+        return real(raw_key)
 
-    def counting_sync(raw_key):
-        counted.append(raw_key)
-        return real_sync(raw_key)
-
-    monkeypatch.setattr(auth, "_aowner_from_api_key_uncached", counting_async)
-    monkeypatch.setattr(auth, "owner_from_api_key", counting_sync)
+    monkeypatch.setattr(auth, "owner_from_api_key", counting)
     return counted
 
 
@@ -236,3 +231,20 @@ def test_refusals_are_paced_per_address_up_to_the_end_of_the_block():
 
     assert waits == [0.1, 0.2, 0.1, 0.25]
     assert later == 0.1
+
+
+@pytest.mark.asyncio
+async def test_lookups_queued_before_the_block_are_refused_without_a_lookup_once_it_is_known(lookups):
+    """A burst of wrong keys queues its lookups on the auth threads before the failure that blocks
+    the address comes back; those still waiting when it does are refused unlooked-up."""
+    for _ in range(LIMIT):
+        with pytest.raises(auth.ChatError):
+            await auth.aowner_from_api_key(wrong_key(), address="10.0.0.9")
+
+    with pytest.raises(auth.ChatError) as refused:
+        await auth.aowner_from_api_key(wrong_key(), address="10.0.0.9")
+    waited = await auth._aowner_unless_blocked(wrong_key(), "10.0.0.9")
+
+    assert refused.value.code == "rate_limited"
+    assert isinstance(waited, int) and 1 <= waited <= 60
+    assert len(lookups) == LIMIT

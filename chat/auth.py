@@ -155,13 +155,25 @@ async def _ahold_refusal(address: str, block_seconds: int) -> None:
 
 
 def _owner_unless_blocked(raw_key: str, address: str | None) -> Owner | int:
-    """On the auth pool: `owner_from_api_key`, unless the address was blocked while this request
-    waited for a thread and the key is not ours; then the seconds left of the block. (A burst of
-    wrong keys queues its lookups before the failure that blocks the address has come back.)"""
+    """`owner_from_api_key` under the failed-authentication limit of `address`: for a key that is
+    not ours from a blocked address, the seconds left of the block instead of a lookup; a wrong key
+    is counted against the address here.
+
+    Sync, for DRF's views, and run on the auth threads by `aowner_from_api_key`: a burst of wrong
+    keys queues its lookups there before the first failures are back on the event loop, so they
+    are counted, and the block checked, in the thread.
+    """
     blocked = limits.auth_block_seconds(address)
-    if blocked and _fingerprint(hash_api_key(raw_key)) not in _load_key_directory():
+    if blocked and (
+        not looks_like_api_key(raw_key) or _fingerprint(hash_api_key(raw_key)) not in _load_key_directory()
+    ):
         return blocked
-    return owner_from_api_key(raw_key)
+    try:
+        return owner_from_api_key(raw_key)
+    except ChatError as error:
+        if _failed(error):
+            limits.record_auth_failure(address)
+        raise
 
 
 _aowner_unless_blocked = db_async(_owner_unless_blocked, pool="auth")
@@ -185,21 +197,14 @@ def _failed(error: ChatError) -> bool:
 
 
 def owner_from_api_key_cached(raw_key: str, *, address: str | None = None) -> Owner:
-    """`owner_from_api_key`, remembering valid keys for KEY_CACHE_SECONDS (sync views), with the
-    failed-authentication limit of `address` (the client's IP address) as `aowner_from_api_key`."""
+    """`aowner_from_api_key` for sync views (DRF)."""
     key_hash = hash_api_key(raw_key) if looks_like_api_key(raw_key) else None
     owner = _cached_owner(key_hash) if key_hash else None
     if owner is not None:
         return owner
-    blocked = limits.auth_block_seconds(address)
-    if blocked and (key_hash is None or _fingerprint(key_hash) not in _load_key_directory()):
-        raise _refused_from_address(blocked)
-    try:
-        owner = owner_from_api_key(raw_key)
-    except ChatError as error:
-        if _failed(error):
-            limits.record_auth_failure(address)
-        raise
+    owner = _owner_unless_blocked(raw_key, address)
+    if isinstance(owner, int):
+        raise _refused_from_address(owner)
     _remember_owner(key_hash, owner)
     return owner
 
@@ -219,14 +224,11 @@ async def aowner_from_api_key(raw_key: str, *, address: str | None = None) -> Ow
     if blocked and (key_hash is None or not await _ais_known_key(key_hash)):
         await _ahold_refusal(address, blocked)
         raise _refused_from_address(blocked)
-    try:
-        if key_hash is None:
-            raise _invalid_key()  # no database lookup for what can't be a key
-        owner = await _aowner_unless_blocked(raw_key, address)
-    except ChatError as error:
-        if _failed(error):
-            await limits.arecord_auth_failure(address)
-        raise
+    if key_hash is None:  # no database lookup for what can't be a key
+        metrics.AUTH_FAILURES.labels("unauthenticated").inc()
+        await limits.arecord_auth_failure(address)
+        raise _invalid_key()
+    owner = await _aowner_unless_blocked(raw_key, address)
     if isinstance(owner, int):
         await _ahold_refusal(address, owner)
         raise _refused_from_address(owner)

@@ -8,6 +8,8 @@ session, so it gets `401 unauthenticated` (with WWW-Authenticate), never a CSRF 
 answer is for a browser that has a session cookie and no valid token.
 """
 
+import asyncio
+import threading
 import time
 import uuid
 from datetime import timedelta
@@ -17,6 +19,7 @@ from django.middleware.csrf import CsrfViewMiddleware
 from django.utils import timezone
 from rest_framework import authentication, exceptions, permissions
 
+from chat import limits, metrics
 from chat.db import db_async
 from chat.errors import ChatError, csrf_detail
 from chat.inputs import Owner
@@ -54,8 +57,6 @@ def owner_from_api_key(raw_key: str) -> Owner:
     return Owner(key=client.owner_key, api_client_id=client.pk)
 
 
-_aowner_from_api_key_uncached = db_async(owner_from_api_key, pool="auth")
-
 # Recently seen keys, so a burst of streams doesn't queue one database lookup each on the pool.
 # The price: deactivating a key takes up to this long to reach every worker.
 KEY_CACHE_SECONDS = 10.0
@@ -74,25 +75,164 @@ def _remember_owner(key_hash: str, owner: Owner) -> None:
     _owners_by_key_hash[key_hash] = (time.monotonic() + KEY_CACHE_SECONDS, owner)
 
 
-def owner_from_api_key_cached(raw_key: str) -> Owner:
-    """`owner_from_api_key`, remembering valid keys for KEY_CACHE_SECONDS (sync views)."""
-    key_hash = hash_api_key(raw_key)
-    owner = _cached_owner(key_hash)
-    if owner is None:
-        owner = owner_from_api_key(raw_key)
-        _remember_owner(key_hash, owner)
+# --- wrong keys from a blocked address ---------------------------------------------------------
+#
+# An address that sent too many wrong keys (chat.limits, CHAT_AUTH_FAILURES_PER_MINUTE) gets its keys
+# that are not ours refused without a lookup, while its valid keys keep working. "Not ours" is told
+# by the directory: the first 64 bits of every active key's hash, loaded in one query only while
+# some address is blocked and reloaded at most every KEY_DIRECTORY_SECONDS (so a key created
+# meanwhile works from a blocked address within that time). A key in it is looked up as usual.
+KEY_DIRECTORY_SECONDS = 10.0
+_directory: tuple[float, frozenset[int]] | None = None
+_directory_lock = threading.Lock()
+_directory_loading = False  # an async reload is under way: others use the stale directory meanwhile
+
+
+def _fingerprint(key_hash: str) -> int:
+    return int(key_hash[:16], 16)
+
+
+def _load_key_directory() -> frozenset[int]:
+    global _directory
+    with _directory_lock:
+        if _directory is not None and _directory[0] > time.monotonic():
+            return _directory[1]  # loaded by another caller while this one waited
+        key_hashes = ApiClient.objects.filter(is_active=True).values_list("key_hash", flat=True)
+        fingerprints = frozenset(_fingerprint(key_hash) for key_hash in key_hashes.iterator())
+        _directory = (time.monotonic() + KEY_DIRECTORY_SECONDS, fingerprints)
+        return fingerprints
+
+
+_aload_key_directory = db_async(_load_key_directory, pool="auth")
+
+
+async def _ais_known_key(key_hash: str) -> bool:
+    global _directory_loading
+    directory = _directory
+    if directory is not None and (directory[0] > time.monotonic() or _directory_loading):
+        return _fingerprint(key_hash) in directory[1]
+    _directory_loading = True
+    try:
+        return _fingerprint(key_hash) in await _aload_key_directory()
+    finally:
+        _directory_loading = False
+
+
+# A blocked address's refusals are paced, as nginx's limit_req paces excess requests: each waits
+# for its turn at CHAT_AUTH_BLOCKED_RATE a second (per worker), at most until the block ends. A
+# client that sends its next wrong key as soon as it has an answer then gets that many answers a
+# second however many connections it opens, and the event loop stays free for valid turns.
+# At most AUTH_REFUSALS_HELD wait at once in a worker (about 30-40 KiB each); beyond that they are
+# answered at once, so the waiting can't cost memory without bound.
+AUTH_REFUSALS_HELD = 1024
+_refusals_held = 0
+_next_refusal: dict[str, float] = {}  # address -> monotonic time of its next paced refusal
+
+
+def refusal_wait(address: str, *, rate: float, block_seconds: float, now: float) -> float:
+    """Book the next refusal of `address` at `rate` a second and return how long it waits for it:
+    1/rate after the address's last booked refusal (or `now`), but never past the block's end."""
+    if len(_next_refusal) > 10_000:
+        for stale in [a for a, turn in _next_refusal.items() if turn <= now]:
+            del _next_refusal[stale]
+    turn = min(max(now, _next_refusal.get(address, 0.0)) + 1 / rate, now + block_seconds)
+    _next_refusal[address] = turn
+    return turn - now
+
+
+async def _ahold_refusal(address: str, block_seconds: int) -> None:
+    """Wait for this refusal's turn (see above); a client that hangs up cancels the wait."""
+    global _refusals_held
+    rate = settings.CHAT_AUTH_BLOCKED_RATE
+    if rate <= 0 or _refusals_held >= AUTH_REFUSALS_HELD:
+        return
+    wait = refusal_wait(address, rate=rate, block_seconds=block_seconds, now=time.monotonic())
+    _refusals_held += 1
+    try:
+        await asyncio.sleep(wait)
+    finally:
+        _refusals_held -= 1
+
+
+def _owner_unless_blocked(raw_key: str, address: str | None) -> Owner | int:
+    """`owner_from_api_key` under the failed-authentication limit of `address`: for a key that is
+    not ours from a blocked address, the seconds left of the block instead of a lookup; a wrong key
+    is counted against the address here.
+
+    Sync, for DRF's views, and run on the auth threads by `aowner_from_api_key`: a burst of wrong
+    keys queues its lookups there before the first failures are back on the event loop, so they
+    are counted, and the block checked, in the thread.
+    """
+    blocked = limits.auth_block_seconds(address)
+    if blocked and (
+        not looks_like_api_key(raw_key) or _fingerprint(hash_api_key(raw_key)) not in _load_key_directory()
+    ):
+        return blocked
+    try:
+        return owner_from_api_key(raw_key)
+    except ChatError as error:
+        if _failed(error):
+            limits.record_auth_failure(address)
+        raise
+
+
+_aowner_unless_blocked = db_async(_owner_unless_blocked, pool="auth")
+
+
+def _refused_from_address(seconds: int) -> ChatError:
+    metrics.AUTH_FAILURES.labels("blocked").inc()
+    return ChatError(
+        "rate_limited",
+        f"Too many failed authentications from this address; retry in {seconds} s.",
+        retry_after=seconds,
+        logged=True,  # logged once when the address was blocked, and counted
+    )
+
+
+def _failed(error: ChatError) -> bool:
+    if error.code != "unauthenticated":
+        return False  # the database failed, not the key
+    metrics.AUTH_FAILURES.labels("unauthenticated").inc()
+    return True
+
+
+def owner_from_api_key_cached(raw_key: str, *, address: str | None = None) -> Owner:
+    """`aowner_from_api_key` for sync views (DRF)."""
+    key_hash = hash_api_key(raw_key) if looks_like_api_key(raw_key) else None
+    owner = _cached_owner(key_hash) if key_hash else None
+    if owner is not None:
+        return owner
+    owner = _owner_unless_blocked(raw_key, address)
+    if isinstance(owner, int):
+        raise _refused_from_address(owner)
+    _remember_owner(key_hash, owner)
     return owner
 
 
-async def aowner_from_api_key(raw_key: str) -> Owner:
-    """`owner_from_api_key` for async code, remembering valid keys for KEY_CACHE_SECONDS."""
-    if not looks_like_api_key(raw_key):
-        raise _invalid_key()  # no database lookup for what can't be a key
-    key_hash = hash_api_key(raw_key)
-    owner = _cached_owner(key_hash)
-    if owner is None:
-        owner = await _aowner_from_api_key_uncached(raw_key)
-        _remember_owner(key_hash, owner)
+async def aowner_from_api_key(raw_key: str, *, address: str | None = None) -> Owner:
+    """The owner of an API key, remembering valid keys for KEY_CACHE_SECONDS.
+
+    Raises ChatError("unauthenticated") for a wrong or deactivated key, counting it against
+    `address` (the client's IP address; None: not limited); and ChatError("rate_limited") without
+    any lookup for a key that is not ours from an address over CHAT_AUTH_FAILURES_PER_MINUTE.
+    """
+    key_hash = hash_api_key(raw_key) if looks_like_api_key(raw_key) else None
+    owner = _cached_owner(key_hash) if key_hash else None
+    if owner is not None:
+        return owner
+    blocked = limits.auth_block_seconds(address)
+    if blocked and (key_hash is None or not await _ais_known_key(key_hash)):
+        await _ahold_refusal(address, blocked)
+        raise _refused_from_address(blocked)
+    if key_hash is None:  # no database lookup for what can't be a key
+        metrics.AUTH_FAILURES.labels("unauthenticated").inc()
+        await limits.arecord_auth_failure(address)
+        raise _invalid_key()
+    owner = await _aowner_unless_blocked(raw_key, address)
+    if isinstance(owner, int):
+        await _ahold_refusal(address, owner)
+        raise _refused_from_address(owner)
+    _remember_owner(key_hash, owner)
     return owner
 
 
@@ -140,7 +280,7 @@ async def aresolve_owner(request) -> Owner:
     """For async Django views. Raises ChatError("unauthenticated"/"forbidden")."""
     key = bearer_key(request.headers.get("Authorization", ""))
     if key is not None:
-        return await aowner_from_api_key(key)
+        return await aowner_from_api_key(key, address=request.META.get("REMOTE_ADDR"))
     user = await request.auser()
     if user.is_authenticated:
         _csrf_or_raise(request)
@@ -177,8 +317,10 @@ class ApiKeyAuthentication(authentication.BaseAuthentication):
             key = bearer_key(request.headers.get("Authorization", ""))
             if key is None:
                 return None
-            return (None, owner_from_api_key_cached(key))
+            return (None, owner_from_api_key_cached(key, address=request.META.get("REMOTE_ADDR")))
         except ChatError as error:
+            if error.code != "unauthenticated":
+                raise  # 429 from the failed-authentication limit: the API's exception handler renders it
             raise exceptions.AuthenticationFailed(error.detail) from None
 
     def authenticate_header(self, request) -> str:

@@ -74,7 +74,8 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
         authorization = headers.get(b"authorization", b"").decode("latin1")
         key = bearer_key(authorization)
         if key is not None:
-            return await aowner_from_api_key(key)
+            client = self.scope.get("client")
+            return await aowner_from_api_key(key, address=client[0] if client else None)
         user = self.scope.get("user")
         if user is not None and user.is_authenticated:
             return owner_for_user(user)

@@ -68,6 +68,7 @@ class ChatError(Exception):
         errors: dict | None = None,
         upstream_code: int | None = None,
         logid: str | None = None,
+        logged: bool = False,
     ):
         status, default_detail, default_retryable = ERROR_CODES[code]
         self.code = code
@@ -78,6 +79,8 @@ class ChatError(Exception):
         self.errors = errors
         self.upstream_code = upstream_code
         self.logid = logid
+        # Already logged, or logged in aggregate (a flood's refusals): Django's request log skips it.
+        self.logged = logged
         super().__init__(f"{code}: {self.detail}")
 
     def as_body(self) -> dict:
@@ -101,6 +104,13 @@ def json_error_response(error: ChatError) -> JsonResponse:
     response = JsonResponse(error.as_body(), status=error.status, json_dumps_params={"ensure_ascii": False})
     for name, value in error.headers().items():
         response[name] = value
+    return mark_logged(response, error)
+
+
+def mark_logged(response, error: ChatError):
+    """Spare Django's per-response warning (`Too Many Requests: /path`) for an error logged otherwise."""
+    if error.logged:
+        response._has_been_logged = True  # what django.utils.log.log_response checks
     return response
 
 
@@ -148,7 +158,7 @@ def api_exception_handler(exc: Exception, context: dict) -> Response:
         view = context.get("view")
         logger.exception("Unhandled error in %s", type(view).__name__ if view else "API view")
         error = ChatError("internal_error")
-    return Response(error.as_body(), status=error.status, headers=error.headers())
+    return mark_logged(Response(error.as_body(), status=error.status, headers=error.headers()), error)
 
 
 def _first_message(errors: dict) -> str:

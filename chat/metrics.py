@@ -37,6 +37,12 @@ REPLY_DURATION = Histogram(
 )
 TOKENS = Counter("cozeproject_tokens_total", "Coze tokens used, by bot and direction", ["bot_id", "direction"])
 UPSTREAM_ERRORS = Counter("cozeproject_upstream_errors_total", "Failures talking to Coze, by our code", ["code"])
+AUTH_FAILURES = Counter(
+    "cozeproject_auth_failures_total",
+    "Wrong API keys: looked up and answered 401 (unauthenticated), or refused unlooked-up with 429 "
+    "because their address made too many failures (blocked)",
+    ["outcome"],
+)
 
 
 def turn_started(transport: str) -> None:

@@ -29,7 +29,7 @@ from django.views.decorators.http import require_GET, require_POST
 from chat import files, transcripts, turns
 from chat.auth import aowner_from_api_key, bearer_key
 from chat.db import db_async
-from chat.errors import ChatError
+from chat.errors import ChatError, mark_logged
 from chat.events import CompletedEvent, DeltaEvent, ErrorEvent, ReasoningEvent, SessionEvent
 from chat.inputs import ChatRequest, Owner
 from chat.serializers import MAX_ADDITIONAL_MESSAGES, SESSION_ID_RE, parse_json_bytes
@@ -77,7 +77,7 @@ def openai_error_response(error: ChatError, *, session_id: str | None = None) ->
     response["x-should-retry"] = "true" if error.retryable else "false"
     if session_id:
         response[SESSION_HEADER] = session_id
-    return response
+    return mark_logged(response, error)
 
 
 async def _aowner(request: HttpRequest) -> Owner:
@@ -85,7 +85,7 @@ async def _aowner(request: HttpRequest) -> Owner:
     key = bearer_key(request.headers.get("Authorization", ""))
     if key is None:
         raise ChatError("unauthenticated")
-    return await aowner_from_api_key(key)
+    return await aowner_from_api_key(key, address=request.META.get("REMOTE_ADDR"))
 
 
 # --- models -----------------------------------------------------------------------------------

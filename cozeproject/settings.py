@@ -201,6 +201,12 @@ CHAT_RATE_LIMIT_PER_MINUTE = env_number("CHAT_RATE_LIMIT_PER_MINUTE", 600, minim
 # 200 = 10 requests a second (600 a minute) times replies of about 20 s (Little's law): a backend serving
 # many end users through one key meets its rate limit before this one, not the other way round.
 CHAT_MAX_CONCURRENT_STREAMS = env_number("CHAT_MAX_CONCURRENT_STREAMS", 200, minimum=0, cast=int)
+# Failed API-key authentications one client address may make in a minute; after that, keys from it
+# that are not ours get `429 rate_limited` without a database lookup (valid keys still work).
+CHAT_AUTH_FAILURES_PER_MINUTE = env_number("CHAT_AUTH_FAILURES_PER_MINUTE", 20, minimum=0, cast=int)
+# Such 429s a blocked address gets a second from a worker; the others wait their turn (chat/auth.py),
+# so a client looping on wrong keys can't keep the server busy however many connections it opens.
+CHAT_AUTH_BLOCKED_RATE = env_number("CHAT_AUTH_BLOCKED_RATE", 10.0, minimum=0)
 # Tokens each reply in flight is assumed to cost against a budget until the client has replies
 # this month (then its average reply is used); see chat/limits.py.
 CHAT_BUDGET_RESERVE_TOKENS = env_number("CHAT_BUDGET_RESERVE_TOKENS", 1000, minimum=0, cast=int)

@@ -41,6 +41,7 @@ def coze_settings(settings, simulator):
     # Limits are tested on their own (test_rate_limits.py); elsewhere they would couple tests.
     settings.CHAT_RATE_LIMIT_PER_MINUTE = 0
     settings.CHAT_MAX_CONCURRENT_STREAMS = 0
+    settings.CHAT_AUTH_FAILURES_PER_MINUTE = 0
     return settings
 
 

@@ -131,12 +131,20 @@ class _LoopConnections:
             self.slots.release()
             raise
 
-    async def release(self, conn: psycopg.AsyncConnection, *, broken: bool) -> None:
+    async def release(self, conn: psycopg.AsyncConnection, *, reusable: bool) -> None:
         self.slots.release()
-        if broken or conn.closed or self.generation != _pool_generation:
-            await conn.close()
-        else:
+        if reusable and not conn.closed and self.generation == _pool_generation:
             self.idle.append(conn)
+        else:
+            await conn.close()
+
+    async def drop_idle(self) -> None:
+        """Close the idle connections: once one turned out dropped by the server (a restart, a
+        failover, terminated backends), the others most likely were too, and each would fail a
+        statement before being replaced."""
+        idle, self.idle = self.idle, []
+        for conn in idle:
+            await conn.close()
 
     def finish(self) -> None:
         """Close the idle connections without a running loop (the loop that owned them has ended)."""
@@ -187,7 +195,8 @@ async def apg_fetchone(sql: str, params: list) -> tuple | None:
     """Run one statement (its own transaction) on PostgreSQL from the event loop; its first row.
 
     Raises ChatError("service_unavailable") when the database can't be reached, after one retry
-    on a fresh connection (as `_run_guarded` does for the threads).
+    on a fresh connection (as `_run_guarded` does for the threads). The statements sent here are
+    safe to resend: the turn's start and finish recognise their own earlier commit.
     """
     for attempt in (1, 2):
         pool = _connections_of_this_loop()
@@ -196,16 +205,19 @@ async def apg_fetchone(sql: str, params: list) -> tuple | None:
         except psycopg.Error as exc:
             logger.error("Database unavailable: %s", exc)
             raise ChatError("service_unavailable", "The database is unavailable; retry shortly.") from exc
-        broken = True
         try:
             cursor = await conn.execute(sql, params)
             row = await cursor.fetchone()
-            broken = False
-            return row
         except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
+            await pool.release(conn, reusable=False)
+            await pool.drop_idle()
             if attempt == 2:
                 logger.error("Database unavailable: %s", exc)
                 raise ChatError("service_unavailable", "The database is unavailable; retry shortly.") from exc
-        finally:
-            await pool.release(conn, broken=broken)
+            continue
+        except BaseException:
+            await pool.release(conn, reusable=False)  # failed or cancelled mid-statement: state unknown
+            raise
+        await pool.release(conn, reusable=True)
+        return row
     raise AssertionError("unreachable")

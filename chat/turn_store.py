@@ -409,28 +409,32 @@ async def turn_finish(*, turn: TurnContext, outcome: TurnOutcome) -> None:
         await _turn_finish_in_thread(turn=turn, outcome=outcome)
 
 
-def _stores_answer(outcome: TurnOutcome) -> bool:
-    """Whether the turn leaves an answer message: what came of it, or an empty but completed one."""
-    return bool(outcome.answer) or outcome.status == Reply.Status.COMPLETED
+def _stored_answer(outcome: TurnOutcome) -> str | None:
+    """The answer message the turn leaves: what came of it, or an empty one for a completed reply;
+    None when nothing came and the reply did not complete. (Joined once: a long reply has
+    thousands of parts.)"""
+    answer = outcome.answer
+    return answer if answer or outcome.status == Reply.Status.COMPLETED else None
 
 
 def _ttft_ms(outcome: TurnOutcome) -> int | None:
     return round(outcome.first_token_at * 1000) if outcome.first_token_at is not None else None
 
 
-def _new_transcript_hash(turn: TurnContext, outcome: TurnOutcome) -> str | None:
-    """The conversation's digest after an answered turn (what the OpenAI path finds resent
-    histories by); None when it stays as it is."""
-    if not (_stores_answer(outcome) and turn.transcript_hash):
+def _new_transcript_hash(turn: TurnContext, answer: str | None) -> str | None:
+    """The conversation's digest after a turn that stored `answer` (what the OpenAI path finds
+    resent histories by); None when it stays as it is."""
+    if answer is None or not turn.transcript_hash:
         return None
     return transcripts.transcript_extend(
-        turn.transcript_hash, [(transcripts.USER, turn.question), (transcripts.ASSISTANT, outcome.answer)]
+        turn.transcript_hash, [(transcripts.USER, turn.question), (transcripts.ASSISTANT, answer)]
     )
 
 
 def _turn_finish_params(turn: TurnContext, outcome: TurnOutcome) -> list:
     """The arguments of `cozeproject_turn_finish` (sessions_admin/migrations/0013_turn_finish_function.py)."""
     usage, error, ttft_ms = outcome.usage, outcome.error, _ttft_ms(outcome)
+    answer = _stored_answer(outcome)
     return [
         turn.reply_pk,
         turn.session_pk,
@@ -447,11 +451,11 @@ def _turn_finish_params(turn: TurnContext, outcome: TurnOutcome) -> list:
         ttft_ms,
         ttft_bucket(ttft_ms) if ttft_ms is not None else None,
         round(outcome.duration * 1000),
-        outcome.answer if _stores_answer(outcome) else None,
+        answer,
         outcome.message_id,
         list(outcome.follow_ups),
         outcome.conversation_id if not turn.route.coze_conversation_id else "",
-        _new_transcript_hash(turn, outcome),
+        _new_transcript_hash(turn, answer),
         settings.TIME_ZONE,
     ]
 
@@ -470,10 +474,10 @@ def _turn_finish_in_thread(*, turn: TurnContext, outcome: TurnOutcome) -> None:
 def _turn_finish_orm(*, turn: TurnContext, outcome: TurnOutcome) -> None:
     """`cozeproject_turn_finish`'s steps through the ORM (databases other than PostgreSQL)."""
     now = timezone.now()
-    answer = outcome.answer
+    answer = _stored_answer(outcome)
+    stored_answer = answer is not None
     usage = outcome.usage
     error = outcome.error
-    stored_answer = _stores_answer(outcome)
     with transaction.atomic():
         ended = Reply.objects.filter(pk=turn.reply_pk, status=Reply.Status.IN_PROGRESS).update(
             status=outcome.status,
@@ -534,7 +538,7 @@ def _turn_finish_orm(*, turn: TurnContext, outcome: TurnOutcome) -> None:
         }
         if outcome.conversation_id and not turn.route.coze_conversation_id:
             conversation_update["coze_conversation_id"] = outcome.conversation_id
-        transcript_hash = _new_transcript_hash(turn, outcome)
+        transcript_hash = _new_transcript_hash(turn, answer)
         if transcript_hash is not None:
             conversation_update["transcript_hash"] = transcript_hash
         Conversation.objects.filter(pk=turn.conversation_pk).update(**conversation_update)

@@ -217,7 +217,7 @@ def test_both_ways_reach_the_same_transcript_digest(finish_with):
 
     finish_with(turn, completed())
 
-    expected = turn_store._new_transcript_hash(turn, completed())
+    expected = turn_store._new_transcript_hash(turn, "Hello!")
     assert Conversation.objects.get().transcript_hash == expected
 
 

@@ -37,7 +37,7 @@ django.setup()
 from django.conf import settings  # noqa: E402
 
 from chat import replay  # noqa: E402
-from chat.events import DeltaEvent  # noqa: E402
+from chat.domain.events import DeltaEvent  # noqa: E402
 
 
 def recording_alone(events: int, redis_url: str) -> dict:
@@ -133,9 +133,9 @@ async def _written() -> None:
 
 async def whole_replies(repeats: int, deltas: int, redis_url: str) -> dict:
     from chat import turns
-    from chat.inputs import ChatRequest, Owner
+    from chat.domain.inputs import ChatRequest, Owner
+    from chat.domain.sse import sse_event
     from chat.simulator import SimulatorConfig, SimulatorServer
-    from chat.sse import sse_event
 
     simulator = SimulatorServer(SimulatorConfig(token="bench-token"))
     simulator.start()

@@ -20,7 +20,7 @@ from django.conf import settings
 
 from bench.bare import application as gateway
 from chat import auth, turn_store
-from chat.inputs import Owner
+from chat.domain.inputs import Owner
 
 WHATIF = set(filter(None, os.environ.get("BENCH_WHATIF", "").split(",")))
 KNOWN = {"nodb"}

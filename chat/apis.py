@@ -10,7 +10,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from chat import files, limits, sessions, turns
-from chat.errors import ChatError
+from chat.domain.errors import ChatError
 from chat.serializers import (
     ChatRequestSerializer,
     MessageSerializer,

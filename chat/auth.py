@@ -21,8 +21,8 @@ from rest_framework import authentication, exceptions, permissions
 
 from chat import limits, metrics
 from chat.db import db_async
-from chat.errors import ChatError, csrf_detail
-from chat.inputs import Owner
+from chat.domain.errors import ChatError, csrf_detail
+from chat.domain.inputs import Owner
 from sessions_admin.models import ApiClient, hash_api_key, looks_like_api_key
 
 BROWSER_SESSION_KEY = "chat_browser_id"
@@ -266,7 +266,7 @@ def csrf_failure(request) -> str | None:
     rejection = check.process_view(request, None, (), {})
     if rejection is None:
         return None
-    # CSRF_FAILURE_VIEW (chat.errors.csrf_failure_view) keeps Django's reason on its response.
+    # CSRF_FAILURE_VIEW (chat.transports.errors.csrf_failure_view) keeps Django's reason on its response.
     return getattr(rejection, "csrf_reason", "") or "The CSRF token is missing or incorrect."
 
 

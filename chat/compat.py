@@ -17,11 +17,12 @@ from chat import sessions, turns
 from chat.apis import SESSION_CLEARED_MESSAGE, chat_response_body
 from chat.auth import aresolve_owner
 from chat.db import db_async
-from chat.errors import ChatError, json_error_response
-from chat.events import CompletedEvent, DeltaEvent, ErrorEvent
-from chat.inputs import ChatRequest, Owner
+from chat.domain.errors import ChatError
+from chat.domain.events import CompletedEvent, DeltaEvent, ErrorEvent
+from chat.domain.inputs import ChatRequest, Owner
+from chat.domain.sse import PING, sse_data
 from chat.serializers import SessionSerializer, parse_chat_request, parse_json_bytes
-from chat.sse import PING, sse_data
+from chat.transports.errors import json_error_response
 from chat.views import start_sse_stream, stream_items
 from sessions_admin.models import Conversation, Reply
 

@@ -26,11 +26,11 @@ from chat.auth import (
     owner_for_user,
 )
 from chat.control import TurnControl, in_background
-from chat.errors import ChatError
-from chat.inputs import ChatRequest, Owner
+from chat.domain.errors import ChatError
+from chat.domain.inputs import ChatRequest, Owner
+from chat.domain.sse import encode_json
 from chat.logging import new_request_id, request_id_var
 from chat.serializers import SESSION_ID_RE, parse_chat_request
-from chat.sse import encode_json
 from sessions_admin.models import Reply
 
 logger = logging.getLogger(__name__)

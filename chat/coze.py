@@ -25,8 +25,8 @@ from authlib.deprecate import AuthlibDeprecationWarning
 from django.conf import settings
 from pydantic import ValidationError
 
-from chat.errors import ChatError
-from chat.events import Usage
+from chat.domain.errors import ChatError
+from chat.domain.events import Usage
 
 # cozepy 0.20 imports authlib.jose, which warns on every start of every process (three lines of
 # noise before each management command). Only that one warning: authlib's other deprecations and

@@ -21,7 +21,7 @@ from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.db import InterfaceError, OperationalError, connections
 
-from chat.errors import ChatError
+from chat.domain.errors import ChatError
 
 logger = logging.getLogger(__name__)
 

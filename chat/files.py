@@ -20,7 +20,7 @@ from django.db.models import QuerySet
 
 from chat import coze
 from chat.db import db_async
-from chat.errors import ChatError
+from chat.domain.errors import ChatError
 from sessions_admin.models import ChatFile, Message
 
 SNIFF_BYTES = 8192

@@ -47,7 +47,7 @@ from django.db.models import Q, Sum
 from rest_framework.throttling import BaseThrottle
 
 from chat.db import db_async
-from chat.errors import ChatError
+from chat.domain.errors import ChatError
 from sessions_admin.models import ApiClient, DailyUsage
 
 logger = logging.getLogger(__name__)

@@ -8,7 +8,7 @@ built from the same ChatError (codes and statuses of docs/api.md §3) as every o
 Which session a call belongs to (OpenAI clients resend the whole history every time):
 * `X-Session-Id` (or body `session_id`) pins it; only the last user message goes to Coze.
 * Otherwise the earlier user and assistant messages are looked up by their digest
-  (`chat.transcripts`) among the caller's sessions; a match continues that session, the most
+  (`chat.domain.transcripts`) among the caller's sessions; a match continues that session, the most
   recently active one when several match (idle ones before one with a reply in progress).
 * Otherwise a new session starts and the earlier messages go to Coze as its context.
 """
@@ -26,14 +26,16 @@ from django.utils import timezone
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_GET, require_POST
 
-from chat import files, transcripts, turns
+from chat import files, turns
 from chat.auth import aowner_from_api_key, bearer_key
 from chat.db import db_async
-from chat.errors import ChatError, mark_logged
-from chat.events import CompletedEvent, DeltaEvent, ErrorEvent, ReasoningEvent, SessionEvent
-from chat.inputs import ChatRequest, Owner
+from chat.domain import transcripts
+from chat.domain.errors import ChatError
+from chat.domain.events import CompletedEvent, DeltaEvent, ErrorEvent, ReasoningEvent, SessionEvent
+from chat.domain.inputs import ChatRequest, Owner
+from chat.domain.sse import PING, sse_data
 from chat.serializers import MAX_ADDITIONAL_MESSAGES, SESSION_ID_RE, parse_json_bytes
-from chat.sse import PING, sse_data
+from chat.transports.errors import mark_logged
 from chat.views import SSE_HEADERS, stream_items
 from sessions_admin.models import ChatSession, Reply
 

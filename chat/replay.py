@@ -37,8 +37,8 @@ import redis
 import redis.asyncio as aredis
 from django.conf import settings
 
-from chat.events import PING, ChatEvent, Ping
-from chat.sse import encode_json, sse_done, sse_event_json
+from chat.domain.events import PING, ChatEvent, Ping
+from chat.domain.sse import encode_json, sse_done, sse_event_json
 
 logger = logging.getLogger(__name__)
 

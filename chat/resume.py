@@ -17,11 +17,11 @@ from django.db.models import F
 from chat import limits, replay
 from chat.control import in_background
 from chat.db import db_async
-from chat.errors import ERROR_CODES, ChatError
-from chat.events import PING, CompletedEvent, DeltaEvent, ErrorEvent, Ping, SessionEvent, Usage
-from chat.inputs import Owner
+from chat.domain.errors import ERROR_CODES, ChatError
+from chat.domain.events import PING, CompletedEvent, DeltaEvent, ErrorEvent, Ping, SessionEvent, Usage
+from chat.domain.inputs import Owner
+from chat.domain.sse import encode_json
 from chat.replay import Entry
-from chat.sse import encode_json
 from sessions_admin.models import ChatSession, Message, Reply
 
 # How often a resume waiting for a reply it can't follow checks whether that reply has ended.

@@ -8,8 +8,8 @@ import threading
 from django.conf import settings
 from rest_framework import serializers
 
-from chat.errors import ChatError
-from chat.inputs import ChatRequest
+from chat.domain.errors import ChatError
+from chat.domain.inputs import ChatRequest
 from sessions_admin.models import ChatSession, Message
 
 SESSION_ID_RE = re.compile(r"^[A-Za-z0-9_.:-]{1,128}$")

@@ -15,8 +15,8 @@ from django.utils import timezone
 from chat import cancellation, files, turns
 from chat.control import active_turns, running_turns
 from chat.db import db_async
-from chat.errors import ChatError
-from chat.inputs import Owner
+from chat.domain.errors import ChatError
+from chat.domain.inputs import Owner
 from chat.turn_store import lock_free
 from sessions_admin.models import ChatSession, Message, Reply
 

@@ -26,11 +26,12 @@ from django.db.models import Case, ExpressionWrapper, F, Q, Value, When
 from django.db.models.functions import Now
 from django.utils import timezone
 
-from chat import files, transcripts
+from chat import files
 from chat.db import apg_fetchone, db_async, on_postgresql
-from chat.errors import ChatError
-from chat.events import Usage
-from chat.inputs import ChatRequest, Owner
+from chat.domain import transcripts
+from chat.domain.errors import ChatError
+from chat.domain.events import Usage
+from chat.domain.inputs import ChatRequest, Owner
 from sessions_admin.models import ChatSession, Conversation, Message, Reply
 from sessions_admin.rollup import record_reply, ttft_bucket
 
@@ -75,7 +76,7 @@ class TurnContext:
     owner_key: str
     transport: str
     question: str = ""
-    transcript_hash: str = ""  # the conversation's digest before this turn (see chat.transcripts)
+    transcript_hash: str = ""  # the conversation's digest before this turn (see chat.domain.transcripts)
 
 
 @dataclass(slots=True)

@@ -41,8 +41,8 @@ from django.utils import timezone
 
 from chat import cancellation, coze, files, limits, metrics, replay, resume, turn_store
 from chat.control import TurnControl, active_turns, await_stopping_turn, in_background, running_turns
-from chat.errors import ChatError
-from chat.events import (  # PING and Ping: achat_events' heartbeat marker
+from chat.domain.errors import ChatError
+from chat.domain.events import (  # PING and Ping: achat_events' heartbeat marker
     PING,
     ChatEvent,
     CompletedEvent,
@@ -53,7 +53,7 @@ from chat.events import (  # PING and Ping: achat_events' heartbeat marker
     ReasoningEvent,
     SessionEvent,
 )
-from chat.inputs import ChatRequest, Owner
+from chat.domain.inputs import ChatRequest, Owner
 from chat.logging import coze_logid_var
 from chat.turn_store import Route, TurnContext, TurnOutcome, TurnStart
 from sessions_admin.models import Reply

@@ -18,11 +18,12 @@ from django.views.decorators.http import require_GET, require_POST
 from chat import coze, metrics, resume, turns
 from chat.auth import aresolve_owner, ensure_browser_id
 from chat.db import db_async
-from chat.errors import ChatError, json_error_response
-from chat.events import ChatEvent, ErrorEvent
-from chat.inputs import ChatRequest, Owner
+from chat.domain.errors import ChatError
+from chat.domain.events import ChatEvent, ErrorEvent
+from chat.domain.inputs import ChatRequest, Owner
+from chat.domain.sse import PING, sse_done, sse_event
 from chat.serializers import parse_chat_request, parse_json_bytes
-from chat.sse import PING, sse_done, sse_event
+from chat.transports.errors import json_error_response
 from sessions_admin.models import Reply
 
 logger = logging.getLogger(__name__)

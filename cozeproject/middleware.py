@@ -12,8 +12,9 @@ from django.middleware import clickjacking, common, csrf, security
 from django.utils.deprecation import MiddlewareMixin
 from whitenoise.middleware import WhiteNoiseMiddleware
 
-from chat.errors import ChatError, is_api_path, json_error_response
+from chat.domain.errors import ChatError
 from chat.logging import request_context_begin, request_context_end, request_id_var
+from chat.transports.errors import is_api_path, json_error_response
 
 PAYLOAD_TOO_LARGE = json.dumps(
     {"detail": "The request body is larger than 1 MiB.", "code": "payload_too_large"}
@@ -240,7 +241,7 @@ class StaticFilesMiddleware(WhiteNoiseMiddleware):
 class JsonErrorsMiddleware(_HooksOnTheLoop, MiddlewareMixin):
     """Every error answer under the API's paths is the JSON error shape.
 
-    Django's own errors mostly come through `chat.errors`' handlers already, but not all: the empty
+    Django's own errors mostly come through `chat.transports.errors`' handlers already, but not all: the empty
     405 of `require_POST`/`require_GET`, and with DEBUG on Django's HTML debug pages for a missing
     route, a disallowed Host or a crash. Near the outside of the stack, this rewrites such an answer
     in place (its status and headers — `Allow`, the security headers — stay) as

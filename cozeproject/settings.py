@@ -269,8 +269,8 @@ MIDDLEWARE = [
 ]
 
 ROOT_URLCONF = "cozeproject.urls"
-# JSON `forbidden` under the API's paths, Django's page elsewhere (chat/errors.py).
-CSRF_FAILURE_VIEW = "chat.errors.csrf_failure_view"
+# JSON `forbidden` under the API's paths, Django's page elsewhere (chat/transports/errors.py).
+CSRF_FAILURE_VIEW = "chat.transports.errors.csrf_failure_view"
 LOGIN_REDIRECT_URL = "/"
 LOGOUT_REDIRECT_URL = "/"
 
@@ -379,7 +379,7 @@ REST_FRAMEWORK = {
     "DEFAULT_THROTTLE_CLASSES": ["chat.limits.OwnerRateThrottle"],
     "DEFAULT_PAGINATION_CLASS": "rest_framework.pagination.PageNumberPagination",
     "PAGE_SIZE": 50,
-    "EXCEPTION_HANDLER": "chat.errors.api_exception_handler",
+    "EXCEPTION_HANDLER": "chat.transports.errors.api_exception_handler",
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
     "UNAUTHENTICATED_USER": None,
 }

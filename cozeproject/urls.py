@@ -6,11 +6,11 @@ from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
 from chat import apis, compat, openai_api, views
 
-# Errors outside the views: JSON under the API's paths, Django's pages elsewhere (chat/errors.py).
-handler400 = "chat.errors.bad_request_view"
-handler403 = "chat.errors.permission_denied_view"
-handler404 = "chat.errors.page_not_found_view"
-handler500 = "chat.errors.server_error_view"
+# Errors outside the views: JSON under the API's paths, Django's pages elsewhere (chat/transports/errors.py).
+handler400 = "chat.transports.errors.bad_request_view"
+handler403 = "chat.transports.errors.permission_denied_view"
+handler404 = "chat.transports.errors.page_not_found_view"
+handler500 = "chat.transports.errors.server_error_view"
 
 
 def favicon_view(request):

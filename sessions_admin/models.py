@@ -147,7 +147,7 @@ class Conversation(models.Model):
     last_activity = models.DateTimeField(default=timezone.now)
     message_count = models.PositiveIntegerField(default=0)
     total_tokens = models.PositiveBigIntegerField(default=0)
-    # A digest of the owner, the bot and the answered turns (`chat.transcripts`), so the OpenAI
+    # A digest of the owner, the bot and the answered turns (`chat.domain.transcripts`), so the OpenAI
     # path finds the session a client's resent history belongs to with one index lookup.
     # (db_default: bulk loaders that COPY named columns leave it empty, i.e. never matched.)
     transcript_hash = models.CharField(max_length=32, blank=True, default="", db_default="")

@@ -15,8 +15,8 @@ import httpx
 import pytest
 import uvicorn
 
+from chat.domain.sse import parse_sse
 from chat.simulator import SimulatorConfig, SimulatorServer
-from chat.sse import parse_sse
 
 COZE_TEST_TOKEN = "pat_test_SECRET_coze_token_0123456789"
 

@@ -172,7 +172,7 @@ def api_doc() -> str:
 
 
 def test_the_error_tables_are_the_error_codes_of_the_code():
-    from chat.errors import ERROR_CODES
+    from chat.domain.errors import ERROR_CODES
 
     documented = {code: int(status) for code, status in re.findall(r"^\| `([a-z_]+)` \| (\d{3}) \|", api_doc(), re.M)}
 

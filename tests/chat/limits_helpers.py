@@ -10,9 +10,9 @@ from django.conf import settings
 from websockets.sync.client import connect
 
 from chat import limits
-from chat.errors import ERROR_CODES
-from chat.inputs import Owner
-from chat.sse import parse_sse
+from chat.domain.errors import ERROR_CODES
+from chat.domain.inputs import Owner
+from chat.domain.sse import parse_sse
 
 TRANSPORTS = ("sync", "sse", "websocket", "compat", "coze_chat")
 

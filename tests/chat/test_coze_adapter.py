@@ -7,7 +7,7 @@ import pytest
 from cozepy import ChatEventType, CozeAPIError, CozeInvalidEventError
 
 from chat import coze
-from chat.errors import ChatError
+from chat.domain.errors import ChatError
 from tests.conftest import COZE_TEST_TOKEN
 
 

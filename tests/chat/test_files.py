@@ -517,7 +517,7 @@ async def test_openai_style_image_urls_become_attachments(simulator, api_key):
     from chat import files
     from chat.auth import aowner_from_api_key
     from chat.db import db_async
-    from chat.errors import ChatError
+    from chat.domain.errors import ChatError
 
     owner = await aowner_from_api_key(api_key)
     image = png_bytes()

@@ -6,8 +6,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from chat.errors import ChatError
-from chat.inputs import ChatRequest
+from chat.domain.errors import ChatError
+from chat.domain.inputs import ChatRequest
 from chat.serializers import ChatRequestSerializer, parse_chat_request, parse_json_bytes
 from tests.conftest import auth
 

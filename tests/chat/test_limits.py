@@ -11,7 +11,7 @@ from django.conf import settings as django_settings
 from django.test import Client
 
 from chat import limits
-from chat.errors import ChatError
+from chat.domain.errors import ChatError
 from sessions_admin.models import ApiClient, Reply
 from tests.chat.limits_helpers import TRANSPORTS, Owner, client_owner, reset_counters, send_turn
 from tests.conftest import auth, wait_until

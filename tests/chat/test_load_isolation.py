@@ -7,7 +7,7 @@ import pytest
 
 from chat import db
 from chat.auth import owner_from_api_key
-from chat.errors import ChatError
+from chat.domain.errors import ChatError
 from tests.conftest import auth
 
 pytestmark = pytest.mark.django_db(transaction=True)

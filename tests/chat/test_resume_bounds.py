@@ -10,7 +10,7 @@ import pytest
 from channels.db import database_sync_to_async  # closes its connection, unlike sync_to_async
 
 from chat import replay, resume, turns
-from chat.inputs import ChatRequest, Owner
+from chat.domain.inputs import ChatRequest, Owner
 from sessions_admin.models import Message, Reply
 from tests.conftest import await_until
 

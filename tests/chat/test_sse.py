@@ -1,6 +1,6 @@
 """The SSE framing helpers, on their own."""
 
-from chat.sse import PING, parse_sse, sse_data, sse_done, sse_event
+from chat.domain.sse import PING, parse_sse, sse_data, sse_done, sse_event
 
 
 def test_event_has_id_event_and_a_single_data_line():

@@ -14,9 +14,9 @@ import pytest
 from django.utils import timezone
 
 from chat import coze, turn_store, turns
-from chat.errors import ChatError
-from chat.events import CompletedEvent, ErrorEvent
-from chat.inputs import ChatRequest, Owner
+from chat.domain.errors import ChatError
+from chat.domain.events import CompletedEvent, ErrorEvent
+from chat.domain.inputs import ChatRequest, Owner
 from chat.sessions import session_clear
 from sessions_admin.models import ChatSession, Conversation, Message, Reply
 from tests.conftest import auth, await_until, read_sse, wait_until

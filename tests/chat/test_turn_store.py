@@ -10,9 +10,9 @@ from django.db import connection
 from django.utils import timezone
 
 from chat import files, turn_store
-from chat.errors import ChatError
-from chat.events import Usage
-from chat.inputs import ChatRequest, Owner
+from chat.domain.errors import ChatError
+from chat.domain.events import Usage
+from chat.domain.inputs import ChatRequest, Owner
 from chat.turn_store import Route, RouteChanged, TurnOutcome, TurnStart
 from sessions_admin.models import ChatSession, Conversation, DailyUsage, Message, Reply
 from sessions_admin.rollup import ttft_bucket

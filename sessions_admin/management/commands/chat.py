@@ -25,8 +25,8 @@ import httpx
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 
-from chat.errors import ChatError
-from chat.sse import parse_sse
+from chat.domain.errors import ChatError
+from chat.domain.sse import parse_sse
 
 HELP = """Commands:
   /1, /2, …   send the bot's numbered suggestion
@@ -167,7 +167,7 @@ class DirectBackend:
     """The chat service in this process: the same turn as every transport, without HTTP."""
 
     def __init__(self, *, owner_name: str):
-        from chat.inputs import Owner
+        from chat.domain.inputs import Owner
 
         self.owner = Owner(key=f"cli:{owner_name}"[:80])
         # One loop for the whole conversation: the Coze client and its connection pool belong to it.
@@ -184,7 +184,7 @@ class DirectBackend:
     def run_turn(self, *, message: str, session_id: str, bot_id: str | None, on_event: EventCallback) -> None:
         from chat import turns
         from chat.control import TurnControl
-        from chat.inputs import ChatRequest
+        from chat.domain.inputs import ChatRequest
 
         control = TurnControl(owner_key=self.owner.key)
         chat_request = ChatRequest(message=message, session_id=session_id, bot_id=bot_id or None)

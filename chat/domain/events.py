@@ -97,7 +97,7 @@ class ErrorEvent:
 
     @classmethod
     def from_error(cls, error) -> "ErrorEvent":
-        """The event for a `chat.errors.ChatError`."""
+        """The event for a `chat.domain.errors.ChatError`."""
         return cls(code=error.code, detail=error.detail, retryable=error.retryable, retry_after=error.retry_after)
 
     def as_dict(self) -> dict:

@@ -2,7 +2,7 @@
 
 Every SQL statement Django executes, on any thread, increments a counter (a connection execute
 wrapper installed as each connection opens), and so does every statement the turn sends from the
-event loop on its own async connections (`chat.turn_store`'s `apg_fetchone`); `GET /_bench/queries`
+event loop on its own async connections (`chat.turn.store`'s `apg_fetchone`); `GET /_bench/queries`
 answers the counts as JSON. Used only by the benchmark's "database work per turn" step, never for
 the timing runs.
 """
@@ -44,15 +44,15 @@ def _count(execute, sql, params, many, context):
 
 
 def _count_event_loop_statements() -> None:
-    from chat import turn_store  # once the ASGI application has set Django up
+    from chat.turn import store  # once the ASGI application has set Django up
 
-    uncounted = turn_store.apg_fetchone
+    uncounted = store.apg_fetchone
 
     async def apg_fetchone(sql: str, params: list):
         _tally(sql)
         return await uncounted(sql, params)
 
-    turn_store.apg_fetchone = apg_fetchone
+    store.apg_fetchone = apg_fetchone
 
 
 _count_event_loop_statements()

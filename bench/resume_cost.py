@@ -11,7 +11,7 @@ A measurement to read, not a test: it prints numbers and asserts nothing. Two pa
    event (`MEMORY USAGE` of the stream).
 2. **A whole reply through the chat service**, in process: a 400-delta reply from the built-in
    simulator (no delay between tokens, so the gateway's own work dominates) consumed through
-   `turns.achat_events` and rendered as SSE bytes, not resumable, resumable in memory and
+   `service.achat_events` and rendered as SSE bytes, not resumable, resumable in memory and
    resumable in Redis, interleaved, median of the repeats: wall and CPU time per event.
 
 Needs a migrated database (the chat service stores each turn) and, for the Redis rows, REDIS_URL.
@@ -132,10 +132,11 @@ async def _written() -> None:
 
 
 async def whole_replies(repeats: int, deltas: int, redis_url: str) -> dict:
-    from chat import turns
+    from chat.domain.events import PING
     from chat.domain.inputs import ChatRequest, Owner
     from chat.domain.sse import sse_event
     from chat.simulator import SimulatorConfig, SimulatorServer
+    from chat.turn import service
 
     simulator = SimulatorServer(SimulatorConfig(token="bench-token"))
     simulator.start()
@@ -161,8 +162,8 @@ async def whole_replies(repeats: int, deltas: int, redis_url: str) -> dict:
             )
             count = 0
             cpu, wall = time.process_time(), time.perf_counter()
-            async for event in turns.achat_events(owner=owner, chat_request=request, transport="sse"):
-                if event is not turns.PING:
+            async for event in service.achat_events(owner=owner, chat_request=request, transport="sse"):
+                if event is not PING:
                     count += 1
                     sse_event(count, event.type, event.as_dict())
             cpu, wall = time.process_time() - cpu, time.perf_counter() - wall

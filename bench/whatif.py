@@ -2,7 +2,7 @@
 
 Not a design, a measurement. `BENCH_WHATIF` is a comma list of:
 
-- `nodb`: the turn's database steps (`chat.turn_store`: `session_route`, `turn_start`,
+- `nodb`: the turn's database steps (`chat.turn.store`: `session_route`, `turn_start`,
   `turn_upstream_started`, `turn_renew_lock`, `turn_finish`), the API-key lookup (async and
   sync) and, where the tree has per-client budgets, the owner's spend (`chat.limits.aspend_of`)
   become in-memory stand-ins, so a turn does no database work. Real gateway minus this =
@@ -19,8 +19,9 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "cozeproject.settings")
 from django.conf import settings
 
 from bench.bare import application as gateway
-from chat import auth, turn_store
+from chat import auth
 from chat.domain.inputs import Owner
+from chat.turn import records, store
 
 WHATIF = set(filter(None, os.environ.get("BENCH_WHATIF", "").split(",")))
 KNOWN = {"nodb"}
@@ -30,14 +31,14 @@ _ids = itertools.count(1)
 BENCH_OWNER = Owner(key="api:bench", api_client_id=1)
 
 
-async def _turn_start(start: turn_store.TurnStart) -> turn_store.TurnContext:
+async def _turn_start(start: records.TurnStart) -> records.TurnContext:
     pk = next(_ids)
-    route = turn_store.Route(
+    route = records.Route(
         coze_conversation_id="",
         bot_id=start.bot_id,
         coze_user_id=start.chat_request.user_id or settings.COZE_USER_ID,
     )
-    return turn_store.TurnContext(
+    return records.TurnContext(
         session_pk=pk,
         session_id=start.session_id,
         conversation_pk=pk,
@@ -50,7 +51,7 @@ async def _turn_start(start: turn_store.TurnStart) -> turn_store.TurnContext:
 
 
 async def _session_route(*, owner, session_id, bot_id, requested_user_id):
-    return turn_store.Route(
+    return records.Route(
         coze_conversation_id="", bot_id=bot_id, coze_user_id=requested_user_id or settings.COZE_USER_ID
     )
 
@@ -64,11 +65,11 @@ async def _aowner_from_api_key(key):
 
 
 if "nodb" in WHATIF:
-    turn_store.turn_start = _turn_start
-    turn_store.session_route = _session_route
-    turn_store.turn_upstream_started = _nothing
-    turn_store.turn_finish = _nothing
-    turn_store.turn_renew_lock = _nothing
+    store.turn_start = _turn_start
+    store.session_route = _session_route
+    store.turn_upstream_started = _nothing
+    store.turn_finish = _nothing
+    store.turn_renew_lock = _nothing
     auth.aowner_from_api_key = _aowner_from_api_key
     auth.owner_from_api_key_cached = lambda key: BENCH_OWNER
     try:  # per-client budgets read the owner's spend (chat.limits, where the tree has it)

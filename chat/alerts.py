@@ -22,7 +22,7 @@ from django.db.models import F
 from django.utils import timezone
 
 from chat import limits
-from chat.db import db_async
+from chat.runtime.db import db_async
 from sessions_admin.models import BudgetAlert
 
 logger = logging.getLogger(__name__)

@@ -9,7 +9,7 @@ from rest_framework.parsers import MultiPartParser
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from chat import files, limits, sessions, turns
+from chat import files, limits, sessions
 from chat.domain.errors import ChatError
 from chat.serializers import (
     ChatRequestSerializer,
@@ -18,6 +18,7 @@ from chat.serializers import (
     UsageSerializer,
     parse_chat_request,
 )
+from chat.turn import service
 from sessions_admin.models import Reply
 
 ERROR_RESPONSE = inline_serializer(
@@ -73,7 +74,7 @@ class ChatSendApi(AsyncAPIView):
     )
     async def post(self, request):
         chat_request = parse_chat_request(request.data)
-        completed = await turns.achat_send(
+        completed = await service.achat_send(
             owner=request.auth, chat_request=chat_request, transport=Reply.Transport.SYNC
         )
         return Response(chat_response_body(completed))

@@ -19,10 +19,11 @@ from django.middleware.csrf import CsrfViewMiddleware
 from django.utils import timezone
 from rest_framework import authentication, exceptions, permissions
 
-from chat import limits, metrics
-from chat.db import db_async
+from chat import limits
 from chat.domain.errors import ChatError, csrf_detail
 from chat.domain.inputs import Owner
+from chat.runtime import metrics
+from chat.runtime.db import db_async
 from sessions_admin.models import ApiClient, hash_api_key, looks_like_api_key
 
 BROWSER_SESSION_KEY = "chat_browser_id"

@@ -13,16 +13,18 @@ from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_GET, require_POST
 
-from chat import sessions, turns
+from chat import sessions
 from chat.apis import SESSION_CLEARED_MESSAGE, chat_response_body
 from chat.auth import aresolve_owner
-from chat.db import db_async
 from chat.domain.errors import ChatError
-from chat.domain.events import CompletedEvent, DeltaEvent, ErrorEvent
+from chat.domain.events import PING, CompletedEvent, DeltaEvent, ErrorEvent
 from chat.domain.inputs import ChatRequest, Owner
-from chat.domain.sse import PING, sse_data
+from chat.domain.sse import PING as SSE_PING
+from chat.domain.sse import sse_data
+from chat.runtime.db import db_async
 from chat.serializers import SessionSerializer, parse_chat_request, parse_json_bytes
 from chat.transports.errors import json_error_response
+from chat.turn import service
 from chat.views import start_sse_stream, stream_items
 from sessions_admin.models import Conversation, Reply
 
@@ -128,8 +130,8 @@ async def _render_legacy_stream(first, events: AsyncIterator) -> AsyncIterator[b
                 )
             elif isinstance(item, ErrorEvent):
                 yield sse_data({"type": "error", "data": {"message": item.detail}})
-            elif item is turns.PING:
-                yield PING
+            elif item is PING:
+                yield SSE_PING
 
 
 async def _render_coze_chat_stream(first, events: AsyncIterator) -> AsyncIterator[bytes]:
@@ -148,8 +150,8 @@ async def _render_coze_chat_stream(first, events: AsyncIterator) -> AsyncIterato
                 )
             elif isinstance(item, ErrorEvent):
                 yield sse_data(item.as_dict())
-            elif item is turns.PING:
-                yield PING
+            elif item is PING:
+                yield SSE_PING
     yield sse_data("[DONE]")
 
 
@@ -160,7 +162,7 @@ async def legacy_chat_view(request: HttpRequest) -> HttpResponse:
     try:
         owner = await aresolve_owner(request)
         chat_request = _legacy_chat_request(parse_json_bytes(request.body, request.content_type or ""))
-        completed = await turns.achat_send(owner=owner, chat_request=chat_request, transport=Reply.Transport.COMPAT)
+        completed = await service.achat_send(owner=owner, chat_request=chat_request, transport=Reply.Transport.COMPAT)
     except ChatError as error:
         return json_error_response(error)
     return JsonResponse(chat_response_body(completed), json_dumps_params={"ensure_ascii": False})

@@ -17,7 +17,7 @@ from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
 from django.conf import settings
 
-from chat import resume, sessions, turns
+from chat import resume, sessions
 from chat.auth import (
     BROWSER_SESSION_KEY,
     aowner_from_api_key,
@@ -25,12 +25,15 @@ from chat.auth import (
     owner_for_browser,
     owner_for_user,
 )
-from chat.control import TurnControl, in_background
 from chat.domain.errors import ChatError
+from chat.domain.events import PING
 from chat.domain.inputs import ChatRequest, Owner
 from chat.domain.sse import encode_json
-from chat.logging import new_request_id, request_id_var
+from chat.runtime.logging import new_request_id, request_id_var
+from chat.runtime.tasks import in_background
 from chat.serializers import SESSION_ID_RE, parse_chat_request
+from chat.turn import service
+from chat.turn.control import TurnControl
 from sessions_admin.models import Reply
 
 logger = logging.getLogger(__name__)
@@ -53,7 +56,7 @@ def _parse_resume(frame: dict) -> tuple[str, int]:
 
 class ChatConsumer(AsyncJsonWebsocketConsumer):
     # No channel-layer channel per socket: nothing is ever sent to one (cancels go through the
-    # worker's own channel, chat.cancellation), and it would cost a Redis subscription per socket.
+    # worker's own channel, chat.turn.cancellation), and it would cost a Redis subscription per socket.
     channel_layer_alias = "no-channel-layer-for-chat-sockets"
 
     async def connect(self) -> None:
@@ -140,10 +143,10 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
         # Each event carries the id the SSE stream would give it, so a resume can name it (§9).
         event_id = 0
         try:
-            async for event in turns.achat_events(
+            async for event in service.achat_events(
                 owner=self.owner, chat_request=chat_request, transport=Reply.Transport.WEBSOCKET, control=control
             ):
-                if event is not turns.PING:
+                if event is not PING:
                     event_id += 1
                     await self.send_json({**event.as_dict(), "id": event_id})
         except ChatError as error:
@@ -165,7 +168,7 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
             )
             async with contextlib.aclosing(events):
                 async for item in events:
-                    if item is not turns.PING:
+                    if item is not PING:
                         await self.send_json(item.frame())
         except ChatError as error:
             await self.send_json({**error.as_event(), "id": 1})

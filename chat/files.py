@@ -19,8 +19,8 @@ from django.core.files.uploadedfile import SimpleUploadedFile
 from django.db.models import QuerySet
 
 from chat import coze
-from chat.db import db_async
 from chat.domain.errors import ChatError
+from chat.runtime.db import db_async
 from sessions_admin.models import ChatFile, Message
 
 SNIFF_BYTES = 8192

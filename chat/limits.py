@@ -46,8 +46,8 @@ from django.conf import settings
 from django.db.models import Q, Sum
 from rest_framework.throttling import BaseThrottle
 
-from chat.db import db_async
 from chat.domain.errors import ChatError
+from chat.runtime.db import db_async
 from sessions_admin.models import ApiClient, DailyUsage
 
 logger = logging.getLogger(__name__)

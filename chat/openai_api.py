@@ -26,16 +26,18 @@ from django.utils import timezone
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_GET, require_POST
 
-from chat import files, turns
+from chat import files
 from chat.auth import aowner_from_api_key, bearer_key
-from chat.db import db_async
 from chat.domain import transcripts
 from chat.domain.errors import ChatError
-from chat.domain.events import CompletedEvent, DeltaEvent, ErrorEvent, ReasoningEvent, SessionEvent
+from chat.domain.events import PING, CompletedEvent, DeltaEvent, ErrorEvent, ReasoningEvent, SessionEvent
 from chat.domain.inputs import ChatRequest, Owner
-from chat.domain.sse import PING, sse_data
+from chat.domain.sse import PING as SSE_PING
+from chat.domain.sse import sse_data
+from chat.runtime.db import db_async
 from chat.serializers import MAX_ADDITIONAL_MESSAGES, SESSION_ID_RE, parse_json_bytes
 from chat.transports.errors import mark_logged
+from chat.turn import service
 from chat.views import SSE_HEADERS, stream_items
 from sessions_admin.models import ChatSession, Reply
 
@@ -405,8 +407,8 @@ async def render_chunks(first, events: AsyncIterator, *, model: str, include_usa
 
     async with contextlib.aclosing(stream_items(first, events)) as items:
         async for item in items:
-            if item is turns.PING:
-                yield PING
+            if item is PING:
+                yield SSE_PING
             elif isinstance(item, DeltaEvent):
                 yield chunk({"content": item.content})
             elif isinstance(item, ReasoningEvent):
@@ -446,13 +448,15 @@ async def chat_completions_view(request: HttpRequest) -> HttpResponse:
         chat_request, continues = await chat_request_for(owner, completion)
         known_session = chat_request.session_id if continues else None
         if not completion.stream:
-            completed = await turns.achat_send(owner=owner, chat_request=chat_request, transport=Reply.Transport.OPENAI)
+            completed = await service.achat_send(
+                owner=owner, chat_request=chat_request, transport=Reply.Transport.OPENAI
+            )
             return JsonResponse(
                 completion_body(completed, model=completion.model),
                 headers={SESSION_HEADER: completed.session_id},
                 json_dumps_params={"ensure_ascii": False},
             )
-        events = turns.achat_events(
+        events = service.achat_events(
             owner=owner,
             chat_request=chat_request,
             transport=Reply.Transport.OPENAI,

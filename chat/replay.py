@@ -251,7 +251,7 @@ class _RedisFlusher:
     def add(self, writer: _RedisWriter, event_id: int, kind: str, data: str, *, ended: bool) -> None:
         self.pending.append((writer, event_id, kind, data, ended))
         if self.task is None:
-            from chat.control import in_background  # kept alive until written, whoever awaits it
+            from chat.runtime.tasks import in_background  # kept alive until written, whoever awaits it
 
             self.task = in_background(self._flush())
 

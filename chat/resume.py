@@ -15,13 +15,13 @@ from collections.abc import AsyncIterator
 from django.db.models import F
 
 from chat import limits, replay
-from chat.control import in_background
-from chat.db import db_async
 from chat.domain.errors import ERROR_CODES, ChatError
 from chat.domain.events import PING, CompletedEvent, DeltaEvent, ErrorEvent, Ping, SessionEvent, Usage
 from chat.domain.inputs import Owner
 from chat.domain.sse import encode_json
 from chat.replay import Entry
+from chat.runtime.db import db_async
+from chat.runtime.tasks import in_background
 from sessions_admin.models import ChatSession, Message, Reply
 
 # How often a resume waiting for a reply it can't follow checks whether that reply has ended.

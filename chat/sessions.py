@@ -12,12 +12,13 @@ from django.db.models import OuterRef, Subquery
 from django.db.models.functions import Substr
 from django.utils import timezone
 
-from chat import cancellation, files, turns
-from chat.control import active_turns, running_turns
-from chat.db import db_async
+from chat import files
 from chat.domain.errors import ChatError
 from chat.domain.inputs import Owner
-from chat.turn_store import lock_free
+from chat.runtime.db import db_async
+from chat.turn import cancellation, start
+from chat.turn.control import active_turns, running_turns
+from chat.turn.records import lock_free
 from sessions_admin.models import ChatSession, Message, Reply
 
 TITLE_CHARS = 80
@@ -73,7 +74,7 @@ def session_clear(*, owner: Owner, session_id: str) -> ChatSession:
     )
     if not cleared:
         raise ChatError("session_busy", "This session has a reply in progress; cancel it before clearing.")
-    turns.forget_route(owner.key, session_id)
+    start.forget_route(owner.key, session_id)
     session.refresh_from_db()
     return session
 
@@ -92,7 +93,7 @@ def session_delete(*, owner: Owner, session_id: str) -> None:
             raise ChatError("session_busy", "This session has a reply in progress; cancel it before deleting.")
         files.files_delete_for_sessions([session.pk])  # the session's files go with it (chat.files)
         session.delete()
-    turns.forget_route(owner.key, session_id)
+    start.forget_route(owner.key, session_id)
 
 
 @db_async

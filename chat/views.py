@@ -15,15 +15,18 @@ from django.shortcuts import render
 from django.views.decorators.csrf import csrf_exempt, ensure_csrf_cookie
 from django.views.decorators.http import require_GET, require_POST
 
-from chat import coze, metrics, resume, turns
+from chat import coze, resume
 from chat.auth import aresolve_owner, ensure_browser_id
-from chat.db import db_async
 from chat.domain.errors import ChatError
-from chat.domain.events import ChatEvent, ErrorEvent
+from chat.domain.events import PING, ChatEvent, ErrorEvent, Ping
 from chat.domain.inputs import ChatRequest, Owner
-from chat.domain.sse import PING, sse_done, sse_event
+from chat.domain.sse import PING as SSE_PING
+from chat.domain.sse import sse_done, sse_event
+from chat.runtime import metrics
+from chat.runtime.db import db_async
 from chat.serializers import parse_chat_request, parse_json_bytes
 from chat.transports.errors import json_error_response
+from chat.turn import service
 from sessions_admin.models import Reply
 
 logger = logging.getLogger(__name__)
@@ -31,7 +34,7 @@ logger = logging.getLogger(__name__)
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
 
-async def stream_items(first, events: AsyncIterator) -> AsyncIterator[ChatEvent | turns.Ping]:
+async def stream_items(first, events: AsyncIterator) -> AsyncIterator[ChatEvent | Ping]:
     """`first`, then the rest of `events`, for the SSE renderers.
 
     A ChatError from `events` (only possible when a heartbeat went out before Coze accepted the
@@ -49,12 +52,12 @@ async def stream_items(first, events: AsyncIterator) -> AsyncIterator[ChatEvent 
         await events.aclose()
 
 
-async def _render_sse(first: ChatEvent | turns.Ping, events: AsyncIterator) -> AsyncIterator[bytes]:
+async def _render_sse(first: ChatEvent | Ping, events: AsyncIterator) -> AsyncIterator[bytes]:
     event_id = 0
     async with contextlib.aclosing(stream_items(first, events)) as items:
         async for item in items:
-            if item is turns.PING:
-                yield PING
+            if item is PING:
+                yield SSE_PING
                 continue
             event_id += 1
             yield sse_event(event_id, item.type, item.as_dict())
@@ -77,7 +80,7 @@ async def start_sse_stream(
         owner = await aresolve_owner(request)
         body = parse_json_bytes(request.body, request.content_type or "")
         chat_request = await parse(owner, body)
-        events = turns.achat_events(
+        events = service.achat_events(
             owner=owner,
             chat_request=chat_request,
             transport=transport,
@@ -112,7 +115,7 @@ def _last_event_id(request: HttpRequest) -> int:
 async def _render_replay(events: AsyncIterator) -> AsyncIterator[bytes]:
     async with contextlib.aclosing(events):
         async for item in events:
-            yield PING if item is turns.PING else item.sse()
+            yield SSE_PING if item is PING else item.sse()
 
 
 @require_GET
@@ -159,7 +162,7 @@ def _database_ok() -> None:
 
 async def _channel_layer_ok() -> None:
     layer = get_channel_layer()
-    channel = await layer.new_channel()  # default prefix: see chat.cancellation
+    channel = await layer.new_channel()  # default prefix: see chat.turn.cancellation
     await layer.send(channel, {"type": "health.check"})
     await layer.receive(channel)
 

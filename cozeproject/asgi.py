@@ -16,8 +16,8 @@ from django.conf import settings  # noqa: E402
 from django.core.handlers.asgi import ASGIHandler  # noqa: E402
 
 from chat.coze import start_demo_mode  # noqa: E402
-from chat.lifecycle import ProcessLifecycle  # noqa: E402
 from chat.routing import websocket_urlpatterns  # noqa: E402
+from chat.turn.lifecycle import ProcessLifecycle  # noqa: E402
 from cozeproject.middleware import BodySizeLimitMiddleware  # noqa: E402
 
 

@@ -13,7 +13,7 @@ from django.utils.deprecation import MiddlewareMixin
 from whitenoise.middleware import WhiteNoiseMiddleware
 
 from chat.domain.errors import ChatError
-from chat.logging import request_context_begin, request_context_end, request_id_var
+from chat.runtime.logging import request_context_begin, request_context_end, request_id_var
 from chat.transports.errors import is_api_path, json_error_response
 
 PAYLOAD_TOO_LARGE = json.dumps(

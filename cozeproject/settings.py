@@ -406,10 +406,10 @@ if LOG_FORMAT not in ("plain", "json"):
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
-    "filters": {"context": {"()": "chat.logging.ContextFilter"}},
+    "filters": {"context": {"()": "chat.runtime.logging.ContextFilter"}},
     "formatters": {
         "plain": {"format": "%(asctime)s %(levelname)s %(name)s [req=%(request_id)s coze=%(coze_logid)s] %(message)s"},
-        "json": {"()": "chat.logging.JsonFormatter"},
+        "json": {"()": "chat.runtime.logging.JsonFormatter"},
     },
     "handlers": {"console": {"class": "logging.StreamHandler", "formatter": LOG_FORMAT, "filters": ["context"]}},
     "root": {"handlers": ["console"], "level": LOG_LEVEL},

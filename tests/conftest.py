@@ -59,7 +59,7 @@ def _request_signals_as_in_production():
 @pytest.fixture(scope="session", autouse=True)
 def _close_db_threads_at_end(django_db_setup, django_db_blocker):
     yield
-    from chat.db import close_db_threads
+    from chat.runtime.db import close_db_threads
 
     with django_db_blocker.unblock():
         close_db_threads()

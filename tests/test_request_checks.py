@@ -112,7 +112,7 @@ def test_an_unexpected_exception_is_logged_counted_and_answered_by_the_error_con
 
 
 def _server_errors(client: httpx.Client) -> float:
-    from chat import metrics
+    from chat.runtime import metrics
 
     text = metrics.render()[0].decode()
     return sum(

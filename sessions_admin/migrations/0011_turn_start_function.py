@@ -1,6 +1,6 @@
 """The start of a chat turn as one PostgreSQL function: one round trip instead of eight.
 
-`chat.turn_store.turn_start` calls it on PostgreSQL (other databases run the same steps through
+`chat.turn.store.turn_start` calls it on PostgreSQL (other databases run the same steps through
 the ORM, `_turn_start_orm`); both must keep to the same contract, which the turn-store tests
 check on both. A column added to these tables without a database default must be added here too
 (the INSERTs fail loudly otherwise).

@@ -1,6 +1,6 @@
 """The end of a chat turn as one PostgreSQL function: one round trip instead of eight.
 
-`chat.turn_store.turn_finish` calls it on PostgreSQL, from the event loop; other databases run the
+`chat.turn.store.turn_finish` calls it on PostgreSQL, from the event loop; other databases run the
 same steps through the ORM (`_turn_finish_orm`). Both keep one contract, which the turn-store tests
 check on both: the Reply's outcome, the answer and follow-ups, the conversation's and session's
 counters, the lock released if still this turn's, and the reply added to the daily usage rollup,

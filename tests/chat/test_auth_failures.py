@@ -12,7 +12,8 @@ import pytest
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
 
-from chat import auth, limits, metrics
+from chat import auth, limits
+from chat.runtime import metrics
 from tests.chat.conftest import backend  # noqa: F401 - the memory/Redis fixture
 from tests.chat.limits_helpers import reset_counters
 from tests.conftest import auth as bearer

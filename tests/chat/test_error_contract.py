@@ -11,7 +11,7 @@ import sys
 import httpx
 import pytest
 
-from chat import turns
+from chat.turn import service
 from tests.conftest import auth
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -145,7 +145,7 @@ def django_request_errors(caplog, path: str) -> list[logging.LogRecord]:
 
 @pytest.mark.parametrize("path", ["/chat", "/api/chat"])
 def test_an_unexpected_exception_answers_json_500_and_is_logged(http, api_key, monkeypatch, caplog, path):
-    monkeypatch.setattr(turns, "achat_send", abroken)
+    monkeypatch.setattr(service, "achat_send", abroken)
 
     response = http.post(path, json={"message": "hi"}, headers=auth(api_key))
 
@@ -159,7 +159,7 @@ def test_an_unexpected_exception_in_an_api_key_stream_answers_json_500(http, api
     def broken_events(*args, **kwargs):
         raise RuntimeError("a bug in the chat service")
 
-    monkeypatch.setattr(turns, "achat_events", broken_events)
+    monkeypatch.setattr(service, "achat_events", broken_events)
 
     response = http.post("/api/chat/stream", json={"message": "hi"}, headers=auth(api_key))
 

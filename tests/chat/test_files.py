@@ -516,8 +516,8 @@ async def test_the_adapter_streams_the_file_to_coze_in_chunks(simulator, setting
 async def test_openai_style_image_urls_become_attachments(simulator, api_key):
     from chat import files
     from chat.auth import aowner_from_api_key
-    from chat.db import db_async
     from chat.domain.errors import ChatError
+    from chat.runtime.db import db_async
 
     owner = await aowner_from_api_key(api_key)
     image = png_bytes()

@@ -5,9 +5,9 @@ import threading
 
 import pytest
 
-from chat import db
 from chat.auth import owner_from_api_key
 from chat.domain.errors import ChatError
+from chat.runtime import db
 from tests.conftest import auth
 
 pytestmark = pytest.mark.django_db(transaction=True)

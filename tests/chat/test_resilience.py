@@ -11,7 +11,7 @@ import pytest
 from django.db import connection, connections
 from django.utils import timezone
 
-from chat.db import close_db_threads
+from chat.runtime.db import close_db_threads
 from sessions_admin.models import ApiClient, ChatSession, Message, Reply
 from tests.conftest import COZE_TEST_TOKEN, auth, wait_until
 

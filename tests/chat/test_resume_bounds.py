@@ -9,8 +9,9 @@ import json
 import pytest
 from channels.db import database_sync_to_async  # closes its connection, unlike sync_to_async
 
-from chat import replay, resume, turns
+from chat import replay, resume
 from chat.domain.inputs import ChatRequest, Owner
+from chat.turn import service
 from sessions_admin.models import Message, Reply
 from tests.conftest import await_until
 
@@ -21,7 +22,7 @@ ANSWER = "長い答え — a long answer 🧵\n" * 12  # ~350 characters, ~140 d
 
 async def abandon(owner: Owner, session_id: str) -> None:
     """Start a resumable reply, read its first two events, then go away."""
-    events = turns.achat_events(
+    events = service.achat_events(
         owner=owner,
         chat_request=ChatRequest(message="[sim:slow=2][sim:echo]" + ANSWER, session_id=session_id, resumable=True),
         transport="sse",

@@ -13,11 +13,12 @@ import httpx
 import pytest
 from django.utils import timezone
 
-from chat import coze, turn_store, turns
+from chat import coze
 from chat.domain.errors import ChatError
 from chat.domain.events import CompletedEvent, ErrorEvent
 from chat.domain.inputs import ChatRequest, Owner
 from chat.sessions import session_clear
+from chat.turn import finish, records, service, store
 from sessions_admin.models import ChatSession, Conversation, Message, Reply
 from tests.conftest import auth, await_until, read_sse, wait_until
 
@@ -71,8 +72,8 @@ def test_a_store_that_fails_after_coze_was_called_stops_the_chat_and_stores_noth
         cancelled.append(chat_id)
         await real_cancel(conversation_id=conversation_id, chat_id=chat_id)
 
-    real_start = turn_store.turn_start
-    monkeypatch.setattr(turn_store, "turn_start", failing_start)
+    real_start = store.turn_start
+    monkeypatch.setattr(store, "turn_start", failing_start)
     monkeypatch.setattr(coze, "achat_cancel", recording_cancel)
     response = http.post(
         "/api/chat/stream", json={"message": "[sim:slow=50] lost?", "session_id": "s-fail"}, headers=auth(api_key)
@@ -88,14 +89,14 @@ def test_a_store_that_fails_after_coze_was_called_stops_the_chat_and_stores_noth
     assert not ChatSession.objects.filter(session_id="s-fail").exists()
     assert not Reply.objects.exists() and not Message.objects.exists()
 
-    monkeypatch.setattr(turn_store, "turn_start", real_start)
+    monkeypatch.setattr(store, "turn_start", real_start)
     again = http.post("/api/chat", json={"message": "now?", "session_id": "s-fail"}, headers=auth(api_key))
     assert again.status_code == 200
 
 
 @pytest.mark.asyncio
 async def test_a_turn_cancelled_while_its_start_is_stored_leaves_the_session_free(monkeypatch):
-    real_start = turn_store.turn_start
+    real_start = store.turn_start
     started = threading.Event()
 
     async def slow_start(start):
@@ -103,7 +104,7 @@ async def test_a_turn_cancelled_while_its_start_is_stored_leaves_the_session_fre
         await asyncio.sleep(0.3)  # the store is still running when its caller goes away
         return await real_start(start)
 
-    monkeypatch.setattr(turn_store, "turn_start", slow_start)
+    monkeypatch.setattr(store, "turn_start", slow_start)
     request = ChatRequest(message="[sim:slow=50] cancelled early", session_id="early")
     consumer = asyncio.ensure_future(_collect(request))
     await asyncio.to_thread(started.wait, 5)
@@ -116,15 +117,15 @@ async def test_a_turn_cancelled_while_its_start_is_stored_leaves_the_session_fre
     session = await asyncio.to_thread(ChatSession.objects.get, session_id="early")
     assert session.status == "active" and not session.lock_token
 
-    monkeypatch.setattr(turn_store, "turn_start", real_start)
-    completed = await turns.achat_send(
+    monkeypatch.setattr(store, "turn_start", real_start)
+    completed = await service.achat_send(
         owner=OWNER, chat_request=ChatRequest(message="next", session_id="early"), transport="sync"
     )
     assert completed.content.startswith("You said: next")
 
 
 async def _collect(request: ChatRequest) -> list:
-    return [event async for event in turns.achat_events(owner=OWNER, chat_request=request, transport="sse")]
+    return [event async for event in service.achat_events(owner=OWNER, chat_request=request, transport="sse")]
 
 
 async def _await_db(query, timeout: float = 5.0):
@@ -139,11 +140,11 @@ async def _await_db(query, timeout: float = 5.0):
 
 @pytest.mark.asyncio
 async def test_a_clear_that_succeeds_is_never_undone_by_a_turn_starting_at_the_same_time(monkeypatch):
-    first = await turns.achat_send(
+    first = await service.achat_send(
         owner=OWNER, chat_request=ChatRequest(message="remember this", session_id="race"), transport="sync"
     )
     inside, go = threading.Event(), threading.Event()
-    real_route = turn_store._route
+    real_route = records.route_of
 
     def pausing_route(**kwargs):
         # Inside turn_start's transaction, after it read the session: let a clear run into it now.
@@ -152,10 +153,10 @@ async def test_a_clear_that_succeeds_is_never_undone_by_a_turn_starting_at_the_s
             go.wait(5)
         return real_route(**kwargs)
 
-    # The route is known from the first turn, so the first `_route` call is inside turn_start.
-    monkeypatch.setattr(turn_store, "_route", pausing_route)
+    # The route is known from the first turn, so the first `route_of` call is inside turn_start.
+    monkeypatch.setattr(records, "route_of", pausing_route)
     turn = asyncio.ensure_future(
-        turns.achat_send(owner=OWNER, chat_request=ChatRequest(message="second", session_id="race"), transport="sync")
+        service.achat_send(owner=OWNER, chat_request=ChatRequest(message="second", session_id="race"), transport="sync")
     )
     await asyncio.to_thread(inside.wait, 5)
     clearing = asyncio.ensure_future(asyncio.to_thread(_clear_or_busy, "race"))
@@ -164,7 +165,7 @@ async def test_a_clear_that_succeeds_is_never_undone_by_a_turn_starting_at_the_s
     cleared = await clearing
     await turn
 
-    third = await turns.achat_send(
+    third = await service.achat_send(
         owner=OWNER, chat_request=ChatRequest(message="third", session_id="race"), transport="sync"
     )
     if cleared:
@@ -183,7 +184,7 @@ def _clear_or_busy(session_id: str) -> bool:
 
 
 def test_a_failed_finish_tells_the_client_and_is_stored_once_on_retry(http, api_key, monkeypatch):
-    real_finish = turn_store.turn_finish
+    real_finish = store.turn_finish
     calls = []
 
     async def flaky_finish(*, turn, outcome):
@@ -194,8 +195,8 @@ def test_a_failed_finish_tells_the_client_and_is_stored_once_on_retry(http, api_
             raise ChatError("service_unavailable", "The database is unavailable; retry shortly.")
         await real_finish(turn=turn, outcome=outcome)
 
-    monkeypatch.setattr(turn_store, "turn_finish", flaky_finish)
-    monkeypatch.setattr(turns, "FINISH_RETRY_DELAYS", (0.05, 0.05))
+    monkeypatch.setattr(store, "turn_finish", flaky_finish)
+    monkeypatch.setattr(finish, "FINISH_RETRY_DELAYS", (0.05, 0.05))
     response = http.post("/api/chat/stream", json={"message": "store me", "session_id": "s-ack"}, headers=auth(api_key))
     events = read_sse(response)
 
@@ -213,14 +214,14 @@ def test_a_failed_finish_tells_the_client_and_is_stored_once_on_retry(http, api_
 @pytest.mark.asyncio
 async def test_the_session_lock_follows_the_database_clock_not_the_workers(monkeypatch):
     request = ChatRequest(message="[sim:slow=30] hold the lock", session_id="skew")
-    events = turns.achat_events(owner=OWNER, chat_request=request, transport="sse")
+    events = service.achat_events(owner=OWNER, chat_request=request, transport="sse")
     assert (await anext(events)).type == "session"
 
     # Another worker whose clock runs an hour ahead must still see the lock held.
     skewed = timezone.now() + datetime.timedelta(hours=1)
-    monkeypatch.setattr(turn_store.timezone, "now", lambda: skewed)
+    monkeypatch.setattr(timezone, "now", lambda: skewed)
     with pytest.raises(ChatError) as busy:
-        await turns.achat_send(
+        await service.achat_send(
             owner=OWNER, chat_request=ChatRequest(message="steal", session_id="skew"), transport="sync"
         )
     assert busy.value.code == "session_busy"
@@ -229,7 +230,7 @@ async def test_the_session_lock_follows_the_database_clock_not_the_workers(monke
 
 @pytest.mark.asyncio
 async def test_a_stale_route_from_another_workers_clear_is_caught_and_the_turn_starts_in_order():
-    first = await turns.achat_send(
+    first = await service.achat_send(
         owner=OWNER, chat_request=ChatRequest(message="old context", session_id="stale"), transport="sync"
     )
     # Another worker clears the session; this worker still remembers the old conversation.
@@ -239,7 +240,7 @@ async def test_a_stale_route_from_another_workers_clear_is_caught_and_the_turn_s
 
     events = [
         event
-        async for event in turns.achat_events(
+        async for event in service.achat_events(
             owner=OWNER, chat_request=ChatRequest(message="fresh", session_id="stale"), transport="sse"
         )
     ]

@@ -9,11 +9,12 @@ from asgiref.sync import async_to_sync
 from django.db import connection
 from django.utils import timezone
 
-from chat import files, turn_store
+from chat import files
 from chat.domain.errors import ChatError
 from chat.domain.events import Usage
 from chat.domain.inputs import ChatRequest, Owner
-from chat.turn_store import Route, RouteChanged, TurnOutcome, TurnStart
+from chat.turn import records, store, store_orm
+from chat.turn.records import Route, RouteChanged, TurnOutcome, TurnStart
 from sessions_admin.models import ChatSession, Conversation, DailyUsage, Message, Reply
 from sessions_admin.rollup import ttft_bucket
 
@@ -27,7 +28,7 @@ IMPLEMENTATIONS = ["orm", "postgresql"]
 def start(request):
     if request.param == "postgresql" and connection.vendor != "postgresql":
         pytest.skip("the function exists on PostgreSQL only")
-    implementation = turn_store._turn_start_pg if request.param == "postgresql" else turn_store._turn_start_orm
+    implementation = store._turn_start_pg if request.param == "postgresql" else store_orm.turn_start
 
     def call(message="hi", *, session_id="s1", bot_id="7000000000000000001", user_id=None, token="t1", expected=None):
         return implementation(
@@ -48,7 +49,7 @@ def start(request):
 
 
 def finish(turn, conversation_id="conv-1"):
-    turn_store._turn_finish_orm(
+    store_orm.turn_finish(
         turn=turn,
         outcome=TurnOutcome(
             status=Reply.Status.COMPLETED, answer_parts=["ok"], usage=Usage(1, 2, 3), conversation_id=conversation_id
@@ -135,12 +136,12 @@ def finish_with(request):
     if request.param == "postgresql":
         if connection.vendor != "postgresql":
             pytest.skip("the function exists on PostgreSQL only")
-        return lambda turn, outcome: async_to_sync(turn_store.turn_finish)(turn=turn, outcome=outcome)
-    return lambda turn, outcome: turn_store._turn_finish_orm(turn=turn, outcome=outcome)
+        return lambda turn, outcome: async_to_sync(store.turn_finish)(turn=turn, outcome=outcome)
+    return lambda turn, outcome: store_orm.turn_finish(turn=turn, outcome=outcome)
 
 
 def new_turn(message="hi", *, session_id="s1", token="t1"):
-    return turn_store._turn_start_orm(
+    return store_orm.turn_start(
         TurnStart(
             owner=OWNER,
             chat_request=ChatRequest(message=message, session_id=session_id),
@@ -217,7 +218,7 @@ def test_both_ways_reach_the_same_transcript_digest(finish_with):
 
     finish_with(turn, completed())
 
-    expected = turn_store._new_transcript_hash(turn, "Hello!")
+    expected = records.new_transcript_hash(turn, "Hello!")
     assert Conversation.objects.get().transcript_hash == expected
 
 

@@ -182,9 +182,10 @@ class DirectBackend:
         return f"{where} directly, as {self.owner.key}"
 
     def run_turn(self, *, message: str, session_id: str, bot_id: str | None, on_event: EventCallback) -> None:
-        from chat import turns
-        from chat.control import TurnControl
+        from chat.domain.events import PING
         from chat.domain.inputs import ChatRequest
+        from chat.turn import service
+        from chat.turn.control import TurnControl
 
         control = TurnControl(owner_key=self.owner.key)
         chat_request = ChatRequest(message=message, session_id=session_id, bot_id=bot_id or None)
@@ -195,9 +196,11 @@ class DirectBackend:
         async def consume() -> None:
             # The CLI has no transport of its own in Reply.Transport; it streams like the others
             # but is recorded under "sync".
-            events = turns.achat_events(owner=self.owner, chat_request=chat_request, transport="sync", control=control)
+            events = service.achat_events(
+                owner=self.owner, chat_request=chat_request, transport="sync", control=control
+            )
             async for event in events:
-                if event is turns.PING:
+                if event is PING:
                     continue
                 try:
                     on_event(event.as_dict())

@@ -39,7 +39,7 @@ def process_started() -> None:
 
 
 async def _recover_stuck_replies() -> None:
-    from chat.db import db_async
+    from chat.runtime.db import db_async
     from sessions_admin.recovery import mark_interrupted_replies
 
     try:
@@ -67,7 +67,7 @@ def _install_sigterm_handler() -> None:
 
 async def ainterrupt_all_turns(grace_seconds: float = SHUTDOWN_GRACE_SECONDS) -> int:
     """Stop every turn of this process as `interrupted` and wait (bounded) until they are stored."""
-    from chat.control import active_turns
+    from chat.turn.control import active_turns
 
     controls = list(active_turns)
     for control in controls:

@@ -37,8 +37,6 @@ class TurnControl:
 running_turns: dict[str, TurnControl] = {}
 active_turns: set[TurnControl] = set()
 
-_background_tasks: set[asyncio.Task] = set()
-
 
 async def await_stopping_turn(*, owner_key: str, session_id: str, wait_seconds: float) -> bool:
     """Wait (up to `wait_seconds`) for a turn of this session that is stopping here to be stored.
@@ -54,11 +52,3 @@ async def await_stopping_turn(*, owner_key: str, session_id: str, wait_seconds: 
     if tasks:
         await asyncio.wait(tasks, timeout=wait_seconds)
     return bool(tasks)
-
-
-def in_background(coro) -> asyncio.Task:
-    """Run `coro` as a task that is kept alive until it ends, whoever stops waiting for it."""
-    task = asyncio.ensure_future(coro)
-    _background_tasks.add(task)
-    task.add_done_callback(_background_tasks.discard)
-    return task

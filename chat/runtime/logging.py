@@ -11,7 +11,7 @@ import logging
 import re
 import uuid
 
-from chat import metrics
+from chat.runtime import metrics
 
 request_id_var: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="-")
 coze_logid_var: contextvars.ContextVar[str] = contextvars.ContextVar("coze_logid", default="-")

@@ -38,7 +38,7 @@ async def aworker_channel() -> str:
 
 
 async def _listen(layer, name: str) -> None:
-    from chat.control import running_turns
+    from chat.turn.control import running_turns
 
     while True:
         try:

@@ -1,0 +1,112 @@
+"""The end of a turn: close the upstream, then store the outcome, however the turn ended.
+
+The answer (whole or partial), usage and timing are stored and the session's lock released by
+`turn_finish` (idempotent), whether the turn completed, failed upstream, was cancelled, lost its
+client or was stopped by a shutdown. If that store fails, the store is retried in the background
+until the database is back, and the caller is told so (the client gets `service_unavailable`).
+"""
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator
+
+from chat import coze
+from chat.runtime import metrics
+from chat.runtime.tasks import in_background
+from chat.turn import store
+from chat.turn.records import TurnContext, TurnOutcome
+
+logger = logging.getLogger(__name__)
+
+# Seconds between retries of a finish that could not be stored (the database was away).
+FINISH_RETRY_DELAYS = (1, 2, 4, 8, 16, 32)
+
+
+class Upstream:
+    """The Coze side of a turn once it started: the open stream and its events after the first."""
+
+    def __init__(self, chat: coze.UpstreamChat, events: AsyncIterator, first: coze.UpstreamStarted):
+        self.chat = chat
+        self.events = events
+        self.first = first
+
+
+async def afinish_turn(
+    turn: TurnContext,
+    outcome: TurnOutcome,
+    started: float,
+    upstream: Upstream | None = None,
+    *,
+    cancel_upstream: bool = False,
+) -> bool:
+    """Close the upstream, then store the outcome. Returns whether it was stored.
+
+    Runs as its own task behind a shield: when the turn is being cancelled (client gone, cancel
+    request, shutdown), a further cancellation must neither leave the connection open nor lose
+    the record.
+    """
+    return await asyncio.shield(in_background(_aclose_and_store(turn, outcome, started, upstream, cancel_upstream)))
+
+
+async def _aclose_and_store(
+    turn: TurnContext,
+    outcome: TurnOutcome,
+    started: float,
+    upstream: Upstream | None,
+    cancel_upstream: bool,
+) -> bool:
+    if upstream is not None:
+        try:
+            # Closing the HTTP response is what stops the stream reaching us (and Coze sending it).
+            await upstream.chat.aclose()
+        except Exception:
+            logger.debug("closing the upstream stream failed", exc_info=True)
+    if cancel_upstream and outcome.chat_id and outcome.conversation_id:
+        # Coze's cancel stops generation and billing on its side; closing alone may not.
+        in_background(coze.achat_cancel(conversation_id=outcome.conversation_id, chat_id=outcome.chat_id))
+    outcome.finishing = True
+    outcome.duration = time.monotonic() - started
+    try:
+        await store.turn_finish(turn=turn, outcome=outcome)
+        stored = True
+    except Exception:
+        logger.exception("Could not store the outcome of reply %s; retrying in the background", turn.reply_pk)
+        in_background(_astore_finish_later(turn, outcome))
+        stored = False
+    error = outcome.error
+    metrics.turn_finished(
+        transport=turn.transport,
+        status=outcome.status,
+        bot_id=turn.route.bot_id,
+        input_tokens=outcome.usage.input_tokens,
+        output_tokens=outcome.usage.output_tokens,
+        time_to_first_token=outcome.first_token_at,
+        duration=outcome.duration,
+        error_code=error.code if error else None,
+        upstream_error=bool(error and (error.code.startswith("upstream") or error.upstream_code is not None)),
+    )
+    logger.info(
+        "Turn ended %s: chat %s, %d tokens, %.0f ms%s",
+        outcome.status,
+        outcome.chat_id or "-",
+        outcome.usage.total_tokens,
+        outcome.duration * 1000,
+        f", {error.code}: {error.detail}" if error else "",
+    )
+    return stored
+
+
+async def _astore_finish_later(turn: TurnContext, outcome: TurnOutcome) -> None:
+    """Retry a finish the database refused: `turn_finish` is idempotent, so a retry after a commit
+    whose acknowledgement was lost stores nothing twice."""
+    for delay in FINISH_RETRY_DELAYS:
+        await asyncio.sleep(delay)
+        try:
+            await store.turn_finish(turn=turn, outcome=outcome)
+        except Exception as exc:  # noqa: BLE001 - logged; the next retry or crash recovery takes over
+            logger.warning("Storing the outcome of reply %s failed again: %s", turn.reply_pk, exc)
+            continue
+        logger.info("Stored the outcome of reply %s after a retry", turn.reply_pk)
+        return
+    logger.error("Gave up storing the outcome of reply %s; crash recovery will mark it interrupted", turn.reply_pk)

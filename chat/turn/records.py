@@ -1,0 +1,123 @@
+"""What a turn's database steps read and write: its start, its context, its outcome; shared by
+the PostgreSQL functions' path (`chat.turn.store`) and the ORM's (`chat.turn.store_orm`)."""
+
+from dataclasses import dataclass, field
+from datetime import timedelta
+
+from django.conf import settings
+from django.db import models
+from django.db.models import ExpressionWrapper, Q, Value
+from django.db.models.functions import Now
+
+from chat import files
+from chat.domain import transcripts
+from chat.domain.errors import ChatError
+from chat.domain.events import Usage
+from chat.domain.inputs import ChatRequest, Owner
+from sessions_admin.models import Reply
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    """What the Coze request of a turn needs from its session: where and as whom to ask."""
+
+    coze_conversation_id: str  # "" when the turn starts a new Coze conversation
+    bot_id: str
+    coze_user_id: str
+
+
+class RouteChanged(Exception):
+    """The session moved on (cleared, another bot) since the route the turn was sent with was read."""
+
+
+@dataclass(frozen=True, slots=True)
+class TurnStart:
+    """What storing the start of a turn needs: who asks what, in which session, with which lock."""
+
+    owner: Owner
+    chat_request: ChatRequest
+    session_id: str
+    bot_id: str
+    transport: str
+    worker_channel: str
+    lock_token: str
+    attachments: files.ResolvedAttachments
+    # The route the turn's Coze chat was sent with; checked under the session's row lock when given.
+    expected_route: Route | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class TurnContext:
+    session_pk: int
+    session_id: str
+    conversation_pk: int
+    reply_pk: int
+    lock_token: str
+    route: Route
+    owner_key: str
+    transport: str
+    question: str = ""
+    transcript_hash: str = ""  # the conversation's digest before this turn (see chat.domain.transcripts)
+
+
+@dataclass(slots=True)
+class TurnOutcome:
+    status: str = Reply.Status.IN_PROGRESS
+    answer_parts: list[str] = field(default_factory=list)
+    follow_ups: list[str] = field(default_factory=list)
+    usage: Usage = field(default_factory=Usage)
+    error: ChatError | None = None
+    chat_id: str = ""
+    conversation_id: str = ""
+    logid: str = ""
+    message_id: str = ""
+    first_token_at: float | None = None
+    duration: float = 0.0
+    finishing: bool = False  # the finish is being stored (and stores Coze's ids with it)
+
+    @property
+    def answer(self) -> str:
+        return "".join(self.answer_parts)
+
+
+def lease_end():
+    """The end of a lock lease taken now, in the database's clock."""
+    return ExpressionWrapper(
+        Now() + Value(timedelta(seconds=settings.CHAT_SESSION_LOCK_TTL)), output_field=models.DateTimeField()
+    )
+
+
+def lock_free() -> Q:
+    """Sessions whose lock is free now, in the database's clock."""
+    return Q(locked_until__isnull=True) | Q(locked_until__lt=Now())
+
+
+def route_of(*, coze_user_id: str, conversation: dict | None, bot_id: str, requested_user_id: str | None) -> Route:
+    continues = conversation is not None and conversation["bot_id"] == bot_id
+    return Route(
+        coze_conversation_id=conversation["coze_conversation_id"] if continues else "",
+        bot_id=bot_id,
+        coze_user_id=requested_user_id or coze_user_id,
+    )
+
+
+def stored_answer(outcome: TurnOutcome) -> str | None:
+    """The answer message the turn leaves: what came of it, or an empty one for a completed reply;
+    None when nothing came and the reply did not complete. (Joined once: a long reply has
+    thousands of parts.)"""
+    answer = outcome.answer
+    return answer if answer or outcome.status == Reply.Status.COMPLETED else None
+
+
+def ttft_ms(outcome: TurnOutcome) -> int | None:
+    return round(outcome.first_token_at * 1000) if outcome.first_token_at is not None else None
+
+
+def new_transcript_hash(turn: TurnContext, answer: str | None) -> str | None:
+    """The conversation's digest after a turn that stored `answer` (what the OpenAI path finds
+    resent histories by); None when it stays as it is."""
+    if answer is None or not turn.transcript_hash:
+        return None
+    return transcripts.transcript_extend(
+        turn.transcript_hash, [(transcripts.USER, turn.question), (transcripts.ASSISTANT, answer)]
+    )

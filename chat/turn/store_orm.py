@@ -1,0 +1,230 @@
+"""The turn's start and finish through the ORM: the steps of `cozeproject_turn_start` and
+`cozeproject_turn_finish` (sessions_admin migrations 0011 and 0013) for databases other than
+PostgreSQL. `chat.turn.store` decides which path runs; both keep the contract its docstring states.
+"""
+
+from django.conf import settings
+from django.db import models, transaction
+from django.db.models import Case, F, Q, Value, When
+from django.utils import timezone
+
+from chat import files
+from chat.domain import transcripts
+from chat.domain.errors import ChatError
+from chat.domain.inputs import Owner
+from chat.turn import records
+from chat.turn.records import Route, RouteChanged, TurnContext, TurnOutcome, TurnStart, lock_free
+from sessions_admin.models import ChatSession, Conversation, Message, Reply
+from sessions_admin.rollup import record_reply
+
+
+def turn_start(start: TurnStart) -> TurnContext:
+    """`cozeproject_turn_start`'s steps through the ORM (databases other than PostgreSQL)."""
+    owner, chat_request, session_id, bot_id = start.owner, start.chat_request, start.session_id, start.bot_id
+    transport, lock_token, attachments = start.transport, start.lock_token, start.attachments
+    now = timezone.now()
+    with transaction.atomic():
+        session = (
+            ChatSession.objects.select_for_update(of=("self",))
+            .select_related("current_conversation")
+            .filter(owner_key=owner.key, session_id=session_id)
+            .first()
+        )
+        if session is None:
+            session = ChatSession.objects.create(
+                owner_key=owner.key,
+                session_id=session_id,
+                api_client_id=owner.api_client_id,
+                user_id=owner.user_id,
+                coze_user_id=chat_request.user_id or settings.COZE_USER_ID,
+                bot_id=bot_id,
+                created_at=now,
+                last_activity=now,
+            )
+        elif session.lock_token == lock_token:
+            # This very start committed before (a retry after its acknowledgement was lost).
+            return _committed_start(session=session, lock_token=lock_token, owner=owner, transport=transport)
+        conversation = session.current_conversation
+        route = records.route_of(
+            coze_user_id=session.coze_user_id,
+            conversation=None
+            if conversation is None
+            else {"bot_id": conversation.bot_id, "coze_conversation_id": conversation.coze_conversation_id},
+            bot_id=bot_id,
+            requested_user_id=chat_request.user_id,
+        )
+        if start.expected_route is not None and route != start.expected_route:
+            raise RouteChanged(route)
+        new_conversation = conversation is None or conversation.bot_id != bot_id
+        if new_conversation:
+            # A new context: first turn, after a clear, or the client switched bots.
+            conversation = Conversation.objects.create(
+                session=session,
+                bot_id=bot_id,
+                created_at=now,
+                last_activity=now,
+                message_count=1,
+                transcript_hash=transcripts.transcript_start(owner_key=owner.key, bot_id=bot_id),
+            )
+        # Take the lock and count the message in one statement; zero rows means another reply
+        # holds an unexpired lease, and the transaction (with the conversation above) rolls back.
+        taken = (
+            ChatSession.objects.filter(pk=session.pk)
+            .filter(lock_free())
+            .update(
+                lock_token=lock_token,
+                locked_until=records.lease_end(),
+                current_conversation=conversation,
+                bot_id=bot_id,
+                coze_user_id=route.coze_user_id,
+                last_activity=now,
+                message_count=1 if new_conversation else F("message_count") + 1,
+            )
+        )
+        if not taken:
+            raise ChatError("session_busy")
+        reply = Reply.objects.create(
+            session=session,
+            conversation=conversation,
+            owner_key=owner.key,
+            api_client_id=owner.api_client_id,
+            user_id=owner.user_id,
+            bot_id=bot_id,
+            transport=transport,
+            worker_channel=start.worker_channel,
+            started_at=now,
+            resumable=chat_request.resumable,
+        )
+        question = Message.objects.create(
+            conversation=conversation,
+            reply=reply,
+            role=Message.Role.USER,
+            kind=Message.Kind.QUESTION,
+            content=chat_request.user_text,
+            content_type=chat_request.content_type,
+            attachments=list(attachments.records),
+            created_at=now,
+        )
+        if attachments.records:
+            files.attachments_link(message=question, resolved=attachments)
+        if not new_conversation:
+            Conversation.objects.filter(pk=conversation.pk).update(
+                last_activity=now, message_count=F("message_count") + 1
+            )
+    return TurnContext(
+        session_pk=session.pk,
+        session_id=session.session_id,
+        conversation_pk=conversation.pk,
+        reply_pk=reply.pk,
+        lock_token=lock_token,
+        route=route,
+        owner_key=owner.key,
+        transport=transport,
+        question=chat_request.user_text,
+        transcript_hash=conversation.transcript_hash,
+    )
+
+
+def _committed_start(*, session: ChatSession, lock_token: str, owner: Owner, transport: str) -> TurnContext:
+    reply = Reply.objects.filter(session=session).select_related("conversation").order_by("-pk").first()
+    conversation = reply.conversation
+    return TurnContext(
+        session_pk=session.pk,
+        session_id=session.session_id,
+        conversation_pk=conversation.pk,
+        reply_pk=reply.pk,
+        lock_token=lock_token,
+        route=Route(conversation.coze_conversation_id, conversation.bot_id, session.coze_user_id),
+        owner_key=owner.key,
+        transport=transport,
+        question=reply.messages.get(kind=Message.Kind.QUESTION).content,
+        transcript_hash=conversation.transcript_hash,
+    )
+
+
+def turn_finish(*, turn: TurnContext, outcome: TurnOutcome) -> None:
+    """`cozeproject_turn_finish`'s steps through the ORM (databases other than PostgreSQL)."""
+    now = timezone.now()
+    answer = records.stored_answer(outcome)
+    stored_answer = answer is not None
+    usage = outcome.usage
+    error = outcome.error
+    with transaction.atomic():
+        ended = Reply.objects.filter(pk=turn.reply_pk, status=Reply.Status.IN_PROGRESS).update(
+            status=outcome.status,
+            coze_chat_id=outcome.chat_id,
+            coze_logid=outcome.logid,
+            error_code=error.code if error else "",
+            error_detail=error.detail if error else "",
+            input_tokens=usage.input_tokens,
+            output_tokens=usage.output_tokens,
+            total_tokens=usage.total_tokens,
+            time_to_first_token_ms=records.ttft_ms(outcome),
+            duration_ms=round(outcome.duration * 1000),
+            finished_at=now,
+        )
+        ours = Q(lock_token=turn.lock_token)
+        release_lock = {
+            # Release the lock if it is still ours (a lease that lapsed may have passed to another reply).
+            "lock_token": Case(When(ours, then=Value("")), default=F("lock_token"), output_field=models.CharField()),
+            "locked_until": Case(
+                When(ours, then=Value(None)), default=F("locked_until"), output_field=models.DateTimeField()
+            ),
+        }
+        if not ended:
+            ChatSession.objects.filter(pk=turn.session_pk).update(**release_lock)
+            return
+        answers = (
+            [
+                Message(
+                    conversation_id=turn.conversation_pk,
+                    reply_id=turn.reply_pk,
+                    role=Message.Role.ASSISTANT,
+                    kind=Message.Kind.ANSWER,
+                    content=answer,
+                    coze_message_id=outcome.message_id,
+                    created_at=now,
+                )
+            ]
+            if stored_answer
+            else []
+        )
+        messages = answers + [
+            Message(
+                conversation_id=turn.conversation_pk,
+                reply_id=turn.reply_pk,
+                role=Message.Role.ASSISTANT,
+                kind=Message.Kind.FOLLOW_UP,
+                content=text,
+                created_at=now,
+            )
+            for text in outcome.follow_ups
+        ]
+        if messages:
+            Message.objects.bulk_create(messages)
+        conversation_update = {
+            "last_activity": now,
+            "message_count": F("message_count") + int(stored_answer),
+            "total_tokens": F("total_tokens") + usage.total_tokens,
+        }
+        if outcome.conversation_id and not turn.route.coze_conversation_id:
+            conversation_update["coze_conversation_id"] = outcome.conversation_id
+        transcript_hash = records.new_transcript_hash(turn, answer)
+        if transcript_hash is not None:
+            conversation_update["transcript_hash"] = transcript_hash
+        Conversation.objects.filter(pk=turn.conversation_pk).update(**conversation_update)
+        ChatSession.objects.filter(pk=turn.session_pk).update(
+            last_activity=now,
+            input_tokens=F("input_tokens") + usage.input_tokens,
+            output_tokens=F("output_tokens") + usage.output_tokens,
+            total_tokens=F("total_tokens") + usage.total_tokens,
+            # The answer counts only if the session still talks in this conversation (not cleared meanwhile).
+            message_count=Case(
+                When(current_conversation_id=turn.conversation_pk, then=F("message_count") + int(stored_answer)),
+                default=F("message_count"),
+                output_field=models.PositiveIntegerField(),
+            ),
+            **release_lock,
+        )
+        # The dashboard's daily rollup; last, so its row lock (shared by the owner's replies that day) is held briefly.
+        record_reply(reply_pk=turn.reply_pk)

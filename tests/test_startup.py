@@ -15,6 +15,7 @@ import pytest
 from django.conf import settings as django_settings
 
 from chat import coze
+from chat.coze import client as coze_client
 from chat.simulator import SimulatorServer
 from tests.test_workers import database_url, free_port
 
@@ -115,10 +116,10 @@ def demo_mode(settings, monkeypatch):
     """Demo mode in this process, its simulator not started yet."""
     settings.COZE_API_TOKEN = ""
     settings.COZE_OAUTH_APP_ID = ""
-    monkeypatch.setattr(coze, "_simulator", None)
+    monkeypatch.setattr(coze_client, "_simulator", None)
     yield
-    if coze._simulator is not None:
-        coze._simulator.stop()
+    if coze_client._simulator is not None:
+        coze_client._simulator.stop()
 
 
 @pytest.mark.asyncio
@@ -146,5 +147,5 @@ async def test_demo_mode_starts_the_simulator_off_the_event_loop(demo_mode, monk
     assert isinstance(events[-1], coze.UpstreamCompleted)
     assert len(started_on) == 1
     assert started_on[0] is not threading.current_thread()  # not the event loop's thread
-    with socket.create_connection(("127.0.0.1", coze._simulator.port), timeout=5):
+    with socket.create_connection(("127.0.0.1", coze_client._simulator.port), timeout=5):
         pass

@@ -7,6 +7,8 @@ import pytest
 from cozepy import ChatEventType, CozeAPIError, CozeInvalidEventError
 
 from chat import coze
+from chat.coze import chats as coze_chats
+from chat.coze import client as coze_client
 from chat.domain.errors import ChatError
 from tests.conftest import COZE_TEST_TOKEN
 
@@ -119,7 +121,7 @@ async def test_cozepy_leaves_the_response_of_a_closed_stream_open_and_we_can_see
         additional_messages=coze.build_messages(message="[sim:slow=100] long enough", additional_messages=None),
     )
     first = await anext(stream)
-    response = coze._chat_stream_response()
+    response = coze_chats._chat_stream_response()
     assert first.event == ChatEventType.CONVERSATION_CHAT_CREATED
     assert response.headers["content-type"].startswith("text/event-stream")
 
@@ -135,7 +137,7 @@ async def test_a_stream_whose_response_the_adapter_cannot_see_is_refused_loudly(
     await coze.get_client().conversations.create()
 
     with pytest.raises(RuntimeError, match="response hook"):
-        coze._chat_stream_response()
+        coze_chats._chat_stream_response()
 
 
 @pytest.mark.asyncio
@@ -149,7 +151,7 @@ async def test_a_stream_that_fails_at_its_first_event_leaves_no_response_open(si
         )
 
     assert caught.value.code == "upstream_error"
-    response = coze._last_response.get()
+    response = coze_client.last_response.get()
     assert response.headers["content-type"].startswith("text/event-stream")
     assert response.is_closed
 

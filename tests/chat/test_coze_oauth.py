@@ -7,6 +7,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from chat import coze
+from chat.coze import client as coze_client
 from tests.conftest import auth
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -41,7 +42,7 @@ def test_chat_works_with_an_oauth_jwt_app_and_reuses_its_token(http, api_key, si
 
 @pytest.mark.asyncio
 async def test_the_token_is_refreshed_before_it_expires(simulator, jwt_app):
-    auth_flow = coze._build_auth(*coze._endpoint())
+    auth_flow = coze_client._build_auth(*coze_client._endpoint())
     first = await auth_flow.atoken
     assert await auth_flow.atoken == first
 

@@ -36,8 +36,8 @@ from django.views.decorators.http import require_POST  # noqa: E402
 from chat import coze  # noqa: E402
 from chat.domain.errors import ChatError  # noqa: E402
 from chat.domain.sse import sse_done, sse_event  # noqa: E402
-from chat.serializers import parse_json_bytes  # noqa: E402
 from chat.transports.errors import json_error_response  # noqa: E402
+from chat.transports.serializers import parse_json_bytes  # noqa: E402
 from cozeproject import urls as project_urls  # noqa: E402
 from cozeproject.asgi import application  # noqa: E402, F401  (the served app)
 from cozeproject.urls import handler400, handler403, handler404, handler500  # noqa: E402, F401

@@ -36,8 +36,8 @@ django.setup()
 
 from django.conf import settings  # noqa: E402
 
-from chat import replay  # noqa: E402
 from chat.domain.events import DeltaEvent  # noqa: E402
+from chat.resume import replay  # noqa: E402
 
 
 def recording_alone(events: int, redis_url: str) -> dict:

@@ -4,7 +4,7 @@ Not a design, a measurement. `BENCH_WHATIF` is a comma list of:
 
 - `nodb`: the turn's database steps (`chat.turn.store`: `session_route`, `turn_start`,
   `turn_upstream_started`, `turn_renew_lock`, `turn_finish`), the API-key lookup (async and
-  sync) and, where the tree has per-client budgets, the owner's spend (`chat.limits.aspend_of`)
+  sync) and the owner's spend (`chat.access.budgets.aspend_of`)
   become in-memory stand-ins, so a turn does no database work. Real gateway minus this =
   what the database work costs a turn.
 
@@ -19,7 +19,7 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "cozeproject.settings")
 from django.conf import settings
 
 from bench.bare import application as gateway
-from chat import auth
+from chat.access import auth, budgets
 from chat.domain.inputs import Owner
 from chat.turn import records, store
 
@@ -72,15 +72,11 @@ if "nodb" in WHATIF:
     store.turn_renew_lock = _nothing
     auth.aowner_from_api_key = _aowner_from_api_key
     auth.owner_from_api_key_cached = lambda key: BENCH_OWNER
-    try:  # per-client budgets read the owner's spend (chat.limits, where the tree has it)
-        from chat import limits
-    except ImportError:
-        limits = None
-    if limits is not None and hasattr(limits, "aspend_of"):
+    # Per-client budgets read the owner's spend (admission looks it up on the module).
 
-        async def _no_spend(owner_key, at):
-            return limits.Spend()
+    async def _no_spend(owner_key, at):
+        return budgets.Spend()
 
-        limits.aspend_of = _no_spend
+    budgets.aspend_of = _no_spend
 
 application = gateway

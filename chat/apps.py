@@ -9,7 +9,7 @@ class ChatConfig(AppConfig):
         from django.core import signals
         from django.db import close_old_connections, reset_queries
 
-        from chat import openapi  # noqa: F401 - registers the OpenAPI security scheme extensions
+        from chat.transports import openapi  # noqa: F401 - registers the OpenAPI security scheme extensions
 
         # Under ASGI, Django runs these two `request_started` receivers in a thread of the request's
         # own, which is new for every request and so has no connection or query log to tidy: a

@@ -24,7 +24,7 @@ UPLOAD_PATHS = frozenset({"/api/files"})
 
 
 def upload_too_large_body() -> bytes:
-    from chat.files import upload_too_large_detail  # imports models: only once Django is set up
+    from chat.files.uploads import upload_too_large_detail  # imports models: only once Django is set up
 
     return json.dumps({"detail": upload_too_large_detail(), "code": "payload_too_large"}).encode()
 

@@ -196,7 +196,7 @@ if CHAT_METRICS_PUBLIC and CHAT_METRICS_TOKEN:
         "CHAT_METRICS_PUBLIC=1 with CHAT_METRICS_TOKEN set: choose one (a token, or an open /metrics)."
     )
 # Per-owner limits (0 turns a limit off); shared between workers through Redis when configured.
-# They are the defaults of API clients that have no limit of their own (see chat/limits.py).
+# They are the defaults of API clients that have no limit of their own (see chat/access/admission.py).
 CHAT_RATE_LIMIT_PER_MINUTE = env_number("CHAT_RATE_LIMIT_PER_MINUTE", 600, minimum=0, cast=int)
 # 200 = 10 requests a second (600 a minute) times replies of about 20 s (Little's law): a backend serving
 # many end users through one key meets its rate limit before this one, not the other way round.
@@ -204,11 +204,11 @@ CHAT_MAX_CONCURRENT_STREAMS = env_number("CHAT_MAX_CONCURRENT_STREAMS", 200, min
 # Failed API-key authentications one client address may make in a minute; after that, keys from it
 # that are not ours get `429 rate_limited` without a database lookup (valid keys still work).
 CHAT_AUTH_FAILURES_PER_MINUTE = env_number("CHAT_AUTH_FAILURES_PER_MINUTE", 20, minimum=0, cast=int)
-# Such 429s a blocked address gets a second from a worker; the others wait their turn (chat/auth.py),
+# Such 429s a blocked address gets a second from a worker; the others wait their turn (chat/access/auth.py),
 # so a client looping on wrong keys can't keep the server busy however many connections it opens.
 CHAT_AUTH_BLOCKED_RATE = env_number("CHAT_AUTH_BLOCKED_RATE", 10.0, minimum=0)
 # Tokens each reply in flight is assumed to cost against a budget until the client has replies
-# this month (then its average reply is used); see chat/limits.py.
+# this month (then its average reply is used); see chat/access/admission.py.
 CHAT_BUDGET_RESERVE_TOKENS = env_number("CHAT_BUDGET_RESERVE_TOKENS", 1000, minimum=0, cast=int)
 # Budget alerts: POSTed here when a client's use crosses a threshold (percent of a budget).
 CHAT_BUDGET_ALERT_WEBHOOK = env.str("CHAT_BUDGET_ALERT_WEBHOOK", default="")
@@ -370,13 +370,13 @@ FILE_UPLOAD_MAX_MEMORY_SIZE = 2_621_440
 
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [
-        "chat.auth.ApiKeyAuthentication",
-        "chat.auth.BrowserSessionAuthentication",
+        "chat.access.auth.ApiKeyAuthentication",
+        "chat.access.auth.BrowserSessionAuthentication",
     ],
-    "DEFAULT_PERMISSION_CLASSES": ["chat.auth.IsChatOwner"],
+    "DEFAULT_PERMISSION_CLASSES": ["chat.access.auth.IsChatOwner"],
     "DEFAULT_PARSER_CLASSES": ["rest_framework.parsers.JSONParser"],
     "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
-    "DEFAULT_THROTTLE_CLASSES": ["chat.limits.OwnerRateThrottle"],
+    "DEFAULT_THROTTLE_CLASSES": ["chat.access.rates.OwnerRateThrottle"],
     "DEFAULT_PAGINATION_CLASS": "rest_framework.pagination.PageNumberPagination",
     "PAGE_SIZE": 50,
     "EXCEPTION_HANDLER": "chat.transports.errors.api_exception_handler",
@@ -394,8 +394,8 @@ SPECTACULAR_SETTINGS = {
     "REDOC_DIST": "SIDECAR",
     "POSTPROCESSING_HOOKS": [
         "drf_spectacular.hooks.postprocess_schema_enums",
-        "chat.openapi.add_views_outside_drf",
-        "chat.openapi.add_openai_endpoints",
+        "chat.transports.openapi.add_views_outside_drf",
+        "chat.transports.openapi_openai.add_openai_endpoints",
     ],
 }
 

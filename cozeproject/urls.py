@@ -4,7 +4,7 @@ from django.templatetags.static import static
 from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
-from chat import apis, compat, openai_api, views
+from chat.transports import compat, openai_api, rest, sse
 
 # Errors outside the views: JSON under the API's paths, Django's pages elsewhere (chat/transports/errors.py).
 handler400 = "chat.transports.errors.bad_request_view"
@@ -20,21 +20,21 @@ def favicon_view(request):
 
 
 urlpatterns = [
-    path("", views.chat_page_view, name="chat-page"),
+    path("", sse.chat_page_view, name="chat-page"),
     path("favicon.ico", favicon_view, name="favicon"),
-    path("health", views.health_view, name="health"),
-    path("metrics", views.metrics_view, name="metrics"),
-    path("api/chat", apis.ChatSendApi.as_view(), name="chat-send"),
-    path("api/chat/stream", views.chat_stream_view, name="chat-stream"),
-    path("api/files", apis.FileUploadApi.as_view(), name="file-upload"),
-    path("api/chats/<str:chat_id>/cancel", apis.ChatCancelApi.as_view(), name="chat-cancel"),
-    path("api/usage", apis.UsageApi.as_view(), name="usage"),
-    path("api/sessions", apis.SessionListApi.as_view(), name="session-list"),
-    path("api/sessions/<str:session_id>", apis.SessionDetailApi.as_view(), name="session-detail"),
-    path("api/sessions/<str:session_id>/messages", apis.SessionMessagesApi.as_view(), name="session-messages"),
-    path("api/sessions/<str:session_id>/clear", apis.SessionClearApi.as_view(), name="session-clear"),
-    path("api/sessions/<str:session_id>/stream", views.session_stream_view, name="session-stream"),
-    path("api/sessions/<str:session_id>/cancel", apis.SessionCancelApi.as_view(), name="session-cancel"),
+    path("health", sse.health_view, name="health"),
+    path("metrics", sse.metrics_view, name="metrics"),
+    path("api/chat", rest.ChatSendApi.as_view(), name="chat-send"),
+    path("api/chat/stream", sse.chat_stream_view, name="chat-stream"),
+    path("api/files", rest.FileUploadApi.as_view(), name="file-upload"),
+    path("api/chats/<str:chat_id>/cancel", rest.ChatCancelApi.as_view(), name="chat-cancel"),
+    path("api/usage", rest.UsageApi.as_view(), name="usage"),
+    path("api/sessions", rest.SessionListApi.as_view(), name="session-list"),
+    path("api/sessions/<str:session_id>", rest.SessionDetailApi.as_view(), name="session-detail"),
+    path("api/sessions/<str:session_id>/messages", rest.SessionMessagesApi.as_view(), name="session-messages"),
+    path("api/sessions/<str:session_id>/clear", rest.SessionClearApi.as_view(), name="session-clear"),
+    path("api/sessions/<str:session_id>/stream", sse.session_stream_view, name="session-stream"),
+    path("api/sessions/<str:session_id>/cancel", rest.SessionCancelApi.as_view(), name="session-cancel"),
     # The earlier FastAPI services' paths (docs/api.md §8).
     path("chat", compat.legacy_chat_view, name="legacy-chat"),
     path("chat/stream", compat.legacy_chat_stream_view, name="legacy-chat-stream"),

@@ -883,7 +883,7 @@ LIMIT_FIELDS = [
 @admin.register(ApiClient)
 class ApiClientAdmin(admin.ModelAdmin):
     """Create, name, limit and deactivate API clients. A new client's key is shown once, on the page
-    after creating it. Limit edits reach every worker within `chat.limits.LIMITS_CACHE_SECONDS`."""
+    after creating it. Limit edits reach every worker within `chat.access.client_limits.LIMITS_CACHE_SECONDS`."""
 
     list_display = ["name", "key_prefix", "is_active", "budget_use", "created_at", "last_used_at", "sessions_link"]
     list_filter = ["is_active"]
@@ -909,9 +909,9 @@ class ApiClientAdmin(admin.ModelAdmin):
         return [] if obj is None else ["key_prefix", "created_at", "last_used_at", "budget_use_detail", "alerts_sent"]
 
     def get_queryset(self, request):
-        from chat import limits  # the budgets' clock
+        from chat.access import budgets  # the budgets' clock
 
-        today = limits.now().date()
+        today = budgets.now().date()
         return (
             super()
             .get_queryset(request)
@@ -933,16 +933,16 @@ class ApiClientAdmin(admin.ModelAdmin):
 
     @admin.display(description="tokens used")
     def budget_use_detail(self, obj: ApiClient):
-        from chat import limits
+        from chat.access import budgets
 
-        at = limits.now()
-        spend = limits.spend_of(obj.owner_key, at)
+        at = budgets.now()
+        spend = budgets.spend_of(obj.owner_key, at)
         return format_html(
             "Today: {} (resets {} UTC)<br>This month: {} (resets {} UTC)",
             mark_safe(budget_bar(spend.today_tokens, obj.daily_token_budget)),  # noqa: S308
-            f"{limits.day_reset(at):%Y-%m-%d %H:%M}",
+            f"{budgets.day_reset(at):%Y-%m-%d %H:%M}",
             mark_safe(budget_bar(spend.month_tokens, obj.monthly_token_budget)),  # noqa: S308
-            f"{limits.month_reset(at):%Y-%m-%d %H:%M}",
+            f"{budgets.month_reset(at):%Y-%m-%d %H:%M}",
         )
 
     @admin.display(description="budget alerts sent")

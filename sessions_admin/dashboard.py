@@ -228,9 +228,9 @@ def client_budgets(*, at: datetime | None = None) -> list[ClientBudget]:
     Two queries: the clients, and their month's DailyUsage rows summed per owner (the
     `daily_usage_owner_day` index).
     """
-    from chat import limits  # the budgets' clock and their UTC days
+    from chat.access import budgets  # the budgets' clock and their UTC days
 
-    at = at or limits.now()
+    at = at or budgets.now()
     today = at.date()
     sums = {
         row["owner_key"]: row

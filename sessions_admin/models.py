@@ -38,7 +38,7 @@ class ApiClient(models.Model):
     is_active = models.BooleanField(default=True)
     created_at = models.DateTimeField(default=timezone.now)
     last_used_at = models.DateTimeField(null=True, blank=True)
-    # Limits of this client (docs/api.md §11); empty uses the server-wide default. Read by chat.limits,
+    # Limits of this client (docs/api.md §11); empty uses the server-wide default. Read by chat.access.client_limits,
     # which caches them for a few seconds, so an edit takes effect without a restart.
     rate_limit_per_minute = models.PositiveIntegerField(
         null=True, blank=True, help_text="Requests a minute; 0 = no limit; empty = CHAT_RATE_LIMIT_PER_MINUTE."
@@ -367,7 +367,7 @@ class DailyUsage(models.Model):
             models.UniqueConstraint(fields=["day", "bot_id", "owner_key"], name="daily_usage_day_bot_owner"),
         ]
         indexes = [
-            # One owner's days: what a budget check reads before each turn (chat.limits.spend_of).
+            # One owner's days: what a budget check reads before each turn (chat.access.budgets.spend_of).
             models.Index(fields=["owner_key", "day"], name="daily_usage_owner_day"),
         ]
 

@@ -137,7 +137,7 @@ SETTING_READ = re.compile(r"\benv(?:_bool|_number|_list|\.str|\.db_url|\.bool|\.
 
 
 def settings_variables() -> set[str]:
-    """The environment variables cozeproject/settings.py reads, plus the one chat/metrics.py does."""
+    """The environment variables cozeproject/settings.py reads, plus the one chat/runtime/metrics.py does."""
     names = set(SETTING_READ.findall((ROOT / "cozeproject" / "settings.py").read_text()))
     assert {"DJANGO_SECRET_KEY", "COZE_API_TOKEN", "DATABASE_URL"} <= names, "the settings reader changed"
     return names | {"PROMETHEUS_MULTIPROC_DIR"}

@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 import httpx
 import pytest
 
-from chat import limits
+from chat.access import budgets, client_limits
 from sessions_admin.models import ApiClient, Reply
 from tests.chat.limits_helpers import TRANSPORTS, reset_counters, send_turn
 from tests.conftest import auth, wait_until
@@ -49,8 +49,8 @@ def test_budgets_and_bot_lists_hold_between_workers_on_every_transport(workers):
     _, monthly_key = ApiClient.create_with_key(name="monthly", monthly_token_budget=5)
     _, bots_key = ApiClient.create_with_key(name="bots", allowed_bot_ids=OTHER_BOT)
     now = datetime.now(UTC)
-    until_midnight = limits.seconds_until(limits.day_reset(now), now)
-    until_next_month = limits.seconds_until(limits.month_reset(now), now)
+    until_midnight = budgets.seconds_until(budgets.day_reset(now), now)
+    until_next_month = budgets.seconds_until(budgets.month_reset(now), now)
     assert send_turn(first.url, daily_key, "sync").status == 200
     assert send_turn(first.url, monthly_key, "sync").status == 200
 
@@ -134,6 +134,6 @@ def test_a_raised_budget_reaches_every_worker_without_a_restart(workers):
     for worker in workers:
         wait_until(
             lambda url=worker.url: send_turn(url, key, "sync").status == 200,
-            timeout=limits.LIMITS_CACHE_SECONDS + 10,
+            timeout=client_limits.LIMITS_CACHE_SECONDS + 10,
             interval=0.5,
         )

@@ -123,14 +123,14 @@ def test_every_response_has_a_request_id_and_keeps_a_clients_own(http, api_key):
 
 
 def test_turn_log_lines_carry_the_request_id_and_the_coze_logid(http, api_key, caplog):
-    caplog.set_level(logging.INFO, logger="chat.turn.service")
+    caplog.set_level(logging.INFO, logger="chat.turn")
 
     response = http.post(
         "/api/chat", json={"message": "log me"}, headers={**auth(api_key), "X-Request-ID": "trace-abcdef12"}
     )
 
     assert response.status_code == 200
-    records = [r for r in caplog.records if r.name == "chat.turn.service"]
+    records = [r for r in caplog.records if r.name.startswith("chat.turn.")]
     ended = next(r for r in records if r.getMessage().startswith("Turn ended"))
     started = next(r for r in records if r.getMessage().startswith("Turn started"))
     assert started.request_id == ended.request_id == "trace-abcdef12"

@@ -18,12 +18,12 @@ COZE_CHAT_BODY = {"user_id": "u1", "additional_messages": [{"role": "user", "con
 
 # (name, method, path, JSON body, what to break to make its view raise, is it an API route)
 ROUTES = [
-    ("sync chat", "POST", "/api/chat", {"message": "hi"}, "chat.limits.aadmit_turn", True),
-    ("SSE chat", "POST", "/api/chat/stream", {"message": "hi"}, "chat.limits.aadmit_turn", True),
-    ("session list", "GET", "/api/sessions", None, "chat.sessions.session_list", True),
-    ("earlier chat", "POST", "/chat", {"message": "hi"}, "chat.limits.aadmit_turn", True),
-    ("earlier stream", "POST", "/chat/stream", {"message": "hi"}, "chat.limits.aadmit_turn", True),
-    ("earlier coze-chat", "POST", "/api/coze-chat", COZE_CHAT_BODY, "chat.limits.aadmit_turn", True),
+    ("sync chat", "POST", "/api/chat", {"message": "hi"}, "chat.access.admission.aadmit_turn", True),
+    ("SSE chat", "POST", "/api/chat/stream", {"message": "hi"}, "chat.access.admission.aadmit_turn", True),
+    ("session list", "GET", "/api/sessions", None, "chat.conversations.sessions.session_list", True),
+    ("earlier chat", "POST", "/chat", {"message": "hi"}, "chat.access.admission.aadmit_turn", True),
+    ("earlier stream", "POST", "/chat/stream", {"message": "hi"}, "chat.access.admission.aadmit_turn", True),
+    ("earlier coze-chat", "POST", "/api/coze-chat", COZE_CHAT_BODY, "chat.access.admission.aadmit_turn", True),
     ("health", "GET", "/health", None, "chat.coze.coze_mode", True),
     ("chat page", "GET", "/", None, "chat.coze.coze_mode", False),
 ]

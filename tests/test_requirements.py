@@ -18,7 +18,7 @@ RUNTIME = ROOT / "requirements" / "runtime.txt"
 # The packages of the server itself; tests/, bench/ and scripts are not deployed code.
 RUNTIME_CODE = ("chat", "cozeproject", "sessions_admin", "manage.py")
 DEVELOPMENT_ONLY = {
-    *("playwright", "greenlet", "psutil", "hypothesis", "ruff"),
+    *("playwright", "greenlet", "psutil", "hypothesis", "ruff", "import-linter"),
     *("pytest", "pytest-django", "pytest-asyncio", "pytest-timeout"),
 }
 

@@ -77,7 +77,7 @@ class ServerProcess:
         self.log = open(self.log_path, "w")
         command = {
             "daphne": ["-m", "daphne", "-b", "127.0.0.1", "-p", str(self.port)],
-            # uvicorn sends the ASGI lifespan events, where the start-up hooks run (chat/lifecycle.py).
+            # uvicorn sends the ASGI lifespan events, where the start-up hooks run (chat/turn/lifecycle.py).
             "uvicorn": ["-m", "uvicorn", "--host", "127.0.0.1", "--port", str(self.port), "--lifespan", "on"],
         }[server]
         self.process = subprocess.Popen(

@@ -194,7 +194,7 @@ def _chat_stream_response() -> httpx.Response:
     if response is None or not response.request.url.path.endswith("/v3/chat"):
         raise RuntimeError(
             "cozepy streamed the chat without our httpx client's response hook seeing its response; "
-            "chat/coze.py can't close such streams (see tests/chat/test_coze_adapter.py)"
+            "chat/coze/chats.py can't close such streams (see tests/chat/test_coze_adapter.py)"
         )
     return response
 

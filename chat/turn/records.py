@@ -9,11 +9,11 @@ from django.db import models
 from django.db.models import ExpressionWrapper, Q, Value
 from django.db.models.functions import Now
 
-from chat import files
 from chat.domain import transcripts
 from chat.domain.errors import ChatError
 from chat.domain.events import Usage
 from chat.domain.inputs import ChatRequest, Owner
+from chat.files import attachments
 from sessions_admin.models import Reply
 
 
@@ -41,7 +41,7 @@ class TurnStart:
     transport: str
     worker_channel: str
     lock_token: str
-    attachments: files.ResolvedAttachments
+    attachments: attachments.ResolvedAttachments
     # The route the turn's Coze chat was sent with; checked under the session's row lock when given.
     expected_route: Route | None = None
 

@@ -2,7 +2,7 @@
 
 A turn, top to bottom:
 
-1. **Admit** (`achat_stream`): the owner's bots, budgets, rate and concurrent streams (`chat.limits`),
+1. **Admit** (`achat_stream`): the owner's bots, budgets, rate and concurrent streams (`chat.access.admission`),
    before anything else.
 2. **Start** (`start.astart_turn`): store the turn's start — session lock, the user's message, the Reply — in
    one transaction (`store.turn_start`), and open the Coze stream *at the same time*, so the
@@ -35,7 +35,8 @@ from collections.abc import AsyncIterator
 from django.conf import settings
 from django.utils import timezone
 
-from chat import coze, limits, replay, resume
+from chat import coze
+from chat.access import admission
 from chat.domain.errors import ChatError
 from chat.domain.events import (  # PING and Ping: achat_events' heartbeat marker
     PING,
@@ -49,6 +50,7 @@ from chat.domain.events import (  # PING and Ping: achat_events' heartbeat marke
     SessionEvent,
 )
 from chat.domain.inputs import ChatRequest, Owner
+from chat.resume import replay, resuming
 from chat.runtime.logging import coze_logid_var
 from chat.runtime.tasks import in_background
 from chat.turn import finish, start, store
@@ -70,10 +72,10 @@ async def achat_stream(
 ) -> AsyncIterator[ChatEvent]:
     """One chat turn as events, within the owner's limits and budgets (see `_turn_events`).
 
-    Raises ChatError (`rate_limited`, `quota_exceeded`, `bot_not_allowed`; see chat.limits)
+    Raises ChatError (`rate_limited`, `quota_exceeded`, `bot_not_allowed`; see chat.access.admission)
     before anything is stored when the owner may not start a turn now.
     """
-    admission = await limits.aadmit_turn(owner=owner, bot_id=chat_request.bot_id or settings.COZE_BOT_ID)
+    admitted = await admission.aadmit_turn(owner=owner, bot_id=chat_request.bot_id or settings.COZE_BOT_ID)
     try:
         async with contextlib.aclosing(
             _turn_events(owner=owner, chat_request=chat_request, transport=transport, control=control)
@@ -81,7 +83,7 @@ async def achat_stream(
             async for event in events:
                 yield event
     finally:
-        in_background(limits.arelease_turn(admission))
+        in_background(admission.arelease_turn(admitted))
 
 
 async def _turn_events(
@@ -313,7 +315,7 @@ def _end_recording(
         recording.end(ErrorEvent.from_error(ChatError("internal_error")))
     if control.reply_pk is not None:
         in_background(
-            resume.amark_resumable_end(
+            resuming.amark_resumable_end(
                 reply_pk=control.reply_pk, client_gone=client_gone, answer_offsets=recording.answer_offsets()
             )
         )

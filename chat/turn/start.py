@@ -17,9 +17,10 @@ from collections import OrderedDict
 
 from django.conf import settings
 
-from chat import coze, files
+from chat import coze
 from chat.domain.errors import ChatError
 from chat.domain.inputs import ChatRequest, Owner
+from chat.files.attachments import ResolvedAttachments
 from chat.runtime import metrics
 from chat.runtime.tasks import in_background
 from chat.turn import cancellation, finish, records, store
@@ -133,7 +134,7 @@ async def astart_turn(
     attachments = (
         await store.resolve_attachments(owner_key=owner.key, attachments=list(chat_request.attachments))
         if chat_request.attachments
-        else files.ResolvedAttachments()
+        else ResolvedAttachments()
     )
     start = TurnStart(
         owner=owner,

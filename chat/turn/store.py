@@ -21,10 +21,10 @@ import json
 from django.conf import settings
 from django.db import IntegrityError, connection, transaction
 
-from chat import files
 from chat.domain import transcripts
 from chat.domain.errors import ChatError
 from chat.domain.inputs import Owner
+from chat.files import attachments
 from chat.runtime.db import apg_fetchone, db_async, on_postgresql
 from chat.turn import records, store_orm
 from chat.turn.records import Route, RouteChanged, TurnContext, TurnOutcome, TurnStart
@@ -67,7 +67,7 @@ def _session_route_row(*, owner_key: str, session_id: str) -> tuple | None:
     )
 
 
-resolve_attachments = db_async(files.attachments_resolve)
+resolve_attachments = db_async(attachments.attachments_resolve)
 
 
 async def turn_start(start: TurnStart) -> TurnContext:
@@ -154,7 +154,7 @@ def _turn_start_pg(start: TurnStart) -> TurnContext:
         cursor.execute(TURN_START_SQL, _turn_start_params(start))
         row = cursor.fetchone()
         turn = _started_turn(row, start)
-        files.attachments_link(message=Message.objects.only("pk").get(pk=row[4]), resolved=start.attachments)
+        attachments.attachments_link(message=Message.objects.only("pk").get(pk=row[4]), resolved=start.attachments)
     return turn
 
 

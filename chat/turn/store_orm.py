@@ -8,7 +8,6 @@ from django.db import models, transaction
 from django.db.models import Case, F, Q, Value, When
 from django.utils import timezone
 
-from chat import files
 from chat.domain import transcripts
 from chat.domain.errors import ChatError
 from chat.domain.inputs import Owner
@@ -106,7 +105,7 @@ def turn_start(start: TurnStart) -> TurnContext:
             created_at=now,
         )
         if attachments.records:
-            files.attachments_link(message=question, resolved=attachments)
+            attachments.attachments_link(message=question, resolved=attachments)
         if not new_conversation:
             Conversation.objects.filter(pk=conversation.pk).update(
                 last_activity=now, message_count=F("message_count") + 1

@@ -3,7 +3,7 @@
 import pytest
 import redis
 
-from chat import replay
+from chat.resume import replay
 
 
 def redis_ok(url: str) -> bool:

@@ -9,7 +9,7 @@ import redis
 from django.conf import settings
 from websockets.sync.client import connect
 
-from chat import limits
+from chat.access import client_limits, counters
 from chat.domain.errors import ERROR_CODES
 from chat.domain.inputs import Owner
 from chat.domain.sse import parse_sse
@@ -33,9 +33,9 @@ class Answer:
 
 
 def reset_counters() -> None:
-    limits._local.windows.clear()
-    limits._local.streams.clear()
-    limits.forget_cached_limits()
+    counters.local_counters.windows.clear()
+    counters.local_counters.streams.clear()
+    client_limits.forget_cached_limits()
     if settings.REDIS_URL:
         client = redis.from_url(settings.REDIS_URL)
         # Only the limiter's keys: the channel layer of running workers shares the prefix.

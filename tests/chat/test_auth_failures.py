@@ -12,7 +12,7 @@ import pytest
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
 
-from chat import auth, limits
+from chat.access import auth, auth_failures
 from chat.runtime import metrics
 from tests.chat.conftest import backend  # noqa: F401 - the memory/Redis fixture
 from tests.chat.limits_helpers import reset_counters
@@ -43,12 +43,12 @@ def failure_limit(settings, backend):  # noqa: F811
     settings.CHAT_AUTH_FAILURES_PER_MINUTE = LIMIT
     settings.CHAT_AUTH_BLOCKED_RATE = 0  # paced refusals are tested on their own, below
     reset_counters()
-    limits.auth_failures_reset()
+    auth_failures.auth_failures_reset()
     auth._owners_by_key_hash.clear()
     auth._directory = None
     yield
     reset_counters()
-    limits.auth_failures_reset()
+    auth_failures.auth_failures_reset()
 
 
 @pytest.fixture
@@ -160,7 +160,9 @@ def test_failures_are_logged_once_per_block_not_once_per_request(http, caplog):
     for _ in range(5):
         assert http.post("/api/chat/stream", json={"message": "hi"}, headers=bearer(wrong_key())).status_code == 429
 
-    blocked_lines = [r for r in caplog.records if r.name == "chat.limits" and "failed API-key" in r.getMessage()]
+    blocked_lines = [
+        r for r in caplog.records if r.name == "chat.access.auth_failures" and "failed API-key" in r.getMessage()
+    ]
     too_many_lines = [r for r in caplog.records if r.name == "django.request" and "Too Many Requests" in r.getMessage()]
     unauthorized_lines = [r for r in caplog.records if r.name == "django.request" and "Unauthorized" in r.getMessage()]
     assert len(blocked_lines) == 1
@@ -173,7 +175,7 @@ def test_another_worker_learns_the_block_from_the_shared_count(http, lookups):
     """A worker that has not seen the address fail (its own blocks forgotten) lets one more lookup
     through; the count that lookup returns is over the limit, so from then on it refuses too."""
     block(http)
-    limits.auth_failures_reset()  # as a worker that did not answer those failures
+    auth_failures.auth_failures_reset()  # as a worker that did not answer those failures
     looked_up = len(lookups)
 
     first = http.post("/api/chat/stream", json={"message": "hi"}, headers=bearer(wrong_key()))

@@ -10,7 +10,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 from django.db import connection
 
-from chat import alerts, limits
+from chat.access import alerts, budgets, client_limits
 from sessions_admin.models import ApiClient, BudgetAlert, DailyUsage
 from tests.chat.limits_helpers import TRANSPORTS, client_owner, reset_counters, send_turn
 from tests.conftest import wait_until
@@ -101,7 +101,7 @@ def test_each_threshold_is_alerted_once_per_client_and_period(asgi_server, webho
     assert sorted(webhook.received, key=lambda body: body["threshold"]) == expected
     wait_until(lambda: BudgetAlert.objects.filter(delivered_at__isnull=False).count() == 3)
     # Noticing the same use again (another worker, a later reply) sends nothing new.
-    at_limits = limits.limits_for(client_owner(client))
+    at_limits = client_limits.limits_for(client_owner(client))
     assert alerts.record_alerts(api_client_id=client.pk, owner_key=client.owner_key, budget_limits=at_limits) == []
     assert len(webhook.received) == 3
 
@@ -110,8 +110,8 @@ def test_workers_noticing_the_same_crossing_at_once_send_each_alert_once(webhook
     settings.CHAT_BUDGET_ALERT_THRESHOLDS = [50, 100]
     client, _ = ApiClient.create_with_key(name="raced", monthly_token_budget=1)
     # The client's replies as the rollup has them (four workers will notice them at once).
-    DailyUsage.objects.create(day=limits.now().date(), bot_id="bot", owner_key=client.owner_key, total_tokens=7)
-    budget_limits = limits.limits_for(client_owner(client))
+    DailyUsage.objects.create(day=budgets.now().date(), bot_id="bot", owner_key=client.owner_key, total_tokens=7)
+    budget_limits = client_limits.limits_for(client_owner(client))
     to_send: list[int] = []
     start = threading.Barrier(4)
 
@@ -196,7 +196,7 @@ def test_no_webhook_no_alerts(asgi_server, settings):
 def test_an_alert_whose_sender_died_goes_out_after_the_clients_next_reply(asgi_server, webhook, settings):
     settings.CHAT_BUDGET_ALERT_THRESHOLDS = [100]
     client, key = ApiClient.create_with_key(name="orphaned", monthly_token_budget=1_000_000)
-    first_of_month = limits.now().date().replace(day=1)
+    first_of_month = budgets.now().date().replace(day=1)
     BudgetAlert.objects.create(
         api_client=client, period="month", period_start=first_of_month, threshold=100, used=9, limit=9, attempts=1
     )

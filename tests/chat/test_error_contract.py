@@ -168,9 +168,9 @@ def test_an_unexpected_exception_in_an_api_key_stream_answers_json_500(http, api
 
 
 def test_pages_keep_djangos_html_500(http, monkeypatch):
-    from chat import views
+    from chat.transports import sse
 
-    monkeypatch.setattr(views, "render", broken)
+    monkeypatch.setattr(sse, "render", broken)
 
     response = http.get("/")
 

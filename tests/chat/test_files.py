@@ -514,17 +514,17 @@ async def test_the_adapter_streams_the_file_to_coze_in_chunks(simulator, setting
 
 @pytest.mark.asyncio
 async def test_openai_style_image_urls_become_attachments(simulator, api_key):
-    from chat import files
-    from chat.auth import aowner_from_api_key
+    from chat.access.auth import aowner_from_api_key
     from chat.domain.errors import ChatError
+    from chat.files import uploads
     from chat.runtime.db import db_async
 
     owner = await aowner_from_api_key(api_key)
     image = png_bytes()
     data_url = "data:image/png;base64," + base64.b64encode(image).decode()
 
-    link = await files.aattachment_from_image_url(owner=owner, url="https://example.com/a.png")
-    uploaded = await files.aattachment_from_image_url(owner=owner, url=data_url)
+    link = await uploads.aattachment_from_image_url(owner=owner, url="https://example.com/a.png")
+    uploaded = await uploads.aattachment_from_image_url(owner=owner, url=data_url)
 
     assert link == {"url": "https://example.com/a.png", "type": "image"}
     at_coze = await asyncio.to_thread(sim_get, simulator, f"/_sim/files/{uploaded['file_id']}")
@@ -535,10 +535,10 @@ async def test_openai_style_image_urls_become_attachments(simulator, api_key):
     assert record.owner_key == owner.key
     for bad in ("http://example.com/a.png", "data:image/png;base64,@@@", "ftp://x"):
         with pytest.raises(ChatError) as raised:
-            await files.aattachment_from_image_url(owner=owner, url=bad)
+            await uploads.aattachment_from_image_url(owner=owner, url=bad)
         assert raised.value.code == "invalid"
     with pytest.raises(ChatError) as raised:
-        await files.aattachment_from_image_url(
+        await uploads.aattachment_from_image_url(
             owner=owner, url="data:image/png;base64," + base64.b64encode(b"%PDF-1.4").decode()
         )
     assert raised.value.code == "unsupported_media_type"

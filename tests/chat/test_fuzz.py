@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 
 from chat.domain.errors import ChatError
 from chat.domain.inputs import ChatRequest
-from chat.serializers import ChatRequestSerializer, parse_chat_request, parse_json_bytes
+from chat.transports.serializers import ChatRequestSerializer, parse_chat_request, parse_json_bytes
 from tests.conftest import auth
 
 FIELDS = sorted(ChatRequestSerializer._declared_fields)

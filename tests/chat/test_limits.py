@@ -10,7 +10,7 @@ import pytest
 from django.conf import settings as django_settings
 from django.test import Client
 
-from chat import limits
+from chat.access import admission, budgets, client_limits, counters
 from chat.domain.errors import ChatError
 from sessions_admin.models import ApiClient, Reply
 from tests.chat.limits_helpers import TRANSPORTS, Owner, client_owner, reset_counters, send_turn
@@ -31,7 +31,7 @@ def fresh_counters():
 
 
 class Clock:
-    """`chat.limits.now`, set by the test; None = the real time."""
+    """`chat.access.budgets.now`, set by the test; None = the real time."""
 
     def __init__(self):
         self.at: datetime | None = None
@@ -43,7 +43,7 @@ class Clock:
 @pytest.fixture
 def clock(monkeypatch):
     fake = Clock()
-    monkeypatch.setattr(limits, "now", fake)
+    monkeypatch.setattr(budgets, "now", fake)
     return fake
 
 
@@ -52,7 +52,7 @@ def today_at(hour: int, minute: int = 0, second: int = 0, *, day: date | None = 
 
 
 def last_day_of_month(day: date) -> date:
-    return limits.month_reset(today_at(0, day=day)).date() - timedelta(days=1)
+    return budgets.month_reset(today_at(0, day=day)).date() - timedelta(days=1)
 
 
 def new_client(**fields) -> tuple[ApiClient, str]:
@@ -82,7 +82,7 @@ def test_a_used_up_monthly_budget_answers_quota_exceeded_until_the_first_of_next
 
     refused = send_turn(asgi_server.url, key, transport)
 
-    first_of_next_month = limits.month_reset(clock.at)
+    first_of_next_month = budgets.month_reset(clock.at)
     assert (refused.status, refused.code) == (429, "quota_exceeded")
     assert refused.retry_after == (first_of_next_month - clock.at).total_seconds()
 
@@ -159,7 +159,7 @@ def test_the_monthly_budget_resets_on_the_first_of_the_month(http, clock):
 
     clock.at = today_at(23, 59, 59, day=last_day_of_month(real_today))
     last_second = http.post("/api/chat", json={"message": "hi"}, headers=auth(key))
-    clock.at = limits.month_reset(clock.at)
+    clock.at = budgets.month_reset(clock.at)
     next_month = http.post("/api/chat", json={"message": "hi"}, headers=auth(key))
 
     assert last_second.status_code == 429 and last_second.json()["code"] == "quota_exceeded"
@@ -169,10 +169,10 @@ def test_the_monthly_budget_resets_on_the_first_of_the_month(http, clock):
 
 def test_reset_moments_are_utc_midnights():
     at = datetime(2026, 12, 31, 22, 30, tzinfo=UTC)
-    assert limits.day_reset(at) == datetime(2027, 1, 1, tzinfo=UTC)
-    assert limits.month_reset(at) == datetime(2027, 1, 1, tzinfo=UTC)
-    assert limits.month_reset(datetime(2026, 2, 1, tzinfo=UTC)) == datetime(2026, 3, 1, tzinfo=UTC)
-    assert limits.seconds_until(limits.day_reset(at), at) == 5400
+    assert budgets.day_reset(at) == datetime(2027, 1, 1, tzinfo=UTC)
+    assert budgets.month_reset(at) == datetime(2027, 1, 1, tzinfo=UTC)
+    assert budgets.month_reset(datetime(2026, 2, 1, tzinfo=UTC)) == datetime(2026, 3, 1, tzinfo=UTC)
+    assert budgets.seconds_until(budgets.day_reset(at), at) == 5400
 
 
 # --- replies in flight against a budget -------------------------------------------------------
@@ -185,24 +185,24 @@ async def test_concurrent_first_turns_are_bounded_by_reservations_of_the_replies
     owner = client_owner(client)
 
     results = await asyncio.gather(
-        *[limits.aadmit_turn(owner=owner, bot_id=settings.COZE_BOT_ID) for _ in range(6)], return_exceptions=True
+        *[admission.aadmit_turn(owner=owner, bot_id=settings.COZE_BOT_ID) for _ in range(6)], return_exceptions=True
     )
 
-    admitted = [result for result in results if isinstance(result, limits.Admission)]
+    admitted = [result for result in results if isinstance(result, admission.Admission)]
     refused = [result for result in results if isinstance(result, ChatError)]
     # 0, 40 and 80 tokens reserved are under 100; the fourth would find 120 reserved.
     assert len(admitted) == 3 and len(refused) == 3
     assert {error.code for error in refused} == {"rate_limited"}
-    await limits.arelease_turn(admitted[0])
-    again = await limits.aadmit_turn(owner=owner, bot_id=settings.COZE_BOT_ID)
-    for admission in [*admitted[1:], again]:
-        await limits.arelease_turn(admission)
+    await admission.arelease_turn(admitted[0])
+    again = await admission.aadmit_turn(owner=owner, bot_id=settings.COZE_BOT_ID)
+    for held in [*admitted[1:], again]:
+        await admission.arelease_turn(held)
 
 
 def test_the_reservation_per_reply_becomes_the_clients_average(settings):
     settings.CHAT_BUDGET_RESERVE_TOKENS = 1000
-    assert limits.reservation_per_reply(limits.Spend()) == 1000
-    assert limits.reservation_per_reply(limits.Spend(month_tokens=90, month_replies=4)) == 22
+    assert budgets.reservation_per_reply(budgets.Spend()) == 1000
+    assert budgets.reservation_per_reply(budgets.Spend(month_tokens=90, month_replies=4)) == 22
 
 
 # --- stream slots (issue 10, item 4) ----------------------------------------------------------
@@ -213,15 +213,15 @@ async def test_a_stream_slot_is_renewed_while_its_reply_runs_past_the_lease(sett
     settings.CHAT_MAX_CONCURRENT_STREAMS = 1
     settings.CHAT_SESSION_LOCK_TTL = 0.3
     owner = Owner(key="client:long-reply")
-    running = await limits.aadmit_turn(owner=owner, bot_id=settings.COZE_BOT_ID)
+    running = await admission.aadmit_turn(owner=owner, bot_id=settings.COZE_BOT_ID)
 
     await asyncio.sleep(1.2)  # four leases
     with pytest.raises(ChatError) as refused:
-        await limits.aadmit_turn(owner=owner, bot_id=settings.COZE_BOT_ID)
+        await admission.aadmit_turn(owner=owner, bot_id=settings.COZE_BOT_ID)
 
-    await limits.arelease_turn(running)
+    await admission.arelease_turn(running)
     assert refused.value.code == "rate_limited"
-    await limits.arelease_turn(await limits.aadmit_turn(owner=owner, bot_id=settings.COZE_BOT_ID))
+    await admission.arelease_turn(await admission.aadmit_turn(owner=owner, bot_id=settings.COZE_BOT_ID))
 
 
 @pytest.mark.asyncio
@@ -230,19 +230,19 @@ async def test_the_in_process_counters_forget_owners_that_hold_nothing(settings)
     settings.CHAT_MAX_CONCURRENT_STREAMS = 5
     settings.CHAT_SESSION_LOCK_TTL = 0.2
     for browser in range(50):
-        admission = await limits.aadmit_turn(owner=Owner(key=f"browser:{browser}"), bot_id=settings.COZE_BOT_ID)
-        assert admission.slot_id
-        await limits.arelease_turn(admission)
-    crashed = await limits.aadmit_turn(owner=Owner(key="browser:crashed"), bot_id=settings.COZE_BOT_ID)
+        held = await admission.aadmit_turn(owner=Owner(key=f"browser:{browser}"), bot_id=settings.COZE_BOT_ID)
+        assert held.slot_id
+        await admission.arelease_turn(held)
+    crashed = await admission.aadmit_turn(owner=Owner(key="browser:crashed"), bot_id=settings.COZE_BOT_ID)
     crashed.renewal.cancel()
-    assert list(limits._local.streams) == ["browser:crashed"]
+    assert list(counters.local_counters.streams) == ["browser:crashed"]
 
     await asyncio.sleep(0.3)
-    await limits.arelease_turn(
-        await limits.aadmit_turn(owner=Owner(key="browser:crashed"), bot_id=settings.COZE_BOT_ID)
+    await admission.arelease_turn(
+        await admission.aadmit_turn(owner=Owner(key="browser:crashed"), bot_id=settings.COZE_BOT_ID)
     )
 
-    assert limits._local.streams == {}
+    assert counters.local_counters.streams == {}
 
 
 # --- GET /api/usage ---------------------------------------------------------------------------
@@ -289,7 +289,7 @@ def test_usage_starts_afresh_each_utc_day_and_month(http, clock):
     same_day = http.get("/api/usage", headers=auth(key)).json()
     clock.at = today_at(0) + timedelta(days=1)
     next_day = http.get("/api/usage", headers=auth(key)).json()
-    clock.at = limits.month_reset(today_at(9))
+    clock.at = budgets.month_reset(today_at(9))
     next_month = http.get("/api/usage", headers=auth(key)).json()
 
     assert same_day["today"] == same_day["month"] == {"tokens": tokens, "replies": 1}
@@ -329,7 +329,7 @@ def test_staff_raising_a_budget_in_admin_takes_effect_without_a_restart(http, cl
     # Other workers read the client's row again within LIMITS_CACHE_SECONDS; so does this one.
     wait_until(
         lambda: http.get("/api/usage", headers=auth(key)).json()["limits"]["daily_tokens"] == 100_000,
-        timeout=limits.LIMITS_CACHE_SECONDS + 5,
+        timeout=client_limits.LIMITS_CACHE_SECONDS + 5,
         interval=0.2,
     )
     assert http.post("/api/chat", json={"message": "hi"}, headers=auth(key)).status_code == 200

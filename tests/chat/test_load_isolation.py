@@ -5,7 +5,7 @@ import threading
 
 import pytest
 
-from chat.auth import owner_from_api_key
+from chat.access.auth import owner_from_api_key
 from chat.domain.errors import ChatError
 from chat.runtime import db
 from tests.conftest import auth

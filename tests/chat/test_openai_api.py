@@ -10,7 +10,7 @@ import pytest
 from django.core.exceptions import ImproperlyConfigured
 from django.core.management import call_command
 
-from chat.openai_api import OpenAIMessage, coze_context
+from chat.transports.openai_requests import OpenAIMessage, coze_context
 from cozeproject.settings import parse_bot_names
 from sessions_admin.models import ChatSession, Message, Reply
 from tests.chat.test_files import png_bytes

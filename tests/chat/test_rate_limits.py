@@ -6,7 +6,8 @@ import pytest
 import redis
 from django.conf import settings as django_settings
 
-from chat import limits
+from chat.access import admission, client_limits, counters
+from chat.domain.errors import ChatError
 from tests.chat.limits_helpers import Owner
 from tests.conftest import auth, wait_until
 
@@ -15,9 +16,9 @@ pytestmark = pytest.mark.django_db(transaction=True)
 
 @pytest.fixture(autouse=True)
 def fresh_counters():
-    limits._local.windows.clear()
-    limits._local.streams.clear()
-    limits.forget_cached_limits()
+    counters.local_counters.windows.clear()
+    counters.local_counters.streams.clear()
+    client_limits.forget_cached_limits()
     if django_settings.REDIS_URL:
         client = redis.from_url(django_settings.REDIS_URL)
         keys = list(client.scan_iter("cozeproject:*"))
@@ -81,16 +82,16 @@ async def test_a_stream_slot_of_a_crashed_worker_lapses(settings):
     settings.CHAT_MAX_CONCURRENT_STREAMS = 1
     settings.CHAT_SESSION_LOCK_TTL = 0.2
     owner = Owner(key="client:lapse")
-    crashed = await limits.aadmit_turn(owner=owner, bot_id=settings.COZE_BOT_ID)
+    crashed = await admission.aadmit_turn(owner=owner, bot_id=settings.COZE_BOT_ID)
     crashed.renewal.cancel()  # its worker died: nobody renews or releases the slot
-    with pytest.raises(limits.ChatError):
-        await limits.aadmit_turn(owner=owner, bot_id=settings.COZE_BOT_ID)
+    with pytest.raises(ChatError):
+        await admission.aadmit_turn(owner=owner, bot_id=settings.COZE_BOT_ID)
 
     import asyncio
 
     await asyncio.sleep(0.3)
-    third = await limits.aadmit_turn(owner=owner, bot_id=settings.COZE_BOT_ID)
-    await limits.arelease_turn(third)
+    third = await admission.aadmit_turn(owner=owner, bot_id=settings.COZE_BOT_ID)
+    await admission.arelease_turn(third)
 
 
 @pytest.mark.asyncio
@@ -98,10 +99,10 @@ async def test_limiter_lets_requests_through_when_redis_is_down(settings):
     settings.REDIS_URL = "redis://127.0.0.1:1/0"
     settings.CHAT_RATE_LIMIT_PER_MINUTE = 1
     settings.CHAT_MAX_CONCURRENT_STREAMS = 1
-    limits._async_clients.clear()
+    counters.async_clients.clear()
     owner = Owner(key="client:redis-down")
     try:
-        admissions = [await limits.aadmit_turn(owner=owner, bot_id=settings.COZE_BOT_ID) for _ in range(3)]
+        admissions = [await admission.aadmit_turn(owner=owner, bot_id=settings.COZE_BOT_ID) for _ in range(3)]
         assert [admission.slot_id for admission in admissions] == ["", "", ""]
     finally:
-        limits._async_clients.clear()
+        counters.async_clients.clear()

@@ -9,7 +9,7 @@ import httpx
 import pytest
 import redis
 
-from chat import replay
+from chat.resume import replay
 from sessions_admin.models import Message, Reply
 from tests.chat.conftest import clear_redis_buffers, redis_ok
 from tests.conftest import auth, wait_until

@@ -9,8 +9,8 @@ import json
 import pytest
 from channels.db import database_sync_to_async  # closes its connection, unlike sync_to_async
 
-from chat import replay, resume
 from chat.domain.inputs import ChatRequest, Owner
+from chat.resume import replay, resuming
 from chat.turn import service
 from sessions_admin.models import Message, Reply
 from tests.conftest import await_until
@@ -33,7 +33,7 @@ async def abandon(owner: Owner, session_id: str) -> None:
 
 
 async def entries_of(owner: Owner, session_id: str, after_id: int) -> list:
-    events = await resume.aopen_reply_stream(owner=owner, session_id=session_id, after_id=after_id, heartbeat=15)
+    events = await resuming.aopen_reply_stream(owner=owner, session_id=session_id, after_id=after_id, heartbeat=15)
     return [entry async for entry in events]
 
 

@@ -14,10 +14,10 @@ import pytest
 from django.utils import timezone
 
 from chat import coze
+from chat.conversations.sessions import session_clear
 from chat.domain.errors import ChatError
 from chat.domain.events import CompletedEvent, ErrorEvent
 from chat.domain.inputs import ChatRequest, Owner
-from chat.sessions import session_clear
 from chat.turn import finish, records, service, store
 from sessions_admin.models import ChatSession, Conversation, Message, Reply
 from tests.conftest import auth, await_until, read_sse, wait_until

@@ -9,10 +9,10 @@ from asgiref.sync import async_to_sync
 from django.db import connection
 from django.utils import timezone
 
-from chat import files
 from chat.domain.errors import ChatError
 from chat.domain.events import Usage
 from chat.domain.inputs import ChatRequest, Owner
+from chat.files import attachments
 from chat.turn import records, store, store_orm
 from chat.turn.records import Route, RouteChanged, TurnOutcome, TurnStart
 from sessions_admin.models import ChatSession, Conversation, DailyUsage, Message, Reply
@@ -40,7 +40,7 @@ def start(request):
                 transport="sse",
                 worker_channel="worker-1",
                 lock_token=token,
-                attachments=files.ResolvedAttachments(),
+                attachments=attachments.ResolvedAttachments(),
                 expected_route=expected,
             )
         )
@@ -150,7 +150,7 @@ def new_turn(message="hi", *, session_id="s1", token="t1"):
             transport="sse",
             worker_channel="worker-1",
             lock_token=token,
-            attachments=files.ResolvedAttachments(),
+            attachments=attachments.ResolvedAttachments(),
         )
     )
 

@@ -171,7 +171,7 @@ def test_anonymous_browsers_chat_only_when_allowed_and_each_owns_its_sessions(as
 
 
 def test_a_deactivated_key_stops_working_within_the_key_cache_time(http, api_key, monkeypatch):
-    from chat import auth as chat_auth
+    from chat.access import auth as chat_auth
 
     monkeypatch.setattr(chat_auth, "KEY_CACHE_SECONDS", 0.3)
     assert http.post("/api/chat/stream", json={"message": "hi"}, headers=auth(api_key)).status_code == 200

@@ -216,7 +216,7 @@ class DirectBackend:
             _restore_sigint(previous)
 
     def clear(self, session_id: str) -> None:
-        from chat import sessions
+        from chat.conversations import sessions
 
         try:
             sessions.session_clear(owner=self.owner, session_id=session_id)

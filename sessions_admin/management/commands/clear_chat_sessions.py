@@ -25,7 +25,7 @@ from django.db import transaction
 from django.db.models import Max, Q
 from django.utils import timezone
 
-from chat.files import files_of_sessions
+from chat.files.attachments import files_of_sessions
 from sessions_admin.models import ChatFile, ChatSession, Conversation, Message, Reply
 
 COUNTED = {

@@ -9,9 +9,11 @@ from rest_framework.parsers import MultiPartParser
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from chat import files, limits, sessions
+from chat.access import budgets
+from chat.conversations import sessions
 from chat.domain.errors import ChatError
-from chat.serializers import (
+from chat.files import uploads
+from chat.transports.serializers import (
     ChatRequestSerializer,
     MessageSerializer,
     SessionSerializer,
@@ -115,8 +117,8 @@ class FileUploadApi(AsyncAPIView):
             raise ChatError(
                 "invalid", "file: send the file as the multipart field 'file'.", errors={"file": ["Required."]}
             )
-        chat_file = await files.afile_upload(owner=request.auth, uploaded_file=uploaded_file)
-        return Response(files.file_upload_body(chat_file), status=status.HTTP_201_CREATED)
+        chat_file = await uploads.afile_upload(owner=request.auth, uploaded_file=uploaded_file)
+        return Response(uploads.file_upload_body(chat_file), status=status.HTTP_201_CREATED)
 
 
 class ChatCancelApi(AsyncAPIView):
@@ -268,4 +270,4 @@ class UsageApi(APIView):
 
     @extend_schema(tags=["usage"], responses={200: USAGE_RESPONSE, **ERRORS}, summary="Your use, limits and budgets")
     def get(self, request):
-        return Response(limits.usage_report(request.auth))
+        return Response(budgets.usage_report(request.auth))

@@ -13,19 +13,19 @@ from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_GET, require_POST
 
-from chat import sessions
-from chat.apis import SESSION_CLEARED_MESSAGE, chat_response_body
-from chat.auth import aresolve_owner
+from chat.access.auth import aresolve_owner
+from chat.conversations import sessions
 from chat.domain.errors import ChatError
 from chat.domain.events import PING, CompletedEvent, DeltaEvent, ErrorEvent
 from chat.domain.inputs import ChatRequest, Owner
 from chat.domain.sse import PING as SSE_PING
 from chat.domain.sse import sse_data
 from chat.runtime.db import db_async
-from chat.serializers import SessionSerializer, parse_chat_request, parse_json_bytes
 from chat.transports.errors import json_error_response
+from chat.transports.rest import SESSION_CLEARED_MESSAGE, chat_response_body
+from chat.transports.serializers import SessionSerializer, parse_chat_request, parse_json_bytes
+from chat.transports.sse import start_sse_stream, stream_items
 from chat.turn import service
-from chat.views import start_sse_stream, stream_items
 from sessions_admin.models import Conversation, Reply
 
 # The earlier body of /chat and /chat/stream; anything else they were sent is ignored, as then.

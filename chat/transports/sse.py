@@ -15,17 +15,18 @@ from django.shortcuts import render
 from django.views.decorators.csrf import csrf_exempt, ensure_csrf_cookie
 from django.views.decorators.http import require_GET, require_POST
 
-from chat import coze, resume
-from chat.auth import aresolve_owner, ensure_browser_id
+from chat import coze
+from chat.access.auth import aresolve_owner, ensure_browser_id
 from chat.domain.errors import ChatError
 from chat.domain.events import PING, ChatEvent, ErrorEvent, Ping
 from chat.domain.inputs import ChatRequest, Owner
 from chat.domain.sse import PING as SSE_PING
 from chat.domain.sse import sse_done, sse_event
+from chat.resume import resuming
 from chat.runtime import metrics
 from chat.runtime.db import db_async
-from chat.serializers import parse_chat_request, parse_json_bytes
 from chat.transports.errors import json_error_response
+from chat.transports.serializers import parse_chat_request, parse_json_bytes
 from chat.turn import service
 from sessions_admin.models import Reply
 
@@ -124,7 +125,7 @@ async def session_stream_view(request: HttpRequest, session_id: str) -> HttpResp
     (docs/api.md §9)."""
     try:
         owner = await aresolve_owner(request)
-        events = await resume.aopen_reply_stream(
+        events = await resuming.aopen_reply_stream(
             owner=owner,
             session_id=session_id,
             after_id=_last_event_id(request),

@@ -17,21 +17,22 @@ from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
 from django.conf import settings
 
-from chat import resume, sessions
-from chat.auth import (
+from chat.access.auth import (
     BROWSER_SESSION_KEY,
     aowner_from_api_key,
     bearer_key,
     owner_for_browser,
     owner_for_user,
 )
+from chat.conversations import sessions
 from chat.domain.errors import ChatError
 from chat.domain.events import PING
 from chat.domain.inputs import ChatRequest, Owner
 from chat.domain.sse import encode_json
+from chat.resume import resuming
 from chat.runtime.logging import new_request_id, request_id_var
 from chat.runtime.tasks import in_background
-from chat.serializers import SESSION_ID_RE, parse_chat_request
+from chat.transports.serializers import SESSION_ID_RE, parse_chat_request
 from chat.turn import service
 from chat.turn.control import TurnControl
 from sessions_admin.models import Reply
@@ -163,7 +164,7 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
     async def _run_resume(self, session_id: str, after_id: int) -> None:
         """Replay a session's reply after `after_id` and follow it to `done`, as the SSE resume does."""
         try:
-            events = await resume.aopen_reply_stream(
+            events = await resuming.aopen_reply_stream(
                 owner=self.owner, session_id=session_id, after_id=after_id, heartbeat=settings.CHAT_SSE_HEARTBEAT
             )
             async with contextlib.aclosing(events):

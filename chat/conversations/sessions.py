@@ -12,9 +12,9 @@ from django.db.models import OuterRef, Subquery
 from django.db.models.functions import Substr
 from django.utils import timezone
 
-from chat import files
 from chat.domain.errors import ChatError
 from chat.domain.inputs import Owner
+from chat.files import attachments
 from chat.runtime.db import db_async
 from chat.turn import cancellation, start
 from chat.turn.control import active_turns, running_turns
@@ -91,7 +91,7 @@ def session_delete(*, owner: Owner, session_id: str) -> None:
         if session is None:
             session_get(owner=owner, session_id=session_id)  # not_found when it does not exist
             raise ChatError("session_busy", "This session has a reply in progress; cancel it before deleting.")
-        files.files_delete_for_sessions([session.pk])  # the session's files go with it (chat.files)
+        attachments.files_delete_for_sessions([session.pk])  # the session's files go with it (chat.files)
         session.delete()
     start.forget_route(owner.key, session_id)
 

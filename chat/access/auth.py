@@ -19,7 +19,7 @@ from django.middleware.csrf import CsrfViewMiddleware
 from django.utils import timezone
 from rest_framework import authentication, exceptions, permissions
 
-from chat import limits
+from chat.access import auth_failures
 from chat.domain.errors import ChatError, csrf_detail
 from chat.domain.inputs import Owner
 from chat.runtime import metrics
@@ -78,7 +78,7 @@ def _remember_owner(key_hash: str, owner: Owner) -> None:
 
 # --- wrong keys from a blocked address ---------------------------------------------------------
 #
-# An address that sent too many wrong keys (chat.limits, CHAT_AUTH_FAILURES_PER_MINUTE) gets its keys
+# An address that sent too many wrong keys (chat.access.auth_failures, CHAT_AUTH_FAILURES_PER_MINUTE) gets its keys
 # that are not ours refused without a lookup, while its valid keys keep working. "Not ours" is told
 # by the directory: the first 64 bits of every active key's hash, loaded in one query only while
 # some address is blocked and reloaded at most every KEY_DIRECTORY_SECONDS (so a key created
@@ -164,7 +164,7 @@ def _owner_unless_blocked(raw_key: str, address: str | None) -> Owner | int:
     keys queues its lookups there before the first failures are back on the event loop, so they
     are counted, and the block checked, in the thread.
     """
-    blocked = limits.auth_block_seconds(address)
+    blocked = auth_failures.auth_block_seconds(address)
     if blocked and (
         not looks_like_api_key(raw_key) or _fingerprint(hash_api_key(raw_key)) not in _load_key_directory()
     ):
@@ -173,7 +173,7 @@ def _owner_unless_blocked(raw_key: str, address: str | None) -> Owner | int:
         return owner_from_api_key(raw_key)
     except ChatError as error:
         if _failed(error):
-            limits.record_auth_failure(address)
+            auth_failures.record_auth_failure(address)
         raise
 
 
@@ -221,13 +221,13 @@ async def aowner_from_api_key(raw_key: str, *, address: str | None = None) -> Ow
     owner = _cached_owner(key_hash) if key_hash else None
     if owner is not None:
         return owner
-    blocked = limits.auth_block_seconds(address)
+    blocked = auth_failures.auth_block_seconds(address)
     if blocked and (key_hash is None or not await _ais_known_key(key_hash)):
         await _ahold_refusal(address, blocked)
         raise _refused_from_address(blocked)
     if key_hash is None:  # no database lookup for what can't be a key
         metrics.AUTH_FAILURES.labels("unauthenticated").inc()
-        await limits.arecord_auth_failure(address)
+        await auth_failures.arecord_auth_failure(address)
         raise _invalid_key()
     owner = await _aowner_unless_blocked(raw_key, address)
     if isinstance(owner, int):

@@ -21,7 +21,7 @@ from django.db import IntegrityError, transaction
 from django.db.models import F
 from django.utils import timezone
 
-from chat import limits
+from chat.access import budgets, client_limits
 from chat.runtime.db import db_async
 from sessions_admin.models import BudgetAlert
 
@@ -41,24 +41,24 @@ def _spawn(coro) -> asyncio.Task:
     return task
 
 
-def check_in_background(*, api_client_id: int, owner_key: str, limits: "limits.Limits") -> None:
+def check_in_background(*, api_client_id: int, owner_key: str, limits: "client_limits.Limits") -> None:
     """After a reply of a budgeted client ended: record and send the alerts its use now calls for."""
     if settings.CHAT_BUDGET_ALERT_WEBHOOK:
         _spawn(_check_and_send(api_client_id=api_client_id, owner_key=owner_key, budget_limits=limits))
 
 
-def crossed_thresholds(use: "limits.BudgetUse", thresholds: list[int]) -> list[int]:
+def crossed_thresholds(use: "budgets.BudgetUse", thresholds: list[int]) -> list[int]:
     return [threshold for threshold in thresholds if use.used * 100 >= use.limit * threshold]
 
 
-def record_alerts(*, api_client_id: int, owner_key: str, budget_limits: "limits.Limits") -> list[int]:
+def record_alerts(*, api_client_id: int, owner_key: str, budget_limits: "client_limits.Limits") -> list[int]:
     """Insert an alert row for each threshold now crossed and not yet alerted; returns the ids of
     the alerts this call should send: the ones it inserted, and earlier ones still undelivered
     whose retry is due."""
-    at = limits.now()
-    spend = limits.spend_of(owner_key, at)
+    at = budgets.now()
+    spend = budgets.spend_of(owner_key, at)
     created = []
-    for use in limits.budget_uses(budget_limits, spend, at):
+    for use in budgets.budget_uses(budget_limits, spend, at):
         start = at.date() if use.period == "day" else at.date().replace(day=1)
         for threshold in crossed_thresholds(use, settings.CHAT_BUDGET_ALERT_THRESHOLDS):
             try:
@@ -123,7 +123,7 @@ _adelivered = db_async(_delivered)
 _afailed = db_async(_failed)
 
 
-async def _check_and_send(*, api_client_id: int, owner_key: str, budget_limits: "limits.Limits") -> None:
+async def _check_and_send(*, api_client_id: int, owner_key: str, budget_limits: "client_limits.Limits") -> None:
     try:
         alert_pks = await _arecord_alerts(api_client_id=api_client_id, owner_key=owner_key, budget_limits=budget_limits)
     except Exception:

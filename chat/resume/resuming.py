@@ -1,6 +1,6 @@
 """Resuming a session's reply (docs/api.md §9): the events after the last one a client saw.
 
-The session's latest reply is followed from its replay buffer (`chat.replay`) while the buffer
+The session's latest reply is followed from its replay buffer (`chat.resume.replay`) while the buffer
 holds every event after that one; otherwise — the window passed, the buffer was dropped, or the
 reply runs on a worker whose memory this one can't see — the reply is awaited until it ends and
 its stored form is sent: `session`, one `delta` with the rest of the answer, `completed` (or
@@ -14,12 +14,13 @@ from collections.abc import AsyncIterator
 
 from django.db.models import F
 
-from chat import limits, replay
+from chat.access import rates
 from chat.domain.errors import ERROR_CODES, ChatError
 from chat.domain.events import PING, CompletedEvent, DeltaEvent, ErrorEvent, Ping, SessionEvent, Usage
 from chat.domain.inputs import Owner
 from chat.domain.sse import encode_json
-from chat.replay import Entry
+from chat.resume import replay
+from chat.resume.replay import Entry
 from chat.runtime.db import db_async
 from chat.runtime.tasks import in_background
 from sessions_admin.models import ChatSession, Message, Reply
@@ -120,7 +121,7 @@ async def aopen_reply_stream(
     Raises ChatError("not_found") for an unknown or someone else's session, or one with no reply,
     and ChatError("rate_limited") when the owner is over its requests per minute.
     """
-    await limits.acheck_request(owner)  # a resume is a request like any other
+    await rates.acheck_request(owner)  # a resume is a request like any other
     reply = await _latest_reply(owner=owner, session_id=session_id)
     in_background(_count_resume(reply.pk))
     return _reply_events(reply.pk, after_id, heartbeat)

@@ -6,8 +6,9 @@ import argparse
 
 import uvicorn
 
-from .app import COZE_MAX_UPLOAD_BYTES, SimulatorConfig, create_app
+from .app import SimulatorConfig, create_app
 from .server import base_url_for, bind_socket, uvicorn_config
+from .state import COZE_MAX_UPLOAD_BYTES
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -11,7 +11,8 @@ from typing import Any
 
 import uvicorn
 
-from .app import SimulatedDrop, SimulatorApp, SimulatorConfig, create_app
+from .app import SimulatorApp, SimulatorConfig, create_app
+from .wire import SimulatedDrop
 
 __all__ = ["SimulatorServer", "bind_socket", "uvicorn_config"]
 

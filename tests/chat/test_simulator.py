@@ -22,7 +22,7 @@ from cozepy import ChatEventType, ChatStatus, Message, MessageObjectString, Mess
 from cozepy.exception import CozeAPIError, CozeInvalidEventError
 
 from chat.simulator import SimulatorConfig, SimulatorServer, create_app
-from chat.simulator.app import split_deltas
+from chat.simulator.bot import split_deltas
 
 BOT = "7400000000000000001"
 USER = "tester"

@@ -1,0 +1,25 @@
+"""Inspection routes (``/_sim/…``): what the simulator received and did, for tests and benchmarks."""
+
+from __future__ import annotations
+
+from .state import SimulatorBase
+from .wire import Request, Response, json_response
+
+
+class InspectionRoutes(SimulatorBase):
+    """``/_sim/stats``, ``/_sim/chats/{id}``, ``/_sim/files/{id}``: no authentication."""
+
+    async def _sim_stats(self, request: Request) -> Response:
+        return json_response(200, self.state.stats())
+
+    async def _sim_file(self, request: Request) -> Response:
+        uploaded = self.state.files.get(request.path.split("/")[3])
+        if uploaded is None:
+            return json_response(404, {"code": 4000, "msg": "file not found"})
+        return json_response(200, uploaded.inspection())
+
+    async def _sim_chat(self, request: Request) -> Response:
+        chat = self.state.chats.get(request.path.split("/")[3])
+        if chat is None:
+            return json_response(404, {"code": 4001, "msg": "chat not found"})
+        return json_response(200, chat.inspection())

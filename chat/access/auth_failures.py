@@ -14,12 +14,14 @@ import math
 import threading
 import time
 
-import redis
 from django.conf import settings
 
 from chat.access import counters
 
 logger = logging.getLogger(__name__)
+
+# Names this limiter in the warning logged when Redis is away.
+LIMITER = "Failed-authentication limiter"
 
 
 _blocked_until: dict[str, float] = {}  # address -> wall-clock end of its block, in this worker
@@ -69,27 +71,15 @@ def record_auth_failure(address: str | None) -> None:
     """Count a wrong API key from `address` (sync twin of `arecord_auth_failure`)."""
     if not address or not settings.CHAT_AUTH_FAILURES_PER_MINUTE:
         return
-    try:
-        count, ttl = counters.window_hit(_auth_failures_owner(address))
-    except redis.RedisError as exc:
-        logger.warning("Failed-authentication limiter: Redis unavailable, not counting: %s", exc)
-        return
-    _after_auth_failure(address, int(count), int(ttl))
+    hit = counters.window_hit(_auth_failures_owner(address), limiter=LIMITER)
+    if hit is not None:
+        _after_auth_failure(address, *hit)
 
 
 async def arecord_auth_failure(address: str | None) -> None:
     """Count a wrong API key from `address`; the one that reaches the limit blocks the address."""
     if not address or not settings.CHAT_AUTH_FAILURES_PER_MINUTE:
         return
-    try:
-        count, ttl = await counters.awindow_hit(_auth_failures_owner(address))
-    except redis.RedisError as exc:
-        logger.warning("Failed-authentication limiter: Redis unavailable, not counting: %s", exc)
-        return
-    _after_auth_failure(address, int(count), int(ttl))
-
-
-def auth_failures_reset() -> None:
-    """Forget this worker's blocks (tests; the counters themselves lapse with their minute)."""
-    with _blocked_lock:
-        _blocked_until.clear()
+    hit = await counters.awindow_hit(_auth_failures_owner(address), limiter=LIMITER)
+    if hit is not None:
+        _after_auth_failure(address, *hit)

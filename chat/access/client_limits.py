@@ -126,8 +126,3 @@ async def alimits_for(owner) -> Limits:
         row = await _aload_client_row(owner.api_client_id)
         _remember_row(owner.api_client_id, row)
     return _resolve(row)
-
-
-def forget_cached_limits() -> None:
-    """Drop this process's cache (tests; other processes follow within LIMITS_CACHE_SECONDS)."""
-    _client_rows.clear()

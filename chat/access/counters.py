@@ -217,18 +217,26 @@ async def arelease_slot(owner_key: str, slot_id: str) -> None:
         logger.warning("Rate limiter: could not release a stream slot (it lapses by itself): %s", exc)
 
 
-def window_hit(owner_key: str) -> tuple[int, int]:
+def window_hit(owner_key: str, *, limiter: str) -> tuple[int, int] | None:
     """Count one request in `owner_key`'s minute window: (requests so far, seconds left of the
-    window). Raises redis.RedisError when Redis is away (the caller decides what that means)."""
+    window), or None when Redis is away (logged as `limiter`'s warning: nothing is limited then)."""
     if not settings.REDIS_URL:
         return local_counters.hit(owner_key)
-    count, ttl = redis_client().eval(HIT_SCRIPT, 1, window_key(owner_key), WINDOW_SECONDS)
+    try:
+        count, ttl = redis_client().eval(HIT_SCRIPT, 1, window_key(owner_key), WINDOW_SECONDS)
+    except redis.RedisError as exc:
+        logger.warning("%s: Redis unavailable, not counting: %s", limiter, exc)
+        return None
     return int(count), int(ttl)
 
 
-async def awindow_hit(owner_key: str) -> tuple[int, int]:
+async def awindow_hit(owner_key: str, *, limiter: str) -> tuple[int, int] | None:
     """`window_hit` for async code."""
     if not settings.REDIS_URL:
         return local_counters.hit(owner_key)
-    count, ttl = await aredis_client().eval(HIT_SCRIPT, 1, window_key(owner_key), WINDOW_SECONDS)
+    try:
+        count, ttl = await aredis_client().eval(HIT_SCRIPT, 1, window_key(owner_key), WINDOW_SECONDS)
+    except redis.RedisError as exc:
+        logger.warning("%s: Redis unavailable, not counting: %s", limiter, exc)
+        return None
     return int(count), int(ttl)

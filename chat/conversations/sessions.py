@@ -15,6 +15,7 @@ from django.utils import timezone
 from chat.domain.errors import ChatError
 from chat.domain.inputs import Owner
 from chat.files import attachments
+from chat.resume import resuming
 from chat.runtime.db import db_async
 from chat.turn import cancellation, start
 from chat.turn.control import active_turns, running_turns
@@ -131,20 +132,6 @@ async def achat_cancel(*, owner: Owner, chat_id: str) -> dict:
     return {"chat_id": chat_id, "status": "cancelled"}
 
 
-@db_async
-def _latest_reply(*, owner: Owner, session_id: str) -> Reply:
-    reply = (
-        Reply.objects.filter(owner_key=owner.key, session__owner_key=owner.key, session__session_id=session_id)
-        .order_by("-pk")
-        .only("pk", "status", "coze_chat_id")
-        .first()
-    )
-    if reply is None:
-        session_get(owner=owner, session_id=session_id)  # not_found for an unknown session
-        raise ChatError("not_found", "This session has no reply yet.")
-    return reply
-
-
 async def asession_cancel(*, owner: Owner, session_id: str) -> dict:
     """Stop the session's current reply (its latest, if still in progress), like `achat_cancel`.
 
@@ -152,7 +139,7 @@ async def asession_cancel(*, owner: Owner, session_id: str) -> dict:
     stopped through its control at once; in another, the cancel waits (up to CANCEL_WAIT_SECONDS)
     for the id to be recorded, then goes through the channel layer.
     """
-    reply = await _latest_reply(owner=owner, session_id=session_id)
+    reply = await resuming.alatest_reply(owner=owner, session_id=session_id)
     deadline = time.monotonic() + CANCEL_WAIT_SECONDS
     while reply.status == Reply.Status.IN_PROGRESS:
         control = next((c for c in list(active_turns) if c.reply_pk == reply.pk and c.owner_key == owner.key), None)
@@ -166,5 +153,5 @@ async def asession_cancel(*, owner: Owner, session_id: str) -> dict:
         if time.monotonic() > deadline:
             break
         await asyncio.sleep(0.05)
-        reply = await _latest_reply(owner=owner, session_id=session_id)
+        reply = await resuming.alatest_reply(owner=owner, session_id=session_id)
     return {"session_id": session_id, "chat_id": reply.coze_chat_id, "status": reply.status}

@@ -29,17 +29,25 @@ from sessions_admin.models import ChatSession, Message, Reply
 POLL_SECONDS = 0.5
 
 
-@db_async
-def _latest_reply(*, owner: Owner, session_id: str) -> Reply:
-    session_pk = (
-        ChatSession.objects.filter(owner_key=owner.key, session_id=session_id).values_list("pk", flat=True).first()
+def latest_reply(*, owner: Owner, session_id: str) -> Reply:
+    """The latest reply of the owner's session (what a resume follows and a session cancel stops).
+
+    Raises ChatError("not_found") for an unknown session, someone else's, or one with no reply yet.
+    """
+    reply = (
+        Reply.objects.filter(session__owner_key=owner.key, session__session_id=session_id)
+        .order_by("-pk")
+        .only("pk", "status", "coze_chat_id")
+        .first()
     )
-    if session_pk is None:
+    if reply is not None:
+        return reply
+    if not ChatSession.objects.filter(owner_key=owner.key, session_id=session_id).exists():
         raise ChatError("not_found", "No such session.")
-    reply = Reply.objects.filter(session_id=session_pk).order_by("-pk").only("pk", "status").first()
-    if reply is None:
-        raise ChatError("not_found", "This session has no reply yet.")
-    return reply
+    raise ChatError("not_found", "This session has no reply yet.")
+
+
+alatest_reply = db_async(latest_reply)
 
 
 @db_async
@@ -122,7 +130,7 @@ async def aopen_reply_stream(
     and ChatError("rate_limited") when the owner is over its requests per minute.
     """
     await rates.acheck_request(owner)  # a resume is a request like any other
-    reply = await _latest_reply(owner=owner, session_id=session_id)
+    reply = await alatest_reply(owner=owner, session_id=session_id)
     in_background(_count_resume(reply.pk))
     return _reply_events(reply.pk, after_id, heartbeat)
 

@@ -13,7 +13,7 @@ from chat.domain import transcripts
 from chat.domain.errors import ChatError
 from chat.domain.events import Usage
 from chat.domain.inputs import ChatRequest, Owner
-from chat.files import attachments
+from chat.files.attachments import ResolvedAttachments
 from sessions_admin.models import Reply
 
 
@@ -41,7 +41,7 @@ class TurnStart:
     transport: str
     worker_channel: str
     lock_token: str
-    attachments: attachments.ResolvedAttachments
+    attachments: ResolvedAttachments
     # The route the turn's Coze chat was sent with; checked under the session's row lock when given.
     expected_route: Route | None = None
 

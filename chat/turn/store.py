@@ -28,7 +28,7 @@ from chat.files import attachments
 from chat.runtime.db import apg_fetchone, db_async, on_postgresql
 from chat.turn import records, store_orm
 from chat.turn.records import Route, RouteChanged, TurnContext, TurnOutcome, TurnStart
-from sessions_admin.models import ChatSession, Message, Reply
+from sessions_admin.models import ChatSession, Message
 from sessions_admin.rollup import ttft_bucket
 
 
@@ -169,15 +169,11 @@ async def turn_upstream_started(*, turn: TurnContext, chat_id: str, logid: str) 
     if on_postgresql():
         await apg_fetchone(UPSTREAM_STARTED_SQL, [chat_id, logid, turn.reply_pk])
     else:
-        await _record_upstream_ids(reply_pk=turn.reply_pk, chat_id=chat_id, logid=logid)
+        await _aupstream_started_orm(reply_pk=turn.reply_pk, chat_id=chat_id, logid=logid)
 
 
+_aupstream_started_orm = db_async(store_orm.turn_upstream_started)
 UPSTREAM_STARTED_SQL = "UPDATE sessions_admin_reply SET coze_chat_id = %s, coze_logid = %s WHERE id = %s RETURNING id"
-
-
-@db_async
-def _record_upstream_ids(*, reply_pk: int, chat_id: str, logid: str) -> None:
-    Reply.objects.filter(pk=reply_pk).update(coze_chat_id=chat_id, coze_logid=logid)
 
 
 @db_async

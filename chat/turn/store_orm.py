@@ -11,6 +11,7 @@ from django.utils import timezone
 from chat.domain import transcripts
 from chat.domain.errors import ChatError
 from chat.domain.inputs import Owner
+from chat.files.attachments import attachments_link
 from chat.turn import records
 from chat.turn.records import Route, RouteChanged, TurnContext, TurnOutcome, TurnStart, lock_free
 from sessions_admin.models import ChatSession, Conversation, Message, Reply
@@ -105,7 +106,7 @@ def turn_start(start: TurnStart) -> TurnContext:
             created_at=now,
         )
         if attachments.records:
-            attachments.attachments_link(message=question, resolved=attachments)
+            attachments_link(message=question, resolved=attachments)
         if not new_conversation:
             Conversation.objects.filter(pk=conversation.pk).update(
                 last_activity=now, message_count=F("message_count") + 1
@@ -139,6 +140,11 @@ def _committed_start(*, session: ChatSession, lock_token: str, owner: Owner, tra
         question=reply.messages.get(kind=Message.Kind.QUESTION).content,
         transcript_hash=conversation.transcript_hash,
     )
+
+
+def turn_upstream_started(*, reply_pk: int, chat_id: str, logid: str) -> None:
+    """`turn_upstream_started` through the ORM: Coze's ids on the Reply."""
+    Reply.objects.filter(pk=reply_pk).update(coze_chat_id=chat_id, coze_logid=logid)
 
 
 def turn_finish(*, turn: TurnContext, outcome: TurnOutcome) -> None:

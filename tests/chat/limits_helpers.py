@@ -35,7 +35,7 @@ class Answer:
 def reset_counters() -> None:
     counters.local_counters.windows.clear()
     counters.local_counters.streams.clear()
-    client_limits.forget_cached_limits()
+    client_limits._client_rows.clear()
     if settings.REDIS_URL:
         client = redis.from_url(settings.REDIS_URL)
         # Only the limiter's keys: the channel layer of running workers shares the prefix.

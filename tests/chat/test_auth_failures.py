@@ -43,12 +43,12 @@ def failure_limit(settings, backend):  # noqa: F811
     settings.CHAT_AUTH_FAILURES_PER_MINUTE = LIMIT
     settings.CHAT_AUTH_BLOCKED_RATE = 0  # paced refusals are tested on their own, below
     reset_counters()
-    auth_failures.auth_failures_reset()
+    auth_failures._blocked_until.clear()
     auth._owners_by_key_hash.clear()
     auth._directory = None
     yield
     reset_counters()
-    auth_failures.auth_failures_reset()
+    auth_failures._blocked_until.clear()
 
 
 @pytest.fixture
@@ -175,7 +175,7 @@ def test_another_worker_learns_the_block_from_the_shared_count(http, lookups):
     """A worker that has not seen the address fail (its own blocks forgotten) lets one more lookup
     through; the count that lookup returns is over the limit, so from then on it refuses too."""
     block(http)
-    auth_failures.auth_failures_reset()  # as a worker that did not answer those failures
+    auth_failures._blocked_until.clear()  # as a worker that did not answer those failures
     looked_up = len(lookups)
 
     first = http.post("/api/chat/stream", json={"message": "hi"}, headers=bearer(wrong_key()))

@@ -18,7 +18,7 @@ pytestmark = pytest.mark.django_db(transaction=True)
 def fresh_counters():
     counters.local_counters.windows.clear()
     counters.local_counters.streams.clear()
-    client_limits.forget_cached_limits()
+    client_limits._client_rows.clear()
     if django_settings.REDIS_URL:
         client = redis.from_url(django_settings.REDIS_URL)
         keys = list(client.scan_iter("cozeproject:*"))

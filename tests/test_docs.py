@@ -194,3 +194,12 @@ def test_every_route_is_in_the_reference():
     browser_only = {"/favicon.ico"}
     missing = [route for route in routes if shape(route) not in documented and route not in browser_only]
     assert not missing, f"docs/api.md does not mention {missing}"
+
+
+def test_the_architecture_page_names_every_package_of_chat():
+    """docs/architecture.md says what each package owns; a new package must take its line there."""
+    page = (ROOT / "docs" / "architecture.md").read_text()
+    packages = {path.parent.name for path in (ROOT / "chat").glob("*/__init__.py")}
+    assert packages >= {"domain", "coze", "turn", "transports"}, "the layout changed"
+    missing = {name for name in packages if f"`chat/{name}/`" not in page}
+    assert not missing, f"docs/architecture.md does not describe {sorted(missing)}"

@@ -71,6 +71,30 @@ def test_studio_stream_ends_with_stream_done_and_no_verbose_message(studio):
     assert completed == [MessageType.ANSWER, MessageType.FOLLOW_UP, MessageType.FOLLOW_UP]
 
 
+@pytest.mark.asyncio
+async def test_async_client_reads_the_studio_stream_to_its_end(studio):
+    http_client = cozepy.AsyncHTTPClient()
+    try:
+        coze = cozepy.AsyncCoze(auth=cozepy.AsyncTokenAuth(PAT), base_url=studio.base_url, http_client=http_client)
+        conversation = await coze.conversations.create()
+        events = [
+            e
+            async for e in coze.chat.stream(
+                bot_id=BOT, user_id=USER, conversation_id=conversation.id, additional_messages=user("async studio")
+            )
+        ]
+        chat = await coze.chat.create(
+            bot_id=BOT, user_id=USER, conversation_id=conversation.id, additional_messages=user("and again")
+        )
+    finally:
+        await http_client.aclose()
+    assert [e.event for e in events[-2:]] == [ChatEventType.CONVERSATION_CHAT_COMPLETED, ChatEventType.UNKNOWN]
+    assert "".join(e.message.content for e in events if e.event == ChatEventType.CONVERSATION_MESSAGE_DELTA) == (
+        "You said: async studio"
+    )
+    assert chat.status == ChatStatus.COMPLETED and chat.conversation_id == conversation.id
+
+
 def test_coze_com_stream_ends_with_done_after_the_verbose_message(coze_com):
     body = raw_stream(coze_com, "hello coze")
     assert body.endswith('event:done\ndata:"[DONE]"\n\n')

@@ -125,6 +125,15 @@ if COZE_OAUTH_APP_ID and not (COZE_OAUTH_KEY_ID and COZE_OAUTH_PRIVATE_KEY):
         "COZE_OAUTH_APP_ID needs COZE_OAUTH_KEY_ID and COZE_OAUTH_PRIVATE_KEY (or COZE_OAUTH_PRIVATE_KEY_FILE)."
     )
 COZE_OAUTH_TOKEN_TTL = env_number("COZE_OAUTH_TOKEN_TTL", 3600, minimum=60, cast=int)
+# What COZE_BASE_URL is: Coze's cloud (coze.cn, coze.com) or a self-hosted Coze Studio, which takes
+# personal access tokens only and can't continue a chat with local tool outputs (docs/api.md §14).
+COZE_PLATFORM = env.str("COZE_PLATFORM", default="coze").strip().lower()
+if COZE_PLATFORM not in ("coze", "studio"):
+    raise ImproperlyConfigured(f"COZE_PLATFORM must be coze or studio, got {COZE_PLATFORM!r}")
+if COZE_PLATFORM == "studio" and COZE_OAUTH_APP_ID:
+    raise ImproperlyConfigured(
+        "COZE_PLATFORM=studio with COZE_OAUTH_APP_ID: Coze Studio takes personal access tokens only (COZE_API_TOKEN)."
+    )
 COZE_DEMO_MODE = not (COZE_API_TOKEN or COZE_OAUTH_APP_ID)
 COZE_BASE_URL = env.str("COZE_BASE_URL", default="https://api.coze.cn").rstrip("/")
 COZE_BOT_ID = env.str("COZE_BOT_ID", default="")
@@ -222,6 +231,9 @@ if any(not 0 < threshold <= 1000 for threshold in CHAT_BUDGET_ALERT_THRESHOLDS):
     raise ImproperlyConfigured("CHAT_BUDGET_ALERT_THRESHOLDS must be percentages between 1 and 1000")
 # Threads that run the chat service's database calls; each keeps one connection.
 CHAT_DB_THREADS = env_number("CHAT_DB_THREADS", 4, minimum=1, cast=int)
+# How long a reply paused for the client's local tools (Coze's API, docs/api.md §13) waits for
+# their outputs, its session busy meanwhile, before it ends failed.
+CHAT_TOOL_OUTPUT_TIMEOUT = env_number("CHAT_TOOL_OUTPUT_TIMEOUT", 600.0, minimum=1)
 # A session lock not renewed for this long belongs to a crashed worker and may be taken over.
 CHAT_SESSION_LOCK_TTL = env_number("CHAT_SESSION_LOCK_TTL", COZE_STREAM_IDLE_TIMEOUT * 2 + 30, minimum=1)
 # Resumable replies (docs/api.md §9): how long a reply's events stay after it ends, and the bounds
@@ -348,8 +360,9 @@ WHITENOISE_USE_FINDERS = True
 CORS_ALLOWED_ORIGINS = env_list("CORS_ALLOWED_ORIGINS")
 CORS_ALLOW_CREDENTIALS = True
 # Browser front-ends of the OpenAI-compatible API read and send the session header.
-CORS_EXPOSE_HEADERS = ["Retry-After", "X-Session-Id"]
-CORS_ALLOW_HEADERS = (*cors_default_headers, "x-session-id")
+# Coze's JS SDK reads x-tt-logid, and sends x-coze-client-user-agent from a browser (docs/api.md §13).
+CORS_EXPOSE_HEADERS = ["Retry-After", "X-Session-Id", "X-Tt-Logid"]
+CORS_ALLOW_HEADERS = (*cors_default_headers, "x-session-id", "x-coze-client-user-agent")
 CSRF_TRUSTED_ORIGINS = CORS_ALLOWED_ORIGINS
 
 SECURE_CONTENT_TYPE_NOSNIFF = True

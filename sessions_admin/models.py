@@ -110,6 +110,10 @@ class ChatSession(models.Model):
     # expires so a crashed holder can't block the session forever.
     lock_token = models.CharField(max_length=32, blank=True, default="")
     locked_until = models.DateTimeField(null=True, blank=True)
+    # The string map a Coze client gave the conversation when it created it (docs/api.md §13).
+    # A database default too: the turn's start function and bulk loaders insert sessions naming
+    # only the older columns.
+    meta_data = models.JSONField(default=dict, db_default={}, blank=True)
 
     class Meta:
         constraints = [
@@ -171,6 +175,8 @@ class Reply(models.Model):
 
     class Status(models.TextChoices):
         IN_PROGRESS = "in_progress"
+        # Paused for the client's local tool outputs (Coze's API, docs/api.md §13): not running.
+        REQUIRES_ACTION = "requires_action"
         COMPLETED = "completed"
         FAILED = "failed"
         CANCELLED = "cancelled"
@@ -182,6 +188,7 @@ class Reply(models.Model):
         WEBSOCKET = "websocket", "WebSocket"
         COMPAT = "compat", "Compatibility paths"
         OPENAI = "openai", "OpenAI"
+        COZE = "coze", "Coze API"
 
     session = models.ForeignKey(ChatSession, on_delete=models.CASCADE, related_name="replies")
     conversation = models.ForeignKey(Conversation, on_delete=models.CASCADE, related_name="replies")
@@ -215,6 +222,11 @@ class Reply(models.Model):
     # Per event of a resumable reply (ids 1, 2, …), the characters it added to the answer,
     # comma-separated: a resume after the events expired sends the answer after the client's event.
     answer_offsets = models.TextField(blank=True, default="", db_default="", editable=False)
+    # A reply that paused for the client's local tools (docs/api.md §13): Coze's tool calls, each
+    # with the output the client sent once it did, and the answer written before the pause:
+    # `{"tool_calls": [{"id", "name", "arguments", "output"?}], "answer": "…"}`. Kept after the
+    # reply ends, as the record of what the tools were asked and answered.
+    required_action = models.JSONField(null=True, blank=True, editable=False)
 
     class Meta:
         verbose_name_plural = "replies"

@@ -9,6 +9,11 @@ worker, while others stream:
   that finishes it, and a live worker renews it well before it expires;
 * so an `in_progress` reply is still streaming only if its session holds an unexpired lock and
   it is the session's newest reply (the lock can't have been taken for a reply created later).
+
+A reply paused for the client's local tools (`requires_action`, docs/api.md §13) is not running
+anywhere: its session's lease is its deadline (CHAT_TOOL_OUTPUT_TIMEOUT), so it is left alone
+until then. The worker that paused it ends it `failed` at the deadline; if that worker died,
+`fail_expired_pauses` does, by the same rule as above.
 """
 
 from datetime import datetime, timedelta
@@ -21,15 +26,19 @@ from sessions_admin.models import ChatSession, Reply
 from sessions_admin.rollup import record_reply
 
 INTERRUPTED_DETAIL = "The worker streaming this reply stopped before it ended."
+EXPIRED_PAUSE_DETAIL = "The local tools' outputs did not arrive in time."
+
+
+def _lease_gone(now: datetime) -> Q:
+    """Replies whose session's lease has passed, or that are not the session's newest any more."""
+    later_reply = Reply.objects.filter(session=OuterRef("session"), pk__gt=OuterRef("pk"))
+    return Q(session__locked_until__isnull=True) | Q(session__locked_until__lte=now) | Exists(later_reply)
 
 
 def stuck_replies(*, now: datetime | None = None, older_than: timedelta | None = None):
     """The `in_progress` replies that nobody is streaming any more (see the module docstring)."""
     now = now or timezone.now()
-    later_reply = Reply.objects.filter(session=OuterRef("session"), pk__gt=OuterRef("pk"))
-    replies = Reply.objects.filter(status=Reply.Status.IN_PROGRESS).filter(
-        Q(session__locked_until__isnull=True) | Q(session__locked_until__lte=now) | Exists(later_reply)
-    )
+    replies = Reply.objects.filter(status=Reply.Status.IN_PROGRESS).filter(_lease_gone(now))
     if older_than is not None:
         replies = replies.filter(started_at__lte=now - older_than)
     return replies
@@ -59,3 +68,25 @@ def mark_interrupted_replies(older_than: timedelta | None = None) -> int:
         # session's status honest in the admin and the API.
         ChatSession.objects.filter(locked_until__lte=now).update(lock_token="", locked_until=None)
     return marked
+
+
+def fail_expired_pauses() -> int:
+    """End replies whose wait for local tool outputs has passed as `failed`, as the worker that
+    paused them would have (it died). Returns how many. Idempotent; a reply still within its wait
+    is never touched."""
+    now = timezone.now()
+    with transaction.atomic():
+        expired = list(
+            Reply.objects.filter(status=Reply.Status.REQUIRES_ACTION)
+            .filter(_lease_gone(now))
+            .values_list("pk", flat=True)
+        )
+        failed = Reply.objects.filter(pk__in=expired, status=Reply.Status.REQUIRES_ACTION).update(
+            status=Reply.Status.FAILED,
+            error_code="tool_output_timeout",
+            error_detail=EXPIRED_PAUSE_DETAIL,
+            finished_at=now,
+        )
+        for reply_pk in expired:
+            record_reply(reply_pk=reply_pk)
+    return failed

@@ -34,6 +34,8 @@ import logging
 import uuid
 from dataclasses import dataclass
 
+from django.conf import settings
+
 from chat.access import alerts, budgets, client_limits, counters
 from chat.domain.errors import ChatError
 
@@ -60,6 +62,20 @@ async def _keep_renewing(owner_key: str, slot_id: str) -> None:
         await counters.arenew_slot(owner_key, slot_id)
 
 
+def _check_bot(limits: client_limits.Limits, bot_id: str) -> None:
+    if limits.allowed_bot_ids and bot_id not in limits.allowed_bot_ids:
+        raise ChatError("bot_not_allowed", f"bot_id {bot_id!r} is not allowed for this API client.")
+
+
+async def acheck_bot(*, owner, bot_id: str) -> None:
+    """Whether `owner` may use `bot_id` at all (the server's bots, then the client's own list):
+    ChatError `bot_not_allowed` (403) if not. What `aadmit_turn` checks first, for requests that
+    name a bot without starting a turn (a Coze client creating or listing conversations)."""
+    if bot_id not in settings.COZE_ALLOWED_BOT_IDS:
+        raise ChatError("bot_not_allowed", f"bot_id {bot_id!r} is not allowed on this server.")
+    _check_bot(await client_limits.alimits_for(owner), bot_id)
+
+
 async def aadmit_turn(*, owner, bot_id: str) -> Admission:
     """Let a turn of `owner` with `bot_id` start, or raise ChatError: `bot_not_allowed` (403),
     `quota_exceeded` (429, Retry-After until the budget resets) or `rate_limited` (429).
@@ -68,8 +84,7 @@ async def aadmit_turn(*, owner, bot_id: str) -> Admission:
     result, however the turn ends.
     """
     limits = await client_limits.alimits_for(owner)
-    if limits.allowed_bot_ids and bot_id not in limits.allowed_bot_ids:
-        raise ChatError("bot_not_allowed", f"bot_id {bot_id!r} is not allowed for this API client.")
+    _check_bot(limits, bot_id)
     left, reserve = -1, 0
     if limits.has_budget:
         at = budgets.now()

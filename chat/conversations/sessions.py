@@ -17,7 +17,7 @@ from chat.domain.inputs import Owner
 from chat.files import attachments
 from chat.resume import resuming
 from chat.runtime.db import db_async
-from chat.turn import cancellation, start
+from chat.turn import cancellation, start, tools
 from chat.turn.control import active_turns, running_turns
 from chat.turn.records import lock_free
 from sessions_admin.models import ChatSession, Message, Reply
@@ -99,7 +99,12 @@ def session_delete(*, owner: Owner, session_id: str) -> None:
 
 @db_async
 def _reply_for_cancel(*, owner: Owner, chat_id: str) -> Reply:
-    reply = Reply.objects.filter(owner_key=owner.key, coze_chat_id=chat_id).order_by("-pk").first()
+    reply = (
+        Reply.objects.filter(owner_key=owner.key, coze_chat_id=chat_id)
+        .select_related("session")
+        .order_by("-pk")
+        .first()
+    )
     if reply is None:
         raise ChatError("not_found", "No such chat.")
     return reply
@@ -121,6 +126,11 @@ async def achat_cancel(*, owner: Owner, chat_id: str) -> dict:
         await asyncio.wait([control.task], timeout=CANCEL_WAIT_SECONDS)
         return {"chat_id": chat_id, "status": "cancelled"}
     reply = await _reply_for_cancel(owner=owner, chat_id=chat_id)
+    if reply.status == Reply.Status.REQUIRES_ACTION:
+        # Waiting for local tool outputs: running nowhere, so ended here.
+        await tools.acancel_paused(owner=owner, session_id=reply.session.session_id, chat_id=chat_id)
+        reply = await _reply_for_cancel(owner=owner, chat_id=chat_id)
+        return {"chat_id": chat_id, "status": reply.status}
     if reply.status != Reply.Status.IN_PROGRESS:
         return {"chat_id": chat_id, "status": reply.status}
     # Running in another worker process: reach it through the channel layer, then watch its record.
@@ -140,6 +150,8 @@ async def asession_cancel(*, owner: Owner, session_id: str) -> dict:
     for the id to be recorded, then goes through the channel layer.
     """
     reply = await resuming.alatest_reply(owner=owner, session_id=session_id)
+    if reply.status == Reply.Status.REQUIRES_ACTION:
+        return {"session_id": session_id, **await achat_cancel(owner=owner, chat_id=reply.coze_chat_id)}
     deadline = time.monotonic() + CANCEL_WAIT_SECONDS
     while reply.status == Reply.Status.IN_PROGRESS:
         control = next((c for c in list(active_turns) if c.reply_pk == reply.pk and c.owner_key == owner.key), None)

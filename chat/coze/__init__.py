@@ -2,7 +2,8 @@
 
 It owns the shared `AsyncCoze` client (one per event loop, i.e. one per worker process;
 `chat.coze.client`), builds requests and translates cozepy's stream into our own `Upstream*`
-events (`chat.coze.chats`), uploads files (`chat.coze.files`), and maps every cozepy or transport
+events, continues chats paused for local tools (`chat.coze.chats`), creates conversations ahead of
+their first chat (`chat.coze.conversations`), uploads files (`chat.coze.files`), and maps every cozepy or transport
 failure to a `ChatError` with a code from docs/api.md §3 (`chat.coze.errors`). Details never carry
 the token. The rest of the project uses the names exported here.
 
@@ -30,10 +31,13 @@ from chat.coze.chats import (  # noqa: E402
     UpstreamDelta,
     UpstreamEvent,
     UpstreamFollowUp,
+    UpstreamMessage,
     UpstreamReasoning,
+    UpstreamRequiresAction,
     UpstreamStarted,
     achat_cancel,
     achat_open,
+    achat_submit_tool_outputs,
     attachment_item,
     build_messages,
 )
@@ -45,6 +49,7 @@ from chat.coze.client import (  # noqa: E402
     simulator_base_url,
     start_demo_mode,
 )
+from chat.coze.conversations import aconversation_create  # noqa: E402
 from chat.coze.errors import error_from_coze_code, map_exception  # noqa: E402
 from chat.coze.files import UploadedFile, aupload_file  # noqa: E402
 
@@ -57,10 +62,14 @@ __all__ = [
     "UpstreamDelta",
     "UpstreamEvent",
     "UpstreamFollowUp",
+    "UpstreamMessage",
     "UpstreamReasoning",
+    "UpstreamRequiresAction",
     "UpstreamStarted",
     "achat_cancel",
     "achat_open",
+    "achat_submit_tool_outputs",
+    "aconversation_create",
     "aget_client",
     "attachment_item",
     "aupload_file",

@@ -1,17 +1,17 @@
 """A chat with Coze: the request's messages, the open stream translated into our `Upstream*`
-events, and cancel."""
+events, the tool outputs that continue a paused chat, and cancel."""
 
 import logging
 from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import dataclass
 
 import httpx
-from cozepy import ChatEvent, ChatEventType, Message, MessageObjectString
+from cozepy import ChatEvent, ChatEventType, Message, MessageObjectString, ToolOutput
 
 from chat.coze.client import aget_client, last_header, last_response
 from chat.coze.errors import error_from_coze_code, map_exception, redact
 from chat.domain.errors import ChatError
-from chat.domain.events import Usage
+from chat.domain.events import ToolCall, Usage
 
 logger = logging.getLogger(__name__)
 
@@ -26,11 +26,13 @@ class UpstreamStarted:
 @dataclass(frozen=True, slots=True)
 class UpstreamReasoning:
     content: str
+    message_id: str = ""
 
 
 @dataclass(frozen=True, slots=True)
 class UpstreamDelta:
     content: str
+    message_id: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,6 +43,16 @@ class UpstreamAnswer:
 @dataclass(frozen=True, slots=True)
 class UpstreamFollowUp:
     content: str
+    message_id: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class UpstreamMessage:
+    """Another completed message of the chat: `verbose`, `function_call` or `tool_response`."""
+
+    kind: str
+    message_id: str
+    content: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,9 +60,26 @@ class UpstreamCompleted:
     usage: Usage
 
 
+@dataclass(frozen=True, slots=True)
+class UpstreamRequiresAction:
+    """The chat paused for the bot's local plugins: the stream ends after this, and the chat goes
+    on once `achat_submit_tool_outputs` brings their outputs."""
+
+    tool_calls: tuple[ToolCall, ...]
+
+
 UpstreamEvent = (
-    UpstreamStarted | UpstreamReasoning | UpstreamDelta | UpstreamAnswer | UpstreamFollowUp | UpstreamCompleted
+    UpstreamStarted
+    | UpstreamReasoning
+    | UpstreamDelta
+    | UpstreamAnswer
+    | UpstreamFollowUp
+    | UpstreamMessage
+    | UpstreamCompleted
+    | UpstreamRequiresAction
 )
+# The other completed messages a chat sends, passed on as UpstreamMessage.
+OTHER_MESSAGE_KINDS = frozenset({"verbose", "function_call", "tool_response"})
 
 
 def attachment_item(attachment: dict) -> MessageObjectString:
@@ -98,16 +127,26 @@ class UpstreamChat:
     a finally): closing cozepy's stream leaves its HTTP response open until garbage collection, and
     only closing that response frees the connection and tells Coze the client is gone."""
 
-    def __init__(self, *, stream: AsyncGenerator[ChatEvent, None], first: ChatEvent | None, response: httpx.Response):
+    def __init__(
+        self,
+        *,
+        stream: AsyncGenerator[ChatEvent, None],
+        first: ChatEvent | None,
+        response: httpx.Response,
+        continued: bool = False,
+    ):
         self._stream = stream
         self._first = first
         self._response = response
         self.logid = response.headers.get("x-tt-logid", "")
+        # A chat that tool outputs continued starts at `in_progress` (it has no `created` again).
+        self._continued = continued
         self._completed = False
         self._closed = False
 
     async def events(self) -> AsyncIterator[UpstreamEvent]:
-        """Yields our events; raises ChatError on any upstream failure or a stream that ends early."""
+        """Yields our events; raises ChatError on any upstream failure or a stream that ends early
+        (neither completed nor paused for tools)."""
         try:
             if self._first is not None:
                 first, self._first = self._first, None
@@ -132,19 +171,28 @@ class UpstreamChat:
         kind = event.event
         if kind == ChatEventType.CONVERSATION_MESSAGE_DELTA:
             message = event.message
+            message_id = message.id or ""
             if message.reasoning_content and message.content:
-                return UpstreamReasoning(message.reasoning_content), UpstreamDelta(message.content)
+                return (
+                    UpstreamReasoning(message.reasoning_content, message_id),
+                    UpstreamDelta(message.content, message_id),
+                )
             if message.reasoning_content:
-                return (UpstreamReasoning(message.reasoning_content),)
+                return (UpstreamReasoning(message.reasoning_content, message_id),)
             if message.content:
-                return (UpstreamDelta(message.content),)
+                return (UpstreamDelta(message.content, message_id),)
         elif kind == ChatEventType.CONVERSATION_MESSAGE_COMPLETED:
             message = event.message
             if message.type == "follow_up":
-                return (UpstreamFollowUp(message.content),)
+                return (UpstreamFollowUp(message.content, message.id or ""),)
             if message.type == "answer" and message.id:
                 return (UpstreamAnswer(message.id),)
-        elif kind == ChatEventType.CONVERSATION_CHAT_CREATED:
+            if message.type in OTHER_MESSAGE_KINDS:
+                return (UpstreamMessage(str(message.type), message.id or "", message.content),)
+        elif kind == ChatEventType.CONVERSATION_CHAT_CREATED or (
+            kind == ChatEventType.CONVERSATION_CHAT_IN_PROGRESS and self._continued
+        ):
+            self._continued = False
             chat = event.chat
             return (UpstreamStarted(chat_id=chat.id, conversation_id=chat.conversation_id, logid=self.logid),)
         elif kind == ChatEventType.CONVERSATION_CHAT_COMPLETED:
@@ -165,14 +213,11 @@ class UpstreamChat:
                 last_error.code if last_error else 0,
                 last_error.msg if last_error else "",
                 logid=self.logid,
+                chat_failed=True,
             )
         elif kind == ChatEventType.CONVERSATION_CHAT_REQUIRES_ACTION:
-            raise ChatError(
-                "upstream_error",
-                "The bot asked for a tool call, which this server does not support.",
-                retryable=False,
-                logid=self.logid,
-            )
+            self._completed = True  # the stream ends here, as it should
+            return (UpstreamRequiresAction(tool_calls_of(event.chat)),)
         return ()
 
     async def aclose(self) -> None:
@@ -180,6 +225,23 @@ class UpstreamChat:
             return
         self._closed = True
         await _close_stream(self._stream, self._response)
+
+
+def tool_calls_of(chat) -> tuple[ToolCall, ...]:
+    """The local plugin calls of a chat in `requires_action`."""
+    action = chat.required_action
+    calls = action.submit_tool_outputs.tool_calls if action and action.submit_tool_outputs else []
+    return tuple(
+        ToolCall(
+            id=call.id,
+            name=call.function.name if call.function else "",
+            arguments=call.function.arguments if call.function else "{}",
+        )
+        for call in calls
+    )
+
+
+STREAM_PATHS = ("/v3/chat", "/v3/chat/submit_tool_outputs")
 
 
 def _chat_stream_response() -> httpx.Response:
@@ -191,7 +253,7 @@ def _chat_stream_response() -> httpx.Response:
     If a cozepy upgrade stops doing so, fail here, loudly, rather than leak a connection per turn.
     """
     response = last_response.get()
-    if response is None or not response.request.url.path.endswith("/v3/chat"):
+    if response is None or not response.request.url.path.endswith(STREAM_PATHS):
         raise RuntimeError(
             "cozepy streamed the chat without our httpx client's response hook seeing its response; "
             "chat/coze/chats.py can't close such streams (see tests/chat/test_coze_adapter.py)"
@@ -235,6 +297,26 @@ async def achat_open(
         conversation_id=conversation_id or None,
         auto_save_history=True,
     )
+    return await _aopen_stream(stream)
+
+
+async def achat_submit_tool_outputs(
+    *, conversation_id: str, chat_id: str, tool_outputs: list[tuple[str, str]]
+) -> UpstreamChat:
+    """Continue a chat paused for local tools with their outputs (`(tool_call_id, output)` pairs)
+    and return its open stream, which starts with the chat's `in_progress` (as UpstreamStarted).
+    Raises ChatError when Coze refuses (e.g. 4000 for outputs that don't match its calls)."""
+    client = await aget_client()
+    last_response.set(None)
+    stream = client.chat.submit_tool_outputs_stream(
+        conversation_id=conversation_id,
+        chat_id=chat_id,
+        tool_outputs=[ToolOutput(tool_call_id=call_id, output=output) for call_id, output in tool_outputs],
+    )
+    return await _aopen_stream(stream, continued=True)
+
+
+async def _aopen_stream(stream: AsyncGenerator[ChatEvent, None], *, continued: bool = False) -> UpstreamChat:
     try:
         # cozepy sends the request on the stream's first step; take its first event (the chat
         # object) here, so that a refusal raises before the caller sees any of the reply.
@@ -250,7 +332,7 @@ async def achat_open(
     except RuntimeError:
         await stream.aclose()
         raise
-    return UpstreamChat(stream=stream, first=first, response=response)
+    return UpstreamChat(stream=stream, first=first, response=response, continued=continued)
 
 
 async def achat_cancel(*, conversation_id: str, chat_id: str) -> None:

@@ -36,26 +36,25 @@ def _retry_after(code: int) -> int:
     return DEFAULT_RETRY_AFTER.get(code, 2)
 
 
-def error_from_coze_code(code: int, msg: str, *, logid: str = "") -> ChatError:
-    """Map a Coze business code (or an HTTP status cozepy put in its place) to our ChatError."""
+def error_from_coze_code(code: int, msg: str, *, logid: str = "", chat_failed: bool = False) -> ChatError:
+    """Map a Coze business code (or an HTTP status cozepy put in its place) to our ChatError.
+
+    `chat_failed`: Coze failed the chat (`conversation.chat.failed`) rather than refusing the
+    request; the error keeps Coze's code and message either way (Coze's API relays them).
+    """
     public_msg = redact(msg)[:200]
+    kept = {"upstream_code": code, "upstream_msg": public_msg, "chat_failed": chat_failed, "logid": logid}
     if code in AUTH_FAILED_CODES or code in (401, 403):
-        return ChatError("upstream_auth_failed", upstream_code=code, logid=logid)
+        return ChatError("upstream_auth_failed", **kept)
     if code in RATE_LIMIT_CODES or code == 429:
         return ChatError(
             "upstream_rate_limited",
             f"Coze asked to slow down (code {code}); retry later.",
             retry_after=_retry_after(code),
-            upstream_code=code,
-            logid=logid,
+            **kept,
         )
     if code == BUSY_CODE:
-        return ChatError(
-            "session_busy",
-            "Coze is still answering another message in this conversation.",
-            upstream_code=code,
-            logid=logid,
-        )
+        return ChatError("session_busy", "Coze is still answering another message in this conversation.", **kept)
     if 100 <= code < 600:
         # An HTTP status: cozepy got a body that was not Coze's JSON (a proxy page, a crash).
         return ChatError(
@@ -63,10 +62,11 @@ def error_from_coze_code(code: int, msg: str, *, logid: str = "") -> ChatError:
             f"Coze answered HTTP {code} with an unexpected body.",
             retryable=code >= 500,
             upstream_code=code,
+            chat_failed=chat_failed,
             logid=logid,
         )
     detail = f"Coze error {code}: {public_msg}" if public_msg else f"Coze error {code}."
-    return ChatError("upstream_error", detail, retryable=code not in PERMANENT_CODES, upstream_code=code, logid=logid)
+    return ChatError("upstream_error", detail, retryable=code not in PERMANENT_CODES, **kept)
 
 
 def map_exception(exc: Exception, *, logid: str = "", mid_stream: bool) -> ChatError:

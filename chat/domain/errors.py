@@ -19,6 +19,8 @@ ERROR_CODES: dict[str, tuple[int, str, bool]] = {
     "method_not_allowed": (405, "Method not allowed.", False),
     "session_busy": (409, "This session already has a reply in progress; wait for it or cancel it.", True),
     "cancelled": (409, "The reply was cancelled.", False),
+    # A reply paused for the client's local tools whose outputs did not come (docs/api.md §13).
+    "tool_output_timeout": (408, "The local tools' outputs did not arrive in time.", False),
     "payload_too_large": (413, "The request body is too large.", False),
     "unsupported_media_type": (415, "The request body must be application/json.", False),
     "rate_limited": (429, "Too many requests; slow down.", True),
@@ -38,7 +40,8 @@ class ChatError(Exception):
     """A failure with a defined answer for the client.
 
     `code` is one of ERROR_CODES; `status`, `detail` and `retryable` default from it.
-    `upstream_code` and `logid` are kept for storage and logs, never shown as internals.
+    `upstream_code` and `logid` are kept for storage and logs, never shown as internals (Coze's
+    API shows Coze's code and message, as Coze would have).
     """
 
     def __init__(
@@ -50,6 +53,8 @@ class ChatError(Exception):
         retry_after: int | None = None,
         errors: dict | None = None,
         upstream_code: int | None = None,
+        upstream_msg: str = "",
+        chat_failed: bool = False,
         logid: str | None = None,
         logged: bool = False,
     ):
@@ -61,6 +66,10 @@ class ChatError(Exception):
         self.retry_after = retry_after
         self.errors = errors
         self.upstream_code = upstream_code
+        # Coze's own message (redacted) and whether Coze failed the chat (`conversation.chat.failed`):
+        # Coze's API relays them as Coze sent them.
+        self.upstream_msg = upstream_msg
+        self.chat_failed = chat_failed
         self.logid = logid
         # Already logged, or logged in aggregate (a flood's refusals): Django's request log skips it.
         self.logged = logged

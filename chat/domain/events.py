@@ -25,6 +25,8 @@ class SessionEvent:
     session_id: str
     conversation_id: str
     chat_id: str
+    # The session's current conversation record: Coze's API calls it the conversation's section.
+    section_id: str = ""
     type: str = "session"
 
     def as_dict(self) -> dict:
@@ -39,6 +41,7 @@ class SessionEvent:
 @dataclass(frozen=True, slots=True)
 class ReasoningEvent:
     content: str
+    message_id: str = ""  # Coze's id of the message it belongs to
     type: str = "reasoning"
 
     def as_dict(self) -> dict:
@@ -48,6 +51,7 @@ class ReasoningEvent:
 @dataclass(frozen=True, slots=True)
 class DeltaEvent:
     content: str
+    message_id: str = ""  # Coze's id of the message it belongs to
     type: str = "delta"
 
     def as_dict(self) -> dict:
@@ -57,6 +61,7 @@ class DeltaEvent:
 @dataclass(frozen=True, slots=True)
 class FollowUpEvent:
     content: str
+    message_id: str = ""  # Coze's id of the message it belongs to
     type: str = "follow_up"
 
     def as_dict(self) -> dict:
@@ -93,18 +98,71 @@ class ErrorEvent:
     detail: str
     retryable: bool
     retry_after: int | None = None  # seconds, as the Retry-After header of HTTP answers
+    # What Coze said, when the failure is Coze's (a failed chat, an error event): its code and
+    # message, and whether it failed the chat (`conversation.chat.failed`). Coze's API relays them.
+    upstream_code: int | None = None
+    upstream_msg: str = ""
+    chat_failed: bool = False
     type: str = "error"
 
     @classmethod
     def from_error(cls, error) -> "ErrorEvent":
         """The event for a `chat.domain.errors.ChatError`."""
-        return cls(code=error.code, detail=error.detail, retryable=error.retryable, retry_after=error.retry_after)
+        return cls(
+            code=error.code,
+            detail=error.detail,
+            retryable=error.retryable,
+            retry_after=error.retry_after,
+            upstream_code=error.upstream_code,
+            upstream_msg=error.upstream_msg,
+            chat_failed=error.chat_failed,
+        )
 
     def as_dict(self) -> dict:
         body = {"type": self.type, "code": self.code, "detail": self.detail, "retryable": self.retryable}
         if self.retry_after is not None:
             body["retry_after"] = self.retry_after
         return body
+
+
+@dataclass(frozen=True, slots=True)
+class ToolCall:
+    """A call of one of the bot's local plugins, which the client runs (docs/api.md §13)."""
+
+    id: str
+    name: str
+    arguments: str  # JSON text, as Coze sends it
+
+    def as_dict(self) -> dict:
+        return {"id": self.id, "name": self.name, "arguments": self.arguments}
+
+
+@dataclass(frozen=True, slots=True)
+class RequiresActionEvent:
+    """The reply paused: the bot called local plugins whose outputs the client must send. The
+    reply's last event; only transports that can carry tool calls get it (see chat.turn.service)."""
+
+    tool_calls: tuple[ToolCall, ...]
+    chat_id: str
+    session_id: str
+    type: str = "requires_action"
+
+    def as_dict(self) -> dict:
+        return {"type": self.type, "tool_calls": [call.as_dict() for call in self.tool_calls]}
+
+
+@dataclass(frozen=True, slots=True)
+class MessageEvent:
+    """A completed Coze message of the reply, for transports that render Coze's own stream:
+    `answer` (when the answer is whole), `verbose`, `function_call`, `tool_response`."""
+
+    kind: str
+    message_id: str
+    content: str
+    type: str = "message"
+
+    def as_dict(self) -> dict:
+        return {"type": self.type, "kind": self.kind, "message_id": self.message_id, "content": self.content}
 
 
 class Ping:
@@ -114,4 +172,13 @@ class Ping:
 PING = Ping()
 
 
-ChatEvent = SessionEvent | ReasoningEvent | DeltaEvent | FollowUpEvent | CompletedEvent | ErrorEvent
+ChatEvent = (
+    SessionEvent
+    | ReasoningEvent
+    | DeltaEvent
+    | FollowUpEvent
+    | CompletedEvent
+    | ErrorEvent
+    | RequiresActionEvent
+    | MessageEvent
+)

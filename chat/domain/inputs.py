@@ -29,6 +29,9 @@ class ChatRequest:
     # Validated `{"file_id"}` / `{"url", "type"}` items (docs/api.md §12), resolved as the turn starts.
     attachments: tuple[dict, ...] = ()
     resumable: bool = False  # the reply runs on when its client goes away (docs/api.md §9)
+    # The session must exist already (Coze's `conversation_id`, docs/api.md §13): `not_found`
+    # otherwise, where other transports create it.
+    existing_session: bool = False
 
     @property
     def user_text(self) -> str:

@@ -27,6 +27,23 @@ def sse_done(event_id: int) -> bytes:
     return f"id: {event_id}\nevent: done\ndata: [DONE]\n\n".encode()
 
 
+# httpx (and so cozepy) splits lines on these too, JSON may carry them raw: escape them.
+_LINE_BREAK_ESCAPES = {0x85: "\\u0085", 0x2028: "\\u2028", 0x2029: "\\u2029"}
+_ascii_json = json.JSONEncoder(separators=(",", ":")).encode
+
+COZE_DONE = b'event:done\ndata:"[DONE]"\n\n'
+
+
+def coze_event(event: str, data: dict) -> bytes:
+    """An event of Coze's own stream (docs/api.md §13): exactly one `event:` and one `data:` line,
+    no `id:` and never a comment, which is all cozepy's parser takes."""
+    line = f"event:{event}\ndata:{encode_json(data).translate(_LINE_BREAK_ESCAPES)}\n\n"
+    try:
+        return line.encode()
+    except UnicodeEncodeError:  # a lone surrogate: \u escapes carry it exactly
+        return f"event:{event}\ndata:{_ascii_json(data)}\n\n".encode()
+
+
 def sse_data(data: dict | str) -> bytes:
     """A bare `data:` event, as the earlier FastAPI services sent them (docs/api.md §8)."""
     payload = data if isinstance(data, str) else encode_json(data)

@@ -191,7 +191,7 @@ def _finish_connections_of_ended_loops() -> None:
             _loop_connections.pop(loop, None)
 
 
-async def apg_fetchone(sql: str, params: list) -> tuple | None:
+async def apg_fetchone(sql: str, params: list | dict) -> tuple | None:
     """Run one statement (its own transaction) on PostgreSQL from the event loop; its first row.
 
     Raises ChatError("service_unavailable") when the database can't be reached, after one retry

@@ -49,6 +49,15 @@ def turn_started(transport: str) -> None:
     OPEN_STREAMS.labels(transport).inc()
 
 
+def turn_paused(transport: str) -> None:
+    """A reply paused for the client's local tools: not streaming until their outputs come."""
+    OPEN_STREAMS.labels(transport).dec()
+
+
+def turn_resumed(transport: str) -> None:
+    OPEN_STREAMS.labels(transport).inc()
+
+
 def turn_finished(
     *,
     transport: str,

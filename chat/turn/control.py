@@ -21,6 +21,9 @@ class TurnControl:
     session_id: str = ""
     reply_pk: int | None = None  # set once the turn's start is stored
     resumable: bool = False  # the turn runs on when its client goes away (docs/api.md §9)
+    # Recording Coze's chat id on the Reply (True once stored; False when the finish stores it):
+    # what a client that looks the chat up right after its start must wait for.
+    ids_recorded: asyncio.Task | None = None
 
     @property
     def stopping(self) -> bool:

@@ -1,7 +1,8 @@
 """A worker's start and end.
 
-Start: replies left "in progress" by a crashed worker are marked interrupted (the
-`mark_interrupted_replies` command does the same on demand), and the SIGTERM handler is installed.
+Start: replies left "in progress" by a crashed worker are marked interrupted, and replies whose
+wait for local tool outputs has passed are failed (the `mark_interrupted_replies` command does the
+same on demand), and the SIGTERM handler is installed.
 
 End: on SIGTERM, replies in flight end with a retryable `interrupted` error and are stored as
 interrupted, before the server's own shutdown runs. ASGI servers don't tell the application about
@@ -40,13 +41,18 @@ def process_started() -> None:
 
 async def _recover_stuck_replies() -> None:
     from chat.runtime.db import db_async
-    from sessions_admin.recovery import mark_interrupted_replies
+    from sessions_admin.recovery import fail_expired_pauses, mark_interrupted_replies
 
     try:
         marked = await db_async(mark_interrupted_replies)()
+        expired = await db_async(fail_expired_pauses)()
     except Exception:  # recovery is best effort; the command can be run by hand
         logger.warning("Could not mark replies left in progress by a crashed worker", exc_info=True)
         return
+    if expired:
+        logger.warning(
+            "Failed %d repl%s whose wait for local tool outputs had passed", expired, "y" if expired == 1 else "ies"
+        )
     if marked:
         logger.warning(
             "Marked %d repl%s left in progress by a crashed worker as interrupted",

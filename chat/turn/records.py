@@ -11,7 +11,7 @@ from django.db.models.functions import Now
 
 from chat.domain import transcripts
 from chat.domain.errors import ChatError
-from chat.domain.events import Usage
+from chat.domain.events import ToolCall, Usage
 from chat.domain.inputs import ChatRequest, Owner
 from chat.files.attachments import ResolvedAttachments
 from sessions_admin.models import Reply
@@ -24,6 +24,16 @@ class Route:
     coze_conversation_id: str  # "" when the turn starts a new Coze conversation
     bot_id: str
     coze_user_id: str
+
+
+def no_conversation() -> ChatError:
+    """`not_found` for a session (a Coze conversation) the owner does not have."""
+    return ChatError("not_found", "No such conversation.", errors={"conversation_id": ["No such conversation."]})
+
+
+def no_chat() -> ChatError:
+    """`not_found` for a reply (a Coze chat) the owner does not have."""
+    return ChatError("not_found", "No such chat.", errors={"chat_id": ["No such chat."]})
 
 
 class RouteChanged(Exception):
@@ -74,10 +84,45 @@ class TurnOutcome:
     first_token_at: float | None = None
     duration: float = 0.0
     finishing: bool = False  # the finish is being stored (and stores Coze's ids with it)
+    # Local tools (docs/api.md §13): the calls the reply pauses for, and the calls of earlier
+    # pauses of the same reply with their outputs (what `Reply.required_action` keeps).
+    tool_calls: tuple[ToolCall, ...] = ()
+    tools_answered: list[dict] = field(default_factory=list)
 
     @property
     def answer(self) -> str:
         return "".join(self.answer_parts)
+
+
+@dataclass(frozen=True, slots=True)
+class PausedTurn:
+    """A reply paused for local tools, claimed back (in progress again) by `turn_resume`: its turn,
+    and what `Reply.required_action` holds (the calls, their outputs as far as given, and the
+    answer written before the pause)."""
+
+    turn: TurnContext
+    required_action: dict
+
+
+def required_action_of(outcome: TurnOutcome) -> dict:
+    """`Reply.required_action` for a reply pausing now: earlier calls with their outputs, the
+    pending ones, and the answer so far."""
+    pending = [call.as_dict() for call in outcome.tool_calls]
+    return {"tool_calls": [*outcome.tools_answered, *pending], "answer": outcome.answer}
+
+
+def pending_calls(required_action: dict | None) -> list[dict]:
+    """The calls of a paused reply still waiting for their outputs."""
+    return [call for call in (required_action or {}).get("tool_calls", []) if "output" not in call]
+
+
+def with_outputs(required_action: dict, outputs: dict[str, str]) -> dict:
+    """`required_action` with the given outputs (by call id) recorded on their calls."""
+    calls = [
+        {**call, "output": outputs[call["id"]]} if "output" not in call and call["id"] in outputs else call
+        for call in required_action.get("tool_calls", [])
+    ]
+    return {**required_action, "tool_calls": calls}
 
 
 def lease_end():

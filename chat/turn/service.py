@@ -22,8 +22,16 @@ A turn, top to bottom:
    store fails, the client gets `service_unavailable` instead of `completed`, and the store is
    retried in the background until the database is back.
 
+Local tools (docs/api.md §13): when the bot calls a plugin that runs on the client, a transport
+that can carry tool calls (`local_tools=True`: Coze's API, the OpenAI-compatible API) gets a
+`RequiresActionEvent` as the reply's last event and the reply waits, parked by `chat.turn.tools`;
+`achat_continue` goes on with the outputs, on the same Coze chat and the same stored reply. Other
+transports fail such a turn (`upstream_error`) and cancel its Coze chat.
+
 Transports call `achat_events()` (or `achat_send()` for a whole reply), which runs the turn in its
-own task, so a cancel request from anywhere can stop it, and adds heartbeats.
+own task, so a cancel request from anywhere can stop it, and adds heartbeats. `detailed=True`
+adds Coze's other messages of the reply (`MessageEvent`: the whole answer, verbose,
+function_call, tool_response) for the transport that renders Coze's own stream.
 """
 
 import asyncio
@@ -45,17 +53,20 @@ from chat.domain.events import (  # PING and Ping: achat_events' heartbeat marke
     DeltaEvent,
     ErrorEvent,
     FollowUpEvent,
+    MessageEvent,
     Ping,
     ReasoningEvent,
+    RequiresActionEvent,
     SessionEvent,
 )
 from chat.domain.inputs import ChatRequest, Owner
 from chat.resume import replay, resuming
+from chat.runtime import metrics
 from chat.runtime.logging import coze_logid_var
 from chat.runtime.tasks import in_background
-from chat.turn import finish, start, store
+from chat.turn import finish, start, store, tools
 from chat.turn.control import TurnControl, active_turns, await_stopping_turn, running_turns
-from chat.turn.records import TurnOutcome
+from chat.turn.records import TurnContext, TurnOutcome
 from sessions_admin.models import Reply
 
 logger = logging.getLogger(__name__)
@@ -67,8 +78,20 @@ PREVIOUS_TURN_WAIT_SECONDS = 3.0
 # --- the turn -----------------------------------------------------------------------------------
 
 
+TOOLS_UNSUPPORTED_DETAIL = (
+    "The bot called a plugin that runs on the client, which {where}; "
+    "use Coze's API (/v3/chat) or the OpenAI-compatible API for bots with local plugins."
+)
+
+
 async def achat_stream(
-    *, owner: Owner, chat_request: ChatRequest, transport: str, control: TurnControl | None = None
+    *,
+    owner: Owner,
+    chat_request: ChatRequest,
+    transport: str,
+    control: TurnControl | None = None,
+    detailed: bool = False,
+    local_tools: bool = False,
 ) -> AsyncIterator[ChatEvent]:
     """One chat turn as events, within the owner's limits and budgets (see `_turn_events`).
 
@@ -78,7 +101,14 @@ async def achat_stream(
     admitted = await admission.aadmit_turn(owner=owner, bot_id=chat_request.bot_id or settings.COZE_BOT_ID)
     try:
         async with contextlib.aclosing(
-            _turn_events(owner=owner, chat_request=chat_request, transport=transport, control=control)
+            _turn_events(
+                owner=owner,
+                chat_request=chat_request,
+                transport=transport,
+                control=control,
+                detailed=detailed,
+                local_tools=local_tools,
+            )
         ) as events:
             async for event in events:
                 yield event
@@ -87,7 +117,13 @@ async def achat_stream(
 
 
 async def _turn_events(
-    *, owner: Owner, chat_request: ChatRequest, transport: str, control: TurnControl | None = None
+    *,
+    owner: Owner,
+    chat_request: ChatRequest,
+    transport: str,
+    control: TurnControl | None = None,
+    detailed: bool = False,
+    local_tools: bool = False,
 ) -> AsyncIterator[ChatEvent]:
     """One chat turn as events.
 
@@ -124,7 +160,7 @@ async def _turn_events(
         coze_logid_var.set(first.logid or "-")
         control.chat_id = first.chat_id
         running_turns[first.chat_id] = control
-        in_background(start.arecord_upstream_ids(turn, outcome))
+        control.ids_recorded = in_background(start.arecord_upstream_ids(turn, outcome))
     except ChatError as error:
         outcome.status, outcome.error = Reply.Status.FAILED, error
         outcome.logid = outcome.logid or error.logid or ""
@@ -142,32 +178,83 @@ async def _turn_events(
         await finish.afinish_turn(turn, outcome, started)
         raise
 
+    async with contextlib.aclosing(
+        _reply_events(
+            turn=turn,
+            outcome=outcome,
+            upstream=upstream,
+            control=control,
+            started=started,
+            detailed=detailed,
+            local_tools=local_tools,
+        )
+    ) as events:
+        async for event in events:
+            yield event
+
+
+async def _reply_events(
+    *,
+    turn: TurnContext,
+    outcome: TurnOutcome,
+    upstream: finish.Upstream,
+    control: TurnControl,
+    started: float,
+    detailed: bool,
+    local_tools: bool,
+) -> AsyncIterator[ChatEvent]:
+    """A started (or continued) reply: Coze's events translated into ours, then its end stored —
+    finished however it ends, or parked when it pauses for local tools."""
     lock_renewed_at = started
     try:
-        yield SessionEvent(session_id=turn.session_id, conversation_id=outcome.conversation_id, chat_id=outcome.chat_id)
+        yield SessionEvent(
+            session_id=turn.session_id,
+            conversation_id=outcome.conversation_id,
+            chat_id=outcome.chat_id,
+            section_id=str(turn.conversation_pk),
+        )
         async for event in upstream.events:
             if isinstance(event, coze.UpstreamDelta):
                 if outcome.first_token_at is None:
                     outcome.first_token_at = time.monotonic() - started
                 outcome.answer_parts.append(event.content)
-                yield DeltaEvent(event.content)
+                yield DeltaEvent(event.content, event.message_id)
             elif isinstance(event, coze.UpstreamReasoning):
                 if outcome.first_token_at is None:
                     outcome.first_token_at = time.monotonic() - started
-                yield ReasoningEvent(event.content)
+                yield ReasoningEvent(event.content, event.message_id)
             elif isinstance(event, coze.UpstreamFollowUp):
                 outcome.follow_ups.append(event.content)
-                yield FollowUpEvent(event.content)
+                yield FollowUpEvent(event.content, event.message_id)
             elif isinstance(event, coze.UpstreamAnswer):
                 outcome.message_id = event.message_id
+                if detailed:
+                    yield MessageEvent("answer", event.message_id, outcome.answer)
+            elif isinstance(event, coze.UpstreamMessage):
+                if detailed:
+                    yield MessageEvent(event.kind, event.message_id, event.content)
             elif isinstance(event, coze.UpstreamCompleted):
                 outcome.usage = event.usage
                 outcome.status = Reply.Status.COMPLETED
+            elif isinstance(event, coze.UpstreamRequiresAction):
+                outcome.tool_calls = event.tool_calls
+                if not local_tools or settings.COZE_PLATFORM == "studio":
+                    where = "Coze Studio can't continue" if local_tools else "this API can't carry"
+                    raise ChatError("upstream_error", TOOLS_UNSUPPORTED_DETAIL.format(where=where), retryable=False)
+                outcome.status = Reply.Status.REQUIRES_ACTION
             now = time.monotonic()
             if now - lock_renewed_at > settings.CHAT_SESSION_LOCK_TTL / 3:
                 # Long replies keep their lease; this runs a few times per hour at most.
                 lock_renewed_at = now
                 in_background(store.turn_renew_lock(turn=turn))
+        if outcome.status == Reply.Status.REQUIRES_ACTION:
+            if not await tools.apause_turn(turn, outcome, started, upstream):
+                yield ErrorEvent.from_error(outcome.error)
+                return
+            yield RequiresActionEvent(
+                tool_calls=outcome.tool_calls, chat_id=outcome.chat_id, session_id=turn.session_id
+            )
+            return
         if not await finish.afinish_turn(turn, outcome, started, upstream):
             yield ErrorEvent.from_error(ChatError("service_unavailable", "The reply could not be stored; retry it."))
             return
@@ -184,10 +271,11 @@ async def _turn_events(
         )
     except ChatError as error:
         outcome.status, outcome.error = Reply.Status.FAILED, error
-        await finish.afinish_turn(turn, outcome, started, upstream)
+        # A chat paused for tools nobody will run waits at Coze: cancel it.
+        await finish.afinish_turn(turn, outcome, started, upstream, cancel_upstream=bool(outcome.tool_calls))
         yield ErrorEvent.from_error(error)
     except (asyncio.CancelledError, GeneratorExit):
-        if outcome.status == Reply.Status.IN_PROGRESS:
+        if outcome.status in (Reply.Status.IN_PROGRESS, Reply.Status.REQUIRES_ACTION):
             outcome.status, outcome.error = start.stopped_status(control), ChatError(control.reason)
         await finish.afinish_turn(turn, outcome, started, upstream, cancel_upstream=True)
         raise
@@ -200,6 +288,71 @@ async def _turn_events(
         running_turns.pop(outcome.chat_id, None)
 
 
+async def achat_continue(
+    *,
+    owner: Owner,
+    session_id: str,
+    chat_id: str,
+    outputs: dict[str, str],
+    control: TurnControl | None = None,
+    detailed: bool = False,
+) -> AsyncIterator[ChatEvent]:
+    """The rest of a reply that paused for local tools, once their `outputs` (by tool call id)
+    came: the same Coze chat continued, the same reply stored as it ends (or paused again).
+
+    Raises ChatError before the first event: `not_found` (no such chat of the owner's session),
+    `invalid` (the chat does not wait for outputs, or they don't match its calls), the admission's
+    refusals, and Coze's refusal of the outputs. Like `achat_stream` otherwise.
+    """
+    control = control or TurnControl(owner_key=owner.key)
+    control.session_id = session_id
+    waiting = await tools.await_paused(owner=owner, session_id=session_id, chat_id=chat_id)
+    for_coze = tools.tool_outputs_for(waiting.required_action, outputs)
+    admitted = await admission.aadmit_turn(owner=owner, bot_id=waiting.bot_id)
+    try:
+        paused = await store.turn_resume(
+            owner=owner, session_id=session_id, chat_id=chat_id, outputs=outputs, waiting_only=True
+        )
+        if paused is None:
+            raise ChatError("invalid", tools.NOT_WAITING_DETAIL)
+        turn, started = paused.turn, time.monotonic()
+        metrics.turn_resumed(turn.transport)
+        control.reply_pk, control.chat_id = turn.reply_pk, chat_id
+        running_turns[chat_id] = control
+        outcome = tools.outcome_after_pause(paused, chat_id=chat_id)
+        logger.info("Turn continued with %d tool output(s): chat %s", len(for_coze), chat_id)
+        try:
+            upstream = await tools.acontinue_upstream(paused, chat_id=chat_id, outputs=for_coze)
+        except BaseException as exc:
+            running_turns.pop(chat_id, None)
+            if isinstance(exc, ChatError):
+                outcome.status, outcome.error = Reply.Status.FAILED, exc
+            elif isinstance(exc, (asyncio.CancelledError, GeneratorExit)):
+                outcome.status, outcome.error = start.stopped_status(control), ChatError(control.reason)
+            else:
+                logger.exception("Continuing chat %s failed", chat_id)
+                outcome.status, outcome.error = Reply.Status.FAILED, ChatError("internal_error")
+            await finish.afinish_turn(turn, outcome, started, cancel_upstream=True)
+            raise
+        outcome.logid = upstream.first.logid
+        coze_logid_var.set(outcome.logid or "-")
+        async with contextlib.aclosing(
+            _reply_events(
+                turn=turn,
+                outcome=outcome,
+                upstream=upstream,
+                control=control,
+                started=started,
+                detailed=detailed,
+                local_tools=True,
+            )
+        ) as events:
+            async for event in events:
+                yield event
+    finally:
+        in_background(admission.arelease_turn(admitted))
+
+
 async def achat_events(
     *,
     owner: Owner,
@@ -207,6 +360,8 @@ async def achat_events(
     transport: str,
     heartbeat: float | None = None,
     control: TurnControl | None = None,
+    detailed: bool = False,
+    local_tools: bool = False,
 ) -> AsyncIterator[ChatEvent | Ping]:
     """Run a turn in its own task and yield its events, plus PING every `heartbeat` seconds of silence.
 
@@ -216,20 +371,52 @@ async def achat_events(
     it is resumable (docs/api.md §9): then it runs on to its end, recording its events for
     `replay.afollow`, and is stored as it ends.
     """
-    loop = asyncio.get_running_loop()
     control = control or TurnControl(owner_key=owner.key)
     control.resumable = chat_request.resumable
+    turn = achat_stream(
+        owner=owner,
+        chat_request=chat_request,
+        transport=transport,
+        control=control,
+        detailed=detailed,
+        local_tools=local_tools,
+    )
+    async for item in _events_in_task(turn, control=control, heartbeat=heartbeat, resumable=chat_request.resumable):
+        yield item
+
+
+async def achat_continue_events(
+    *,
+    owner: Owner,
+    session_id: str,
+    chat_id: str,
+    outputs: dict[str, str],
+    heartbeat: float | None = None,
+    control: TurnControl | None = None,
+    detailed: bool = False,
+) -> AsyncIterator[ChatEvent | Ping]:
+    """`achat_continue` in its own task, as `achat_events` runs a turn."""
+    control = control or TurnControl(owner_key=owner.key)
+    rest = achat_continue(
+        owner=owner, session_id=session_id, chat_id=chat_id, outputs=outputs, control=control, detailed=detailed
+    )
+    async for item in _events_in_task(rest, control=control, heartbeat=heartbeat, resumable=False):
+        yield item
+
+
+async def _events_in_task(
+    events: AsyncIterator[ChatEvent], *, control: TurnControl, heartbeat: float | None, resumable: bool
+) -> AsyncIterator[ChatEvent | Ping]:
+    loop = asyncio.get_running_loop()
     queue: asyncio.Queue = asyncio.Queue()
     end = object()
     last_event_at = loop.time()
     consumer_gone = False
 
     async def pump() -> None:
-        recording = replay.Recording() if chat_request.resumable else None
+        recording = replay.Recording() if resumable else None
         try:
-            async for event in achat_stream(
-                owner=owner, chat_request=chat_request, transport=transport, control=control
-            ):
+            async for event in events:
                 if recording is not None:
                     recording.add(event, control.reply_pk)
                 if not consumer_gone:
@@ -279,7 +466,7 @@ async def achat_events(
         if timer is not None:
             timer.cancel()
         task = control.task
-        if chat_request.resumable and not task.done():
+        if resumable and not task.done():
             # Client gone, reply not: it runs on (in active_turns, so a shutdown still stops it)
             # and stores itself as it ends.
             task.add_done_callback(_retrieve_exception)

@@ -60,7 +60,11 @@ async def _aroute_for(*, owner: Owner, chat_request: ChatRequest, session_id: st
             coze_user_id=chat_request.user_id or known.coze_user_id,
         )
     return await store.session_route(
-        owner=owner, session_id=session_id, bot_id=bot_id, requested_user_id=chat_request.user_id
+        owner=owner,
+        session_id=session_id,
+        bot_id=bot_id,
+        requested_user_id=chat_request.user_id,
+        existing=chat_request.existing_session,
     )
 
 
@@ -199,15 +203,18 @@ def stopped_status(control: TurnControl) -> str:
     return Reply.Status.INTERRUPTED if control.reason == "interrupted" else Reply.Status.CANCELLED
 
 
-async def arecord_upstream_ids(turn: TurnContext, outcome: TurnOutcome) -> None:
+async def arecord_upstream_ids(turn: TurnContext, outcome: TurnOutcome) -> bool:
     """Record Coze's chat id on the Reply while the reply streams, so any worker can cancel it by id.
+    Returns whether it stored them.
 
     This runs once the event loop is free. A short reply may have ended by then: its finish stores
     the ids with the rest, so the extra round trip is skipped (and one still in flight as the finish
     runs writes the same values).
     """
-    if not outcome.finishing:
-        await store.turn_upstream_started(turn=turn, chat_id=outcome.chat_id, logid=outcome.logid)
+    if outcome.finishing:
+        return False
+    await store.turn_upstream_started(turn=turn, chat_id=outcome.chat_id, logid=outcome.logid)
+    return True
 
 
 def route_after(turn: TurnContext, outcome: TurnOutcome) -> Route:

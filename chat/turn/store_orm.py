@@ -1,11 +1,16 @@
 """The turn's start and finish through the ORM: the steps of `cozeproject_turn_start` and
 `cozeproject_turn_finish` (sessions_admin migrations 0011 and 0013) for databases other than
-PostgreSQL. `chat.turn.store` decides which path runs; both keep the contract its docstring states.
+PostgreSQL, and the pause and resume of a reply waiting for local tools (the statements of
+`chat.turn.store`). `chat.turn.store` decides which path runs; both keep the contract its
+docstring states.
 """
+
+from datetime import timedelta
 
 from django.conf import settings
 from django.db import models, transaction
-from django.db.models import Case, F, Q, Value, When
+from django.db.models import Case, Exists, F, OuterRef, Q, Value, When
+from django.db.models.functions import Now
 from django.utils import timezone
 
 from chat.domain import transcripts
@@ -13,7 +18,7 @@ from chat.domain.errors import ChatError
 from chat.domain.inputs import Owner
 from chat.files.attachments import attachments_link
 from chat.turn import records
-from chat.turn.records import Route, RouteChanged, TurnContext, TurnOutcome, TurnStart, lock_free
+from chat.turn.records import PausedTurn, Route, RouteChanged, TurnContext, TurnOutcome, TurnStart, lock_free
 from sessions_admin.models import ChatSession, Conversation, Message, Reply
 from sessions_admin.rollup import record_reply
 
@@ -233,3 +238,66 @@ def turn_finish(*, turn: TurnContext, outcome: TurnOutcome) -> None:
         )
         # The dashboard's daily rollup; last, so its row lock (shared by the owner's replies that day) is held briefly.
         record_reply(reply_pk=turn.reply_pk)
+
+
+def turn_pause(*, turn: TurnContext, outcome: TurnOutcome, wait_seconds: float) -> bool:
+    """`turn_pause` through the ORM (chat.turn.store.TURN_PAUSE_SQL's steps)."""
+    now = timezone.now()
+    with transaction.atomic():
+        paused = Reply.objects.filter(pk=turn.reply_pk, status=Reply.Status.IN_PROGRESS).update(
+            status=Reply.Status.REQUIRES_ACTION,
+            coze_chat_id=outcome.chat_id,
+            coze_logid=outcome.logid,
+            required_action=records.required_action_of(outcome),
+        )
+        if not paused:
+            return False
+        if outcome.conversation_id and not turn.route.coze_conversation_id:
+            Conversation.objects.filter(pk=turn.conversation_pk, coze_conversation_id="").update(
+                coze_conversation_id=outcome.conversation_id
+            )
+        ChatSession.objects.filter(pk=turn.session_pk, lock_token=turn.lock_token).update(
+            locked_until=Now() + Value(timedelta(seconds=wait_seconds)), last_activity=now
+        )
+    return True
+
+
+def turn_resume(
+    *, owner_key: str, session_id: str, chat_id: str, outputs: dict[str, str], waiting_only: bool
+) -> PausedTurn | None:
+    """`turn_resume` through the ORM (chat.turn.store.TURN_RESUME_SQL's steps)."""
+    now = timezone.now()
+    later = Reply.objects.filter(session=OuterRef("session"), pk__gt=OuterRef("pk"))
+    with transaction.atomic():
+        replies = Reply.objects.select_for_update(of=("self", "session")).select_related("session", "conversation")
+        replies = replies.filter(
+            session__owner_key=owner_key,
+            session__session_id=session_id,
+            coze_chat_id=chat_id,
+            status=Reply.Status.REQUIRES_ACTION,
+        ).filter(~Exists(later))
+        if waiting_only:
+            replies = replies.filter(session__locked_until__gt=Now())
+        reply = replies.first()
+        if reply is None:
+            return None
+        required_action = records.with_outputs(reply.required_action or {}, outputs)
+        Reply.objects.filter(pk=reply.pk).update(status=Reply.Status.IN_PROGRESS, required_action=required_action)
+        ChatSession.objects.filter(pk=reply.session_id).update(locked_until=records.lease_end(), last_activity=now)
+        session, conversation = reply.session, reply.conversation
+        question = (
+            reply.messages.filter(kind=Message.Kind.QUESTION).order_by("pk").values_list("content", flat=True).first()
+        )
+    turn = TurnContext(
+        session_pk=session.pk,
+        session_id=session.session_id,
+        conversation_pk=conversation.pk,
+        reply_pk=reply.pk,
+        lock_token=session.lock_token,
+        route=Route(conversation.coze_conversation_id, reply.bot_id, session.coze_user_id),
+        owner_key=owner_key,
+        transport=reply.transport,
+        question=question or "",
+        transcript_hash=conversation.transcript_hash,
+    )
+    return PausedTurn(turn=turn, required_action=required_action)

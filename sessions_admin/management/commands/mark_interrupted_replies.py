@@ -2,12 +2,13 @@ from datetime import timedelta
 
 from django.core.management.base import BaseCommand, CommandError
 
-from sessions_admin.recovery import mark_interrupted_replies, stuck_replies
+from sessions_admin.recovery import fail_expired_pauses, mark_interrupted_replies, stuck_replies
 
 
 class Command(BaseCommand):
     help = (
-        "Mark replies left 'in progress' by a crashed worker as interrupted, and release expired session locks. "
+        "Mark replies left 'in progress' by a crashed worker as interrupted, fail replies whose wait for local "
+        "tool outputs has passed, and release expired session locks. "
         "Replies still streaming in a live worker (their session's lock is held) are never touched, so this is "
         "safe to run at any time; the server also runs it at startup."
     )
@@ -30,4 +31,7 @@ class Command(BaseCommand):
             self.stdout.write(f"Would mark {count:,} replies as interrupted. Dry run: nothing was changed.")
             return
         count = mark_interrupted_replies(older_than=older_than)
+        expired = fail_expired_pauses()
         self.stdout.write(f"Marked {count:,} replies as interrupted; released expired session locks.")
+        if expired:
+            self.stdout.write(f"Failed {expired:,} replies whose wait for local tool outputs had passed.")

@@ -14,19 +14,28 @@ from whitenoise.middleware import WhiteNoiseMiddleware
 
 from chat.domain.errors import ChatError
 from chat.runtime.logging import request_context_begin, request_context_end, request_id_var
-from chat.transports.errors import is_api_path, json_error_response
+from chat.transports.errors import COZE_CODES, coze_error_response, is_api_path, is_coze_path, json_error_response
 
 PAYLOAD_TOO_LARGE = json.dumps(
     {"detail": "The request body is larger than 1 MiB.", "code": "payload_too_large"}
 ).encode()
-# Paths with their own body limit instead of CHAT_MAX_BODY_BYTES: file uploads.
-UPLOAD_PATHS = frozenset({"/api/files"})
+# Paths with their own body limit instead of CHAT_MAX_BODY_BYTES: file uploads, the gateway's own
+# and Coze's API's (docs/api.md §12, §13; deploy/nginx.conf gives both the same limit).
+UPLOAD_PATHS = frozenset({"/api/files", "/v1/files/upload"})
 
 
 def upload_too_large_body() -> bytes:
     from chat.files.uploads import upload_too_large_detail  # imports models: only once Django is set up
 
     return json.dumps({"detail": upload_too_large_detail(), "code": "payload_too_large"}).encode()
+
+
+def coze_too_large_body(*, upload: bool) -> bytes:
+    """The 413 of Coze's paths, in Coze's shape (code 4000, docs/api.md §13)."""
+    from chat.files.uploads import upload_too_large_detail
+
+    msg = upload_too_large_detail() if upload else "The request body is larger than 1 MiB."
+    return json.dumps({"code": COZE_CODES["payload_too_large"], "msg": msg}).encode()
 
 
 class BodySizeLimitMiddleware:
@@ -61,7 +70,7 @@ class BodySizeLimitMiddleware:
                 except ValueError:
                     declared = 0
                 if declared > limit:
-                    return await self._refuse(send, upload=is_upload)
+                    return await self._refuse(send, upload=is_upload, coze=is_coze_path(scope["path"]))
         if is_upload and declared is not None:
             return await self.app(scope, receive, send)
         chunks, size = [], 0
@@ -73,7 +82,7 @@ class BodySizeLimitMiddleware:
                 break
             size += len(message.get("body", b""))
             if size > limit:
-                return await self._refuse(send, upload=is_upload)
+                return await self._refuse(send, upload=is_upload, coze=is_coze_path(scope["path"]))
             chunks.append(message)
             if not message.get("more_body", False):
                 break
@@ -88,8 +97,11 @@ class BodySizeLimitMiddleware:
         return await self.app(scope, replay, send)
 
     @staticmethod
-    async def _refuse(send, *, upload: bool = False) -> None:
-        body = upload_too_large_body() if upload else PAYLOAD_TOO_LARGE
+    async def _refuse(send, *, upload: bool = False, coze: bool = False) -> None:
+        if coze:
+            body = coze_too_large_body(upload=upload)
+        else:
+            body = upload_too_large_body() if upload else PAYLOAD_TOO_LARGE
         await send(
             {
                 "type": "http.response.start",
@@ -265,7 +277,11 @@ class JsonErrorsMiddleware(_HooksOnTheLoop, MiddlewareMixin):
         if response.get("Content-Type", "").startswith("application/json"):
             return response
         error = ChatError(code, self._detail(request, response))
-        response.content = json_error_response(error).content
+        if is_coze_path(request.path_info):  # Coze's shape there; an unserved path is Coze's 4000
+            coze_code = COZE_CODES["invalid"] if response.status_code == 404 else None
+            response.content = coze_error_response(error, code=coze_code).content
+        else:
+            response.content = json_error_response(error).content
         response["Content-Type"] = "application/json"
         if response.has_header("Content-Length"):  # set by CommonMiddleware for the page it replaces
             response["Content-Length"] = str(len(response.content))

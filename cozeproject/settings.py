@@ -409,6 +409,7 @@ SPECTACULAR_SETTINGS = {
         "drf_spectacular.hooks.postprocess_schema_enums",
         "chat.transports.openapi.add_views_outside_drf",
         "chat.transports.openapi_openai.add_openai_endpoints",
+        "chat.transports.openapi_coze.add_coze_endpoints",
     ],
 }
 

@@ -4,7 +4,7 @@ from django.templatetags.static import static
 from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
-from chat.transports import compat, openai_api, rest, sse
+from chat.transports import compat, coze_api, coze_conversations, openai_api, rest, sse
 
 # Errors outside the views: JSON under the API's paths, Django's pages elsewhere (chat/transports/errors.py).
 handler400 = "chat.transports.errors.bad_request_view"
@@ -45,6 +45,28 @@ urlpatterns = [
     path("v1/models", openai_api.models_view, name="openai-models"),
     path("v1/models/<path:model>", openai_api.model_view, name="openai-model"),
     path("v1/chat/completions", openai_api.chat_completions_view, name="openai-chat-completions"),
+    # Coze's own API, for clients written for Coze (docs/api.md §13); its other paths answer
+    # Coze's 404 (chat/transports/errors.py).
+    path("v3/chat", coze_api.chat_view, name="coze-chat"),
+    path("v3/chat/retrieve", coze_api.chat_retrieve_view, name="coze-chat-retrieve"),
+    path("v3/chat/message/list", coze_api.chat_messages_view, name="coze-chat-messages"),
+    path("v3/chat/cancel", coze_api.chat_cancel_view, name="coze-chat-cancel"),
+    path("v3/chat/submit_tool_outputs", coze_api.submit_tool_outputs_view, name="coze-submit-tool-outputs"),
+    path("v1/conversation/create", coze_conversations.conversation_create_view, name="coze-conversation-create"),
+    path("v1/conversation/retrieve", coze_conversations.conversation_retrieve_view, name="coze-conversation-retrieve"),
+    path("v1/conversations", coze_conversations.conversation_list_view, name="coze-conversation-list"),
+    path(
+        "v1/conversations/<str:conversation_id>",
+        coze_conversations.conversation_delete_view,
+        name="coze-conversation-delete",
+    ),
+    path(
+        "v1/conversations/<str:conversation_id>/clear",
+        coze_conversations.conversation_clear_view,
+        name="coze-conversation-clear",
+    ),
+    path("v1/conversation/message/list", coze_conversations.message_list_view, name="coze-message-list"),
+    path("v1/files/upload", coze_conversations.file_upload_view, name="coze-file-upload"),
     path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="swagger-ui"),
     path("accounts/", include("django.contrib.auth.urls")),

@@ -647,6 +647,7 @@ class ReplyAdmin(BigTableAdmin):
         "status",
         "error_code",
         "error_detail",
+        "required_action",  # local tool calls and their outputs (Coze's API), as stored
         "transport",
         "input_tokens",
         "output_tokens",

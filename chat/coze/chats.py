@@ -188,7 +188,9 @@ class UpstreamChat:
             if message.type == "answer" and message.id:
                 return (UpstreamAnswer(message.id),)
             if message.type in OTHER_MESSAGE_KINDS:
-                return (UpstreamMessage(str(message.type), message.id or "", message.content),)
+                # cozepy's enum makes a member of a type it does not know: its value is Coze's name.
+                kind = getattr(message.type, "value", message.type)
+                return (UpstreamMessage(kind, message.id or "", message.content),)
         elif kind == ChatEventType.CONVERSATION_CHAT_CREATED or (
             kind == ChatEventType.CONVERSATION_CHAT_IN_PROGRESS and self._continued
         ):

@@ -2,7 +2,9 @@
 
 A thin transport like the others: it authenticates the API key, turns OpenAI's request body into
 a ChatRequest, runs the turn through the one chat service and renders the service's events as
-OpenAI's `chat.completion` object or `chat.completion.chunk` stream. Errors use OpenAI's shape,
+OpenAI's `chat.completion` object or `chat.completion.chunk` stream. A bot that calls a plugin
+running on the client ends the completion with `finish_reason: "tool_calls"`; the next request's
+`tool` messages continue that Coze chat (docs/api.md §13). Errors use OpenAI's shape,
 built from the same ChatError (codes and statuses of docs/api.md §3) as every other transport.
 
 Which session a call belongs to (OpenAI clients resend the whole history every time):
@@ -25,7 +27,15 @@ from django.views.decorators.http import require_GET, require_POST
 
 from chat.access.auth import aowner_from_api_key, bearer_key
 from chat.domain.errors import ChatError
-from chat.domain.events import PING, CompletedEvent, DeltaEvent, ErrorEvent, ReasoningEvent, SessionEvent
+from chat.domain.events import (
+    PING,
+    CompletedEvent,
+    DeltaEvent,
+    ErrorEvent,
+    ReasoningEvent,
+    RequiresActionEvent,
+    SessionEvent,
+)
 from chat.domain.inputs import Owner
 from chat.domain.sse import PING as SSE_PING
 from chat.domain.sse import sse_data
@@ -36,6 +46,7 @@ from chat.transports.openai_requests import (
     chat_request_for,
     model_ids,
     parse_completion_request,
+    paused_chat_for,
 )
 from chat.transports.serializers import parse_json_bytes
 from chat.transports.sse import SSE_HEADERS, stream_items
@@ -145,6 +156,56 @@ def completion_body(completed: CompletedEvent, *, model: str) -> dict:
     }
 
 
+def tool_calls_of(paused: RequiresActionEvent) -> list[dict]:
+    """The bot's local plugin calls as OpenAI's `tool_calls` (Coze's call ids, which the client's
+    `tool` messages answer)."""
+    return [
+        {"id": call.id, "type": "function", "function": {"name": call.name, "arguments": call.arguments}}
+        for call in paused.tool_calls
+    ]
+
+
+def tool_calls_body(paused: RequiresActionEvent, *, text: str, model: str) -> dict:
+    """The `chat.completion` of a reply that paused for the client's tools: `finish_reason:
+    "tool_calls"`; the next request's `tool` messages continue it."""
+    return {
+        "id": f"chatcmpl-{paused.chat_id}",
+        "object": "chat.completion",
+        "created": int(time.time()),
+        "model": model,
+        "choices": [
+            {
+                "index": 0,
+                "message": {
+                    "role": "assistant",
+                    "content": text or None,
+                    "refusal": None,
+                    "tool_calls": tool_calls_of(paused),
+                },
+                "logprobs": None,
+                "finish_reason": "tool_calls",
+            }
+        ],
+        "usage": {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0},
+    }
+
+
+async def _whole_reply(events: AsyncIterator, *, model: str) -> tuple[dict, str]:
+    """Consume a reply's events: the `chat.completion` body and the session. Raises ChatError."""
+    parts: list[str] = []
+    async with contextlib.aclosing(events):
+        async for event in events:
+            if isinstance(event, DeltaEvent):
+                parts.append(event.content)
+            elif isinstance(event, CompletedEvent):
+                return completion_body(event, model=model), event.session_id
+            elif isinstance(event, RequiresActionEvent):
+                return tool_calls_body(event, text="".join(parts), model=model), event.session_id
+            elif isinstance(event, ErrorEvent):
+                raise ChatError(event.code, event.detail, retryable=event.retryable)
+    raise ChatError("upstream_error", "The reply ended without completing.")
+
+
 async def render_chunks(first, events: AsyncIterator, *, model: str, include_usage: bool) -> AsyncIterator[bytes]:
     """The service's events as `chat.completion.chunk` data lines: the role first, content (and
     reasoning) deltas, a last chunk with `finish_reason`, the usage chunk when asked, `[DONE]`.
@@ -180,6 +241,21 @@ async def render_chunks(first, events: AsyncIterator, *, model: str, include_usa
             elif isinstance(item, SessionEvent):
                 chunk_id = f"chatcmpl-{item.chat_id}"
                 yield chunk({"role": "assistant", "content": ""})
+            elif isinstance(item, RequiresActionEvent):
+                calls = [{"index": index, **call} for index, call in enumerate(tool_calls_of(item))]
+                yield chunk({"tool_calls": calls})
+                yield chunk({}, "tool_calls")
+                if include_usage:
+                    yield sse_data(
+                        {
+                            "id": chunk_id,
+                            "object": "chat.completion.chunk",
+                            "created": created,
+                            "model": model,
+                            "choices": [],
+                            "usage": {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0},
+                        }
+                    )
             elif isinstance(item, CompletedEvent):
                 yield chunk({}, "stop")
                 if include_usage:
@@ -208,23 +284,34 @@ async def chat_completions_view(request: HttpRequest) -> HttpResponse:
         owner = await _aowner(request)
         body = parse_json_bytes(request.body, request.content_type or "")
         completion = parse_completion_request(body, header_session_id=request.headers.get(SESSION_HEADER))
-        chat_request, continues = await chat_request_for(owner, completion)
-        known_session = chat_request.session_id if continues else None
+        heartbeat = settings.CHAT_SSE_HEARTBEAT if completion.stream else None
+        if completion.tool_outputs is not None:
+            # The client ran the bot's local tools: the paused reply goes on with their outputs.
+            session_id, chat_id = await paused_chat_for(
+                owner=owner, tool_call_ids=set(completion.tool_outputs), session_id=completion.session_id
+            )
+            known_session = session_id
+            events = service.achat_continue_events(
+                owner=owner,
+                session_id=session_id,
+                chat_id=chat_id,
+                outputs=completion.tool_outputs,
+                heartbeat=heartbeat,
+            )
+        else:
+            chat_request, continues = await chat_request_for(owner, completion)
+            session_id = chat_request.session_id
+            known_session = session_id if continues else None
+            events = service.achat_events(
+                owner=owner,
+                chat_request=chat_request,
+                transport=Reply.Transport.OPENAI,
+                heartbeat=heartbeat,
+                local_tools=True,
+            )
         if not completion.stream:
-            completed = await service.achat_send(
-                owner=owner, chat_request=chat_request, transport=Reply.Transport.OPENAI
-            )
-            return JsonResponse(
-                completion_body(completed, model=completion.model),
-                headers={SESSION_HEADER: completed.session_id},
-                json_dumps_params={"ensure_ascii": False},
-            )
-        events = service.achat_events(
-            owner=owner,
-            chat_request=chat_request,
-            transport=Reply.Transport.OPENAI,
-            heartbeat=settings.CHAT_SSE_HEARTBEAT,
-        )
+            answer, session_id = await _whole_reply(events, model=completion.model)
+            return JsonResponse(answer, headers={SESSION_HEADER: session_id}, json_dumps_params={"ensure_ascii": False})
         first = await anext(events)
     except RequestDataTooBig:
         return openai_error_response(ChatError("payload_too_large"))
@@ -233,5 +320,5 @@ async def chat_completions_view(request: HttpRequest) -> HttpResponse:
     return StreamingHttpResponse(
         render_chunks(first, events, model=completion.model, include_usage=completion.include_usage),
         content_type="text/event-stream; charset=utf-8",
-        headers={**SSE_HEADERS, SESSION_HEADER: chat_request.session_id},
+        headers={**SSE_HEADERS, SESSION_HEADER: session_id},
     )

@@ -20,7 +20,8 @@ from chat.domain.inputs import ChatRequest, Owner
 from chat.files import uploads
 from chat.runtime.db import db_async
 from chat.transports.serializers import MAX_ADDITIONAL_MESSAGES, SESSION_ID_RE
-from sessions_admin.models import ChatSession
+from chat.turn.records import pending_calls
+from sessions_admin.models import ChatSession, Reply
 
 SESSION_HEADER = "X-Session-Id"
 # How a system prompt travels to Coze, which has no system role: as a user-role context message
@@ -55,9 +56,11 @@ def bot_for_model(model: str) -> str:
 
 @dataclass(frozen=True, slots=True)
 class OpenAIMessage:
-    role: str  # "system" (also for OpenAI's "developer"), "user" or "assistant"
+    role: str  # "system" (also for OpenAI's "developer"), "user", "assistant" or "tool"
     text: str
     image_urls: tuple[str, ...] = ()
+    tool_call_ids: tuple[str, ...] = ()  # an assistant message's tool_calls
+    tool_call_id: str = ""  # a tool message's: the call it answers
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,6 +78,9 @@ class CompletionRequest:
     # The last user message's images; earlier messages' images are not sent again (a continued
     # session's Coze conversation has them, a new one gets the earlier messages' text).
     image_urls: tuple[str, ...] = ()
+    # The outputs of the bot's local tools (by call id), when the request ends with `tool`
+    # messages answering the last assistant message's `tool_calls`: the paused Coze chat goes on.
+    tool_outputs: dict[str, str] | None = None
 
 
 def _invalid(field: str, message: str) -> ChatError:
@@ -119,15 +125,54 @@ def _parse_messages(messages) -> list[OpenAIMessage]:
         role = message.get("role")
         if role == "developer":
             role = "system"
-        if role in ("tool", "function"):
-            raise _invalid(
-                f"messages[{index}].role", "Tool messages are not supported: the Coze bot runs its own tools."
-            )
-        if role not in ("system", "user", "assistant"):
-            raise _invalid(f"messages[{index}].role", "Must be system, developer, user or assistant.")
+        if role == "function":
+            raise _invalid(f"messages[{index}].role", "Function messages are OpenAI's old form: send tool messages.")
+        if role not in ("system", "user", "assistant", "tool"):
+            raise _invalid(f"messages[{index}].role", "Must be system, developer, user, assistant or tool.")
         text, image_urls = _message_content(index, role, message.get("content"))
-        parsed.append(OpenAIMessage(role=role, text=text, image_urls=image_urls))
+        tool_call_ids, tool_call_id = (), ""
+        if role == "assistant" and message.get("tool_calls"):
+            tool_call_ids = _tool_call_ids(index, message["tool_calls"])
+        if role == "tool":
+            tool_call_id = message.get("tool_call_id")
+            if not isinstance(tool_call_id, str) or not tool_call_id:
+                raise _invalid(f"messages[{index}].tool_call_id", "A tool message names the call it answers.")
+        parsed.append(
+            OpenAIMessage(
+                role=role, text=text, image_urls=image_urls, tool_call_ids=tool_call_ids, tool_call_id=tool_call_id
+            )
+        )
     return parsed
+
+
+def _tool_call_ids(index: int, tool_calls) -> tuple[str, ...]:
+    if not isinstance(tool_calls, list) or not all(
+        isinstance(call, dict) and isinstance(call.get("id"), str) and call["id"] for call in tool_calls
+    ):
+        raise _invalid(f"messages[{index}].tool_calls", "Each tool call needs its id.")
+    return tuple(call["id"] for call in tool_calls)
+
+
+def _split_tool_outputs(messages: list[OpenAIMessage]) -> tuple[list[OpenAIMessage], dict[str, str] | None]:
+    """A history that ends with `tool` messages answering the last assistant message's calls:
+    the messages up to that assistant message's question, and the outputs by call id. Otherwise
+    the messages as they are, and None."""
+    if messages[-1].role != "tool":
+        return messages, None
+    start = len(messages)
+    while start > 0 and messages[start - 1].role == "tool":
+        start -= 1
+    if start == 0 or not messages[start - 1].tool_call_ids:
+        raise _invalid("messages", "Tool messages must follow the assistant message whose tool_calls they answer.")
+    calls = messages[start - 1].tool_call_ids
+    outputs = {message.tool_call_id: message.text for message in messages[start:]}
+    unknown = sorted(set(outputs) - set(calls))
+    if unknown:
+        raise _invalid("messages", f"Tool message for {unknown[0]}, which the assistant message did not call.")
+    before = messages[: start - 1]
+    while before and before[-1].role == "assistant":  # text the bot wrote before its calls, if sent apart
+        before = before[:-1]
+    return before, outputs
 
 
 def parse_completion_request(body, *, header_session_id: str | None = None) -> CompletionRequest:
@@ -140,10 +185,15 @@ def parse_completion_request(body, *, header_session_id: str | None = None) -> C
     model = body.get("model")
     if not isinstance(model, str) or not model:
         raise _invalid("model", "Required: a bot id or a name from GET /v1/models.")
-    messages = _parse_messages(body.get("messages"))
+    messages, tool_outputs = _split_tool_outputs(_parse_messages(body.get("messages")))
+    if not messages:
+        raise _invalid("messages", "The user's message must come before the tool calls.")
     last = messages[-1]
     if last.role != "user" or not (last.text.strip() or last.image_urls):
-        raise _invalid("messages", "The last message must be a user message with text or images.")
+        raise _invalid(
+            "messages",
+            "The last message must be a user message with text or images (or tool messages answering tool_calls).",
+        )
     limit = settings.CHAT_MAX_MESSAGE_CHARS
     if len(last.text) > limit:
         raise ChatError("payload_too_large", f"The message is longer than {limit} characters.")
@@ -174,12 +224,25 @@ def parse_completion_request(body, *, header_session_id: str | None = None) -> C
         user=user or None,
         session_id=session_id,
         image_urls=last.image_urls,
+        tool_outputs=tool_outputs,
     )
 
 
 def history_of(earlier: list[OpenAIMessage]) -> list[tuple[str, str]]:
-    """The earlier messages as a stored transcript holds them: user and assistant turns, in order."""
-    return [(message.role, message.text) for message in earlier if message.role != "system"]
+    """The earlier messages as a stored transcript holds them: user and assistant turns, in order.
+
+    A reply that called local tools is stored as one answer (what the bot wrote before and after
+    the calls): the `tool` messages are left out and the assistant messages around them joined.
+    """
+    history: list[tuple[str, str]] = []
+    for message in earlier:
+        if message.role in ("system", "tool"):
+            continue
+        if message.role == "assistant" and history and history[-1][0] == "assistant":
+            history[-1] = ("assistant", history[-1][1] + message.text)
+        else:
+            history.append((message.role, message.text))
+    return history
 
 
 def coze_context(earlier: list[OpenAIMessage], question: str) -> list[dict]:
@@ -189,7 +252,7 @@ def coze_context(earlier: list[OpenAIMessage], question: str) -> list[dict]:
     has no system role; the bot's own persona still applies).
     """
     limit = settings.CHAT_MAX_MESSAGE_CHARS
-    context = [message for message in earlier if message.text.strip()]
+    context = [message for message in earlier if message.text.strip() and message.role != "tool"]
     if len(context) + 1 > MAX_ADDITIONAL_MESSAGES or sum(len(m.text) for m in context) + len(question) > limit:
         raise ChatError(
             "payload_too_large",
@@ -259,3 +322,27 @@ async def chat_request_for(owner: Owner, completion: CompletionRequest) -> tuple
     # Generated here rather than by the service, so the stream's headers can carry it.
     session_id = uuid.uuid4().hex
     return ChatRequest(session_id=session_id, additional_messages=additional, **common), False
+
+
+# How many of a client's replies waiting for tool outputs are looked through for a request's calls.
+PAUSED_REPLIES_SEARCHED = 50
+
+
+@db_async
+def paused_chat_for(*, owner: Owner, tool_call_ids: set[str], session_id: str | None) -> tuple[str, str]:
+    """The caller's reply that waits for outputs of these tool calls (in `session_id` when pinned):
+    its session and Coze chat id. ChatError `invalid` when none does (its wait passed, or the calls
+    were answered already)."""
+    waiting = Reply.objects.filter(owner_key=owner.key, status=Reply.Status.REQUIRES_ACTION)
+    if session_id:
+        waiting = waiting.filter(session__session_id=session_id)
+    found = waiting.order_by("-pk").values_list("session__session_id", "coze_chat_id", "required_action")
+    for paused_session_id, chat_id, required_action in found[:PAUSED_REPLIES_SEARCHED]:
+        if tool_call_ids & {call["id"] for call in pending_calls(required_action)}:
+            return paused_session_id, chat_id
+    raise ChatError(
+        "invalid",
+        "No reply waits for these tool calls' outputs: they were answered already, or the reply ended "
+        "(cancelled, or its wait of CHAT_TOOL_OUTPUT_TIMEOUT passed).",
+        errors={"messages": ["Unknown or answered tool_call_id."]},
+    )

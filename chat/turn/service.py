@@ -78,9 +78,13 @@ PREVIOUS_TURN_WAIT_SECONDS = 3.0
 # --- the turn -----------------------------------------------------------------------------------
 
 
-TOOLS_UNSUPPORTED_DETAIL = (
-    "The bot called a plugin that runs on the client, which {where}; "
-    "use Coze's API (/v3/chat) or the OpenAI-compatible API for bots with local plugins."
+TOOLS_UNSUPPORTED = (
+    "The bot called a plugin that runs on the client, which this API can't carry; use Coze's API "
+    "(/v3/chat) or the OpenAI-compatible API for bots with local plugins."
+)
+TOOLS_UNSUPPORTED_ON_STUDIO = (
+    "The bot called a plugin that runs on the client, and Coze Studio can't continue a chat with "
+    "the plugin's output (it has no submit_tool_outputs)."
 )
 
 
@@ -238,9 +242,10 @@ async def _reply_events(
                 outcome.status = Reply.Status.COMPLETED
             elif isinstance(event, coze.UpstreamRequiresAction):
                 outcome.tool_calls = event.tool_calls
-                if not local_tools or settings.COZE_PLATFORM == "studio":
-                    where = "Coze Studio can't continue" if local_tools else "this API can't carry"
-                    raise ChatError("upstream_error", TOOLS_UNSUPPORTED_DETAIL.format(where=where), retryable=False)
+                if settings.COZE_PLATFORM == "studio":
+                    raise ChatError("upstream_error", TOOLS_UNSUPPORTED_ON_STUDIO, retryable=False)
+                if not local_tools:
+                    raise ChatError("upstream_error", TOOLS_UNSUPPORTED, retryable=False)
                 outcome.status = Reply.Status.REQUIRES_ACTION
             now = time.monotonic()
             if now - lock_renewed_at > settings.CHAT_SESSION_LOCK_TTL / 3:

@@ -69,7 +69,7 @@ def test_drf_views_answer_405_the_same_way(http, api_key):
         ("GET", "/api/chat/stream/"),
         ("POST", "/api/chat/"),
         ("GET", "/api/sessions/s1/nope"),
-        ("GET", "/v1/nothing-here"),
+        ("GET", "/v1/chat/completions/nope"),  # OpenAI-compatible paths keep this shape; other /v1 paths are Coze's
         ("GET", "/session/s1"),
         ("POST", "/chat/"),
         ("GET", "/health/extra"),

@@ -380,11 +380,16 @@ def test_an_unknown_model_is_not_found(client):
     [
         [],
         [{"role": "assistant", "content": "the last message is not the user's"}],
-        [{"role": "tool", "content": "x", "tool_call_id": "1"}, {"role": "user", "content": "x"}],
+        [{"role": "user", "content": "x"}, {"role": "tool", "content": "x", "tool_call_id": "1"}],
+        [
+            {"role": "user", "content": "x"},
+            {"role": "assistant", "content": None, "tool_calls": [{"id": "call_1", "type": "function"}]},
+            {"role": "tool", "content": "x", "tool_call_id": "call_2"},
+        ],
         [{"role": "user", "content": [{"type": "input_audio", "input_audio": {"data": "", "format": "wav"}}]}],
         [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "ftp://example.com/a.png"}}]}],
     ],
-    ids=["empty", "last-not-user", "tool", "audio", "image-not-https"],
+    ids=["empty", "last-not-user", "tool-without-call", "tool-for-another-call", "audio", "image-not-https"],
 )
 def test_an_invalid_body_is_a_bad_request(client, messages):
     with pytest.raises(openai.BadRequestError) as raised:

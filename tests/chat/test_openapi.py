@@ -6,12 +6,13 @@ import re
 
 import jsonschema
 import pytest
+from django.conf import settings
 from django.test import Client
 from django.urls import URLPattern
 from drf_spectacular.validation import validate_schema
 
 from cozeproject import urls
-from tests.conftest import auth
+from tests.conftest import auth, wait_until
 
 # Pages for people, not API operations.
 NOT_IN_SCHEMA = {"chat-page", "favicon", "schema", "swagger-ui"}
@@ -140,3 +141,46 @@ def test_the_described_bodies_and_events_are_what_the_server_sends(http, api_key
     assert coze_events[-1]["type"] == "completed" and coze_chat.text.rstrip().endswith("data: [DONE]")
     for event in coze_events:
         check("/api/coze-chat", "post", "200", "text/event-stream", event)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_described_coze_api_objects_are_what_the_server_sends(http, api_key):
+    schema = load_schema()
+
+    def check(path, method, body, status="200"):
+        validator_for(schema, response_schema(schema, path, method, status, "application/json")).validate(body)
+
+    headers = auth(api_key)
+    conversation = http.post("/v1/conversation/create", json={"meta_data": {"k": "v"}}, headers=headers).json()
+    check("/v1/conversation/create", "post", conversation)
+    conversation_id = conversation["data"]["id"]
+    body = {
+        "bot_id": settings.COZE_BOT_ID,
+        "user_id": "u",
+        "additional_messages": [{"role": "user", "content": "hi", "content_type": "text"}],
+    }
+    validator_for(schema, {"$ref": "#/components/schemas/CozeApiChatRequest"}).validate(body)
+    chat = http.post(f"/v3/chat?conversation_id={conversation_id}", json=body, headers=headers).json()
+    check("/v3/chat", "post", chat)
+    ids = {"conversation_id": conversation_id, "chat_id": chat["data"]["id"]}
+    retrieved = wait_until(
+        lambda: (
+            (r := http.get("/v3/chat/retrieve", params=ids, headers=headers).json())["data"]["status"] == "completed"
+            and r
+        )
+    )
+    check("/v3/chat/retrieve", "get", retrieved)
+    check("/v3/chat/message/list", "get", http.get("/v3/chat/message/list", params=ids, headers=headers).json())
+    listed = http.post(f"/v1/conversation/message/list?conversation_id={conversation_id}", json={}, headers=headers)
+    check("/v1/conversation/message/list", "post", listed.json())
+    check(
+        "/v1/conversations",
+        "get",
+        http.get("/v1/conversations", params={"bot_id": body["bot_id"]}, headers=headers).json(),
+    )
+    check(
+        "/v1/conversations/{conversation_id}/clear",
+        "post",
+        http.post(f"/v1/conversations/{conversation_id}/clear", headers=headers).json(),
+    )
+    check("/v3/chat/retrieve", "get", http.get("/v3/chat/retrieve", params=ids).json(), status="401")

@@ -13,9 +13,9 @@ A turn, top to bottom:
    cancelled and the turn starts again in order. If storing fails, the upstream chat is closed
    and cancelled and the client gets `session_busy` or `service_unavailable`: nothing streams
    and nothing is half-stored.
-3. **Stream**: the first event (`session`) is yielded only once the start is committed, so the
-   user's message is durable before the first byte of the reply reaches the client. Coze's
-   events are translated into ours; nothing touches the database per delta.
+3. **Stream** (`reply.areply_events`): the first event (`session`) is yielded only once the start
+   is committed, so the user's message is durable before the first byte of the reply reaches the
+   client. Coze's events are translated into ours; nothing touches the database per delta.
 4. **Finish** (`finish.afinish_turn`): close the upstream, then store the answer (whole or partial), usage
    and timing and release the lock (`store.turn_finish`, idempotent), however the turn
    ended — completed, failed upstream, cancelled, client gone, server shutting down. If that
@@ -25,8 +25,9 @@ A turn, top to bottom:
 Local tools (docs/api.md §13): when the bot calls a plugin that runs on the client, a transport
 that can carry tool calls (`local_tools=True`: Coze's API, the OpenAI-compatible API) gets a
 `RequiresActionEvent` as the reply's last event and the reply waits, parked by `chat.turn.tools`;
-`achat_continue` goes on with the outputs, on the same Coze chat and the same stored reply. Other
-transports fail such a turn (`upstream_error`) and cancel its Coze chat.
+`achat_continue_events` (`chat.turn.continuation`) goes on with the outputs, on the same Coze chat
+and the same stored reply. Other transports fail such a turn (`upstream_error`) and cancel its
+Coze chat.
 
 Transports call `achat_events()` (or `achat_send()` for a whole reply), which runs the turn in its
 own task, so a cancel request from anywhere can stop it, and adds heartbeats. `detailed=True`
@@ -41,32 +42,23 @@ import time
 from collections.abc import AsyncIterator
 
 from django.conf import settings
-from django.utils import timezone
 
-from chat import coze
 from chat.access import admission
 from chat.domain.errors import ChatError
 from chat.domain.events import (  # PING and Ping: achat_events' heartbeat marker
     PING,
     ChatEvent,
     CompletedEvent,
-    DeltaEvent,
     ErrorEvent,
-    FollowUpEvent,
-    MessageEvent,
     Ping,
-    ReasoningEvent,
-    RequiresActionEvent,
-    SessionEvent,
 )
 from chat.domain.inputs import ChatRequest, Owner
 from chat.resume import replay, resuming
-from chat.runtime import metrics
 from chat.runtime.logging import coze_logid_var
 from chat.runtime.tasks import in_background
-from chat.turn import finish, start, store, tools
+from chat.turn import continuation, finish, reply, start
 from chat.turn.control import TurnControl, active_turns, await_stopping_turn, running_turns
-from chat.turn.records import TurnContext, TurnOutcome
+from chat.turn.records import TurnOutcome
 from sessions_admin.models import Reply
 
 logger = logging.getLogger(__name__)
@@ -76,16 +68,6 @@ PREVIOUS_TURN_WAIT_SECONDS = 3.0
 
 
 # --- the turn -----------------------------------------------------------------------------------
-
-
-TOOLS_UNSUPPORTED = (
-    "The bot called a plugin that runs on the client, which this API can't carry; use Coze's API "
-    "(/v3/chat) or the OpenAI-compatible API for bots with local plugins."
-)
-TOOLS_UNSUPPORTED_ON_STUDIO = (
-    "The bot called a plugin that runs on the client, and Coze Studio can't continue a chat with "
-    "the plugin's output (it has no submit_tool_outputs)."
-)
 
 
 async def achat_stream(
@@ -183,7 +165,7 @@ async def _turn_events(
         raise
 
     async with contextlib.aclosing(
-        _reply_events(
+        reply.areply_events(
             turn=turn,
             outcome=outcome,
             upstream=upstream,
@@ -195,167 +177,6 @@ async def _turn_events(
     ) as events:
         async for event in events:
             yield event
-
-
-async def _reply_events(
-    *,
-    turn: TurnContext,
-    outcome: TurnOutcome,
-    upstream: finish.Upstream,
-    control: TurnControl,
-    started: float,
-    detailed: bool,
-    local_tools: bool,
-) -> AsyncIterator[ChatEvent]:
-    """A started (or continued) reply: Coze's events translated into ours, then its end stored —
-    finished however it ends, or parked when it pauses for local tools."""
-    lock_renewed_at = started
-    try:
-        yield SessionEvent(
-            session_id=turn.session_id,
-            conversation_id=outcome.conversation_id,
-            chat_id=outcome.chat_id,
-            section_id=str(turn.conversation_pk),
-        )
-        async for event in upstream.events:
-            if isinstance(event, coze.UpstreamDelta):
-                if outcome.first_token_at is None:
-                    outcome.first_token_at = time.monotonic() - started
-                outcome.answer_parts.append(event.content)
-                yield DeltaEvent(event.content, event.message_id)
-            elif isinstance(event, coze.UpstreamReasoning):
-                if outcome.first_token_at is None:
-                    outcome.first_token_at = time.monotonic() - started
-                yield ReasoningEvent(event.content, event.message_id)
-            elif isinstance(event, coze.UpstreamFollowUp):
-                outcome.follow_ups.append(event.content)
-                yield FollowUpEvent(event.content, event.message_id)
-            elif isinstance(event, coze.UpstreamAnswer):
-                outcome.message_id = event.message_id
-                if detailed:
-                    yield MessageEvent("answer", event.message_id, outcome.answer)
-            elif isinstance(event, coze.UpstreamMessage):
-                if detailed:
-                    yield MessageEvent(event.kind, event.message_id, event.content)
-            elif isinstance(event, coze.UpstreamCompleted):
-                outcome.usage = event.usage
-                outcome.status = Reply.Status.COMPLETED
-            elif isinstance(event, coze.UpstreamRequiresAction):
-                outcome.tool_calls = event.tool_calls
-                if settings.COZE_PLATFORM == "studio":
-                    raise ChatError("upstream_error", TOOLS_UNSUPPORTED_ON_STUDIO, retryable=False)
-                if not local_tools:
-                    raise ChatError("upstream_error", TOOLS_UNSUPPORTED, retryable=False)
-                outcome.status = Reply.Status.REQUIRES_ACTION
-            now = time.monotonic()
-            if now - lock_renewed_at > settings.CHAT_SESSION_LOCK_TTL / 3:
-                # Long replies keep their lease; this runs a few times per hour at most.
-                lock_renewed_at = now
-                in_background(store.turn_renew_lock(turn=turn))
-        if outcome.status == Reply.Status.REQUIRES_ACTION:
-            if not await tools.apause_turn(turn, outcome, started, upstream):
-                yield ErrorEvent.from_error(outcome.error)
-                return
-            yield RequiresActionEvent(
-                tool_calls=outcome.tool_calls, chat_id=outcome.chat_id, session_id=turn.session_id
-            )
-            return
-        if not await finish.afinish_turn(turn, outcome, started, upstream):
-            yield ErrorEvent.from_error(ChatError("service_unavailable", "The reply could not be stored; retry it."))
-            return
-        start.remember_route(turn.owner_key, turn.session_id, start.route_after(turn, outcome))
-        yield CompletedEvent(
-            message_id=outcome.message_id or f"reply-{turn.reply_pk}",
-            content=outcome.answer,
-            usage=outcome.usage,
-            conversation_id=outcome.conversation_id,
-            session_id=turn.session_id,
-            chat_id=outcome.chat_id,
-            follow_ups=list(outcome.follow_ups),
-            timestamp=timezone.now().isoformat(),
-        )
-    except ChatError as error:
-        outcome.status, outcome.error = Reply.Status.FAILED, error
-        # A chat paused for tools nobody will run waits at Coze: cancel it.
-        await finish.afinish_turn(turn, outcome, started, upstream, cancel_upstream=bool(outcome.tool_calls))
-        yield ErrorEvent.from_error(error)
-    except (asyncio.CancelledError, GeneratorExit):
-        if outcome.status in (Reply.Status.IN_PROGRESS, Reply.Status.REQUIRES_ACTION):
-            outcome.status, outcome.error = start.stopped_status(control), ChatError(control.reason)
-        await finish.afinish_turn(turn, outcome, started, upstream, cancel_upstream=True)
-        raise
-    except BaseException:
-        logger.exception("Chat turn %s failed unexpectedly", outcome.chat_id or turn.reply_pk)
-        outcome.status, outcome.error = Reply.Status.FAILED, ChatError("internal_error")
-        await finish.afinish_turn(turn, outcome, started, upstream)
-        raise
-    finally:
-        running_turns.pop(outcome.chat_id, None)
-
-
-async def achat_continue(
-    *,
-    owner: Owner,
-    session_id: str,
-    chat_id: str,
-    outputs: dict[str, str],
-    control: TurnControl | None = None,
-    detailed: bool = False,
-) -> AsyncIterator[ChatEvent]:
-    """The rest of a reply that paused for local tools, once their `outputs` (by tool call id)
-    came: the same Coze chat continued, the same reply stored as it ends (or paused again).
-
-    Raises ChatError before the first event: `not_found` (no such chat of the owner's session),
-    `invalid` (the chat does not wait for outputs, or they don't match its calls), the admission's
-    refusals, and Coze's refusal of the outputs. Like `achat_stream` otherwise.
-    """
-    control = control or TurnControl(owner_key=owner.key)
-    control.session_id = session_id
-    waiting = await tools.await_paused(owner=owner, session_id=session_id, chat_id=chat_id)
-    for_coze = tools.tool_outputs_for(waiting.required_action, outputs)
-    admitted = await admission.aadmit_turn(owner=owner, bot_id=waiting.bot_id)
-    try:
-        paused = await store.turn_resume(
-            owner=owner, session_id=session_id, chat_id=chat_id, outputs=outputs, waiting_only=True
-        )
-        if paused is None:
-            raise ChatError("invalid", tools.NOT_WAITING_DETAIL)
-        turn, started = paused.turn, time.monotonic()
-        metrics.turn_resumed(turn.transport)
-        control.reply_pk, control.chat_id = turn.reply_pk, chat_id
-        running_turns[chat_id] = control
-        outcome = tools.outcome_after_pause(paused, chat_id=chat_id)
-        logger.info("Turn continued with %d tool output(s): chat %s", len(for_coze), chat_id)
-        try:
-            upstream = await tools.acontinue_upstream(paused, chat_id=chat_id, outputs=for_coze)
-        except BaseException as exc:
-            running_turns.pop(chat_id, None)
-            if isinstance(exc, ChatError):
-                outcome.status, outcome.error = Reply.Status.FAILED, exc
-            elif isinstance(exc, (asyncio.CancelledError, GeneratorExit)):
-                outcome.status, outcome.error = start.stopped_status(control), ChatError(control.reason)
-            else:
-                logger.exception("Continuing chat %s failed", chat_id)
-                outcome.status, outcome.error = Reply.Status.FAILED, ChatError("internal_error")
-            await finish.afinish_turn(turn, outcome, started, cancel_upstream=True)
-            raise
-        outcome.logid = upstream.first.logid
-        coze_logid_var.set(outcome.logid or "-")
-        async with contextlib.aclosing(
-            _reply_events(
-                turn=turn,
-                outcome=outcome,
-                upstream=upstream,
-                control=control,
-                started=started,
-                detailed=detailed,
-                local_tools=True,
-            )
-        ) as events:
-            async for event in events:
-                yield event
-    finally:
-        in_background(admission.arelease_turn(admitted))
 
 
 async def achat_events(
@@ -402,7 +223,7 @@ async def achat_continue_events(
 ) -> AsyncIterator[ChatEvent | Ping]:
     """`achat_continue` in its own task, as `achat_events` runs a turn."""
     control = control or TurnControl(owner_key=owner.key)
-    rest = achat_continue(
+    rest = continuation.achat_continue(
         owner=owner, session_id=session_id, chat_id=chat_id, outputs=outputs, control=control, detailed=detailed
     )
     async for item in _events_in_task(rest, control=control, heartbeat=heartbeat, resumable=False):

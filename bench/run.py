@@ -24,7 +24,9 @@ for three columns — direct cozepy (the project's sharded pool, as wide as the 
    at peak, and `/health` latency sampled every 50 ms meanwhile;
 7. database statements and transactions per turn, short reply against a long one;
 8. the earlier design under the same burst and N;
-9. every documented way to start the server (Procfile, scripts/serve) under 1,000 connects at once.
+9. every documented way to start the server (Procfile, scripts/serve) under 1,000 connects at once;
+10. Coze's own API: the time to first token of a streamed `/v3/chat` beside `/api/chat/stream` (in
+    step 1's rotation), and cozepy's `create_and_poll` against the reply's own time.
 
 Prints the tables (Markdown) and writes every number to --json. See docs/performance.md.
 """
@@ -59,8 +61,12 @@ SHORT_ANSWER = "Hi there!"
 PRODUCT_STREAM, PRODUCT_CHAT = "/api/chat/stream", "/api/chat"
 BARE_STREAM, BARE_CHAT = "/bare/stream", "/bare/chat"
 OPENAI_STREAM = "/v1/chat/completions"
+COZE_CHAT = "/v3/chat"
+# cozepy's create_and_poll sleeps this long between two retrieves.
+COZE_POLL_INTERVAL_MS = 1000.0
 TARGETS = {
     "added_ttft_ms": (2.0, 5.0),
+    "coze_over_sse_ms": 1.0,
     "streams_ratio": 1.25,
     "sync_ratio": 1.05,
     "burst_p90_s": 1.10,
@@ -112,6 +118,20 @@ class Target:
             "X-Session-Id": session_id,
         }
         return client.request_bytes("POST", OPENAI_STREAM, body, headers)
+
+    def coze_post(self, client: HttpClient, text: str) -> bytes:
+        """A streamed `POST /v3/chat` (Coze's own API) starting a new conversation, as each
+        `/api/chat/stream` of the rotation starts a new session."""
+        body = json.dumps(
+            {
+                "bot_id": procs.BOT_ID,
+                "user_id": "bench",
+                "stream": True,
+                "additional_messages": [{"role": "user", "content": text, "content_type": "text"}],
+            }
+        ).encode()
+        headers = {"Authorization": f"Bearer {self.key}", "Content-Type": "application/json"}
+        return client.request_bytes("POST", COZE_CHAT, body, headers)
 
 
 class Bench:
@@ -188,7 +208,7 @@ class Bench:
         each on a kept-alive connection."""
         text = message(ANSWER, "slow=1")  # first token timing only; a fast tail keeps samples short
         client = target.http()
-        values: dict[str, list[float]] = {"direct": [], "bare": [], "sse": [], "ws": [], "openai": []}
+        values: dict[str, list[float]] = {"direct": [], "bare": [], "sse": [], "ws": [], "openai": [], "coze": []}
         wrong = 0
         headers = {"Authorization": f"Bearer {target.key}"}
         async with ws_connect(f"ws://127.0.0.1:{target.server.port}/ws/chat/", additional_headers=headers) as sock:
@@ -204,10 +224,11 @@ class Bench:
                             client, target.openai_post(client, text, self.session("o")), flavour="openai"
                         ),
                     ),
+                    ("coze", clients.sse_stream(client, target.coze_post(client, text), flavour="coze")),
                 ]
-                for name, run in runs[i % 5 :] + runs[: i % 5]:
+                for name, run in runs[i % 6 :] + runs[: i % 6]:
                     result = await run
-                    result.check(ANSWER, need_completed=name not in ("direct", "openai"))
+                    result.check(ANSWER, need_completed=name not in ("direct", "openai", "coze"))
                     if not result.ok:
                         wrong += 1
                         continue
@@ -218,9 +239,50 @@ class Bench:
         out: dict = {"samples": samples, "wrong": wrong}
         for name, series in values.items():
             out[name] = {"p50": pct(series, 50), "p90": pct(series, 90), "p99": pct(series, 99)}
-        for name in ("bare", "sse", "ws", "openai"):
+        for name in ("bare", "sse", "ws", "openai", "coze"):
             out[f"{name}_added"] = {q: out[name][q] - out["direct"][q] for q in ("p50", "p90")}
+        out["coze_over_sse"] = {q: out["coze"][q] - out["sse"][q] for q in ("p50", "p90")}
         return out
+
+    async def coze_poll(self, target: Target, samples: int) -> dict:
+        """cozepy's `create_and_poll` through the gateway (its non-stream `/v3/chat`, then a retrieve a
+        second until the chat ends, then the chat's messages) against the reply's own time: the same
+        chat streamed through `/api/chat/stream`, request to `done`. Interleaved, one at a time."""
+        import cozepy
+
+        coze = cozepy.Coze(auth=cozepy.TokenAuth(target.key), base_url=f"http://127.0.0.1:{target.server.port}")
+        client = target.http()
+        own, polled, wrong = [], [], 0
+        for _ in range(samples):
+            streamed = await clients.sse_stream(
+                client, target.post(client, PRODUCT_STREAM, message(), self.session("p"))
+            )
+            streamed.check(ANSWER, need_completed=True)
+            started = time.perf_counter()
+            poll = await asyncio.to_thread(
+                coze.chat.create_and_poll,
+                bot_id=procs.BOT_ID,
+                user_id="bench",
+                additional_messages=[cozepy.Message.build_user_question_text(message())],
+            )
+            elapsed = (time.perf_counter() - started) * 1000
+            answers = [m.content for m in poll.messages if m.type == "answer"]
+            if not streamed.ok or poll.chat.status != cozepy.ChatStatus.COMPLETED or answers != [ANSWER]:
+                wrong += 1
+                continue
+            own.append(streamed.duration_ms)
+            polled.append(elapsed)
+        client.close()
+        added = [p - o for p, o in zip(polled, own, strict=True)]
+        return {
+            "samples": samples,
+            "wrong": wrong,
+            "own_p50": pct(own, 50),
+            "poll_p50": pct(polled, 50),
+            "added_p50": pct(added, 50),
+            "added_max": max(added, default=float("nan")),
+            "interval_ms": COZE_POLL_INTERVAL_MS,
+        }
 
     async def burst(self, target: Target | None, path: str = PRODUCT_STREAM, count: int = 20, deadline=60.0) -> dict:
         """`count` streams at once; the upstream's first token takes 1 s."""
@@ -505,7 +567,7 @@ class Bench:
         skip = set(args.skip)
         for kind in args.servers:
             res = self.results["servers"].setdefault(kind, {})
-            if not skip >= {"ttft", "burst", "sync", "throughput", "flood"}:
+            if not skip >= {"ttft", "burst", "sync", "throughput", "flood", "cozepoll"}:
                 log(f"{kind}: start")
                 target = self.gateway(kind)
                 try:
@@ -534,6 +596,9 @@ class Bench:
                     if "flood" not in skip:
                         log(f"{kind}: valid turns with and without a flood of {args.flood_total} wrong keys")
                         res["flood"] = await self.flood(target, args.flood_samples, args.flood_total, args.concurrency)
+                    if "cozepoll" not in skip:
+                        log(f"{kind}: cozepy's create_and_poll, {args.coze_poll_samples} samples")
+                        res["coze_poll"] = await self.coze_poll(target, args.coze_poll_samples)
                 finally:
                     target.server.stop()
             if "streams" not in skip:
@@ -737,6 +802,30 @@ def server_table(kind: str, s: dict) -> list[str]:
                 f"WebSocket {fmt(t['ws_added']['p50'], 2)} / {fmt(t['ws_added']['p90'], 2)}; "
                 f"OpenAI-compatible {fmt(t['openai_added']['p50'], 2)} / {fmt(t['openai_added']['p90'], 2)}",
                 f"≤ {lo:g} / ≤ {hi:g}",
+            )
+        )
+        if "coze_over_sse" in t:
+            over = t["coze_over_sse"]
+            rows.append(
+                (
+                    "Coze's API: streamed `/v3/chat` TTFT minus `/api/chat/stream`'s, p50 / p90 (ms)",
+                    "-",
+                    "-",
+                    f"{fmt(over['p50'], 2)} / {fmt(over['p90'], 2)} {met(over['p50'] <= TARGETS['coze_over_sse_ms'])} "
+                    f"(added over direct {fmt(t['coze_added']['p50'], 2)} / {fmt(t['coze_added']['p90'], 2)})",
+                    f"≤ {TARGETS['coze_over_sse_ms']:g} (p50)",
+                )
+            )
+    c = s.get("coze_poll")
+    if c:
+        rows.append(
+            (
+                "Coze's API: cozepy `create_and_poll` minus the reply's own time, p50 / max (ms)",
+                "-",
+                "-",
+                f"{fmt(c['added_p50'], 0)} / {fmt(c['added_max'], 0)} {met(c['added_p50'] <= c['interval_ms'])} "
+                f"(reply {fmt(c['own_p50'], 0)}, polled {fmt(c['poll_p50'], 0)}; {c['wrong']} wrong)",
+                f"≤ {c['interval_ms']:g} (one poll)",
             )
         )
     for entry in s.get("streams", []):
@@ -1010,12 +1099,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--server-burst-request", default="stream", choices=("stream", "health"), help="what each connect sends"
     )
     parser.add_argument("--db-turns", type=int, default=None)
+    parser.add_argument("--coze-poll-samples", type=int, default=None, help="create_and_poll samples")
     parser.add_argument("--earlier-n", type=int, default=None)
     parser.add_argument("--earlier-deadline", type=float, default=150.0)
     parser.add_argument(
         "--skip",
         default="",
-        help="comma list of: ttft, burst, sync, throughput, flood, streams, dbwork, earlier, serverburst",
+        help="comma list of: ttft, burst, sync, throughput, flood, cozepoll, streams, dbwork, earlier, serverburst",
     )
     parser.add_argument(
         "--json", default=str(procs.LOG_DIR / "results.json"), help="where to write every number (JSON)"
@@ -1032,6 +1122,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args.flood_total = args.flood_total or (500 if q else 2000)
     args.flood_samples = args.flood_samples or (30 if q else 100)
     args.db_turns = args.db_turns or (5 if q else 20)
+    args.coze_poll_samples = args.coze_poll_samples or (4 if q else 12)
     args.earlier_n = args.earlier_n or (20 if q else 100)
     args.skip = [s for s in args.skip.split(",") if s]
     return args

@@ -1,8 +1,9 @@
 """A worker's start and end.
 
-Start: replies left "in progress" by a crashed worker are marked interrupted, and replies whose
-wait for local tool outputs has passed are failed (the `mark_interrupted_replies` command does the
-same on demand), and the SIGTERM handler is installed.
+Start: replies left "in progress" by a crashed worker are marked interrupted, replies whose wait
+for local tool outputs has passed are failed (the `mark_interrupted_replies` command does the same
+on demand), the deadlines of those still waiting are armed in this worker too, and the SIGTERM
+handler is installed.
 
 End: on SIGTERM, replies in flight end with a retryable `interrupted` error and are stored as
 interrupted, before the server's own shutdown runs. ASGI servers don't tell the application about
@@ -59,6 +60,12 @@ async def _recover_stuck_replies() -> None:
             marked,
             "y" if marked == 1 else "ies",
         )
+    from chat.turn import tools
+
+    try:
+        await tools.arearm_expiries()
+    except Exception:  # best effort: crash recovery fails them once their wait has passed
+        logger.warning("Could not arm the deadlines of replies waiting for tool outputs", exc_info=True)
 
 
 def _install_sigterm_handler() -> None:

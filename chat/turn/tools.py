@@ -17,6 +17,7 @@ import time
 from dataclasses import dataclass
 
 from django.conf import settings
+from django.utils import timezone
 
 from chat import coze
 from chat.domain.errors import ChatError
@@ -102,11 +103,31 @@ async def _aclose_and_pause(turn: TurnContext, outcome: TurnOutcome, started: fl
     return True
 
 
-def _schedule_expiry(*, owner_key: str, session_id: str, chat_id: str) -> None:
+def _schedule_expiry(*, owner_key: str, session_id: str, chat_id: str, delay: float | None = None) -> None:
     def expire() -> None:
         in_background(aexpire_pause(owner=Owner(key=owner_key), session_id=session_id, chat_id=chat_id))
 
-    asyncio.get_running_loop().call_later(settings.CHAT_TOOL_OUTPUT_TIMEOUT, expire)
+    wait = settings.CHAT_TOOL_OUTPUT_TIMEOUT if delay is None else delay
+    asyncio.get_running_loop().call_later(max(0.0, wait), expire)
+
+
+@db_async
+def _waiting_replies() -> list[tuple[str, str, str, float]]:
+    now = timezone.now()
+    waiting = Reply.objects.filter(status=Reply.Status.REQUIRES_ACTION, session__locked_until__gt=now).values_list(
+        "owner_key", "session__session_id", "coze_chat_id", "session__locked_until"
+    )
+    return [(owner, session, chat, (until - now).total_seconds()) for owner, session, chat, until in waiting]
+
+
+async def arearm_expiries() -> int:
+    """At a worker's start: a timer for each reply still waiting for its tool outputs, so that one
+    whose worker was restarted ends at its deadline too (every worker arms one; the first claims it,
+    the others find it ended). Returns how many."""
+    waiting = await _waiting_replies()
+    for owner_key, session_id, chat_id, seconds in waiting:
+        _schedule_expiry(owner_key=owner_key, session_id=session_id, chat_id=chat_id, delay=seconds)
+    return len(waiting)
 
 
 async def aexpire_pause(*, owner: Owner, session_id: str, chat_id: str) -> bool:

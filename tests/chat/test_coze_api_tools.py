@@ -4,17 +4,23 @@ after CHAT_TOOL_OUTPUT_TIMEOUT) until the outputs come, through Coze's `submit_t
 OpenAI path's `tool` messages, and the rest of the reply is stored with the same turn. The
 simulator's bot calls its local plugin for `[sim:tool]`."""
 
+import asyncio
 import json
+from datetime import timedelta
 
 import httpx
 import openai
 import pytest
+from asgiref.sync import sync_to_async
 from cozepy import ChatEventType, ChatStatus, CozeAPIError, ToolOutput
+from django.db import connection
+from django.utils import timezone
 
+from chat.turn import tools
 from sessions_admin.models import ApiClient, ChatSession, Reply
 from sessions_admin.recovery import fail_expired_pauses, mark_interrupted_replies
 from tests.chat.coze_clients import bot, gateway_coze, question, sim_get, stream_turn
-from tests.conftest import auth, stream_chat, wait_until
+from tests.conftest import auth, await_until, stream_chat, wait_until
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -277,3 +283,36 @@ def test_openai_tool_messages_after_the_wait_passed_are_refused(openai_client, s
             ],
         )
     assert Reply.objects.get().error_code == "tool_output_timeout"  # refused; it stays failed
+
+
+@pytest.mark.asyncio
+async def test_a_new_worker_arms_the_deadline_of_a_pause_it_did_not_make(asgi_server, api_key):
+    """The worker that paused a reply restarted (its timer gone) before the deadline: the next
+    worker to start arms it, and the reply ends failed at its deadline, not at the next restart."""
+    coze = gateway_coze(asgi_server, api_key)
+    conversation = await asyncio.to_thread(coze.conversations.create, bot_id=bot())
+    chat = await asyncio.to_thread(pause_for_tools, coze, conversation.id)
+
+    @sync_to_async(thread_sensitive=False)
+    def deadline_in_a_second_and_status() -> str:
+        try:
+            ChatSession.objects.filter(session_id=conversation.id).update(
+                locked_until=timezone.now() + timedelta(seconds=1)
+            )
+            return Reply.objects.get(coze_chat_id=chat.id).status
+        finally:
+            connection.close()
+
+    assert await deadline_in_a_second_and_status() == Reply.Status.REQUIRES_ACTION
+    assert await tools.arearm_expiries() == 1  # as lifecycle.process_started does in a new worker
+
+    @sync_to_async(thread_sensitive=False)
+    def ended() -> Reply | None:
+        try:
+            reply = Reply.objects.get(coze_chat_id=chat.id)
+            return reply if reply.status == Reply.Status.FAILED else None
+        finally:
+            connection.close()
+
+    reply = await await_until(ended, timeout=10)
+    assert reply.error_code == "tool_output_timeout"

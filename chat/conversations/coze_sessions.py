@@ -14,7 +14,6 @@ import secrets
 import time
 from dataclasses import dataclass
 
-from django.conf import settings
 from django.db import IntegrityError, transaction
 from django.db.models import Q
 from django.utils import timezone
@@ -25,6 +24,7 @@ from chat.domain import transcripts
 from chat.domain.errors import ChatError
 from chat.domain.inputs import Owner
 from chat.runtime.db import db_async
+from chat.turn import records
 from chat.turn.records import no_chat, no_conversation
 from sessions_admin.models import ChatSession, Conversation, Message, Reply
 
@@ -116,7 +116,7 @@ def _create_rows(
         session_id=session_id,
         api_client_id=owner.api_client_id,
         user_id=owner.user_id,
-        coze_user_id=user_id or settings.COZE_USER_ID,
+        coze_user_id=user_id or records.default_user(owner),
         bot_id=bot_id,
         meta_data=meta_data,
         created_at=now,
@@ -158,7 +158,7 @@ def _new_section(session: ChatSession, *, coze_conversation_id: str = "", messag
 
 @db_async
 def conversation_get(*, owner: Owner, session_id: str) -> ChatSession:
-    session = ChatSession.objects.filter(owner_key=owner.key, session_id=session_id).first()
+    session = ChatSession.objects.filter(**owner.scope(), session_id=session_id).first()
     if session is None:
         raise no_conversation()
     return session
@@ -169,7 +169,7 @@ def conversation_list(*, owner: Owner, bot_id: str, page_num: int, page_size: in
     """The owner's conversations with `bot_id`, newest first: one page, and whether more follow."""
     start = (page_num - 1) * page_size
     found = list(
-        ChatSession.objects.filter(owner_key=owner.key, bot_id=bot_id).order_by("-created_at", "-pk")[
+        ChatSession.objects.filter(**owner.scope(), bot_id=bot_id).order_by("-created_at", "-pk")[
             start : start + page_size + 1
         ]
     )
@@ -225,7 +225,7 @@ def message_list(
     newest first). `after_id` goes on in that order from the message it names, `before_id` goes
     back from it (the page nearest to it, still in `order`). A message is named by its Coze id or,
     for one Coze gave none (questions), by ours."""
-    session = ChatSession.objects.filter(owner_key=owner.key, session_id=session_id).only("pk").first()
+    session = ChatSession.objects.filter(**owner.scope(), session_id=session_id).only("pk").first()
     if session is None:
         raise no_conversation()
     listed = Message.objects.filter(conversation__session=session, kind__in=MESSAGE_KINDS).select_related(
@@ -281,9 +281,7 @@ async def achat_get(*, owner: Owner, session_id: str, chat_id: str) -> Reply:
 
 @db_async
 def _chat_get(*, owner: Owner, session_id: str, chat_id: str) -> tuple[Reply | None, bool]:
-    session_pk = (
-        ChatSession.objects.filter(owner_key=owner.key, session_id=session_id).values_list("pk", flat=True).first()
-    )
+    session_pk = ChatSession.objects.filter(**owner.scope(), session_id=session_id).values_list("pk", flat=True).first()
     if session_pk is None:
         raise no_conversation()
     reply = (

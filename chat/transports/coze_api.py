@@ -141,7 +141,7 @@ async def chat_view(request: HttpRequest, owner: Owner) -> HttpResponse:
         new_session_id=coze_sessions.new_conversation_id(),
     )
     if chat.context_file_ids:  # the question's own files are checked as the turn starts
-        await _resolve_files(owner_key=owner.key, attachments=[{"file_id": i} for i in chat.context_file_ids])
+        await _resolve_files(owner=owner, attachments=[{"file_id": i} for i in chat.context_file_ids])
     chat_request = chat.chat_request
     control = TurnControl(owner_key=owner.key)
     events = service.achat_events(

@@ -35,6 +35,8 @@ def _conversation_id(request: HttpRequest, body: dict | None = None) -> str:
 async def conversation_create_view(request: HttpRequest, owner: Owner) -> HttpResponse:
     """POST /v1/conversation/create (JSON or form; `bot_id`, `messages`, `meta_data` optional)."""
     new = parse_conversation(form_or_json_body(request))
+    if owner.end_user_id is not None and new.user_id not in ("", owner.end_user_id):
+        raise ChatError("forbidden", "This token is for another user_id; send the token's own or none.")
     if new.bot_id:
         await admission.acheck_bot(owner=owner, bot_id=new.bot_id)
     session = await coze_sessions.aconversation_create(

@@ -283,7 +283,7 @@ def session_for_history(*, owner: Owner, bot_id: str, history: list[tuple[str, s
     """
     digest = transcripts.transcript_hash(owner_key=owner.key, bot_id=bot_id, messages=history)
     candidates = list(
-        ChatSession.objects.filter(owner_key=owner.key, current_conversation__transcript_hash=digest)
+        ChatSession.objects.filter(**owner.scope(), current_conversation__transcript_hash=digest)
         .order_by("-last_activity", "-pk")
         .values_list("session_id", "locked_until")[:10]
     )
@@ -333,7 +333,7 @@ def paused_chat_for(*, owner: Owner, tool_call_ids: set[str], session_id: str | 
     """The caller's reply that waits for outputs of these tool calls (in `session_id` when pinned):
     its session and Coze chat id. ChatError `invalid` when none does (its wait passed, or the calls
     were answered already)."""
-    waiting = Reply.objects.filter(owner_key=owner.key, status=Reply.Status.REQUIRES_ACTION)
+    waiting = Reply.objects.filter(**owner.scope("session__"), status=Reply.Status.REQUIRES_ACTION)
     if session_id:
         waiting = waiting.filter(session__session_id=session_id)
     found = waiting.order_by("-pk").values_list("session__session_id", "coze_chat_id", "required_action")

@@ -51,7 +51,7 @@ async def achat_continue(
             raise ChatError("invalid", tools.NOT_WAITING_DETAIL)
         turn, started = paused.turn, time.monotonic()
         metrics.turn_resumed(turn.transport)
-        control.reply_pk, control.chat_id = turn.reply_pk, chat_id
+        control.reply_pk, control.chat_id, control.coze_user_id = turn.reply_pk, chat_id, turn.route.coze_user_id
         running_turns[chat_id] = control
         outcome = tools.outcome_after_pause(paused, chat_id=chat_id)
         logger.info("Turn continued with %d tool output(s): chat %s", len(for_coze), chat_id)

@@ -125,6 +125,12 @@ def with_outputs(required_action: dict, outputs: dict[str, str]) -> dict:
     return {**required_action, "tool_calls": calls}
 
 
+def default_user(owner: Owner) -> str:
+    """The Coze user_id of a new session whose request names none: an end-user token's user (its
+    requests never name one: `ChatRequest.narrowed_to`), else COZE_USER_ID."""
+    return owner.end_user_id or settings.COZE_USER_ID
+
+
 def lease_end():
     """The end of a lock lease taken now, in the database's clock."""
     return ExpressionWrapper(

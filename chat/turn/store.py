@@ -53,7 +53,9 @@ async def session_route(
     if row is None:
         if existing:
             raise records.no_conversation()
-        return Route(coze_conversation_id="", bot_id=bot_id, coze_user_id=requested_user_id or settings.COZE_USER_ID)
+        return Route(
+            coze_conversation_id="", bot_id=bot_id, coze_user_id=requested_user_id or records.default_user(owner)
+        )
     coze_user_id, conversation_bot_id, coze_conversation_id, conversation_pk = row
     if conversation_pk is not None and conversation_bot_id == "":
         await conversation_adopt(conversation_pk=conversation_pk, bot_id=bot_id, owner_key=owner.key)
@@ -140,7 +142,7 @@ def _turn_start_params(start: TurnStart) -> list:
         owner.user_id,
         start.session_id,
         chat_request.user_id or "",
-        settings.COZE_USER_ID,
+        records.default_user(owner),
         start.bot_id,
         start.transport,
         start.worker_channel,

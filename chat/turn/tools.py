@@ -50,9 +50,7 @@ class Waiting:
 def await_paused(*, owner: Owner, session_id: str, chat_id: str) -> Waiting:
     """The owner's reply `chat_id` of session `session_id`, waiting for tool outputs; ChatError
     `not_found` (no such session or chat of this owner) or `invalid` (it does not wait)."""
-    session_pk = (
-        ChatSession.objects.filter(owner_key=owner.key, session_id=session_id).values_list("pk", flat=True).first()
-    )
+    session_pk = ChatSession.objects.filter(**owner.scope(), session_id=session_id).values_list("pk", flat=True).first()
     if session_pk is None:
         raise no_conversation()
     reply = (

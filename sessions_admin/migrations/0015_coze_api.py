@@ -7,6 +7,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
+        ('sessions_admin', '0014_chatfile_end_user'),
         ('sessions_admin', '0014_reply_requires_action_status'),
     ]
 

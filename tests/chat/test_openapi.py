@@ -184,3 +184,20 @@ def test_the_described_coze_api_objects_are_what_the_server_sends(http, api_key)
         http.post(f"/v1/conversations/{conversation_id}/clear", headers=headers).json(),
     )
     check("/v3/chat/retrieve", "get", http.get("/v3/chat/retrieve", params=ids).json(), status="401")
+
+
+def test_the_token_endpoint_is_described_with_its_body_and_answer():
+    schema = load_schema()
+    operation = schema["paths"]["/api/tokens"]["post"]
+    components = schema["components"]["schemas"]
+    request = operation["requestBody"]["content"]["application/json"]["schema"]["$ref"].rsplit("/", 1)[1]
+    answer = operation["responses"]["201"]["content"]["application/json"]["schema"]["$ref"].rsplit("/", 1)[1]
+
+    assert components[request]["required"] == ["user_id"]
+    assert (
+        components[request]["properties"]["expires_in"] | {"minimum": 1, "maximum": 86400}
+        == components[request]["properties"]["expires_in"]
+    )
+    assert set(components[answer]["properties"]) == {"token", "user_id", "expires_at"}
+    assert {"401", "403", "400"} <= set(operation["responses"])
+    assert "end-user token" in schema["components"]["securitySchemes"]["apiKey"]["description"]

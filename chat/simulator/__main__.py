@@ -21,6 +21,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--max-upload-bytes", type=int, default=COZE_MAX_UPLOAD_BYTES, help="largest file /v1/files/upload takes"
     )
+    parser.add_argument(
+        "--studio", action="store_true", help="answer as a self-hosted Coze Studio (see chat/simulator/app.py)"
+    )
     args = parser.parse_args(argv)
 
     config = SimulatorConfig(
@@ -28,6 +31,7 @@ def main(argv: list[str] | None = None) -> None:
         token_delay_ms=args.token_delay_ms,
         first_token_delay_ms=args.first_token_delay_ms,
         max_upload_bytes=args.max_upload_bytes,
+        studio=args.studio,
     )
     try:
         sock = bind_socket(args.host, args.port)

@@ -15,8 +15,12 @@ REASONING_TEXT = "Let me think about that."
 FOLLOW_UPS = ("Tell me more", "What else can you do?")
 VERBOSE_CONTENT = '{"msg_type":"generate_answer_finish","data":"","from_module":null,"from_unit":null}'
 
+# The local plugin a bare ``[sim:tool]`` calls.
+DEFAULT_TOOL = "get_weather"
+
 _DIRECTIVE_RE = re.compile(r"\[sim:([a-z_0-9]+)(?:=([^\]]*))?\]")
 _ECHO = "[sim:echo]"
+_TOOL_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}")
 
 
 @dataclass
@@ -28,6 +32,7 @@ class Directives:
     slow_ms: float | None = None
     first_delay_ms: float | None = None
     silence_s: float | None = None
+    tools: list[str] | None = None  # the local plugins the chat calls before it answers
 
     @classmethod
     def parse(cls, text: str) -> Directives:
@@ -35,8 +40,13 @@ class Directives:
             return cls(flags=set())
         flags: set[str] = set()
         values: dict[str, float] = {}
+        tools: list[str] | None = None
         for name, value in _DIRECTIVE_RE.findall(text):
             flags.add(name)
+            if name == "tool" and tools is None:
+                tools = [tool.strip() for tool in value.split(",")] if value else [DEFAULT_TOOL]
+                if not all(_TOOL_NAME_RE.fullmatch(tool) for tool in tools):
+                    raise CozeError(4000, f"invalid simulator directive [sim:tool={value}]")
             if name in ("slow", "first_delay", "silence") and value:
                 try:
                     number = float(value)
@@ -52,7 +62,18 @@ class Directives:
             slow_ms=values.get("slow"),
             first_delay_ms=values.get("first_delay"),
             silence_s=values.get("silence"),
+            tools=tools,
         )
+
+
+def without_directives(text: str) -> str:
+    """``text`` with every ``[sim:…]`` directive removed, stripped: what a tool call receives."""
+    return _DIRECTIVE_RE.sub("", text).strip()
+
+
+def tool_results(calls: list[dict[str, Any]], outputs: dict[str, str]) -> str:
+    """`` [tool get_weather: sunny]`` for each call, in the order the bot made them."""
+    return "".join(f" [tool {call['function']['name']}: {outputs[call['id']]}]" for call in calls)
 
 
 def split_deltas(text: str) -> list[str]:

@@ -7,7 +7,8 @@ from .wire import Request, Response, json_response
 
 
 class InspectionRoutes(SimulatorBase):
-    """``/_sim/stats``, ``/_sim/chats/{id}``, ``/_sim/files/{id}``: no authentication."""
+    """``/_sim/stats``, ``/_sim/chats/{id}``, ``/_sim/conversations/{id}``, ``/_sim/files/{id}``,
+    ``/_sim/feedback``, ``/_sim/deletions``: no authentication."""
 
     async def _sim_stats(self, request: Request) -> Response:
         return json_response(200, self.state.stats())
@@ -23,3 +24,15 @@ class InspectionRoutes(SimulatorBase):
         if chat is None:
             return json_response(404, {"code": 4001, "msg": "chat not found"})
         return json_response(200, chat.inspection())
+
+    async def _sim_conversation(self, request: Request) -> Response:
+        conversation = self.state.conversations.get(request.path.split("/")[3])
+        if conversation is None:
+            return json_response(404, {"code": 4002, "msg": "conversation not found"})
+        return json_response(200, conversation.inspection())
+
+    async def _sim_feedback(self, request: Request) -> Response:
+        return json_response(200, {"feedback": self.state.feedback})
+
+    async def _sim_deletions(self, request: Request) -> Response:
+        return json_response(200, {"deletions": self.state.deletions})

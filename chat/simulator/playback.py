@@ -4,26 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import time
-from dataclasses import dataclass
 from typing import Any
 
-from .bot import FOLLOW_UPS, MID_STREAM_FAULTS, REASONING_TEXT, VERBOSE_CONTENT, Directives, answer_text, split_deltas
-from .state import Chat, Conversation, SimulatorBase
-from .wire import DONE_FRAME, ERROR_EVENT_FRAME, Receive, Request, Send, SimulatedDrop, json_bytes, sse_frame
-
-
-@dataclass
-class ChatPlan:
-    """Everything a chat will send, serialised up front so the per-delta work is one send."""
-
-    reasoning_frames: list[bytes]
-    answer_frames: list[bytes]
-    final_messages: list[dict[str, Any]]
-    usage: dict[str, int]
-    first_delay: float
-    token_delay: float
-    fault: str | None
-    silence: float
+from .plans import ChatPlan, ChatPlanner
+from .state import Chat
+from .wire import DONE_FRAME, ERROR_EVENT_FRAME, STUDIO_DONE_FRAME, Receive, Request, Send, SimulatedDrop, sse_frame
 
 
 class StreamOutput:
@@ -69,83 +54,24 @@ class NullOutput:
             await asyncio.sleep(seconds)
 
 
-class ChatPlayback(SimulatorBase):
-    """Plans a chat and plays it, with Coze's timing, into a stream or into nothing."""
-
-    def _plan(
-        self, chat: Chat, conversation: Conversation, text: str, directives: Directives, received: str = ""
-    ) -> ChatPlan:
-        answer = answer_text(text, directives, conversation.turns)
-        if directives.echo is None:  # an echo stays exactly the text after the directive
-            answer += received
-        message = {
-            "id": self.new_id(),
-            "conversation_id": chat.conversation_id,
-            "bot_id": chat.bot_id,
-            "role": "assistant",
-            "type": "answer",
-        }
-        tail = {
-            "content_type": "text",
-            "chat_id": chat.id,
-            "section_id": chat.section_id,
-        }
-        # Pre-serialise the message around its content: each delta only dumps its piece.
-        head = b"event:conversation.message.delta\ndata:" + json_bytes(message)[:-1]
-        tail_bytes = b"," + json_bytes(tail)[1:] + b"\n\n"
-        answer_frames = [head + b',"content":' + json_bytes(piece) + tail_bytes for piece in split_deltas(answer)]
-        reasoning_frames = []
-        if "reasoning" in directives.flags:
-            reasoning_frames = [
-                head + b',"content":"","reasoning_content":' + json_bytes(piece) + tail_bytes
-                for piece in split_deltas(REASONING_TEXT)
-            ]
-
-        stamps = {"created_at": chat.created_at, "updated_at": chat.created_at}
-
-        def completed(kind: str, content: str, message_id: str) -> dict[str, Any]:
-            return {
-                **message,
-                "id": message_id,
-                "type": kind,
-                "content": content,
-                **tail,
-                **stamps,
-            }
-
-        answer_message = completed("answer", answer, message["id"])
-        if reasoning_frames:
-            answer_message["reasoning_content"] = REASONING_TEXT
-        final_messages = [
-            answer_message,
-            completed("verbose", VERBOSE_CONTENT, self.new_id()),
-            *(completed("follow_up", question, self.new_id()) for question in FOLLOW_UPS),
-        ]
-        section_chars = sum(map(len, conversation.turns)) + len(text)
-        output_count = len(reasoning_frames) + len(answer_frames)
-        input_count = section_chars // 4 + 1
-        first_ms = directives.first_delay_ms
-        slow_ms = directives.slow_ms
-        fault = next((f for f in MID_STREAM_FAULTS if f in directives.flags), None)
-        return ChatPlan(
-            reasoning_frames=reasoning_frames,
-            answer_frames=answer_frames,
-            final_messages=final_messages,
-            usage={
-                "token_count": input_count + output_count,
-                "output_count": output_count,
-                "input_count": input_count,
-            },
-            first_delay=(self.config.first_token_delay_ms if first_ms is None else first_ms) / 1000,
-            token_delay=(self.config.token_delay_ms if slow_ms is None else slow_ms) / 1000,
-            fault=fault,
-            silence=directives.silence_s or 0.0,
-        )
+class ChatPlayback(ChatPlanner):
+    """Plays a chat's plan, with Coze's timing, into a stream or into nothing."""
 
     async def _run(self, chat: Chat, plan: ChatPlan, out: StreamOutput | NullOutput) -> None:
         """Play ``plan`` into ``out`` with its timing, updating ``chat`` as Coze would."""
-        out.write(sse_frame("conversation.chat.created", chat.as_dict(status="created")))
+        if not plan.continued:
+            out.write(sse_frame("conversation.chat.created", chat.as_dict(status="created")))
         out.write(sse_frame("conversation.chat.in_progress", chat.as_dict()))
+        if plan.tool_calls:
+            await out.pause(plan.first_delay)
+            for message in plan.lead_messages:
+                out.write(sse_frame("conversation.message.completed", message))
+            self._require_action(chat, plan)
+            out.write(sse_frame("conversation.chat.requires_action", chat.as_dict()))
+            out.write(self._end_frame())
+            return
+        for message in plan.lead_messages:
+            out.write(sse_frame("conversation.message.completed", message))
 
         frames = plan.reasoning_frames + plan.answer_frames
         cut = len(plan.reasoning_frames) + len(plan.answer_frames) // 2 if plan.fault else len(frames)
@@ -155,7 +81,7 @@ class ChatPlayback(SimulatorBase):
         elif plan.fault == "chat_failed":
             self._finish(chat, "failed", error={"code": 5000, "msg": "internal error"})
             out.write(sse_frame("conversation.chat.failed", chat.as_dict()))
-            out.write(DONE_FRAME)
+            out.write(self._end_frame())
             return
         elif plan.fault == "error_event":
             self._finish(chat, "failed", error={"code": 4013, "msg": "model error"})
@@ -169,11 +95,48 @@ class ChatPlayback(SimulatorBase):
         if not frames:
             await out.pause(plan.first_delay)
 
-        self._finish(chat, "completed", usage=plan.usage, messages=plan.final_messages)
+        self._finish(chat, "completed", usage=plan.usage, messages=plan.lead_messages + plan.final_messages)
         for message in plan.final_messages:
             out.write(sse_frame("conversation.message.completed", message))
         out.write(sse_frame("conversation.chat.completed", chat.as_dict(status="completed")))
-        out.write(DONE_FRAME)
+        out.write(self._end_frame())
+
+    def _end_frame(self) -> bytes:
+        """The last event of a stream: ``done``, or Studio's ``conversation.stream.done``."""
+        return STUDIO_DONE_FRAME if self.config.studio else DONE_FRAME
+
+    def _require_action(self, chat: Chat, plan: ChatPlan) -> None:
+        """Pause ``chat`` for its tool calls: the conversation stays busy until the outputs come,
+        the chat is canceled, or ``tool_output_timeout_s`` passes (then the chat fails)."""
+        chat.messages = [*chat.messages, *plan.lead_messages]
+        self._store(chat, plan.lead_messages)
+        if chat.status != "in_progress":  # canceled meanwhile: nothing to wait for
+            chat.finished_at = time.time()
+            self._release(chat)
+            return
+        chat.status = "requires_action"
+        chat.required_action = {"type": "submit_tool_outputs", "submit_tool_outputs": {"tool_calls": plan.tool_calls}}
+        timer = asyncio.ensure_future(self._expire_tool_calls(chat))
+        chat.tool_timer = timer
+        self.state.background.add(timer)
+        timer.add_done_callback(self.state.background.discard)
+
+    async def _expire_tool_calls(self, chat: Chat) -> None:
+        await asyncio.sleep(self.config.tool_output_timeout_s)
+        if chat.status == "requires_action":
+            now = time.time()
+            chat.status = "failed"
+            chat.failed_at = int(now)
+            chat.finished_at = now
+            timeout = self.config.tool_output_timeout_s
+            chat.last_error = {"code": 5000, "msg": f"the tool outputs did not arrive within {timeout:g} s"}
+            self._release(chat)
+
+    def _store(self, chat: Chat, messages: list[dict[str, Any]]) -> None:
+        """Keep ``messages`` in the chat's conversation (unless the chat asked not to)."""
+        conversation = self.state.conversations.get(chat.conversation_id)
+        if conversation is not None and chat.auto_save_history:
+            conversation.messages.extend(messages)
 
     @staticmethod
     async def _deltas(
@@ -211,11 +174,15 @@ class ChatPlayback(SimulatorBase):
         if usage is not None:
             chat.usage = usage
         if messages is not None:
-            chat.messages = messages
+            chat.messages = [*chat.messages, *messages]
+            self._store(chat, messages)
         chat.finished_at = now
         self._release(chat)
 
     def _release(self, chat: Chat) -> None:
+        """Free the chat's conversation for the next chat, unless it waits for tool outputs."""
+        if chat.status == "requires_action":
+            return
         conversation = self.state.conversations.get(chat.conversation_id)
         if conversation is not None and conversation.running_chat_id == chat.id:
             conversation.running_chat_id = None

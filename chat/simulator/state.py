@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import json
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -31,24 +32,35 @@ class SimulatorConfig:
     token issued by the OAuth endpoint) and answers HTTP 401 / code 4100 otherwise.
     ``token_delay_ms``: pause between two deltas. ``first_token_delay_ms``: pause between
     ``conversation.chat.in_progress`` and the first delta. ``max_upload_bytes``: the largest
-    file ``/v1/files/upload`` takes.
+    file ``/v1/files/upload`` takes. ``tool_output_timeout_s``: how long a chat waits in
+    ``requires_action`` for its tool outputs before it fails. ``studio``: behave as a self-hosted
+    Coze Studio instead of coze.com (see the module docstring of :mod:`chat.simulator.app`).
     """
 
     token: str | None = None
     token_delay_ms: float = 0
     first_token_delay_ms: float = 0
     max_upload_bytes: int = COZE_MAX_UPLOAD_BYTES
+    tool_output_timeout_s: float = 600.0
+    studio: bool = False
 
 
 @dataclass(eq=False)
 class Conversation:
-    """A conversation and the memory of its current section."""
+    """A conversation, its stored messages and the memory of its current section.
+
+    ``bot_id`` is empty until the conversation's first chat when it was created without one.
+    ``messages`` holds every stored message in the order it was stored (the message list filters
+    them); ``turns`` the user texts of the current section, which is what the bot remembers.
+    """
 
     id: str
     created_at: int
     meta_data: dict[str, Any]
     section_id: str
+    bot_id: str = ""
     turns: list[str] = field(default_factory=list)
+    messages: list[dict[str, Any]] = field(default_factory=list)
     running_chat_id: str | None = None
 
     def as_dict(self) -> dict[str, Any]:
@@ -57,6 +69,16 @@ class Conversation:
             "created_at": self.created_at,
             "meta_data": self.meta_data,
             "last_section_id": self.section_id,
+        }
+
+    def inspection(self) -> dict[str, Any]:
+        """What ``GET /_sim/conversations/{id}`` answers."""
+        return {
+            "bot_id": self.bot_id,
+            "section_id": self.section_id,
+            "turns": self.turns,
+            "message_ids": [message["id"] for message in self.messages],
+            "running_chat_id": self.running_chat_id,
         }
 
 
@@ -82,6 +104,14 @@ class Chat:
     client_disconnected_at: float | None = None
     canceled_at: float | None = None
     finished_at: float | None = None
+    user_id: str = ""
+    auto_save_history: bool = True
+    # A chat paused for local tools: Coze's required_action, what the client submitted, and what
+    # the rest of the chat needs (set by the planner, used by submit_tool_outputs).
+    required_action: dict[str, Any] | None = None
+    tool_outputs: list[Any] = field(default_factory=list)
+    continuation: Any = None
+    tool_timer: asyncio.Task[None] | None = None
 
     def as_dict(self, status: str | None = None) -> dict[str, Any]:
         """The Coze chat object; ``status`` overrides the stored one (for stream events)."""
@@ -100,6 +130,8 @@ class Chat:
             data["completed_at"] = self.completed_at
         if self.failed_at is not None:
             data["failed_at"] = self.failed_at
+        if self.required_action is not None and data["status"] == "requires_action":
+            data["required_action"] = self.required_action
         return data
 
     def inspection(self) -> dict[str, Any]:
@@ -113,6 +145,9 @@ class Chat:
             "conversation_id": self.conversation_id,
             "stream": self.stream,
             "additional_messages": self.request_messages,
+            "user_id": self.user_id,
+            "required_action": self.required_action,
+            "tool_outputs": self.tool_outputs,
         }
 
 
@@ -148,6 +183,9 @@ class SimulatorState:
     chats: dict[str, Chat] = field(default_factory=dict)
     issued_tokens: dict[str, float] = field(default_factory=dict)  # token -> expiry
     files: dict[str, UploadedFile] = field(default_factory=dict)
+    # What clients sent to the feedback and delete routes, in order, for tests to read.
+    feedback: list[dict[str, Any]] = field(default_factory=list)
+    deletions: list[dict[str, Any]] = field(default_factory=list)
     open_streams: int = 0
     total_streams: int = 0
     client_disconnects: int = 0
@@ -192,12 +230,37 @@ class SimulatorBase:
             raise CozeError(4001, f"chat {chat_id!r} does not exist")
         return chat
 
-    def _new_conversation(self, meta_data: Any) -> Conversation:
+    def _new_conversation(self, meta_data: Any, bot_id: str = "") -> Conversation:
         conversation = Conversation(
             id=self.new_id(),
             created_at=int(time.time()),
             meta_data=meta_data if isinstance(meta_data, dict) else {},
             section_id=self.new_id(),
+            bot_id=bot_id,
         )
         self.state.conversations[conversation.id] = conversation
         return conversation
+
+    def _entered_message(
+        self, conversation: Conversation, message: dict[str, Any], chat: Chat | None
+    ) -> dict[str, Any]:
+        """A message a client entered (a chat's ``additional_messages``, a new conversation's
+        ``messages``) as the conversation stores it; ``chat_id`` is "0" outside a chat."""
+        role = "assistant" if message.get("role") == "assistant" else "user"
+        content = message.get("content")
+        meta_data = message.get("meta_data")
+        now = int(time.time())
+        return {
+            "id": self.new_id(),
+            "conversation_id": conversation.id,
+            "bot_id": chat.bot_id if chat is not None else conversation.bot_id,
+            "role": role,
+            "type": message.get("type") or ("question" if role == "user" else "answer"),
+            "content": content if isinstance(content, str) else json.dumps(content, ensure_ascii=False),
+            "content_type": message.get("content_type") or "text",
+            "chat_id": chat.id if chat is not None else "0",
+            "section_id": conversation.section_id,
+            "meta_data": meta_data if isinstance(meta_data, dict) else {},
+            "created_at": now,
+            "updated_at": now,
+        }

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import email.parser
+import email.policy
 import json
 import os
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import parse_qsl
 
 AsgiMessage = dict[str, Any]
 Receive = Callable[[], Awaitable[AsgiMessage]]
@@ -71,6 +74,25 @@ class Request:
             raise CozeError(4000, "the body must be a JSON object")
         return data
 
+    def fields(self) -> dict[str, Any]:
+        """The body as a JSON object, or the fields of a form (URL-encoded or multipart; their
+        values are strings); code 4000 when it is neither."""
+        content_type = self.headers.get("content-type", "").lower()
+        if content_type.startswith("application/x-www-form-urlencoded"):
+            return dict(parse_qsl(self.body.decode("utf-8", "replace"), keep_blank_values=True))
+        if content_type.startswith("multipart/form-data"):
+            parser = email.parser.BytesParser(policy=email.policy.HTTP)
+            header = b"Content-Type: " + self.headers["content-type"].encode("latin-1") + b"\r\n\r\n"
+            message = parser.parsebytes(header + self.body)
+            if not message.is_multipart():
+                raise CozeError(4000, "invalid multipart body")
+            return {
+                part.get_param("name", header="content-disposition"): part.get_content()
+                for part in message.iter_parts()
+                if part.get_param("name", header="content-disposition") and part.get_filename() is None
+            }
+        return self.json()
+
 
 def json_bytes(obj: Any) -> bytes:
     """One line of UTF-8 JSON that survives cozepy's line splitting byte for byte."""
@@ -87,6 +109,9 @@ def sse_frame(event: str, data: Any) -> bytes:
 
 
 DONE_FRAME = b'event:done\ndata:"[DONE]"\n\n'
+# Coze Studio ends a stream with this event, whose data is empty (its SSE writer always writes
+# the "data:" field).
+STUDIO_DONE_FRAME = b"event:conversation.stream.done\ndata:\n\n"
 ERROR_EVENT_FRAME = sse_frame("error", {"code": 4013, "msg": "model error"})
 
 

@@ -14,6 +14,7 @@ from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 from channels.security.websocket import OriginValidator  # noqa: E402
 from django.conf import settings  # noqa: E402
 from django.core.handlers.asgi import ASGIHandler  # noqa: E402
+from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware  # noqa: E402
 
 from chat.coze import start_demo_mode  # noqa: E402
 from chat.routing import websocket_urlpatterns  # noqa: E402
@@ -39,7 +40,7 @@ class BrowserOriginValidator(OriginValidator):
 def build_application(django_app=None):
     """The whole ASGI application. A new Django handler reads the settings anew (tests build one
     under other settings); the server's is built once, at import."""
-    return ProcessLifecycle(
+    application = ProcessLifecycle(
         ProtocolTypeRouter(
             {
                 # Every HTTP request, API or page, goes through Django's handler and middleware.
@@ -51,6 +52,14 @@ def build_application(django_app=None):
             }
         )
     )
+    if settings.CHAT_TRUSTED_PROXIES:
+        # The one place the client's address is decided, for HTTP and WebSocket under any server:
+        # scope["client"] (Django's REMOTE_ADDR) becomes the address X-Forwarded-For names, walked
+        # from the right past the trusted proxies, when the peer is one of them. The servers' own
+        # proxy-header options stay off (daphne without --proxy-headers, uvicorn --no-proxy-headers):
+        # they would trust the header from any peer, or from 127.0.0.1 whatever this setting says.
+        application = ProxyHeadersMiddleware(application, trusted_hosts=settings.CHAT_TRUSTED_PROXIES)
+    return application
 
 
 start_demo_mode()  # before serving: the simulator's start-up and the DEMO MODE log line, once per process

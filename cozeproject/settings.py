@@ -4,6 +4,7 @@ Every variable is documented in README.md. Bad values fail loudly with Improperl
 start-up rather than surfacing later as odd behaviour.
 """
 
+import ipaddress
 import os
 import re
 import sys
@@ -50,6 +51,20 @@ def env_number(name: str, default: float, *, minimum: float = 0, cast=float):
 
 def env_list(name: str) -> list[str]:
     return [item.strip() for item in env.str(name, default="").split(",") if item.strip()]
+
+
+def parse_trusted_proxies(items: list[str]) -> list[str]:
+    """CHAT_TRUSTED_PROXIES as network strings (`10.0.0.0/8`, `127.0.0.1/32`); ImproperlyConfigured
+    on anything that is not an IP address or range, so a typo can't quietly trust nothing (or all)."""
+    networks = []
+    for item in items:
+        try:
+            networks.append(str(ipaddress.ip_network(item, strict=False)))
+        except ValueError:
+            raise ImproperlyConfigured(
+                f"CHAT_TRUSTED_PROXIES must be IP addresses or ranges (10.0.0.0/8), got {item!r}"
+            ) from None
+    return networks
 
 
 BOT_NAME_RE = re.compile(r"^[A-Za-z0-9_.:/-]{1,64}$")
@@ -207,6 +222,10 @@ CHAT_AUTH_FAILURES_PER_MINUTE = env_number("CHAT_AUTH_FAILURES_PER_MINUTE", 20, 
 # Such 429s a blocked address gets a second from a worker; the others wait their turn (chat/access/auth.py),
 # so a client looping on wrong keys can't keep the server busy however many connections it opens.
 CHAT_AUTH_BLOCKED_RATE = env_number("CHAT_AUTH_BLOCKED_RATE", 10.0, minimum=0)
+# Proxies in front of the workers (IP addresses or CIDR ranges). A request or WebSocket from one of
+# them is from the address its X-Forwarded-For names, read from the right past these proxies; from
+# any other peer, that header is ignored. The address the wrong-key limit counts. (cozeproject/asgi.py)
+CHAT_TRUSTED_PROXIES = parse_trusted_proxies(env_list("CHAT_TRUSTED_PROXIES"))
 # Tokens each reply in flight is assumed to cost against a budget until the client has replies
 # this month (then its average reply is used); see chat/access/admission.py.
 CHAT_BUDGET_RESERVE_TOKENS = env_number("CHAT_BUDGET_RESERVE_TOKENS", 1000, minimum=0, cast=int)

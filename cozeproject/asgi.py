@@ -1,6 +1,8 @@
 """ASGI entry point: HTTP (including SSE) and WebSocket from one application."""
 
 import os
+import sys
+from http import HTTPStatus
 
 from django.core.asgi import get_asgi_application
 
@@ -62,6 +64,18 @@ def build_application(django_app=None):
     return application
 
 
+def complete_twisted_reason_phrases() -> None:
+    """daphne (and `runserver`, which is daphne) sends Twisted's reason phrase for a status, and
+    Twisted has none for 429 (nor 422, 428, 431, 451…): `HTTP/1.1 429 Unknown Status`. Fill the
+    phrases it lacks from Python's own table, so every server says "429 Too Many Requests"."""
+    twisted_http = sys.modules.get("twisted.web.http")  # imported by daphne before the application
+    if twisted_http is None:
+        return
+    for status in HTTPStatus:
+        twisted_http.RESPONSES.setdefault(status.value, status.phrase.encode())
+
+
+complete_twisted_reason_phrases()
 start_demo_mode()  # before serving: the simulator's start-up and the DEMO MODE log line, once per process
 
 application = build_application(django_asgi_app)

@@ -166,3 +166,15 @@ def test_a_websocket_behind_a_trusted_proxy_counts_against_its_client_address(st
     assert codes == [4401] * FAILURES_PER_MINUTE
     assert served.wrong_key(client).status_code == 429
     assert served.wrong_key("203.0.113.10").status_code == 401
+
+
+@pytest.mark.parametrize("server", SERVERS)
+def test_a_429_says_too_many_requests_on_every_server(start_server, server):
+    served = start_server(server)
+    for _ in range(FAILURES_PER_MINUTE):
+        served.wrong_key()
+
+    refused = served.wrong_key()
+
+    assert refused.status_code == 429
+    assert refused.reason_phrase == "Too Many Requests"

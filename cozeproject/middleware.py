@@ -117,7 +117,7 @@ class RequestContextMiddleware:
 
     def __call__(self, request):
         if iscoroutinefunction(self):
-            return self.__acall__(request)
+            return self._acall(request)
         token = self._begin(request)
         try:
             response = self.get_response(request)
@@ -125,7 +125,7 @@ class RequestContextMiddleware:
             request_id_var.reset(token)
         return self._end(request, response)
 
-    async def __acall__(self, request):
+    async def _acall(self, request):
         token = self._begin(request)
         try:
             response = await self.get_response(request)
@@ -150,15 +150,30 @@ class RequestContextMiddleware:
 # each hook, and that thread lives as long as the response (for a stream, the whole reply). The
 # hooks of these middlewares read headers, cookies and settings and do no I/O, so the subclasses
 # below call Django's own hooks directly on the event loop instead. Where a hook may touch the
-# database (saving a session, storing messages in it), they hop to a thread exactly then.
+# database (saving a session), they hop to a thread exactly then; where it would read the session
+# (the CSRF secret under CSRF_USE_SESSIONS), the session is loaded first with its async API.
+#
+# Only Django's documented middleware surface is used: `get_response`, the `process_*` hooks,
+# `request.session` (`modified`, `akeys`). Messages are kept in a cookie (MESSAGE_STORAGE), so
+# their hooks do no I/O either.
 
 
 class _HooksOnTheLoop:
-    """For MiddlewareMixin subclasses whose hooks do no I/O: call them without a thread hop."""
+    """For MiddlewareMixin subclasses whose hooks do no I/O: call them without a thread hop when
+    the stack is async (MiddlewareMixin marks the instance a coroutine function then); the sync
+    stack (WSGI, Django's test client) keeps MiddlewareMixin's own call."""
 
-    async def __acall__(self, request):
+    def __call__(self, request):
+        if iscoroutinefunction(self.get_response):
+            return self._acall(request)
+        return super().__call__(request)
+
+    async def _acall(self, request):
         response = self.process_request(request) if hasattr(self, "process_request") else None
         response = response or await self.get_response(request)
+        return await self._aprocess_response(request, response)
+
+    async def _aprocess_response(self, request, response):
         if hasattr(self, "process_response"):
             response = self.process_response(request, response)
         return response
@@ -173,6 +188,13 @@ class CommonMiddleware(_HooksOnTheLoop, common.CommonMiddleware):
 
 
 class CsrfViewMiddleware(_HooksOnTheLoop, csrf.CsrfViewMiddleware):
+    async def _acall(self, request):
+        if settings.CSRF_USE_SESSIONS:
+            # The CSRF secret is in the session: load the session here, awaited, so that Django's
+            # hooks (and the chat views' own CSRF check) read it from memory, not the database.
+            await request.session.akeys()
+        return await super()._acall(request)
+
     async def process_view(self, request, callback, callback_args, callback_kwargs):
         # Async, so the handler awaits it instead of wrapping it in sync_to_async.
         return super().process_view(request, callback, callback_args, callback_kwargs)
@@ -186,26 +208,17 @@ class XFrameOptionsMiddleware(_HooksOnTheLoop, clickjacking.XFrameOptionsMiddlew
     pass
 
 
-class SessionMiddleware(sessions_middleware.SessionMiddleware):
+class SessionMiddleware(_HooksOnTheLoop, sessions_middleware.SessionMiddleware):
     """Saving a modified session is database work: a thread for that, the loop otherwise."""
 
-    async def __acall__(self, request):
-        self.process_request(request)
-        response = await self.get_response(request)
+    async def _aprocess_response(self, request, response):
         if request.session.modified or settings.SESSION_SAVE_EVERY_REQUEST:
             return await sync_to_async(self.process_response)(request, response)
         return self.process_response(request, response)
 
 
-class MessageMiddleware(messages_middleware.MessageMiddleware):
-    """Messages that were shown or added are stored (in the session, maybe loading it): a thread then."""
-
-    async def __acall__(self, request):
-        self.process_request(request)
-        response = await self.get_response(request)
-        if request._messages.used or request._messages.added_new:
-            return await sync_to_async(self.process_response)(request, response)
-        return self.process_response(request, response)
+class MessageMiddleware(_HooksOnTheLoop, messages_middleware.MessageMiddleware):
+    """Messages live in a cookie (MESSAGE_STORAGE in the settings): storing and reading them is no I/O."""
 
 
 class StaticFilesMiddleware(WhiteNoiseMiddleware):
@@ -223,10 +236,10 @@ class StaticFilesMiddleware(WhiteNoiseMiddleware):
 
     def __call__(self, request):
         if self.async_mode:
-            return self.__acall__(request)
+            return self._acall(request)
         return super().__call__(request)
 
-    async def __acall__(self, request):
+    async def _acall(self, request):
         if request.path_info.startswith(self.static_prefix):
             static_file = await sync_to_async(self._static_file, thread_sensitive=False)(request.path_info)
             if static_file is not None:

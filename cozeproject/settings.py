@@ -287,6 +287,10 @@ MIDDLEWARE = [
     "cozeproject.middleware.XFrameOptionsMiddleware",
 ]
 
+# Django's flash messages (admin's "… was changed successfully") in a signed cookie, not the
+# session: the middleware handles them on the event loop, without a database read (see above).
+MESSAGE_STORAGE = "django.contrib.messages.storage.cookie.CookieStorage"
+
 ROOT_URLCONF = "cozeproject.urls"
 # JSON `forbidden` under the API's paths, Django's page elsewhere (chat/transports/errors.py).
 CSRF_FAILURE_VIEW = "chat.transports.errors.csrf_failure_view"

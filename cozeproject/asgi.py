@@ -6,10 +6,12 @@ from http import HTTPStatus
 
 from django.core.asgi import get_asgi_application
 
+from cozeproject.configuration import exit_on_configuration_error
+
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "cozeproject.settings")
 
 # Set up Django before importing anything that touches models (consumers, auth middleware).
-django_asgi_app = get_asgi_application()
+django_asgi_app = exit_on_configuration_error(get_asgi_application)
 
 from channels.auth import AuthMiddlewareStack  # noqa: E402
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402

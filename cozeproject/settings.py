@@ -19,7 +19,9 @@ from django.core.exceptions import ImproperlyConfigured
 BASE_DIR = Path(__file__).resolve().parent.parent
 
 env = environ.Env()
-environ.Env.read_env(BASE_DIR / ".env", overwrite=False)
+# Only when there is one: without it, django-environ logs "….env not found" at INFO on every command.
+if (BASE_DIR / ".env").is_file():
+    environ.Env.read_env(BASE_DIR / ".env", overwrite=False)
 
 TESTING = "pytest" in sys.modules or sys.argv[1:2] == ["test"]
 
@@ -99,12 +101,18 @@ def parse_bot_names(raw: str, allowed_bot_ids: list[str]) -> dict[str, str]:
 DEBUG = env_bool("DJANGO_DEBUG", False)
 
 SECRET_KEY = env.str("DJANGO_SECRET_KEY", default="")
-if not SECRET_KEY:
-    if not (DEBUG or TESTING):
+if not (DEBUG or TESTING):
+    if not SECRET_KEY:
         raise ImproperlyConfigured(
             "DJANGO_SECRET_KEY is not set. Set it for production, or set DJANGO_DEBUG=1 for local development."
         )
-    SECRET_KEY = "django-insecure-development-key-do-not-use-in-production"
+    # Django's own deploy check (security.W009) calls such a key weak; here it stops the start.
+    if len(SECRET_KEY) < 50 or len(set(SECRET_KEY)) < 5 or SECRET_KEY.startswith("django-insecure-"):
+        raise ImproperlyConfigured(
+            "DJANGO_SECRET_KEY is too weak for production: use at least 50 random characters, e.g. "
+            "python -c 'import secrets; print(secrets.token_urlsafe(50))'."
+        )
+SECRET_KEY = SECRET_KEY or "django-insecure-development-key-do-not-use-in-production"
 
 LOCAL_HOSTS = ["localhost", "127.0.0.1", "[::1]", "testserver"]
 ALLOWED_HOSTS = env_list("DJANGO_ALLOWED_HOSTS") or (LOCAL_HOSTS if DEBUG or TESTING else [])
@@ -141,6 +149,15 @@ if COZE_OAUTH_APP_ID and not (COZE_OAUTH_KEY_ID and COZE_OAUTH_PRIVATE_KEY):
     )
 COZE_OAUTH_TOKEN_TTL = env_number("COZE_OAUTH_TOKEN_TTL", 3600, minimum=60, cast=int)
 COZE_DEMO_MODE = not (COZE_API_TOKEN or COZE_OAUTH_APP_ID)
+# Demo mode outside debug is a public demo (anonymous chat with the simulator): only on purpose.
+CHAT_DEMO = env_bool("CHAT_DEMO", False)
+if COZE_DEMO_MODE and not (DEBUG or CHAT_DEMO or TESTING):
+    raise ImproperlyConfigured(
+        "COZE_API_TOKEN is not set. Set it (and COZE_BOT_ID) to talk to Coze, set CHAT_DEMO=1 to serve "
+        "the built-in Coze simulator as a public demo, or set DJANGO_DEBUG=1 for local development."
+    )
+if CHAT_DEMO and not COZE_DEMO_MODE:
+    raise ImproperlyConfigured("CHAT_DEMO=1 with COZE_API_TOKEN or COZE_OAUTH_APP_ID set: choose one.")
 COZE_BASE_URL = env.str("COZE_BASE_URL", default="https://api.coze.cn").rstrip("/")
 COZE_BOT_ID = env.str("COZE_BOT_ID", default="")
 if not COZE_BOT_ID:

@@ -65,7 +65,8 @@ def production_proxy_ssl_header() -> tuple[str, str]:
         env={
             **base,
             "DJANGO_SETTINGS_MODULE": "cozeproject.settings",
-            "DJANGO_SECRET_KEY": "x" * 50,
+            "DJANGO_SECRET_KEY": "production-secret-key-" + "0123456789abcdef" * 3,
+            "CHAT_DEMO": "1",
             "DJANGO_ALLOWED_HOSTS": "chat.example.com",
         },
         capture_output=True,

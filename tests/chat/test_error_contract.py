@@ -244,7 +244,7 @@ def start_settings(env: dict) -> subprocess.CompletedProcess:
 
 @pytest.mark.parametrize("hosts", [None, "", " , "])
 def test_production_refuses_to_start_without_allowed_hosts(hosts):
-    env = {"DJANGO_DEBUG": "0", "DJANGO_SECRET_KEY": "x" * 50}
+    env = {"DJANGO_DEBUG": "0", "DJANGO_SECRET_KEY": "production-secret-key-" + "0123456789abcdef" * 3}
     if hosts is not None:
         env["DJANGO_ALLOWED_HOSTS"] = hosts
 
@@ -256,7 +256,12 @@ def test_production_refuses_to_start_without_allowed_hosts(hosts):
 
 def test_production_starts_with_allowed_hosts_and_debug_without():
     production = start_settings(
-        {"DJANGO_DEBUG": "0", "DJANGO_SECRET_KEY": "x" * 50, "DJANGO_ALLOWED_HOSTS": "chat.example.com"}
+        {
+            "DJANGO_DEBUG": "0",
+            "DJANGO_SECRET_KEY": "production-secret-key-" + "0123456789abcdef" * 3,
+            "DJANGO_ALLOWED_HOSTS": "chat.example.com",
+            "CHAT_DEMO": "1",
+        }
     )
     debug = start_settings({"DJANGO_DEBUG": "1"})
 

@@ -19,8 +19,9 @@ from chat.transports.errors import is_api_path, json_error_response
 PAYLOAD_TOO_LARGE = json.dumps(
     {"detail": "The request body is larger than 1 MiB.", "code": "payload_too_large"}
 ).encode()
-# Paths with their own body limit instead of CHAT_MAX_BODY_BYTES: file uploads.
-UPLOAD_PATHS = frozenset({"/api/files"})
+# Paths with their own body limit instead of CHAT_MAX_BODY_BYTES: file uploads, the gateway's own
+# and Coze's API's (docs/api.md §12, §13; deploy/nginx.conf gives both the same limit).
+UPLOAD_PATHS = frozenset({"/api/files", "/v1/files/upload"})
 
 
 def upload_too_large_body() -> bytes:

@@ -1,8 +1,6 @@
 """Middleware: the body-size limit (ASGI, before Django reads a body), the request context
 (request id, request metrics), and Django's own middleware running on the event loop."""
 
-import json
-
 from asgiref.sync import iscoroutinefunction, markcoroutinefunction, sync_to_async
 from django.conf import settings
 from django.contrib.auth import middleware as auth_middleware
@@ -14,11 +12,9 @@ from whitenoise.middleware import WhiteNoiseMiddleware
 
 from chat.domain.errors import ChatError
 from chat.runtime.logging import request_context_begin, request_context_end, request_id_var
-from chat.transports.errors import is_api_path, json_error_response
+from chat.transports.errors import is_api_path, json_error_response, render_json
 
-PAYLOAD_TOO_LARGE = json.dumps(
-    {"detail": "The request body is larger than 1 MiB.", "code": "payload_too_large"}
-).encode()
+PAYLOAD_TOO_LARGE = render_json({"detail": "The request body is larger than 1 MiB.", "code": "payload_too_large"})
 # Paths with their own body limit instead of CHAT_MAX_BODY_BYTES: file uploads, the gateway's own
 # and Coze's API's (docs/api.md §12, §13; deploy/nginx.conf gives both the same limit).
 UPLOAD_PATHS = frozenset({"/api/files", "/v1/files/upload"})
@@ -27,7 +23,7 @@ UPLOAD_PATHS = frozenset({"/api/files", "/v1/files/upload"})
 def upload_too_large_body() -> bytes:
     from chat.files.uploads import upload_too_large_detail  # imports models: only once Django is set up
 
-    return json.dumps({"detail": upload_too_large_detail(), "code": "payload_too_large"}).encode()
+    return render_json({"detail": upload_too_large_detail(), "code": "payload_too_large"})
 
 
 class BodySizeLimitMiddleware:

@@ -7,7 +7,6 @@ start-up rather than surfacing later as odd behaviour.
 import ipaddress
 import os
 import re
-import sys
 import tempfile
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
@@ -22,9 +21,6 @@ env = environ.Env()
 # Only when there is one: without it, django-environ logs "….env not found" at INFO on every command.
 if (BASE_DIR / ".env").is_file():
     environ.Env.read_env(BASE_DIR / ".env", overwrite=False)
-
-TESTING = "pytest" in sys.modules or sys.argv[1:2] == ["test"]
-
 
 def env_bool(name: str, default: bool) -> bool:
     raw = env.str(name, default="")
@@ -101,7 +97,7 @@ def parse_bot_names(raw: str, allowed_bot_ids: list[str]) -> dict[str, str]:
 DEBUG = env_bool("DJANGO_DEBUG", False)
 
 SECRET_KEY = env.str("DJANGO_SECRET_KEY", default="")
-if not (DEBUG or TESTING):
+if not DEBUG:
     if not SECRET_KEY:
         raise ImproperlyConfigured(
             "DJANGO_SECRET_KEY is not set. Set it for production, or set DJANGO_DEBUG=1 for local development."
@@ -115,14 +111,14 @@ if not (DEBUG or TESTING):
 SECRET_KEY = SECRET_KEY or "django-insecure-development-key-do-not-use-in-production"
 
 LOCAL_HOSTS = ["localhost", "127.0.0.1", "[::1]", "testserver"]
-ALLOWED_HOSTS = env_list("DJANGO_ALLOWED_HOSTS") or (LOCAL_HOSTS if DEBUG or TESTING else [])
+ALLOWED_HOSTS = env_list("DJANGO_ALLOWED_HOSTS") or (LOCAL_HOSTS if DEBUG else [])
 if not ALLOWED_HOSTS:
     # Django would start and answer every request "Bad Request (400)", the reason only in its log.
     raise ImproperlyConfigured(
         "DJANGO_ALLOWED_HOSTS is not set. Set it to the host names this server answers to "
         "(e.g. chat.example.com), or set DJANGO_DEBUG=1 for local development."
     )
-if DEBUG and not TESTING:
+if DEBUG:
     public_hosts = [host for host in ALLOWED_HOSTS if host not in LOCAL_HOSTS]
     if public_hosts:
         raise ImproperlyConfigured(
@@ -151,7 +147,7 @@ COZE_OAUTH_TOKEN_TTL = env_number("COZE_OAUTH_TOKEN_TTL", 3600, minimum=60, cast
 COZE_DEMO_MODE = not (COZE_API_TOKEN or COZE_OAUTH_APP_ID)
 # Demo mode outside debug is a public demo (anonymous chat with the simulator): only on purpose.
 CHAT_DEMO = env_bool("CHAT_DEMO", False)
-if COZE_DEMO_MODE and not (DEBUG or CHAT_DEMO or TESTING):
+if COZE_DEMO_MODE and not (DEBUG or CHAT_DEMO):
     raise ImproperlyConfigured(
         "COZE_API_TOKEN is not set. Set it (and COZE_BOT_ID) to talk to Coze, set CHAT_DEMO=1 to serve "
         "the built-in Coze simulator as a public demo, or set DJANGO_DEBUG=1 for local development."
@@ -172,7 +168,7 @@ COZE_STREAM_IDLE_TIMEOUT = env_number("COZE_STREAM_IDLE_TIMEOUT", 60.0, minimum=
 COZE_CONNECT_TIMEOUT = env_number("COZE_CONNECT_TIMEOUT", 5.0, minimum=0.1)
 COZE_MAX_CONNECTIONS = env_number("COZE_MAX_CONNECTIONS", 10_000, minimum=1, cast=int)
 # Token delay of the built-in simulator in demo mode, so the browser page shows a typing effect.
-COZE_SIMULATOR_TOKEN_DELAY_MS = env_number("COZE_SIMULATOR_TOKEN_DELAY_MS", 0 if TESTING else 40.0)
+COZE_SIMULATOR_TOKEN_DELAY_MS = env_number("COZE_SIMULATOR_TOKEN_DELAY_MS", 40.0)
 
 # --- Chat -------------------------------------------------------------------------------------
 
@@ -378,7 +374,7 @@ STORAGES = {
     "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
     "staticfiles": {
         "BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"
-        if DEBUG or TESTING
+        if DEBUG
         else "whitenoise.storage.CompressedManifestStaticFilesStorage"
     },
 }
@@ -396,7 +392,7 @@ SECURE_CONTENT_TYPE_NOSNIFF = True
 SECURE_REFERRER_POLICY = "same-origin"
 X_FRAME_OPTIONS = "DENY"
 SESSION_COOKIE_HTTPONLY = True
-if not DEBUG and not TESTING:
+if not DEBUG:
     SESSION_COOKIE_SECURE = env_bool("DJANGO_SECURE_COOKIES", True)
     CSRF_COOKIE_SECURE = SESSION_COOKIE_SECURE
     SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")

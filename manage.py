@@ -9,7 +9,9 @@ def main() -> None:
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "cozeproject.settings")
     from django.core.management import execute_from_command_line
 
-    execute_from_command_line(sys.argv)
+    from cozeproject.configuration import exit_on_configuration_error
+
+    exit_on_configuration_error(lambda: execute_from_command_line(sys.argv))
 
 
 if __name__ == "__main__":

@@ -1,8 +1,6 @@
 """Middleware: the body-size limit (ASGI, before Django reads a body), the request context
 (request id, request metrics), and Django's own middleware running on the event loop."""
 
-import json
-
 from asgiref.sync import iscoroutinefunction, markcoroutinefunction, sync_to_async
 from django.conf import settings
 from django.contrib.auth import middleware as auth_middleware
@@ -14,11 +12,16 @@ from whitenoise.middleware import WhiteNoiseMiddleware
 
 from chat.domain.errors import ChatError
 from chat.runtime.logging import request_context_begin, request_context_end, request_id_var
-from chat.transports.errors import COZE_CODES, coze_error_response, is_api_path, is_coze_path, json_error_response
+from chat.transports.errors import (
+    COZE_CODES,
+    coze_error_response,
+    is_api_path,
+    is_coze_path,
+    json_error_response,
+    render_json,
+)
 
-PAYLOAD_TOO_LARGE = json.dumps(
-    {"detail": "The request body is larger than 1 MiB.", "code": "payload_too_large"}
-).encode()
+PAYLOAD_TOO_LARGE = render_json({"detail": "The request body is larger than 1 MiB.", "code": "payload_too_large"})
 # Paths with their own body limit instead of CHAT_MAX_BODY_BYTES: file uploads, the gateway's own
 # and Coze's API's (docs/api.md §12, §13; deploy/nginx.conf gives both the same limit).
 UPLOAD_PATHS = frozenset({"/api/files", "/v1/files/upload"})
@@ -27,7 +30,7 @@ UPLOAD_PATHS = frozenset({"/api/files", "/v1/files/upload"})
 def upload_too_large_body() -> bytes:
     from chat.files.uploads import upload_too_large_detail  # imports models: only once Django is set up
 
-    return json.dumps({"detail": upload_too_large_detail(), "code": "payload_too_large"}).encode()
+    return render_json({"detail": upload_too_large_detail(), "code": "payload_too_large"})
 
 
 def coze_too_large_body(*, upload: bool) -> bytes:
@@ -35,7 +38,7 @@ def coze_too_large_body(*, upload: bool) -> bytes:
     from chat.files.uploads import upload_too_large_detail
 
     msg = upload_too_large_detail() if upload else "The request body is larger than 1 MiB."
-    return json.dumps({"code": COZE_CODES["payload_too_large"], "msg": msg}).encode()
+    return render_json({"code": COZE_CODES["payload_too_large"], "msg": msg})
 
 
 class BodySizeLimitMiddleware:
@@ -129,7 +132,7 @@ class RequestContextMiddleware:
 
     def __call__(self, request):
         if iscoroutinefunction(self):
-            return self.__acall__(request)
+            return self._acall(request)
         token = self._begin(request)
         try:
             response = self.get_response(request)
@@ -137,7 +140,7 @@ class RequestContextMiddleware:
             request_id_var.reset(token)
         return self._end(request, response)
 
-    async def __acall__(self, request):
+    async def _acall(self, request):
         token = self._begin(request)
         try:
             response = await self.get_response(request)
@@ -162,15 +165,30 @@ class RequestContextMiddleware:
 # each hook, and that thread lives as long as the response (for a stream, the whole reply). The
 # hooks of these middlewares read headers, cookies and settings and do no I/O, so the subclasses
 # below call Django's own hooks directly on the event loop instead. Where a hook may touch the
-# database (saving a session, storing messages in it), they hop to a thread exactly then.
+# database (saving a session), they hop to a thread exactly then; where it would read the session
+# (the CSRF secret under CSRF_USE_SESSIONS), the session is loaded first with its async API.
+#
+# Only Django's documented middleware surface is used: `get_response`, the `process_*` hooks,
+# `request.session` (`modified`, `akeys`). Messages are kept in a cookie (MESSAGE_STORAGE), so
+# their hooks do no I/O either.
 
 
 class _HooksOnTheLoop:
-    """For MiddlewareMixin subclasses whose hooks do no I/O: call them without a thread hop."""
+    """For MiddlewareMixin subclasses whose hooks do no I/O: call them without a thread hop when
+    the stack is async (MiddlewareMixin marks the instance a coroutine function then); the sync
+    stack (WSGI, Django's test client) keeps MiddlewareMixin's own call."""
 
-    async def __acall__(self, request):
+    def __call__(self, request):
+        if iscoroutinefunction(self.get_response):
+            return self._acall(request)
+        return super().__call__(request)
+
+    async def _acall(self, request):
         response = self.process_request(request) if hasattr(self, "process_request") else None
         response = response or await self.get_response(request)
+        return await self._aprocess_response(request, response)
+
+    async def _aprocess_response(self, request, response):
         if hasattr(self, "process_response"):
             response = self.process_response(request, response)
         return response
@@ -185,6 +203,13 @@ class CommonMiddleware(_HooksOnTheLoop, common.CommonMiddleware):
 
 
 class CsrfViewMiddleware(_HooksOnTheLoop, csrf.CsrfViewMiddleware):
+    async def _acall(self, request):
+        if settings.CSRF_USE_SESSIONS:
+            # The CSRF secret is in the session: load the session here, awaited, so that Django's
+            # hooks (and the chat views' own CSRF check) read it from memory, not the database.
+            await request.session.akeys()
+        return await super()._acall(request)
+
     async def process_view(self, request, callback, callback_args, callback_kwargs):
         # Async, so the handler awaits it instead of wrapping it in sync_to_async.
         return super().process_view(request, callback, callback_args, callback_kwargs)
@@ -198,26 +223,17 @@ class XFrameOptionsMiddleware(_HooksOnTheLoop, clickjacking.XFrameOptionsMiddlew
     pass
 
 
-class SessionMiddleware(sessions_middleware.SessionMiddleware):
+class SessionMiddleware(_HooksOnTheLoop, sessions_middleware.SessionMiddleware):
     """Saving a modified session is database work: a thread for that, the loop otherwise."""
 
-    async def __acall__(self, request):
-        self.process_request(request)
-        response = await self.get_response(request)
+    async def _aprocess_response(self, request, response):
         if request.session.modified or settings.SESSION_SAVE_EVERY_REQUEST:
             return await sync_to_async(self.process_response)(request, response)
         return self.process_response(request, response)
 
 
-class MessageMiddleware(messages_middleware.MessageMiddleware):
-    """Messages that were shown or added are stored (in the session, maybe loading it): a thread then."""
-
-    async def __acall__(self, request):
-        self.process_request(request)
-        response = await self.get_response(request)
-        if request._messages.used or request._messages.added_new:
-            return await sync_to_async(self.process_response)(request, response)
-        return self.process_response(request, response)
+class MessageMiddleware(_HooksOnTheLoop, messages_middleware.MessageMiddleware):
+    """Messages live in a cookie (MESSAGE_STORAGE in the settings): storing and reading them is no I/O."""
 
 
 class StaticFilesMiddleware(WhiteNoiseMiddleware):
@@ -235,10 +251,10 @@ class StaticFilesMiddleware(WhiteNoiseMiddleware):
 
     def __call__(self, request):
         if self.async_mode:
-            return self.__acall__(request)
+            return self._acall(request)
         return super().__call__(request)
 
-    async def __acall__(self, request):
+    async def _acall(self, request):
         if request.path_info.startswith(self.static_prefix):
             static_file = await sync_to_async(self._static_file, thread_sensitive=False)(request.path_info)
             if static_file is not None:

@@ -4,9 +4,9 @@ Every variable is documented in README.md. Bad values fail loudly with Improperl
 start-up rather than surfacing later as odd behaviour.
 """
 
+import ipaddress
 import os
 import re
-import sys
 import tempfile
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
@@ -18,9 +18,9 @@ from django.core.exceptions import ImproperlyConfigured
 BASE_DIR = Path(__file__).resolve().parent.parent
 
 env = environ.Env()
-environ.Env.read_env(BASE_DIR / ".env", overwrite=False)
-
-TESTING = "pytest" in sys.modules or sys.argv[1:2] == ["test"]
+# Only when there is one: without it, django-environ logs "….env not found" at INFO on every command.
+if (BASE_DIR / ".env").is_file():
+    environ.Env.read_env(BASE_DIR / ".env", overwrite=False)
 
 
 def env_bool(name: str, default: bool) -> bool:
@@ -50,6 +50,20 @@ def env_number(name: str, default: float, *, minimum: float = 0, cast=float):
 
 def env_list(name: str) -> list[str]:
     return [item.strip() for item in env.str(name, default="").split(",") if item.strip()]
+
+
+def parse_trusted_proxies(items: list[str]) -> list[str]:
+    """CHAT_TRUSTED_PROXIES as network strings (`10.0.0.0/8`, `127.0.0.1/32`); ImproperlyConfigured
+    on anything that is not an IP address or range, so a typo can't quietly trust nothing (or all)."""
+    networks = []
+    for item in items:
+        try:
+            networks.append(str(ipaddress.ip_network(item, strict=False)))
+        except ValueError:
+            raise ImproperlyConfigured(
+                f"CHAT_TRUSTED_PROXIES must be IP addresses or ranges (10.0.0.0/8), got {item!r}"
+            ) from None
+    return networks
 
 
 BOT_NAME_RE = re.compile(r"^[A-Za-z0-9_.:/-]{1,64}$")
@@ -84,22 +98,28 @@ def parse_bot_names(raw: str, allowed_bot_ids: list[str]) -> dict[str, str]:
 DEBUG = env_bool("DJANGO_DEBUG", False)
 
 SECRET_KEY = env.str("DJANGO_SECRET_KEY", default="")
-if not SECRET_KEY:
-    if not (DEBUG or TESTING):
+if not DEBUG:
+    if not SECRET_KEY:
         raise ImproperlyConfigured(
             "DJANGO_SECRET_KEY is not set. Set it for production, or set DJANGO_DEBUG=1 for local development."
         )
-    SECRET_KEY = "django-insecure-development-key-do-not-use-in-production"
+    # Django's own deploy check (security.W009) calls such a key weak; here it stops the start.
+    if len(SECRET_KEY) < 50 or len(set(SECRET_KEY)) < 5 or SECRET_KEY.startswith("django-insecure-"):
+        raise ImproperlyConfigured(
+            "DJANGO_SECRET_KEY is too weak for production: use at least 50 random characters, e.g. "
+            "python -c 'import secrets; print(secrets.token_urlsafe(50))'."
+        )
+SECRET_KEY = SECRET_KEY or "django-insecure-development-key-do-not-use-in-production"
 
 LOCAL_HOSTS = ["localhost", "127.0.0.1", "[::1]", "testserver"]
-ALLOWED_HOSTS = env_list("DJANGO_ALLOWED_HOSTS") or (LOCAL_HOSTS if DEBUG or TESTING else [])
+ALLOWED_HOSTS = env_list("DJANGO_ALLOWED_HOSTS") or (LOCAL_HOSTS if DEBUG else [])
 if not ALLOWED_HOSTS:
     # Django would start and answer every request "Bad Request (400)", the reason only in its log.
     raise ImproperlyConfigured(
         "DJANGO_ALLOWED_HOSTS is not set. Set it to the host names this server answers to "
         "(e.g. chat.example.com), or set DJANGO_DEBUG=1 for local development."
     )
-if DEBUG and not TESTING:
+if DEBUG:
     public_hosts = [host for host in ALLOWED_HOSTS if host not in LOCAL_HOSTS]
     if public_hosts:
         raise ImproperlyConfigured(
@@ -135,6 +155,15 @@ if COZE_PLATFORM == "studio" and COZE_OAUTH_APP_ID:
         "COZE_PLATFORM=studio with COZE_OAUTH_APP_ID: Coze Studio takes personal access tokens only (COZE_API_TOKEN)."
     )
 COZE_DEMO_MODE = not (COZE_API_TOKEN or COZE_OAUTH_APP_ID)
+# Demo mode outside debug is a public demo (anonymous chat with the simulator): only on purpose.
+CHAT_DEMO = env_bool("CHAT_DEMO", False)
+if COZE_DEMO_MODE and not (DEBUG or CHAT_DEMO):
+    raise ImproperlyConfigured(
+        "COZE_API_TOKEN is not set. Set it (and COZE_BOT_ID) to talk to Coze, set CHAT_DEMO=1 to serve "
+        "the built-in Coze simulator as a public demo, or set DJANGO_DEBUG=1 for local development."
+    )
+if CHAT_DEMO and not COZE_DEMO_MODE:
+    raise ImproperlyConfigured("CHAT_DEMO=1 with COZE_API_TOKEN or COZE_OAUTH_APP_ID set: choose one.")
 COZE_BASE_URL = env.str("COZE_BASE_URL", default="https://api.coze.cn").rstrip("/")
 COZE_BOT_ID = env.str("COZE_BOT_ID", default="")
 if not COZE_BOT_ID:
@@ -149,7 +178,7 @@ COZE_STREAM_IDLE_TIMEOUT = env_number("COZE_STREAM_IDLE_TIMEOUT", 60.0, minimum=
 COZE_CONNECT_TIMEOUT = env_number("COZE_CONNECT_TIMEOUT", 5.0, minimum=0.1)
 COZE_MAX_CONNECTIONS = env_number("COZE_MAX_CONNECTIONS", 10_000, minimum=1, cast=int)
 # Token delay of the built-in simulator in demo mode, so the browser page shows a typing effect.
-COZE_SIMULATOR_TOKEN_DELAY_MS = env_number("COZE_SIMULATOR_TOKEN_DELAY_MS", 0 if TESTING else 40.0)
+COZE_SIMULATOR_TOKEN_DELAY_MS = env_number("COZE_SIMULATOR_TOKEN_DELAY_MS", 40.0)
 
 # --- Chat -------------------------------------------------------------------------------------
 
@@ -216,6 +245,10 @@ CHAT_AUTH_FAILURES_PER_MINUTE = env_number("CHAT_AUTH_FAILURES_PER_MINUTE", 20, 
 # Such 429s a blocked address gets a second from a worker; the others wait their turn (chat/access/auth.py),
 # so a client looping on wrong keys can't keep the server busy however many connections it opens.
 CHAT_AUTH_BLOCKED_RATE = env_number("CHAT_AUTH_BLOCKED_RATE", 10.0, minimum=0)
+# Proxies in front of the workers (IP addresses or CIDR ranges). A request or WebSocket from one of
+# them is from the address its X-Forwarded-For names, read from the right past these proxies; from
+# any other peer, that header is ignored. The address the wrong-key limit counts. (cozeproject/asgi.py)
+CHAT_TRUSTED_PROXIES = parse_trusted_proxies(env_list("CHAT_TRUSTED_PROXIES"))
 # Tokens each reply in flight is assumed to cost against a budget until the client has replies
 # this month (then its average reply is used); see chat/access/admission.py.
 CHAT_BUDGET_RESERVE_TOKENS = env_number("CHAT_BUDGET_RESERVE_TOKENS", 1000, minimum=0, cast=int)
@@ -279,6 +312,10 @@ MIDDLEWARE = [
     "cozeproject.middleware.MessageMiddleware",
     "cozeproject.middleware.XFrameOptionsMiddleware",
 ]
+
+# Django's flash messages (admin's "… was changed successfully") in a signed cookie, not the
+# session: the middleware handles them on the event loop, without a database read (see above).
+MESSAGE_STORAGE = "django.contrib.messages.storage.cookie.CookieStorage"
 
 ROOT_URLCONF = "cozeproject.urls"
 # JSON `forbidden` under the API's paths, Django's page elsewhere (chat/transports/errors.py).
@@ -350,7 +387,7 @@ STORAGES = {
     "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
     "staticfiles": {
         "BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"
-        if DEBUG or TESTING
+        if DEBUG
         else "whitenoise.storage.CompressedManifestStaticFilesStorage"
     },
 }
@@ -369,7 +406,7 @@ SECURE_CONTENT_TYPE_NOSNIFF = True
 SECURE_REFERRER_POLICY = "same-origin"
 X_FRAME_OPTIONS = "DENY"
 SESSION_COOKIE_HTTPONLY = True
-if not DEBUG and not TESTING:
+if not DEBUG:
     SESSION_COOKIE_SECURE = env_bool("DJANGO_SECURE_COOKIES", True)
     CSRF_COOKIE_SECURE = SESSION_COOKIE_SECURE
     SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
@@ -387,7 +424,7 @@ REST_FRAMEWORK = {
         "chat.access.auth.BrowserSessionAuthentication",
     ],
     "DEFAULT_PERMISSION_CLASSES": ["chat.access.auth.IsChatOwner"],
-    "DEFAULT_PARSER_CLASSES": ["rest_framework.parsers.JSONParser"],
+    "DEFAULT_PARSER_CLASSES": ["chat.transports.serializers.JsonParser"],
     "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
     "DEFAULT_THROTTLE_CLASSES": ["chat.access.rates.OwnerRateThrottle"],
     "DEFAULT_PAGINATION_CLASS": "rest_framework.pagination.PageNumberPagination",

@@ -4,6 +4,8 @@ import os
 
 from django.core.wsgi import get_wsgi_application
 
+from cozeproject.configuration import exit_on_configuration_error
+
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "cozeproject.settings")
 
-application = get_wsgi_application()
+application = exit_on_configuration_error(get_wsgi_application)

@@ -33,6 +33,7 @@ from django.utils.html import format_html, format_html_join
 from django.utils.http import urlencode
 from django.utils.safestring import mark_safe
 
+from chat.access.alerts import mask_webhook_in
 from sessions_admin import csv_export
 from sessions_admin.dashboard import (
     ERROR_STATUSES,
@@ -863,7 +864,8 @@ def alert_delivery(alert: BudgetAlert) -> str:
     if alert.delivered_at is not None:
         return f"delivered {timezone.localtime(alert.delivered_at):%Y-%m-%d %H:%M:%S} (attempt {alert.attempts})"
     if alert.attempts:
-        return f"not delivered after {alert.attempts} attempt(s): {alert.last_error}"
+        # Masked again here for errors stored before the webhook was masked in them.
+        return f"not delivered after {alert.attempts} attempt(s): {mask_webhook_in(alert.last_error)}"
     return "sending"
 
 
@@ -1033,6 +1035,8 @@ class BudgetAlertAdmin(BigTableAdmin):
     """Budget alerts: each threshold a client crossed, and whether the webhook got it."""
 
     list_display = ["created_at", "api_client", "period", "period_start", "threshold", "used", "limit", "delivery"]
+    exclude = ["last_error"]  # shown masked, in `delivery`
+    readonly_fields = ["delivery"]
     list_filter = ["period", "threshold", "api_client"]
     list_select_related = ["api_client"]
     ordering = ["-created_at"]

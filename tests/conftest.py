@@ -79,8 +79,15 @@ class LiveServer:
         self.port = sock.getsockname()[1]
         self.url = f"http://127.0.0.1:{self.port}"
         self.ws_url = f"ws://127.0.0.1:{self.port}"
+        # Without uvicorn's own proxy headers, which believe X-Forwarded-For from 127.0.0.1: the
+        # application decides the client's address (CHAT_TRUSTED_PROXIES, cozeproject/asgi.py).
         config = uvicorn.Config(
-            application, lifespan="off", log_level="warning", log_config=None, timeout_graceful_shutdown=2
+            application,
+            lifespan="off",
+            log_level="warning",
+            log_config=None,
+            timeout_graceful_shutdown=2,
+            proxy_headers=False,
         )
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [sock]}, daemon=True)

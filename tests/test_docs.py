@@ -203,3 +203,12 @@ def test_the_architecture_page_names_every_package_of_chat():
     assert packages >= {"domain", "coze", "turn", "transports"}, "the layout changed"
     missing = {name for name in packages if f"`chat/{name}/`" not in page}
     assert not missing, f"docs/architecture.md does not describe {sorted(missing)}"
+
+
+def test_the_readme_examples_follow_the_port_the_server_was_given():
+    """./scripts/serve honours HOST and PORT: an example with a fixed port says where it comes from."""
+    lines = (ROOT / "README.md").read_text().splitlines()
+    fixed = [(lines[i - 1], line) for i, line in enumerate(lines) if re.search(r":8000\b", line)]
+
+    unexplained = [line for before, line in fixed if "PORT" not in before + line]
+    assert fixed and not unexplained, unexplained

@@ -97,7 +97,11 @@ def metrics_settings(env: dict) -> subprocess.CompletedProcess:
 
 
 def test_metrics_default_to_closed_outside_debug():
-    production = {"DJANGO_SECRET_KEY": "x" * 50, "DJANGO_ALLOWED_HOSTS": "chat.example.com"}
+    production = {
+        "DJANGO_SECRET_KEY": "production-secret-key-" + "0123456789abcdef" * 3,
+        "DJANGO_ALLOWED_HOSTS": "chat.example.com",
+        "CHAT_DEMO": "1",
+    }
 
     # A Procfile deployment sets no metrics variable: closed.
     assert metrics_settings(production).stdout.split() == ["False", "''"]

@@ -5,6 +5,9 @@ connects overflows it, and the kernel resets or drops the rest (a fifth of the s
 when tried). So each daphne command in the Procfile, scripts/, the systemd units and the docs
 must set `backlog=` in its endpoint string; uvicorn's own default is 2048, and one that sets
 `--backlog` must not set it lower. The burst itself is in the benchmark (`bench/server_burst.py`).
+
+None of them takes the client's address from X-Forwarded-For itself: the application does, from
+the proxies in CHAT_TRUSTED_PROXIES only (tests/test_client_address.py runs them).
 """
 
 import re
@@ -115,3 +118,35 @@ def test_every_server_command_takes_a_burst_of_connects(source, commands):
     assert any(re.search(r"\bdaphne\s", command) for command in commands), f"{source} starts no daphne"
     for command in commands:
         assert min(listen_backlogs(command)) >= MIN_BACKLOG, f"{source}: {command!r} listens with a short backlog"
+
+
+def trusts_forwarded_headers(command: str) -> bool:
+    """Whether the server itself would take the client's address from X-Forwarded-For: daphne with
+    `--proxy-headers` (from any peer), uvicorn unless `--no-proxy-headers` (from 127.0.0.1 at least)."""
+    words = shlex.split(command)
+    names = [Path(word).name for word in words]
+    if "daphne" in names:
+        return "--proxy-headers" in words
+    return "--no-proxy-headers" not in words
+
+
+def test_the_parser_tells_which_servers_trust_forwarded_headers():
+    assert trusts_forwarded_headers("daphne -b 0.0.0.0 -p ${PORT:-8000} --proxy-headers cozeproject.asgi:application")
+    assert not trusts_forwarded_headers("daphne -e tcp:port=8000:backlog=4096 cozeproject.asgi:application")
+    assert trusts_forwarded_headers("uvicorn cozeproject.asgi:application --backlog 4096")
+    assert not trusts_forwarded_headers("uvicorn cozeproject.asgi:application --no-proxy-headers")
+
+
+@pytest.mark.parametrize(
+    "source, commands",
+    [
+        ("Procfile", procfile_commands()),
+        ("scripts/", script_commands()),
+        ("deploy/*.service", systemd_commands()),
+        ("README.md and docs/", documented_commands()),
+    ],
+)
+def test_no_server_command_takes_the_client_address_from_headers_itself(source, commands):
+    # The application does, from CHAT_TRUSTED_PROXIES only (cozeproject/asgi.py).
+    for command in commands:
+        assert not trusts_forwarded_headers(command), f"{source}: {command!r} trusts X-Forwarded-For itself"

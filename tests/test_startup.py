@@ -149,3 +149,92 @@ async def test_demo_mode_starts_the_simulator_off_the_event_loop(demo_mode, monk
     assert started_on[0] is not threading.current_thread()  # not the event loop's thread
     with socket.create_connection(("127.0.0.1", coze_client._simulator.port), timeout=5):
         pass
+
+
+# --- configuration that would fail at runtime refuses to start, in one line -------------------
+
+STRONG_SECRET_KEY = "production-secret-key-" + "0123456789abcdef" * 3
+
+
+def production_env(**extra: str) -> dict[str, str]:
+    """A production process's environment (no debug), with a good secret key and host names."""
+    env = {key: value for key, value in os.environ.items() if not key.startswith(("DJANGO_", "COZE_", "CHAT_"))}
+    env.pop("PYTHONWARNINGS", None)
+    env.update(
+        DJANGO_SETTINGS_MODULE="cozeproject.settings",
+        DJANGO_SECRET_KEY=STRONG_SECRET_KEY,
+        DJANGO_ALLOWED_HOSTS="chat.example.com",
+        DATABASE_URL="sqlite:///:memory:",
+    )
+    env.update(extra)
+    return env
+
+
+ENTRY_POINTS = {
+    "manage.py": lambda port: [sys.executable, "manage.py", "check"],
+    "daphne": lambda port: [sys.executable, "-m", "daphne", "-p", str(port), "cozeproject.asgi:application"],
+    "uvicorn": lambda port: [sys.executable, "-m", "uvicorn", "--port", str(port), "cozeproject.asgi:application"],
+}
+
+
+def start(entry_point: str, env: dict[str, str]) -> subprocess.CompletedProcess:
+    """Start an entry point; one that starts serving is stopped after 20 s (the test then fails)."""
+    return subprocess.run(
+        ENTRY_POINTS[entry_point](free_port()), cwd=ROOT, env=env, capture_output=True, text=True, timeout=20
+    )
+
+
+def refusal(result: subprocess.CompletedProcess) -> str:
+    """The one line a refused start printed (and nothing else)."""
+    lines = result.stderr.strip().splitlines() + result.stdout.strip().splitlines()
+    assert result.returncode == 1, result.stderr
+    assert len(lines) == 1, "\n".join(lines)
+    assert lines[0].startswith("cozeproject: configuration error: "), lines[0]
+    return lines[0]
+
+
+@pytest.mark.parametrize("entry_point", ENTRY_POINTS)
+def test_production_without_a_coze_token_refuses_to_start_in_one_line(entry_point):
+    line = refusal(start(entry_point, production_env()))
+
+    assert "COZE_API_TOKEN is not set" in line and "CHAT_DEMO=1" in line
+
+
+def test_a_public_demo_is_chosen_with_chat_demo():
+    chosen = start("manage.py", production_env(CHAT_DEMO="1"))
+    both = start("manage.py", production_env(CHAT_DEMO="1", COZE_API_TOKEN="pat_x", COZE_BOT_ID="7"))
+
+    assert chosen.returncode == 0, chosen.stderr
+    assert "CHAT_DEMO=1 with COZE_API_TOKEN" in refusal(both)
+
+
+@pytest.mark.parametrize(
+    "secret_key",
+    [
+        "change-me",  # .env.example's placeholder
+        "x" * 60,  # long, but one character
+        "django-insecure-" + "0123456789abcdef" * 3,  # Django's generated development key
+    ],
+)
+@pytest.mark.parametrize("entry_point", ENTRY_POINTS)
+def test_production_with_a_weak_secret_key_refuses_to_start_in_one_line(entry_point, secret_key):
+    line = refusal(start(entry_point, production_env(DJANGO_SECRET_KEY=secret_key, CHAT_DEMO="1")))
+
+    assert "DJANGO_SECRET_KEY is too weak" in line
+
+
+@pytest.mark.parametrize("entry_point", ENTRY_POINTS)
+def test_a_bad_value_is_one_line_naming_the_variable(entry_point):
+    line = refusal(start(entry_point, production_env(CHAT_DEMO="1", CHAT_TRUSTED_PROXIES="*")))
+
+    assert "CHAT_TRUSTED_PROXIES must be IP addresses or ranges" in line
+
+
+def test_settings_do_not_log_a_missing_env_file():
+    script = "import logging; logging.basicConfig(level=logging.INFO); import django; django.setup()"
+    result = subprocess.run(
+        [sys.executable, "-c", script], cwd=ROOT, env=demo_mode_env(), capture_output=True, text=True, timeout=60
+    )
+
+    assert result.returncode == 0, result.stderr
+    assert ".env" not in result.stderr, result.stderr

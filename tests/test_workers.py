@@ -78,7 +78,11 @@ class ServerProcess:
         command = {
             "daphne": ["-m", "daphne", "-b", "127.0.0.1", "-p", str(self.port)],
             # uvicorn sends the ASGI lifespan events, where the start-up hooks run (chat/turn/lifecycle.py).
-            "uvicorn": ["-m", "uvicorn", "--host", "127.0.0.1", "--port", str(self.port), "--lifespan", "on"],
+            # --no-proxy-headers as documented: the application decides the client's address.
+            "uvicorn": [
+                *["-m", "uvicorn", "--host", "127.0.0.1", "--port", str(self.port)],
+                *["--lifespan", "on", "--no-proxy-headers"],
+            ],
         }[server]
         self.process = subprocess.Popen(
             [sys.executable, *command, "cozeproject.asgi:application"],

@@ -14,6 +14,7 @@
 import asyncio
 import logging
 from datetime import timedelta
+from urllib.parse import urlsplit
 
 import httpx
 from django.conf import settings
@@ -45,6 +46,36 @@ def check_in_background(*, api_client_id: int, owner_key: str, limits: "client_l
     """After a reply of a budgeted client ended: record and send the alerts its use now calls for."""
     if settings.CHAT_BUDGET_ALERT_WEBHOOK:
         _spawn(_check_and_send(api_client_id=api_client_id, owner_key=owner_key, budget_limits=limits))
+
+
+def masked_webhook(url: str) -> str:
+    """The webhook URL as logs and admin show it: scheme and host only. Webhook URLs carry their
+    token in the path or query (Slack, Feishu, DingTalk, …), so those are never shown."""
+    parts = urlsplit(url)
+    host = f"{parts.hostname or ''}{f':{parts.port}' if parts.port else ''}"
+    hidden = parts.path not in ("", "/") or parts.query or parts.username
+    return f"{parts.scheme}://{host}/…" if hidden else f"{parts.scheme}://{host}"
+
+
+def mask_webhook_in(text: str, url: str | None = None) -> str:
+    """`text` (an error message) with the webhook URL, as configured or as httpx spells it, and
+    its path and query replaced by `masked_webhook`'s form."""
+    url = settings.CHAT_BUDGET_ALERT_WEBHOOK if url is None else url
+    if not url:
+        return text
+    parts = urlsplit(url)
+    for spelling in sorted({url, str(httpx.URL(url))}, key=len, reverse=True):
+        text = text.replace(spelling, masked_webhook(url))
+    for secret in (parts.query, parts.path if len(parts.path) > 1 else "", parts.password or ""):
+        if secret:
+            text = text.replace(secret, "…")
+    return text
+
+
+def _failure(exc: Exception) -> str:
+    if isinstance(exc, httpx.HTTPStatusError):  # its message repeats the URL
+        return f"HTTP {exc.response.status_code} {exc.response.reason_phrase}"
+    return mask_webhook_in(f"{type(exc).__name__}: {exc}")
 
 
 def crossed_thresholds(use: "budgets.BudgetUse", thresholds: list[int]) -> list[int]:
@@ -150,7 +181,7 @@ async def adeliver(alert_pk: int) -> bool:
                 response.raise_for_status()
         except Exception as exc:  # noqa: BLE001 - any failure is retried, none may reach a chat
             retry_in = RETRY_BASE_SECONDS * 2 ** (attempt - 1)
-            error = f"{type(exc).__name__}: {exc}"
+            error = _failure(exc)
             logger.warning("Budget alert %s: attempt %d failed (%s)", alert_pk, attempt, error)
             try:
                 await _afailed(alert_pk, error, retry_in)

@@ -13,6 +13,7 @@ from django.db.models import OuterRef, Subquery
 from django.db.models.functions import Substr
 from django.utils import timezone
 
+from chat.access.auth import BROWSER_SESSION_KEY, owner_for_browser, owner_for_user
 from chat.domain.errors import ChatError
 from chat.domain.inputs import Owner
 from chat.files import attachments
@@ -21,9 +22,10 @@ from chat.runtime.db import db_async
 from chat.turn import cancellation, start, tools
 from chat.turn.control import active_turns, running_turns
 from chat.turn.records import lock_free
-from sessions_admin.models import ChatSession, Message, Reply
+from sessions_admin.models import ChatFile, ChatSession, Message, Reply
 
 TITLE_CHARS = 80
+MOVED_SUFFIX = "-guest"
 
 
 def _sessions_of(owner: Owner):
@@ -96,6 +98,48 @@ def session_delete(*, owner: Owner, session_id: str) -> None:
         attachments.files_delete_for_sessions([session.pk])  # the session's files go with it (chat.files)
         session.delete()
     start.forget_route(owner.key, session_id)
+
+
+def _free_session_id(session_id: str, taken: set[str]) -> str:
+    """`session_id`, or `<id>-guest` (`-guest2`, …) when the new owner already has it."""
+    if session_id not in taken:
+        return session_id
+    for number in range(1, len(taken) + 2):
+        suffix = MOVED_SUFFIX if number == 1 else f"{MOVED_SUFFIX}{number}"
+        candidate = session_id[: 128 - len(suffix)] + suffix
+        if candidate not in taken:
+            return candidate
+    raise AssertionError("unreachable: one of len(taken) + 1 candidates is free")
+
+
+def sessions_move(*, from_owner: Owner, to_owner: Owner) -> int:
+    """Give all of `from_owner`'s sessions, with their replies and files, to `to_owner`: an
+    anonymous browser's, to the user it signs in as (docs/api.md §2). A session id the new owner
+    already uses is kept under another (`_free_session_id`). Returns how many sessions moved."""
+    owner_fields = {"owner_key": to_owner.key, "user_id": to_owner.user_id, "api_client_id": to_owner.api_client_id}
+    with transaction.atomic():
+        moving = list(
+            ChatSession.objects.select_for_update().filter(owner_key=from_owner.key).values_list("pk", "session_id")
+        )
+        taken = set(ChatSession.objects.filter(owner_key=to_owner.key).values_list("session_id", flat=True))
+        for pk, session_id in moving:
+            new_id = _free_session_id(session_id, taken)
+            taken.add(new_id)
+            ChatSession.objects.filter(pk=pk).update(session_id=new_id, **owner_fields)
+        Reply.objects.filter(owner_key=from_owner.key).update(**owner_fields)
+        ChatFile.objects.filter(owner_key=from_owner.key).update(**owner_fields)
+    for _, session_id in moving:
+        start.forget_route(from_owner.key, session_id)
+    return len(moving)
+
+
+def browser_sessions_to_user(sender, request, user, **kwargs) -> None:
+    """`user_logged_in` receiver: the conversations this browser had as a guest become the user's,
+    rather than staying with an anonymous owner the browser no longer is once signed in."""
+    session = getattr(request, "session", None)
+    browser_id = session.pop(BROWSER_SESSION_KEY, None) if session is not None else None
+    if browser_id:
+        sessions_move(from_owner=owner_for_browser(browser_id), to_owner=owner_for_user(user))
 
 
 @db_async

@@ -9,7 +9,7 @@ import contextlib
 import json
 from collections.abc import AsyncIterator
 
-from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.http import HttpRequest, HttpResponse
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_GET, require_POST
 
@@ -21,7 +21,7 @@ from chat.domain.inputs import ChatRequest, Owner
 from chat.domain.sse import PING as SSE_PING
 from chat.domain.sse import sse_data
 from chat.runtime.db import db_async
-from chat.transports.errors import json_error_response
+from chat.transports.errors import json_error_response, json_response
 from chat.transports.rest import SESSION_CLEARED_MESSAGE, chat_response_body
 from chat.transports.serializers import SessionSerializer, parse_chat_request, parse_json_bytes
 from chat.transports.sse import start_sse_stream, stream_items
@@ -165,7 +165,7 @@ async def legacy_chat_view(request: HttpRequest) -> HttpResponse:
         completed = await service.achat_send(owner=owner, chat_request=chat_request, transport=Reply.Transport.COMPAT)
     except ChatError as error:
         return json_error_response(error)
-    return JsonResponse(chat_response_body(completed), json_dumps_params={"ensure_ascii": False})
+    return json_response(chat_response_body(completed))
 
 
 @csrf_exempt
@@ -207,7 +207,7 @@ async def legacy_session_info_view(request: HttpRequest, session_id: str) -> Htt
     """GET /session/{id}/info."""
     try:
         owner = await aresolve_owner(request)
-        return JsonResponse(await _session_info(owner, session_id), json_dumps_params={"ensure_ascii": False})
+        return json_response(await _session_info(owner, session_id))
     except ChatError as error:
         return json_error_response(error)
 
@@ -218,6 +218,6 @@ async def legacy_session_clear_view(request: HttpRequest, session_id: str) -> Ht
     """POST /session/{id}/clear."""
     try:
         owner = await aresolve_owner(request)
-        return JsonResponse(await _session_clear(owner, session_id))
+        return json_response(await _session_clear(owner, session_id))
     except ChatError as error:
         return json_error_response(error)

@@ -9,11 +9,11 @@ they got to the functions here.
 import json
 import time
 
-from django.http import JsonResponse
+from django.http import HttpResponse
 
 from chat.domain.events import ToolCall, Usage
 from chat.runtime.logging import request_id_var
-from chat.transports.errors import COZE_CODES, COZE_INTERNAL_ERROR
+from chat.transports.errors import COZE_CODES, COZE_INTERNAL_ERROR, json_response
 from sessions_admin.models import ChatSession, Message, Reply
 
 CHAT_STATUS = {
@@ -31,13 +31,9 @@ def logid() -> str:
     return request_id_var.get()
 
 
-def ok(data, **beside) -> JsonResponse:
+def ok(data, **beside) -> HttpResponse:
     """`{"code": 0, "msg": "", "data": …}`, and paging keys beside `data` where Coze puts them."""
-    response = JsonResponse(
-        {"code": 0, "msg": "", "data": data, **beside}, json_dumps_params={"ensure_ascii": False}, safe=False
-    )
-    response["x-tt-logid"] = logid()
-    return response
+    return json_response({"code": 0, "msg": "", "data": data, **beside}, headers={"x-tt-logid": logid()})
 
 
 def seconds(moment) -> int:

@@ -14,11 +14,12 @@ import logging
 
 from django.core.exceptions import DisallowedHost, RequestDataTooBig
 from django.db import InterfaceError, OperationalError
-from django.http import Http404, JsonResponse
+from django.http import Http404, HttpResponse
 from django.urls import Resolver404
 from django.views import csrf as django_csrf
 from django.views import defaults as django_defaults
 from rest_framework import exceptions as drf_exceptions
+from rest_framework.renderers import JSONRenderer
 from rest_framework.response import Response
 
 from chat.domain.errors import ERROR_CODES, ChatError, csrf_detail
@@ -27,8 +28,19 @@ from chat.runtime.logging import request_id_var
 logger = logging.getLogger(__name__)
 
 
-def json_error_response(error: ChatError) -> JsonResponse:
-    response = JsonResponse(error.as_body(), status=error.status, json_dumps_params={"ensure_ascii": False})
+def render_json(data) -> bytes:
+    """JSON as the whole API writes it: with DRF's renderer, so that DRF's views and the others
+    answer the same bytes for the same data (compact, text as UTF-8, not \\u escapes)."""
+    return JSONRenderer().render(data)
+
+
+def json_response(data, *, status: int = 200, headers: dict | None = None) -> HttpResponse:
+    """A JSON answer for the views outside DRF, formatted as DRF's (`render_json`)."""
+    return HttpResponse(render_json(data), status=status, headers=headers, content_type="application/json")
+
+
+def json_error_response(error: ChatError) -> HttpResponse:
+    response = json_response(error.as_body(), status=error.status)
     for name, value in error.headers().items():
         response[name] = value
     return mark_logged(response, error)
@@ -82,11 +94,9 @@ def coze_error_body(error: ChatError, *, code: int | None = None) -> dict:
     return {"code": code or coze_code(error), "msg": msg, "detail": {"logid": request_id_var.get()}}
 
 
-def coze_error_response(error: ChatError, *, code: int | None = None) -> JsonResponse:
+def coze_error_response(error: ChatError, *, code: int | None = None) -> HttpResponse:
     """A ChatError in Coze's shape, with the HTTP status of docs/api.md §3 and Coze's `x-tt-logid`."""
-    response = JsonResponse(
-        coze_error_body(error, code=code), status=error.status, json_dumps_params={"ensure_ascii": False}
-    )
+    response = json_response(coze_error_body(error, code=code), status=error.status)
     for name, value in error.headers().items():
         if name != "WWW-Authenticate" or error.code == "unauthenticated":
             response[name] = value

@@ -21,7 +21,7 @@ from collections.abc import AsyncIterator
 
 from django.conf import settings
 from django.core.exceptions import RequestDataTooBig
-from django.http import HttpRequest, HttpResponse, JsonResponse, StreamingHttpResponse
+from django.http import HttpRequest, HttpResponse, StreamingHttpResponse
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_GET, require_POST
 
@@ -39,7 +39,7 @@ from chat.domain.events import (
 from chat.domain.inputs import Owner
 from chat.domain.sse import PING as SSE_PING
 from chat.domain.sse import sse_data
-from chat.transports.errors import mark_logged
+from chat.transports.errors import json_response, mark_logged
 from chat.transports.openai_requests import (
     SESSION_HEADER,
     bot_for_model,
@@ -78,8 +78,8 @@ def openai_error_body(error: ChatError) -> dict:
     return {"error": {"message": error.detail, "type": _error_type(error.status), "code": error.code, "param": param}}
 
 
-def openai_error_response(error: ChatError, *, session_id: str | None = None) -> JsonResponse:
-    response = JsonResponse(openai_error_body(error), status=error.status, json_dumps_params={"ensure_ascii": False})
+def openai_error_response(error: ChatError, *, session_id: str | None = None) -> HttpResponse:
+    response = json_response(openai_error_body(error), status=error.status)
     for name, value in error.headers().items():
         response[name] = value
     # The openai SDKs retry 409, 429 and 5xx by default; this header makes them retry only what may succeed.
@@ -111,7 +111,7 @@ async def models_view(request: HttpRequest) -> HttpResponse:
         await _aowner(request)
     except ChatError as error:
         return openai_error_response(error)
-    return JsonResponse({"object": "list", "data": [_model_object(model_id) for model_id in model_ids()]})
+    return json_response({"object": "list", "data": [_model_object(model_id) for model_id in model_ids()]})
 
 
 @require_GET
@@ -122,7 +122,7 @@ async def model_view(request: HttpRequest, model: str) -> HttpResponse:
         bot_for_model(model)
     except ChatError as error:
         return openai_error_response(error)
-    return JsonResponse(_model_object(model))
+    return json_response(_model_object(model))
 
 
 # --- the answer -------------------------------------------------------------------------------
@@ -311,7 +311,7 @@ async def chat_completions_view(request: HttpRequest) -> HttpResponse:
             )
         if not completion.stream:
             answer, session_id = await _whole_reply(events, model=completion.model)
-            return JsonResponse(answer, headers={SESSION_HEADER: session_id}, json_dumps_params={"ensure_ascii": False})
+            return json_response(answer, headers={SESSION_HEADER: session_id})
         first = await anext(events)
     except RequestDataTooBig:
         return openai_error_response(ChatError("payload_too_large"))

@@ -6,7 +6,7 @@ import re
 import threading
 
 from django.conf import settings
-from rest_framework import serializers
+from rest_framework import parsers, serializers
 
 from chat.access import tokens
 from chat.domain.errors import ChatError
@@ -265,16 +265,40 @@ def _plain(errors):
     return str(errors)
 
 
+def _no_constant(name: str):
+    raise ValueError(f"{name} is not JSON")
+
+
+def decode_json(body: bytes):
+    """A JSON body, which must be UTF-8 text (RFC 8259); raises ChatError("invalid") saying which
+    of the two it is not. The one decoder of request bodies: the async views through
+    `parse_json_bytes`, DRF's views through `JsonParser`."""
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise ChatError(
+            "invalid", f"The request body is not UTF-8 (byte {error.start}); send JSON as UTF-8 text."
+        ) from None
+    try:
+        return json.loads(text, parse_constant=_no_constant)
+    except ValueError:
+        raise ChatError("invalid", "Malformed JSON in the request body.") from None
+
+
 def parse_json_bytes(body: bytes, content_type: str):
     """Decode a request body; raises ChatError (unsupported_media_type, payload_too_large, invalid)."""
     if content_type.split(";")[0].strip().lower() != "application/json":
         raise ChatError("unsupported_media_type")
     if len(body) > settings.CHAT_MAX_BODY_BYTES:
         raise ChatError("payload_too_large", "The request body is larger than 1 MiB.")
-    try:
-        return json.loads(body)
-    except (ValueError, UnicodeDecodeError):
-        raise ChatError("invalid", "Malformed JSON in the request body.") from None
+    return decode_json(body)
+
+
+class JsonParser(parsers.JSONParser):
+    """DRF's JSON parser with `decode_json`'s rules and messages."""
+
+    def parse(self, stream, media_type=None, parser_context=None):
+        return decode_json(stream.read())
 
 
 # --- read side --------------------------------------------------------------------------------

@@ -10,7 +10,7 @@ from channels.layers import get_channel_layer
 from django.conf import settings
 from django.core.exceptions import RequestDataTooBig
 from django.db import connection
-from django.http import HttpRequest, HttpResponse, JsonResponse, StreamingHttpResponse
+from django.http import HttpRequest, HttpResponse, StreamingHttpResponse
 from django.shortcuts import render
 from django.views.decorators.csrf import csrf_exempt, ensure_csrf_cookie
 from django.views.decorators.http import require_GET, require_POST
@@ -25,7 +25,7 @@ from chat.domain.sse import sse_done, sse_event
 from chat.resume import resuming
 from chat.runtime import metrics
 from chat.runtime.db import db_async
-from chat.transports.errors import json_error_response
+from chat.transports.errors import json_error_response, json_response
 from chat.transports.serializers import parse_chat_request, parse_json_bytes
 from chat.turn import service
 from sessions_admin.models import Reply
@@ -200,7 +200,7 @@ def metrics_view(request: HttpRequest) -> HttpResponse:
 
 @csrf_exempt  # as metrics_view
 @require_GET
-async def health_view(request: HttpRequest) -> JsonResponse:
+async def health_view(request: HttpRequest) -> HttpResponse:
     """GET /health: 200 when the database and channel layer answer, else 503 naming the failing part."""
     body = {"status": "ok", "database": "ok", "channel_layer": "ok", "coze": coze.coze_mode()}
     checks = {"database": _database_ok(), "channel_layer": _channel_layer_ok()}
@@ -211,4 +211,4 @@ async def health_view(request: HttpRequest) -> JsonResponse:
             logger.warning("Health check: %s unavailable: %s", name, exc)
             body[name] = "unavailable"
             body["status"] = "unavailable"
-    return JsonResponse(body, status=200 if body["status"] == "ok" else 503)
+    return json_response(body, status=200 if body["status"] == "ok" else 503)

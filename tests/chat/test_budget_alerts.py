@@ -8,7 +8,9 @@ import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
+from django.contrib.auth.models import User
 from django.db import connection
+from django.test import Client
 
 from chat.access import alerts, budgets, client_limits
 from sessions_admin.models import ApiClient, BudgetAlert, DailyUsage
@@ -205,3 +207,44 @@ def test_an_alert_whose_sender_died_goes_out_after_the_clients_next_reply(asgi_s
 
     wait_until(lambda: BudgetAlert.objects.get().delivered_at is not None)
     assert webhook.received == [{"client": "orphaned", "period": "month", "used": 9, "limit": 9, "threshold": 100}]
+
+
+def test_the_webhook_url_is_masked_in_logs_the_database_and_admin(asgi_server, webhook, settings, monkeypatch, caplog):
+    """Webhook URLs carry their token (Slack's path, DingTalk's access_token): shown as scheme and
+    host only, wherever a failed delivery is told."""
+    monkeypatch.setattr(alerts, "MAX_ATTEMPTS", 2)
+    settings.CHAT_BUDGET_ALERT_WEBHOOK = webhook.url + "/T0001/B0002/pathS3cret?access_token=queryS3cret"
+    settings.CHAT_BUDGET_ALERT_THRESHOLDS = [1]
+    webhook.statuses = [404, 404]
+    client, key = ApiClient.create_with_key(name="leaky", daily_token_budget=100)
+    # A row stored before the masking (given up on), with the URL in its error.
+    BudgetAlert.objects.create(
+        api_client=client,
+        period="month",
+        period_start="2026-01-01",
+        threshold=50,
+        used=1,
+        limit=2,
+        attempts=2,
+        last_error=f"HTTPStatusError: Client error '404 Not Found' for url '{settings.CHAT_BUDGET_ALERT_WEBHOOK}'",
+    )
+
+    assert send_turn(asgi_server.url, key, "sync").status == 200
+    alert = wait_until(lambda: BudgetAlert.objects.filter(attempts=2, period="day").first())
+
+    staff = User.objects.create_superuser("auditor", "auditor@example.com", "a long staff password")
+    browser = Client()
+    browser.force_login(staff)
+    pages = [
+        browser.get("/admin/sessions_admin/budgetalert/"),
+        browser.get(f"/admin/sessions_admin/budgetalert/{alert.pk}/change/"),
+        browser.get(f"/admin/sessions_admin/apiclient/{client.pk}/change/"),
+    ]
+    shown = "\n".join(page.content.decode() for page in pages)
+    assert [page.status_code for page in pages] == [200, 200, 200]
+    assert alert.last_error == "HTTP 404 Not Found"
+    assert "not delivered after 2 attempt(s): HTTP 404 Not Found" in shown
+    assert f"for url &#x27;{webhook.url.rsplit('/', 1)[0]}/…&#x27;" in shown  # the old row, masked
+    for secret in ("pathS3cret", "queryS3cret"):
+        assert secret not in caplog.text
+        assert secret not in shown

@@ -3,6 +3,7 @@
 Host, unexpected exception, CSRF) — while the chat page, login and admin keep Django's HTML pages.
 Who gets 401 and who gets a CSRF 403. Replayed over a real ASGI server."""
 
+import json
 import logging
 import os
 import subprocess
@@ -244,7 +245,7 @@ def start_settings(env: dict) -> subprocess.CompletedProcess:
 
 @pytest.mark.parametrize("hosts", [None, "", " , "])
 def test_production_refuses_to_start_without_allowed_hosts(hosts):
-    env = {"DJANGO_DEBUG": "0", "DJANGO_SECRET_KEY": "x" * 50}
+    env = {"DJANGO_DEBUG": "0", "DJANGO_SECRET_KEY": "production-secret-key-" + "0123456789abcdef" * 3}
     if hosts is not None:
         env["DJANGO_ALLOWED_HOSTS"] = hosts
 
@@ -256,7 +257,12 @@ def test_production_refuses_to_start_without_allowed_hosts(hosts):
 
 def test_production_starts_with_allowed_hosts_and_debug_without():
     production = start_settings(
-        {"DJANGO_DEBUG": "0", "DJANGO_SECRET_KEY": "x" * 50, "DJANGO_ALLOWED_HOSTS": "chat.example.com"}
+        {
+            "DJANGO_DEBUG": "0",
+            "DJANGO_SECRET_KEY": "production-secret-key-" + "0123456789abcdef" * 3,
+            "DJANGO_ALLOWED_HOSTS": "chat.example.com",
+            "CHAT_DEMO": "1",
+        }
     )
     debug = start_settings({"DJANGO_DEBUG": "1"})
 
@@ -276,3 +282,34 @@ def test_with_debug_on_api_errors_are_still_json_and_pages_keep_djangos_debug_pa
     assert wrong_host.status_code == 400 and wrong_host.json()["code"] == "invalid"
     assert wrong_host.headers["x-content-type-options"] == "nosniff"
     assert page.status_code == 404 and page.headers["content-type"].startswith("text/html")
+
+
+# --- one JSON format --------------------------------------------------------------------------
+
+
+def test_every_json_answer_is_formatted_one_way(http, api_key, settings):
+    """DRF's views and the async views answer byte-identical JSON for the same data: compact, and
+    text as UTF-8 rather than \\u escapes."""
+    session_id = http.post("/api/chat", json={"message": "héllo"}, headers=auth(api_key)).json()["session_id"]
+    answers = {
+        "DRF view": http.get(f"/api/sessions/{session_id}/messages", headers=auth(api_key)),
+        "DRF error": http.get("/api/sessions/nope", headers=auth(api_key)),
+        "async view": http.post("/chat", json={"message": "héllo"}, headers=auth(api_key)),
+        "async error": http.post(
+            "/api/chat/stream", content=b"x", headers={**auth(api_key), "Content-Type": "text/plain"}
+        ),
+        "earlier session info": http.get(f"/session/{session_id}/info", headers=auth(api_key)),
+        "earlier session clear": http.post(f"/session/{session_id}/clear", headers=auth(api_key)),
+        "OpenAI models": http.get("/v1/models", headers=auth(api_key)),
+        "OpenAI error": http.get("/v1/models/nope", headers=auth(api_key)),
+        "health": http.get("/health"),
+        "no route": http.get("/api/nothing-here-é", headers=auth(api_key)),
+        "body too large": http.post(
+            "/api/chat", content=b"x" * (settings.CHAT_MAX_BODY_BYTES + 1), headers=auth(api_key)
+        ),
+    }
+
+    for name, response in answers.items():
+        assert response.headers["content-type"].startswith("application/json"), name
+        canonical = json.dumps(response.json(), ensure_ascii=False, separators=(",", ":")).encode()
+        assert response.content == canonical, f"{name}: {response.content[:120]!r}"

@@ -56,6 +56,20 @@ def test_malformed_json_and_non_object_bodies_answer_400(http, api_key, path):
         assert response.json()["code"] == "invalid"
 
 
+@pytest.mark.parametrize("path", [*CHAT_PATHS, "/chat", "/v1/chat/completions"])
+def test_a_body_that_is_not_utf8_is_told_so_not_called_malformed_json(http, api_key, path):
+    headers = {**auth(api_key), "Content-Type": "application/json"}
+    latin1 = '{"message": "café"}'.encode("latin-1")
+
+    response = http.post(path, content=latin1, headers=headers)
+    malformed = http.post(path, content=b"{not json", headers=headers)
+
+    assert response.status_code == 400 == malformed.status_code
+    detail = response.json()["error"]["message"] if path.startswith("/v1/") else response.json()["detail"]
+    assert "not UTF-8" in detail and "Malformed" not in detail, detail
+    assert "UTF-8" not in malformed.text
+
+
 @pytest.mark.parametrize("path", CHAT_PATHS)
 def test_non_json_body_answers_415(http, api_key, path):
     response = http.post(path, content=b"message=hi", headers={**auth(api_key), "Content-Type": "text/plain"})

@@ -195,3 +195,17 @@ def test_direct_mode_ctrl_c_cancels_and_clear_works(transactional_db):
 def test_direct_mode_shows_errors_before_the_reply_starts(transactional_db):
     out = chat("--direct", lines=["[sim:auth_failed] no", "/quit"])
     assert "error [upstream_auth_failed]:" in out.getvalue()
+
+
+def test_in_colour_only_errors_are_red(asgi_server, api_key):
+    out = chat(
+        *server_args(asgi_server, api_key),
+        "--force-color",
+        lines=["[sim:reasoning] Think first", "[sim:server_error] Then fail", "/quit"],
+    )
+
+    lines = out.getvalue().splitlines()
+    red = [line for line in lines if "\x1b[31" in line]  # Django's red: NOTICE, ERROR
+    assert any("(thinking)" in line for line in lines) and any(" tokens · " in line for line in lines)
+    assert any("suggestions:" in line for line in lines)
+    assert red and all("error [" in line for line in red), red

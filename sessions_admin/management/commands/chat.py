@@ -398,8 +398,8 @@ class Command(BaseCommand):
             if kind == "reasoning":
                 if not state["reasoning"]:
                     state["reasoning"] = True
-                    self.stdout.write(self.style.NOTICE("(thinking) "), ending="")
-                self.stdout.write(self.style.NOTICE(event["content"]), ending="")
+                    self.stdout.write(self._aside("(thinking) "), ending="")
+                self.stdout.write(self._aside(event["content"]), ending="")
             elif kind == "delta":
                 if state["reasoning"] and not state["answering"]:
                     self.stdout.write("\n     ", ending="")
@@ -411,7 +411,7 @@ class Command(BaseCommand):
                 usage = event.get("usage") or {}
                 seconds = time.monotonic() - state["started"]
                 self.stdout.write("")
-                self.stdout.write(self.style.NOTICE(f"     {usage.get('total_tokens', 0)} tokens · {seconds:.1f} s"))
+                self.stdout.write(self._aside(f"     {usage.get('total_tokens', 0)} tokens · {seconds:.1f} s"))
             elif kind == "error":
                 self.stdout.write("")
                 if event.get("code") == "cancelled":
@@ -434,7 +434,12 @@ class Command(BaseCommand):
             self.stdout.write(self.style.WARNING("     [stopped]"))
         if self.follow_ups:
             shortcuts = "   ".join(f"/{number} {text}" for number, text in enumerate(self.follow_ups, 1))
-            self.stdout.write(self.style.NOTICE(f"     suggestions: {shortcuts}"))
+            self.stdout.write(self._aside(f"     suggestions: {shortcuts}"))
+
+    def _aside(self, text: str) -> str:
+        """Reasoning, usage and suggestions: set apart from the answer in cyan. (Django's NOTICE role
+        is red, the colour of the errors below.)"""
+        return self.style.HTTP_NOT_MODIFIED(text)
 
     def _error(self, code: str, detail: str, indent: str = "") -> None:
         self.stdout.write(self.style.ERROR(f"{indent}error [{code}]: {detail}"))

@@ -16,6 +16,7 @@ Reading a token costs no I/O; the client check is cached by `chat.access.auth` a
 Tokens are not stored anywhere, and never logged: only their `czt_` prefix tells them apart.
 """
 
+import math
 import time
 from dataclasses import dataclass
 
@@ -68,8 +69,9 @@ class Claims:
 
 
 def mint(*, client_id: int, key_hash: str, user_id: str, expires_in: int) -> tuple[str, int]:
-    """A token for `user_id` of the client, and when it expires (Unix seconds)."""
-    expires_at = int(now()) + expires_in
+    """A token for `user_id` of the client, and when it expires (Unix seconds, rounded up: a token
+    lives at least `expires_in` seconds)."""
+    expires_at = math.ceil(now() + expires_in)
     payload = {"c": client_id, "u": user_id, "x": expires_at, "k": key_tag(key_hash)}
     return TOKEN_PREFIX + _signer().sign_object(payload), expires_at
 

@@ -464,11 +464,9 @@ def test_revoking_the_key_revokes_its_tokens(http, api_key, monkeypatch):
     assert chat(http, token).status_code == 401
 
 
+@pytest.mark.parametrize("path", ["/api/chat", "/api/chat/stream"])  # DRF's sync auth, the async one
 def test_forged_tokens_count_as_wrong_keys_while_valid_tokens_pass_a_blocked_address(
-    http,
-    api_key,
-    settings,
-    backend,  # noqa: F811
+    http, api_key, settings, backend, path  # noqa: F811
 ):
     settings.CHAT_AUTH_BLOCKED_RATE = 0
     reset_counters()
@@ -477,15 +475,19 @@ def test_forged_tokens_count_as_wrong_keys_while_valid_tokens_pass_a_blocked_add
     expired = tokens.TOKEN_PREFIX + signing.TimestampSigner(salt=tokens.SIGNING_SALT, sep=".").sign_object(
         {"c": ApiClient.objects.get().pk, "u": "alice", "x": 1, "k": "0" * 16}
     )
+
+    def send(credential: str) -> httpx.Response:
+        return http.post(path, json={"message": "hi"}, headers=bearer(credential))
+
     settings.CHAT_AUTH_FAILURES_PER_MINUTE = 3
     try:
         # Expired tokens are genuine ones: refused, never counted.
-        assert {chat(http, expired).status_code for _ in range(5)} == {401}
-        assert {chat(http, token + "x").status_code for _ in range(3)} == {401}
-        blocked = chat(http, token + "y")
+        assert {send(expired).status_code for _ in range(5)} == {401}
+        assert {send(token + "x").status_code for _ in range(3)} == {401}
+        blocked = send(token + "y")
 
         assert (blocked.status_code, blocked.json()["code"]) == (429, "rate_limited")
-        assert chat(http, token).status_code == 200
+        assert send(token).status_code == 200
     finally:
         reset_counters()
         auth_failures._blocked_until.clear()

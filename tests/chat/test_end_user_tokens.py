@@ -466,7 +466,11 @@ def test_revoking_the_key_revokes_its_tokens(http, api_key, monkeypatch):
 
 @pytest.mark.parametrize("path", ["/api/chat", "/api/chat/stream"])  # DRF's sync auth, the async one
 def test_forged_tokens_count_as_wrong_keys_while_valid_tokens_pass_a_blocked_address(
-    http, api_key, settings, backend, path  # noqa: F811
+    http,
+    api_key,
+    settings,
+    backend,  # noqa: F811
+    path,
 ):
     settings.CHAT_AUTH_BLOCKED_RATE = 0
     reset_counters()

@@ -22,6 +22,7 @@ env = environ.Env()
 if (BASE_DIR / ".env").is_file():
     environ.Env.read_env(BASE_DIR / ".env", overwrite=False)
 
+
 def env_bool(name: str, default: bool) -> bool:
     raw = env.str(name, default="")
     if raw == "":

@@ -456,5 +456,8 @@ LOGGING = {
         "httpcore": {"level": "WARNING"},
         # cozepy warns about every failed call; the adapter maps and logs those itself.
         "cozepy": {"level": "ERROR"},
+        # websockets (uvicorn's WebSocket server) logs every handshake header at DEBUG, and
+        # Authorization and Sec-WebSocket-Protocol carry keys and end-user tokens (docs/api.md §2).
+        "websockets": {"level": "INFO"},
     },
 }

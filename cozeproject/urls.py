@@ -29,6 +29,7 @@ urlpatterns = [
     path("api/files", rest.FileUploadApi.as_view(), name="file-upload"),
     path("api/chats/<str:chat_id>/cancel", rest.ChatCancelApi.as_view(), name="chat-cancel"),
     path("api/usage", rest.UsageApi.as_view(), name="usage"),
+    path("api/tokens", rest.TokenApi.as_view(), name="tokens"),
     path("api/sessions", rest.SessionListApi.as_view(), name="session-list"),
     path("api/sessions/<str:session_id>", rest.SessionDetailApi.as_view(), name="session-detail"),
     path("api/sessions/<str:session_id>/messages", rest.SessionMessagesApi.as_view(), name="session-messages"),

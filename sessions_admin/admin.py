@@ -837,7 +837,17 @@ class ChatFileAdmin(BigTableAdmin):
     list_select_related = ["api_client", "user"]
     search_fields = ["=coze_file_id", "file_name"]
     ordering = ["-uploaded_at"]
-    fields = ["file_name", "content_type", "bytes", "owner_key", "api_client", "user", "coze_file_id", "uploaded_at"]
+    fields = [
+        "file_name",
+        "content_type",
+        "bytes",
+        "owner_key",
+        "api_client",
+        "user",
+        "coze_user_id",
+        "coze_file_id",
+        "uploaded_at",
+    ]
     readonly_fields = fields
 
     @admin.display(description="size", ordering="bytes")

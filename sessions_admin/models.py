@@ -279,6 +279,15 @@ class ChatFile(models.Model):
     owner_key = models.CharField(max_length=80)
     api_client = models.ForeignKey(ApiClient, null=True, blank=True, on_delete=models.CASCADE)
     user = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.CASCADE)
+    # The end user of the token that uploaded it (docs/api.md §2): only that user's turns may attach
+    # it. Empty for an upload with the client's key, a user's or a browser's own.
+    coze_user_id = models.CharField(
+        "end user",
+        max_length=128,
+        blank=True,
+        default="",
+        help_text="The user_id of the end-user token that uploaded it; empty: uploaded with a key or by a browser.",
+    )
     file_name = models.CharField(max_length=255)
     bytes = models.PositiveBigIntegerField()
     content_type = models.CharField(max_length=127)

@@ -56,8 +56,12 @@ def test_openapi_schema_validates_and_describes_sse_websocket_and_auth(tmp_path)
     assert schema["components"]["securitySchemes"]["apiKey"] == {
         "type": "http",
         "scheme": "bearer",
-        "description": "An API key from `python manage.py create_api_key NAME`.",
+        "description": (
+            "An API key from `python manage.py create_api_key NAME`, or an end-user token (`czt_…`) "
+            "that a key minted with `POST /api/tokens`: the key's client narrowed to one user_id."
+        ),
     }
+    assert "/api/tokens" in schema["paths"]
     assert "ws/chat/" in schema["info"]["description"]
 
 

@@ -1,4 +1,5 @@
-"""Who is asking (docs/api.md §2): an API client with a Bearer key, a logged-in user, or — when
+"""Who is asking (docs/api.md §2): an API client with a Bearer key (or an end-user token it minted,
+chat.access.tokens: the client narrowed to one end user), a logged-in user, or — when
 CHAT_ALLOW_ANONYMOUS is on — an anonymous browser identified by its session.
 
 The same rules serve DRF views (authentication classes), the async SSE views (`aresolve_owner`)
@@ -19,7 +20,7 @@ from django.middleware.csrf import CsrfViewMiddleware
 from django.utils import timezone
 from rest_framework import authentication, exceptions, permissions
 
-from chat.access import auth_failures
+from chat.access import auth_failures, tokens
 from chat.domain.errors import ChatError, csrf_detail
 from chat.domain.inputs import Owner
 from chat.runtime import metrics
@@ -51,11 +52,15 @@ def owner_from_api_key(raw_key: str) -> Owner:
     client = ApiClient.objects.filter(key_hash=hash_api_key(raw_key), is_active=True).only("pk", "last_used_at").first()
     if client is None:
         raise _invalid_key()
-    now = timezone.now()
-    # Record use at minute precision: one write per client per minute, not per request.
-    if client.last_used_at is None or now - client.last_used_at > LAST_USED_PRECISION:
-        ApiClient.objects.filter(pk=client.pk).update(last_used_at=now)
+    _note_use(client.pk, client.last_used_at)
     return Owner(key=client.owner_key, api_client_id=client.pk)
+
+
+def _note_use(client_pk: int, last_used_at) -> None:
+    """Record the client's use at minute precision: one write per client per minute, not per request."""
+    now = timezone.now()
+    if last_used_at is None or now - last_used_at > LAST_USED_PRECISION:
+        ApiClient.objects.filter(pk=client_pk).update(last_used_at=now)
 
 
 # Recently seen keys, so a burst of streams doesn't queue one database lookup each on the pool.
@@ -74,6 +79,89 @@ def _remember_owner(key_hash: str, owner: Owner) -> None:
     if len(_owners_by_key_hash) >= KEY_CACHE_MAX:
         _owners_by_key_hash.clear()
     _owners_by_key_hash[key_hash] = (time.monotonic() + KEY_CACHE_SECONDS, owner)
+
+
+# --- end-user tokens ---------------------------------------------------------------------------
+#
+# A token (chat.access.tokens, recognised by its prefix) is read without I/O: a forged one is a
+# wrong credential like a wrong key (counted against its address, refused without reading from a
+# blocked one), an expired one is simply refused. Then its client must still be active with the
+# key the token was minted under; that check is remembered per client and key for
+# KEY_CACHE_SECONDS, as valid keys are, so revoking a key reaches its tokens within that time too.
+_token_clients: dict[tuple[int, str], tuple[float, bool]] = {}
+
+
+def _token_client_valid(claims: tokens.Claims) -> bool:
+    row = ApiClient.objects.filter(pk=claims.client_id, is_active=True).values_list("key_hash", "last_used_at").first()
+    if row is None or not claims.matches(tokens.key_tag(row[0])):
+        return False
+    _note_use(claims.client_id, row[1])
+    return True
+
+
+_atoken_client_valid = db_async(_token_client_valid, pool="auth")
+
+
+def _cached_token_client(claims: tokens.Claims) -> bool | None:
+    cached = _token_clients.get((claims.client_id, claims.key_tag))
+    return cached[1] if cached is not None and cached[0] > time.monotonic() else None
+
+
+def _remember_token_client(claims: tokens.Claims, valid: bool) -> None:
+    if len(_token_clients) >= KEY_CACHE_MAX:
+        _token_clients.clear()
+    _token_clients[(claims.client_id, claims.key_tag)] = (time.monotonic() + KEY_CACHE_SECONDS, valid)
+
+
+def _token_owner(claims: tokens.Claims, valid: bool) -> Owner:
+    if not valid:
+        raise ChatError("unauthenticated", "The token's API key has been revoked.")
+    return Owner(
+        key=ApiClient(pk=claims.client_id).owner_key, api_client_id=claims.client_id, end_user_id=claims.user_id
+    )
+
+
+def _owner_from_token(raw_token: str, address: str | None) -> Owner:
+    """`_aowner_from_token` for sync views (DRF)."""
+    try:
+        claims = tokens.read(raw_token)
+    except tokens.TokenRefused as refused:
+        if refused.forged:
+            blocked = auth_failures.auth_block_seconds(address)
+            if blocked:
+                raise _refused_from_address(blocked) from None
+            metrics.AUTH_FAILURES.labels("unauthenticated").inc()
+            auth_failures.record_auth_failure(address)
+        raise
+    valid = _cached_token_client(claims)
+    if valid is None:
+        valid = _token_client_valid(claims)
+        _remember_token_client(claims, valid)
+    return _token_owner(claims, valid)
+
+
+async def _aowner_from_token(raw_token: str, address: str | None) -> Owner:
+    """The owner an end-user token acts as: its client narrowed to its end user.
+
+    Raises ChatError("unauthenticated") for a forged, expired or revoked token (a forged one
+    counted against `address`), and ChatError("rate_limited") for a forged one from a blocked address.
+    """
+    try:
+        claims = tokens.read(raw_token)
+    except tokens.TokenRefused as refused:
+        if refused.forged:
+            blocked = auth_failures.auth_block_seconds(address)
+            if blocked:
+                await _ahold_refusal(address, blocked)
+                raise _refused_from_address(blocked) from None
+            metrics.AUTH_FAILURES.labels("unauthenticated").inc()
+            await auth_failures.arecord_auth_failure(address)
+        raise
+    valid = _cached_token_client(claims)
+    if valid is None:
+        valid = await _atoken_client_valid(claims)
+        _remember_token_client(claims, valid)
+    return _token_owner(claims, valid)
 
 
 # --- wrong keys from a blocked address ---------------------------------------------------------
@@ -199,6 +287,8 @@ def _failed(error: ChatError) -> bool:
 
 def owner_from_api_key_cached(raw_key: str, *, address: str | None = None) -> Owner:
     """`aowner_from_api_key` for sync views (DRF)."""
+    if tokens.looks_like_token(raw_key):
+        return _owner_from_token(raw_key, address)
     key_hash = hash_api_key(raw_key) if looks_like_api_key(raw_key) else None
     owner = _cached_owner(key_hash) if key_hash else None
     if owner is not None:
@@ -211,12 +301,16 @@ def owner_from_api_key_cached(raw_key: str, *, address: str | None = None) -> Ow
 
 
 async def aowner_from_api_key(raw_key: str, *, address: str | None = None) -> Owner:
-    """The owner of an API key, remembering valid keys for KEY_CACHE_SECONDS.
+    """The owner of a Bearer credential: an API key, remembering valid keys for KEY_CACHE_SECONDS,
+    or an end-user token (`czt_…`), which acts as its client narrowed to its end user.
 
     Raises ChatError("unauthenticated") for a wrong or deactivated key, counting it against
     `address` (the client's IP address; None: not limited); and ChatError("rate_limited") without
     any lookup for a key that is not ours from an address over CHAT_AUTH_FAILURES_PER_MINUTE.
+    Tokens: see `_aowner_from_token`.
     """
+    if tokens.looks_like_token(raw_key):
+        return await _aowner_from_token(raw_key, address)
     key_hash = hash_api_key(raw_key) if looks_like_api_key(raw_key) else None
     owner = _cached_owner(key_hash) if key_hash else None
     if owner is not None:

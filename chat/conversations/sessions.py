@@ -1,7 +1,8 @@
 """Session operations: list, info, messages, clear, delete, and cancelling a reply in progress.
 
-Every function is scoped to its owner: another owner's session or chat is `not_found`, never
-`forbidden`, so ids can't be probed (docs/api.md §2).
+Every function is scoped to its owner (`Owner.scope`; an end-user token to its own user's
+sessions): another owner's session or chat is `not_found`, never `forbidden`, so ids can't be
+probed (docs/api.md §2).
 """
 
 import asyncio
@@ -37,7 +38,7 @@ def _sessions_of(owner: Owner):
     )
     return (
         ChatSession.objects.select_related("current_conversation")
-        .filter(owner_key=owner.key)
+        .filter(**owner.scope())
         .annotate(title=Subquery(first_question))
     )
 
@@ -87,7 +88,7 @@ def session_delete(*, owner: Owner, session_id: str) -> None:
     with transaction.atomic():
         session = (
             ChatSession.objects.select_for_update()
-            .filter(owner_key=owner.key, session_id=session_id)
+            .filter(**owner.scope(), session_id=session_id)
             .filter(lock_free())
             .first()
         )
@@ -143,7 +144,7 @@ def browser_sessions_to_user(sender, request, user, **kwargs) -> None:
 
 @db_async
 def _reply_for_cancel(*, owner: Owner, chat_id: str) -> Reply:
-    reply = Reply.objects.filter(owner_key=owner.key, coze_chat_id=chat_id).order_by("-pk").first()
+    reply = Reply.objects.filter(**owner.scope("session__"), coze_chat_id=chat_id).order_by("-pk").first()
     if reply is None:
         raise ChatError("not_found", "No such chat.")
     return reply
@@ -160,7 +161,7 @@ async def achat_cancel(*, owner: Owner, chat_id: str) -> dict:
     client's next message finds the session free.
     """
     control = running_turns.get(chat_id)
-    if control is not None and control.owner_key == owner.key:
+    if control is not None and owner.reaches(owner_key=control.owner_key, coze_user_id=control.coze_user_id):
         control.stop("cancelled")
         await asyncio.wait([control.task], timeout=CANCEL_WAIT_SECONDS)
         return {"chat_id": chat_id, "status": "cancelled"}

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from django.db.models import QuerySet
 
 from chat.domain.errors import ChatError
+from chat.domain.inputs import Owner
 from chat.files.uploads import attachment_kind
 from sessions_admin.models import ChatFile, Message
 
@@ -24,13 +25,14 @@ class ResolvedAttachments:
     files: tuple[ChatFile, ...] = ()
 
 
-def attachments_resolve(*, owner_key: str, attachments: list[dict]) -> ResolvedAttachments:
+def attachments_resolve(*, owner: Owner, attachments: list[dict]) -> ResolvedAttachments:
     """Resolve validated attachments for a turn (sync: runs inside `turn_start`'s transaction).
 
-    Raises ChatError("not_found") for a `file_id` that is unknown or not the owner's.
+    Raises ChatError("not_found") for a `file_id` that is unknown or not the owner's (for an
+    end-user token: not uploaded with a token of the same end user).
     """
     file_ids = [item["file_id"] for item in attachments if "file_id" in item]
-    files = {f.coze_file_id: f for f in ChatFile.objects.filter(owner_key=owner_key, coze_file_id__in=file_ids)}
+    files = {f.coze_file_id: f for f in ChatFile.objects.filter(**owner.scope(), coze_file_id__in=file_ids)}
     items, records = [], []
     for attachment in attachments:
         if "file_id" in attachment:

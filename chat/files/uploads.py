@@ -133,6 +133,7 @@ def _file_record(*, owner, coze_file: coze.UploadedFile, file_name: str, size: i
         defaults={
             "api_client_id": owner.api_client_id,
             "user_id": owner.user_id,
+            "coze_user_id": owner.end_user_id or "",
             "file_name": file_name,
             "bytes": size,
             "content_type": content_type,

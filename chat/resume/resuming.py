@@ -35,14 +35,14 @@ def latest_reply(*, owner: Owner, session_id: str) -> Reply:
     Raises ChatError("not_found") for an unknown session, someone else's, or one with no reply yet.
     """
     reply = (
-        Reply.objects.filter(session__owner_key=owner.key, session__session_id=session_id)
+        Reply.objects.filter(**owner.scope("session__"), session__session_id=session_id)
         .order_by("-pk")
         .only("pk", "status", "coze_chat_id")
         .first()
     )
     if reply is not None:
         return reply
-    if not ChatSession.objects.filter(owner_key=owner.key, session_id=session_id).exists():
+    if not ChatSession.objects.filter(**owner.scope(), session_id=session_id).exists():
         raise ChatError("not_found", "No such session.")
     raise ChatError("not_found", "This session has no reply yet.")
 

@@ -47,7 +47,7 @@ async def _parse_legacy_chat(owner: Owner, body) -> ChatRequest:
 def _session_id_for_conversation(*, owner: Owner, conversation_id: str) -> str:
     conversation = (
         Conversation.objects.select_related("session")
-        .filter(session__owner_key=owner.key, coze_conversation_id=conversation_id)
+        .filter(**owner.scope("session__"), coze_conversation_id=conversation_id)
         .first()
     )
     if conversation is None:

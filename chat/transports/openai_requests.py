@@ -220,7 +220,7 @@ def session_for_history(*, owner: Owner, bot_id: str, history: list[tuple[str, s
     """
     digest = transcripts.transcript_hash(owner_key=owner.key, bot_id=bot_id, messages=history)
     candidates = list(
-        ChatSession.objects.filter(owner_key=owner.key, current_conversation__transcript_hash=digest)
+        ChatSession.objects.filter(**owner.scope(), current_conversation__transcript_hash=digest)
         .order_by("-last_activity", "-pk")
         .values_list("session_id", "locked_until")[:10]
     )

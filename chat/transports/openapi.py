@@ -88,8 +88,11 @@ WEBSOCKET_DESCRIPTION = """
 
 ## WebSocket: `ws/chat/`
 
-Authenticate with `Authorization: Bearer <api key>` (non-browser clients) or the session cookie
-(browsers, whose `Origin` must be allowed). An unauthenticated socket is closed with code 4401.
+Authenticate with `Authorization: Bearer <api key or end-user token>` (non-browser clients), an
+end-user token offered as a subprotocol beside `cozeproject.bearer` (browsers:
+`new WebSocket(url, ["cozeproject.bearer", token])`; the server selects the marker), or the session
+cookie (browsers, whose `Origin` must be allowed). An unauthenticated socket is closed with code
+4401, and so is one whose token has expired or been revoked, at its next `chat` or `resume` frame.
 
 Client frames: `{"type":"chat", …chat request body}`, `{"type":"resume","session_id","last_event_id"}`,
 `{"type":"cancel"[, "chat_id"]}`, `{"type":"ping"}`.
@@ -347,7 +350,10 @@ class ApiKeyScheme(OpenApiAuthenticationExtension):
         return {
             "type": "http",
             "scheme": "bearer",
-            "description": "An API key from `python manage.py create_api_key NAME`.",
+            "description": (
+                "An API key from `python manage.py create_api_key NAME`, or an end-user token (`czt_…`) "
+                "that a key minted with `POST /api/tokens`: the key's client narrowed to one user_id."
+            ),
         }
 
 

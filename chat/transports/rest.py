@@ -1,4 +1,7 @@
-"""The DRF API: whole replies, the session API, cancel. Views validate, call a service, serialize."""
+"""The DRF API: whole replies, the session API, cancel, end-user tokens. Views validate, call a
+service, serialize."""
+
+from datetime import UTC, datetime
 
 from adrf.views import APIView as AsyncAPIView
 from drf_spectacular.utils import extend_schema, inline_serializer
@@ -9,7 +12,8 @@ from rest_framework.parsers import MultiPartParser
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from chat.access import budgets
+from chat.access import budgets, tokens
+from chat.access.auth import bearer_key
 from chat.conversations import sessions
 from chat.domain.errors import ChatError
 from chat.files import uploads
@@ -17,11 +21,13 @@ from chat.transports.serializers import (
     ChatRequestSerializer,
     MessageSerializer,
     SessionSerializer,
+    TokenRequestSerializer,
     UsageSerializer,
     parse_chat_request,
+    parse_token_request,
 )
 from chat.turn import service
-from sessions_admin.models import Reply
+from sessions_admin.models import Reply, hash_api_key
 
 ERROR_RESPONSE = inline_serializer(
     "Error",
@@ -271,3 +277,44 @@ class UsageApi(APIView):
     @extend_schema(tags=["usage"], responses={200: USAGE_RESPONSE, **ERRORS}, summary="Your use, limits and budgets")
     def get(self, request):
         return Response(budgets.usage_report(request.auth))
+
+
+TOKEN_RESPONSE = inline_serializer(
+    "EndUserToken",
+    {
+        "token": serializers.CharField(help_text="`czt_…`: send it as `Authorization: Bearer <token>`."),
+        "user_id": serializers.CharField(),
+        "expires_at": serializers.DateTimeField(),
+    },
+)
+
+
+class TokenApi(APIView):
+    """Mint an end-user token: a short-lived Bearer that acts as this API client, narrowed to one
+    end user's sessions (docs/api.md §2). Called by the client's own backend with its key, never
+    from a browser."""
+
+    @extend_schema(
+        tags=["tokens"],
+        request=TokenRequestSerializer,
+        responses={201: TOKEN_RESPONSE, **ERRORS},
+        summary="Mint an end-user token for one user_id",
+    )
+    def post(self, request):
+        owner = request.auth
+        if owner.end_user_id is not None:
+            raise ChatError("forbidden", "A token cannot mint tokens; the API key mints them.")
+        if owner.api_client_id is None:
+            raise ChatError("forbidden", "Only an API client mints tokens: send 'Authorization: Bearer <api key>'.")
+        user_id, expires_in = parse_token_request(request.data)
+        key_hash = hash_api_key(bearer_key(request.headers.get("Authorization", "")))
+        token, expires_at = tokens.mint(
+            client_id=owner.api_client_id, key_hash=key_hash, user_id=user_id, expires_in=expires_in
+        )
+        body = {
+            "token": token,
+            "user_id": user_id,
+            "expires_at": serializers.DateTimeField().to_representation(datetime.fromtimestamp(expires_at, UTC)),
+        }
+        # A credential: no cache may keep it (as OAuth's token endpoint answers).
+        return Response(body, status=status.HTTP_201_CREATED, headers={"Cache-Control": "no-store"})

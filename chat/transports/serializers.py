@@ -8,6 +8,7 @@ import threading
 from django.conf import settings
 from rest_framework import parsers, serializers
 
+from chat.access import tokens
 from chat.domain.errors import ChatError
 from chat.domain.inputs import ChatRequest
 from sessions_admin.models import ChatSession, Message
@@ -165,27 +166,13 @@ def parse_chat_request(data, *, extra_fields: frozenset[str] = frozenset()) -> C
 
     `extra_fields` are tolerated and ignored (the WebSocket frame's `type`).
     """
-    if not isinstance(data, dict):
-        raise ChatError("invalid", "The body must be a JSON object.")
-    unknown = set(data) - set(ChatRequestSerializer._declared_fields) - extra_fields
-    if unknown:
-        raise ChatError(
-            "invalid",
-            f"Unknown field: {sorted(unknown)[0]}",
-            errors={name: ["Unknown field."] for name in sorted(unknown)},
-        )
+    _known_fields_only(data, ChatRequestSerializer, extra_fields)
     message = data.get("message")
     limit = settings.CHAT_MAX_MESSAGE_CHARS
     if isinstance(message, str) and len(message) > limit:
         raise ChatError("payload_too_large", f"The message is longer than {limit} characters.")
     body = {key: value for key, value in data.items() if key not in extra_fields}
-    try:
-        attrs = _chat_request_serializer().run_validation(body)
-    except serializers.ValidationError as exc:
-        errors = exc.detail
-        field, messages = next(iter(errors.items()))
-        first = messages[0] if isinstance(messages, list) and messages else messages
-        raise ChatError("invalid", f"{field}: {first}", errors=_plain(errors)) from None
+    attrs = _validated(_chat_request_serializer(), body)
     additional = attrs.get("additional_messages")
     if additional and sum(len(item["content"]) for item in additional) > limit:
         raise ChatError("payload_too_large", f"The messages are longer than {limit} characters.")
@@ -203,6 +190,70 @@ def parse_chat_request(data, *, extra_fields: frozenset[str] = frozenset()) -> C
         attachments=tuple(dict(item) for item in attrs.get("attachments") or ()),
         resumable=attrs.get("resumable", False),
     )
+
+
+def _known_fields_only(data, serializer_class, extra_fields: frozenset[str] = frozenset()) -> None:
+    """ChatError("invalid") unless `data` is a JSON object of the serializer's fields (and `extra_fields`)."""
+    if not isinstance(data, dict):
+        raise ChatError("invalid", "The body must be a JSON object.")
+    unknown = set(data) - set(serializer_class._declared_fields) - extra_fields
+    if unknown:
+        raise ChatError(
+            "invalid",
+            f"Unknown field: {sorted(unknown)[0]}",
+            errors={name: ["Unknown field."] for name in sorted(unknown)},
+        )
+
+
+def _validated(serializer: serializers.Serializer, body: dict) -> dict:
+    """The serializer's validated attributes; ChatError("invalid") naming the first bad field."""
+    try:
+        return serializer.run_validation(body)
+    except serializers.ValidationError as exc:
+        errors = exc.detail
+        field, messages = next(iter(errors.items()))
+        first = messages[0] if isinstance(messages, list) and messages else messages
+        raise ChatError("invalid", f"{field}: {first}", errors=_plain(errors)) from None
+
+
+# --- end-user tokens (docs/api.md §2) ---------------------------------------------------------
+
+
+class StrictIntegerField(serializers.IntegerField):
+    """A JSON number that is a whole number: DRF's IntegerField would also take "60" or true."""
+
+    default_error_messages = {"not_an_integer": "Must be a whole number."}
+
+    def to_internal_value(self, data):
+        if isinstance(data, bool) or not isinstance(data, int):
+            self.fail("not_an_integer")
+        return super().to_internal_value(data)
+
+
+class TokenRequestSerializer(serializers.Serializer):
+    user_id = StrictCharField(
+        max_length=128, help_text="The end user's Coze user_id: the token reaches only this user's sessions."
+    )
+    expires_in = StrictIntegerField(
+        required=False,
+        min_value=tokens.MIN_EXPIRES_IN,
+        max_value=tokens.MAX_EXPIRES_IN,
+        help_text=f"Seconds the token lives; default {tokens.DEFAULT_EXPIRES_IN}.",
+    )
+
+    def validate_user_id(self, value: str) -> str:
+        if value == settings.COZE_USER_ID:
+            # Requests that name no user_id leave their sessions with this one: a token for it
+            # would reach all of them.
+            raise serializers.ValidationError("This is the server's default user_id (COZE_USER_ID); name the end user.")
+        return value
+
+
+def parse_token_request(data) -> tuple[str, int]:
+    """The `user_id` and `expires_in` of a `POST /api/tokens` body; raises ChatError("invalid")."""
+    _known_fields_only(data, TokenRequestSerializer)
+    attrs = _validated(TokenRequestSerializer(), data)
+    return attrs["user_id"], attrs.get("expires_in", tokens.DEFAULT_EXPIRES_IN)
 
 
 def _plain(errors):

@@ -6,6 +6,13 @@ Frames out: the same objects as the SSE `data` lines, each with the `id` its SSE
 `{"type":"done","id"}` after each reply, and `{"type":"pong"}`. Each reply (or resume) runs in
 its own task so `receive` and `disconnect` never wait on the upstream. A bad frame gets an
 `error` object; the socket stays open.
+
+Authentication (docs/api.md §2, §5): `Authorization: Bearer` (an API key or an end-user token), or
+the browser's session cookie. Browsers can't set headers on a WebSocket, so a page offers its
+end-user token as a subprotocol instead: `new WebSocket(url, ["cozeproject.bearer", token])`. The
+server selects `cozeproject.bearer` (never echoing the token), and the token stays out of URLs and
+so out of access logs. A socket outlives a token: each `chat` and `resume` frame checks its
+Bearer credential again, and one that has expired or been revoked closes the socket with 4401.
 """
 
 import asyncio
@@ -17,6 +24,7 @@ from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
 from django.conf import settings
 
+from chat.access import tokens
 from chat.access.auth import (
     BROWSER_SESSION_KEY,
     aowner_from_api_key,
@@ -40,6 +48,8 @@ from sessions_admin.models import Reply
 logger = logging.getLogger(__name__)
 
 CLOSE_UNAUTHENTICATED = 4401
+# Offered with an end-user token as a second subprotocol, by browsers that can't send Authorization.
+TOKEN_SUBPROTOCOL = "cozeproject.bearer"
 CHAT_FRAME_EXTRA_FIELDS = frozenset({"type"})
 
 
@@ -55,6 +65,15 @@ def _parse_resume(frame: dict) -> tuple[str, int]:
     return session_id, after_id
 
 
+def _offered_token(scope) -> str | None:
+    """The end-user token a browser offered as a subprotocol beside TOKEN_SUBPROTOCOL ("" when it
+    offered the marker without one); None when it offered none."""
+    offered = scope.get("subprotocols") or []
+    if TOKEN_SUBPROTOCOL not in offered:
+        return None
+    return next((value for value in offered if tokens.looks_like_token(value)), "")
+
+
 class ChatConsumer(AsyncJsonWebsocketConsumer):
     # No channel-layer channel per socket: nothing is ever sent to one (cancels go through the
     # worker's own channel, chat.turn.cancellation), and it would cost a Redis subscription per socket.
@@ -62,9 +81,11 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
 
     async def connect(self) -> None:
         self.owner: Owner | None = None
+        self.credential: str | None = None  # the Bearer key or token, checked again on each turn
         self.replies: dict[asyncio.Task, TurnControl] = {}
         self.resumes: dict[asyncio.Task, str] = {}  # following a session's reply
-        await self.accept()
+        offered = self.scope.get("subprotocols") or []
+        await self.accept(subprotocol=TOKEN_SUBPROTOCOL if TOKEN_SUBPROTOCOL in offered else None)
         try:
             self.owner = await self._resolve_owner()
         except ChatError:
@@ -77,9 +98,11 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
         headers = dict(self.scope.get("headers", []))
         authorization = headers.get(b"authorization", b"").decode("latin1")
         key = bearer_key(authorization)
+        if key is None:
+            key = _offered_token(self.scope)
         if key is not None:
-            client = self.scope.get("client")
-            return await aowner_from_api_key(key, address=client[0] if client else None)
+            self.credential = key
+            return await aowner_from_api_key(key, address=self._address())
         user = self.scope.get("user")
         if user is not None and user.is_authenticated:
             return owner_for_user(user)
@@ -89,6 +112,24 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
             if browser_id:
                 return owner_for_browser(browser_id)
         return None
+
+    def _address(self) -> str | None:
+        client = self.scope.get("client")
+        return client[0] if client else None
+
+    async def _still_authenticated(self) -> bool:
+        """Whether the socket's Bearer credential still holds (cached, as for any request); if it
+        expired or was revoked, the socket gets the `error` and is closed with 4401."""
+        if self.credential is None:
+            return True
+        try:
+            self.owner = await aowner_from_api_key(self.credential, address=self._address())
+        except ChatError as error:
+            self.owner = None
+            await self._send_error(error)
+            await self.close(code=CLOSE_UNAUTHENTICATED)
+            return False
+        return True
 
     async def receive(self, text_data=None, bytes_data=None, **kwargs) -> None:
         if self.owner is None:
@@ -106,6 +147,8 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
 
     async def receive_json(self, content, **kwargs) -> None:
         frame_type = content.get("type") if isinstance(content, dict) else None
+        if frame_type in ("chat", "resume") and not await self._still_authenticated():
+            return
         if frame_type == "chat":
             try:
                 chat_request = parse_chat_request(content, extra_fields=CHAT_FRAME_EXTRA_FIELDS)

@@ -20,6 +20,7 @@ class TurnControl:
     chat_id: str = ""
     session_id: str = ""
     reply_pk: int | None = None  # set once the turn's start is stored
+    coze_user_id: str = ""  # the session's user, set with reply_pk (what an end-user token may stop)
     resumable: bool = False  # the turn runs on when its client goes away (docs/api.md §9)
 
     @property

@@ -80,6 +80,12 @@ class TurnOutcome:
         return "".join(self.answer_parts)
 
 
+def default_user(owner: Owner) -> str:
+    """The Coze user_id of a new session whose request names none: an end-user token's user (its
+    requests never name one: `ChatRequest.narrowed_to`), else COZE_USER_ID."""
+    return owner.end_user_id or settings.COZE_USER_ID
+
+
 def lease_end():
     """The end of a lock lease taken now, in the database's clock."""
     return ExpressionWrapper(

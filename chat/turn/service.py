@@ -73,8 +73,10 @@ async def achat_stream(
     """One chat turn as events, within the owner's limits and budgets (see `_turn_events`).
 
     Raises ChatError (`rate_limited`, `quota_exceeded`, `bot_not_allowed`; see chat.access.admission)
-    before anything is stored when the owner may not start a turn now.
+    before anything is stored when the owner may not start a turn now, and `forbidden` when an
+    end-user token names another user (`ChatRequest.narrowed_to`).
     """
+    chat_request = chat_request.narrowed_to(owner)
     admitted = await admission.aadmit_turn(owner=owner, bot_id=chat_request.bot_id or settings.COZE_BOT_ID)
     try:
         async with contextlib.aclosing(
@@ -113,7 +115,7 @@ async def _turn_events(
         turn, opening = await start.astart_turn(
             owner=owner, chat_request=chat_request, transport=transport, control=control, started=started
         )
-    control.reply_pk = turn.reply_pk
+    control.reply_pk, control.coze_user_id = turn.reply_pk, turn.route.coze_user_id
     logger.info("Turn started: session %s, reply %s, via %s", turn.session_id, turn.reply_pk, transport)
     outcome = TurnOutcome()
     upstream: finish.Upstream | None = None

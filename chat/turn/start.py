@@ -25,7 +25,7 @@ from chat.runtime import metrics
 from chat.runtime.tasks import in_background
 from chat.turn import cancellation, finish, records, store
 from chat.turn.control import TurnControl
-from chat.turn.records import Route, TurnContext, TurnOutcome, TurnStart
+from chat.turn.records import Route, RouteChanged, TurnContext, TurnOutcome, TurnStart
 from sessions_admin.models import Reply
 
 logger = logging.getLogger(__name__)
@@ -49,19 +49,40 @@ def forget_route(owner_key: str, session_id: str) -> None:
     _routes.pop((owner_key, session_id), None)
 
 
+def _reached(owner: Owner, route: Route) -> Route:
+    """`route`, if its session is one the owner reaches: an end-user token only its own user's
+    (docs/api.md §2); another's is `not_found`, as another owner's is. The turn's one check of
+    that: on the route read before the start, and (as `expected_route`) under the row lock."""
+    if owner.end_user_id is not None and route.coze_user_id != owner.end_user_id:
+        raise ChatError("not_found", "No such session.")
+    return route
+
+
 async def _aroute_for(*, owner: Owner, chat_request: ChatRequest, session_id: str, bot_id: str) -> Route:
     if chat_request.session_id is None:  # a session this turn creates
-        return Route(coze_conversation_id="", bot_id=bot_id, coze_user_id=chat_request.user_id or settings.COZE_USER_ID)
+        return Route(
+            coze_conversation_id="", bot_id=bot_id, coze_user_id=chat_request.user_id or records.default_user(owner)
+        )
     known = _routes.get((owner.key, session_id))
-    if known is not None and known.bot_id == bot_id:
+    if known is not None and known.bot_id == bot_id and (owner.end_user_id in (None, known.coze_user_id)):
         return Route(
             coze_conversation_id=known.coze_conversation_id,
             bot_id=bot_id,
             coze_user_id=chat_request.user_id or known.coze_user_id,
         )
-    return await store.session_route(
+    route = await store.session_route(
         owner=owner, session_id=session_id, bot_id=bot_id, requested_user_id=chat_request.user_id
     )
+    return _reached(owner, route)
+
+
+def _restart(start: TurnStart, moved: RouteChanged) -> TurnStart:
+    """The start again once its session has moved on (cleared, another bot) since its route was
+    read: unchecked, in order — unless the owner is narrowed to an end user: then the session must
+    still be that user's, checked again under the row lock."""
+    if start.owner.end_user_id is None:
+        return dataclasses.replace(start, expected_route=None)
+    return dataclasses.replace(start, expected_route=_reached(start.owner, moved.args[0]))
 
 
 # --- the start -----------------------------------------------------------------------------------
@@ -132,7 +153,7 @@ async def astart_turn(
     route = await _aroute_for(owner=owner, chat_request=chat_request, session_id=session_id, bot_id=bot_id)
     # Another owner's file_id fails the turn here (not_found), before anything is stored or sent.
     attachments = (
-        await store.resolve_attachments(owner_key=owner.key, attachments=list(chat_request.attachments))
+        await store.resolve_attachments(owner=owner, attachments=list(chat_request.attachments))
         if chat_request.attachments
         else ResolvedAttachments()
     )
@@ -153,10 +174,13 @@ async def astart_turn(
     try:
         try:
             turn = await asyncio.shield(storing)
-        except records.RouteChanged:
+        except records.RouteChanged as moved:
             await aabandon_upstream(opening)
-            storing = in_background(_astore_start(dataclasses.replace(start, expected_route=None)))
-            turn = await asyncio.shield(storing)
+            storing = in_background(_astore_start(_restart(start, moved)))
+            try:
+                turn = await asyncio.shield(storing)
+            except records.RouteChanged:  # moved on again (a narrowed start is checked twice)
+                raise ChatError("session_busy", "The session changed while this turn started; send it again.") from None
             opening = in_background(
                 aopen_upstream(chat_request=chat_request, route=turn.route, attachments=attachments.items)
             )

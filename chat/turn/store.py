@@ -39,7 +39,9 @@ async def session_route(*, owner: Owner, session_id: str, bot_id: str, requested
     else:
         row = await _session_route_row(owner_key=owner.key, session_id=session_id)
     if row is None:
-        return Route(coze_conversation_id="", bot_id=bot_id, coze_user_id=requested_user_id or settings.COZE_USER_ID)
+        return Route(
+            coze_conversation_id="", bot_id=bot_id, coze_user_id=requested_user_id or records.default_user(owner)
+        )
     coze_user_id, conversation_bot_id, coze_conversation_id = row
     conversation = (
         {"bot_id": conversation_bot_id, "coze_conversation_id": coze_conversation_id}
@@ -109,7 +111,7 @@ def _turn_start_params(start: TurnStart) -> list:
         owner.user_id,
         start.session_id,
         chat_request.user_id or "",
-        settings.COZE_USER_ID,
+        records.default_user(owner),
         start.bot_id,
         start.transport,
         start.worker_channel,

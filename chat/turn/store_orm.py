@@ -3,7 +3,6 @@
 PostgreSQL. `chat.turn.store` decides which path runs; both keep the contract its docstring states.
 """
 
-from django.conf import settings
 from django.db import models, transaction
 from django.db.models import Case, F, Q, Value, When
 from django.utils import timezone
@@ -36,7 +35,7 @@ def turn_start(start: TurnStart) -> TurnContext:
                 session_id=session_id,
                 api_client_id=owner.api_client_id,
                 user_id=owner.user_id,
-                coze_user_id=chat_request.user_id or settings.COZE_USER_ID,
+                coze_user_id=chat_request.user_id or records.default_user(owner),
                 bot_id=bot_id,
                 created_at=now,
                 last_activity=now,

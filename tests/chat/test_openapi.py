@@ -140,3 +140,20 @@ def test_the_described_bodies_and_events_are_what_the_server_sends(http, api_key
     assert coze_events[-1]["type"] == "completed" and coze_chat.text.rstrip().endswith("data: [DONE]")
     for event in coze_events:
         check("/api/coze-chat", "post", "200", "text/event-stream", event)
+
+
+def test_the_token_endpoint_is_described_with_its_body_and_answer():
+    schema = load_schema()
+    operation = schema["paths"]["/api/tokens"]["post"]
+    components = schema["components"]["schemas"]
+    request = operation["requestBody"]["content"]["application/json"]["schema"]["$ref"].rsplit("/", 1)[1]
+    answer = operation["responses"]["201"]["content"]["application/json"]["schema"]["$ref"].rsplit("/", 1)[1]
+
+    assert components[request]["required"] == ["user_id"]
+    assert (
+        components[request]["properties"]["expires_in"] | {"minimum": 1, "maximum": 86400}
+        == components[request]["properties"]["expires_in"]
+    )
+    assert set(components[answer]["properties"]) == {"token", "user_id", "expires_at"}
+    assert {"401", "403", "400"} <= set(operation["responses"])
+    assert "end-user token" in schema["components"]["securitySchemes"]["apiKey"]["description"]

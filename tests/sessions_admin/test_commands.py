@@ -40,7 +40,7 @@ def assert_no_orphans() -> None:
 
 
 @pytest.fixture
-def chats():
+def chats(coze_deletions):
     old = timezone.now() - timedelta(days=40)
     a = make_chat(turns=2, session_id="alpha", coze_user_id="u1")[0]
     b = make_chat(turns=1, session_id="beta", coze_user_id="u2")[0]
@@ -71,7 +71,8 @@ def test_dry_run_reports_and_deletes_nothing(chats):
     output = run("--session-id", "alpha", "--dry-run")
 
     assert output.strip().splitlines()[-1] == (
-        "Would delete 2 sessions, 2 conversations, 6 messages, 3 replies. Dry run: nothing was deleted."
+        "Would delete 2 sessions, 2 conversations, 6 messages, 3 replies; at Coze: 2 conversations. "
+        "Dry run: nothing was deleted."
     )
     assert "alpha" in output and "browser:" in output
     assert counts() == (4, 5, 13, 6)
@@ -80,7 +81,9 @@ def test_dry_run_reports_and_deletes_nothing(chats):
 def test_deletes_by_session_id_for_every_owner(chats):
     output = run("--session-id", "alpha", "--noinput")
 
-    assert output.strip().splitlines()[-1] == "Deleted 2 sessions, 2 conversations, 6 messages, 3 replies."
+    assert output.strip().splitlines()[-1] == (
+        "Deleted 2 sessions, 2 conversations, 6 messages, 3 replies; at Coze: 2 conversations deleted."
+    )
     assert set(ChatSession.objects.values_list("session_id", flat=True)) == {"beta", "gamma"}
     assert_no_orphans()
 
@@ -95,7 +98,9 @@ def test_deletes_by_coze_user_id(chats):
 def test_deletes_idle_sessions_with_all_their_conversations(chats):
     output = run("--idle-days", "30", "--noinput")
 
-    assert output.strip().splitlines()[-1] == "Deleted 1 sessions, 2 conversations, 5 messages, 2 replies."
+    assert output.strip().splitlines()[-1] == (
+        "Deleted 1 sessions, 2 conversations, 5 messages, 2 replies; at Coze: 2 conversations deleted."
+    )
     assert not ChatSession.objects.filter(pk=chats["c"].pk).exists()
     assert ChatSession.objects.count() == 3
     assert_no_orphans()
@@ -115,7 +120,9 @@ def test_all_deletes_everything_in_small_batches_without_orphans(chats):
 
     output = run("--all", "--noinput", "--batch-size", "2", "--chunk", "3")
 
-    assert output.strip().splitlines()[-1] == "Deleted 5 sessions, 6 conversations, 49 messages, 18 replies."
+    assert output.strip().splitlines()[-1] == (
+        "Deleted 5 sessions, 6 conversations, 49 messages, 18 replies; at Coze: 6 conversations deleted."
+    )
     assert counts() == (0, 0, 0, 0)
     assert_no_orphans()
 
@@ -144,7 +151,8 @@ def test_sessions_with_a_reply_in_progress_are_skipped_unless_asked(chats):
     output = run("--all", "--noinput")
 
     assert output.strip().splitlines()[-1] == (
-        "Deleted 4 sessions, 5 conversations, 13 messages, 6 replies (skipped 1 with a reply in progress)."
+        "Deleted 4 sessions, 5 conversations, 13 messages, 6 replies (skipped 1 with a reply in progress); "
+        "at Coze: 5 conversations deleted."
     )
     assert list(ChatSession.objects.values_list("session_id", flat=True)) == ["busy"]
     run("--all", "--noinput", "--include-busy")

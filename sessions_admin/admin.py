@@ -877,6 +877,7 @@ LIMIT_FIELDS = [
     "daily_token_budget",
     "monthly_token_budget",
     "allowed_bot_ids",
+    "retention_days",
 ]
 
 
@@ -893,8 +894,11 @@ class ApiClientAdmin(admin.ModelAdmin):
 
     def get_fieldsets(self, request, obj=None):
         limits_section = (
-            "Limits and budgets",
-            {"fields": LIMIT_FIELDS, "description": "Leave a limit empty to use the server-wide default."},
+            "Limits, budgets and retention",
+            {
+                "fields": LIMIT_FIELDS,
+                "description": "Leave a limit empty to use the server-wide default (retention: CHAT_RETENTION_DAYS).",
+            },
         )
         if obj is None:
             return [(None, {"fields": ["name"]}), limits_section]

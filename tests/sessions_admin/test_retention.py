@@ -336,3 +336,27 @@ def test_the_engine_knows_every_table_that_references_what_it_deletes():
                 found.add((relation.related_model, relation.field.column))
         missing = {(related.__name__, column) for related, column in found - set(known)}
         assert not missing, f"{model.__name__} is referenced by {missing}, unknown to the deletion engine"
+
+
+def test_create_api_key_takes_a_retention_window():
+    out = StringIO()
+    call_command("create_api_key", "archive", "--retention-days", "30", stdout=out)
+    assert ApiClient.objects.get(name="archive").retention_days == 30
+    call_command("create_api_key", "default", stdout=StringIO())
+    assert ApiClient.objects.get(name="default").retention_days is None
+    with pytest.raises(CommandError):
+        call_command("create_api_key", "never", "--retention-days", "0", stdout=StringIO())
+
+
+def test_staff_edit_a_clients_retention_window_in_admin(staff_client):
+    from django.urls import reverse
+
+    client = make_client("team-r")
+    url = reverse("admin:sessions_admin_apiclient_change", args=[client.pk])
+    assert 'name="retention_days"' in staff_client.get(url).content.decode()
+    form = {"name": "team-r", "is_active": "on", "allowed_bot_ids": ""}
+    assert staff_client.post(url, {**form, "retention_days": "14"}).status_code == 302
+    client.refresh_from_db()
+    assert client.retention_days == 14
+    refused = staff_client.post(url, {**form, "retention_days": "0"})
+    assert refused.status_code == 200 and "greater than or equal to 1" in refused.content.decode()

@@ -33,7 +33,7 @@ from django.utils.html import format_html, format_html_join
 from django.utils.http import urlencode
 from django.utils.safestring import mark_safe
 
-from sessions_admin import csv_export
+from sessions_admin import csv_export, export
 from sessions_admin.dashboard import (
     ERROR_STATUSES,
     budget_bar,
@@ -400,11 +400,18 @@ class ConversationAdmin(BigTableAdmin):
     ]
     readonly_fields = fields
 
+    actions = ["export_jsonl"]
+
     def get_queryset(self, request):
         return super().get_queryset(request).annotate(last_status=last_reply_status())
 
     def get_search_results(self, request, queryset, search_term):
         return search_conversations(queryset, search_term), False
+
+    @admin.action(description="Export selected conversations (JSON Lines)", permissions=["view"])
+    def export_jsonl(self, request, queryset):
+        # Streamed: a page of conversations, and a page of their messages and replies, at a time.
+        return export.export_response(request, Conversation.objects.filter(pk__in=queryset.values("pk")))
 
     @admin.display(description="conversation")
     def conversation(self, obj: Conversation) -> str:

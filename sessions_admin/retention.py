@@ -684,20 +684,37 @@ def prune(
     return report
 
 
+NOUNS = {
+    "sessions": ("session", "sessions"),
+    "conversations": ("conversation", "conversations"),
+    "messages": ("message", "messages"),
+    "replies": ("reply", "replies"),
+    "feedback": ("rating", "ratings"),
+    "files": ("file", "files"),
+    "replay_buffers": ("replay buffer", "replay buffers"),
+}
+
+
+def counted(number: int, kind: str) -> str:
+    """ "1 session", "2 sessions", "1,024 replies"."""
+    singular, plural = NOUNS[kind]
+    return f"{number:,} {singular if number == 1 else plural}"
+
+
 def summary(counts: Counter) -> str:
-    names = {"replay_buffers": "replay buffers"}
-    # Files, ratings and replay buffers are named only when there are some.
+    # Ratings, files and replay buffers are named only when there are some.
     optional = {"files", "feedback", "replay_buffers"}
-    parts = [
-        f"{counts.get(kind, 0):,} {names.get(kind, kind)}" for kind in KINDS if kind not in optional or counts.get(kind)
-    ]
-    return ", ".join(parts)
+    return ", ".join(counted(counts.get(kind, 0), kind) for kind in KINDS if kind not in optional or counts.get(kind))
 
 
 def coze_summary(engine: DeletionEngine) -> str:
     """What the run asked of Coze, for the summary line ("" when nothing)."""
     planned = engine.coze_planned
-    items = " and ".join(f"{planned[kind]:,} {kind}" for kind in ("conversations", "turns") if planned[kind])
+    items = " and ".join(
+        f"{planned[kind]:,} {kind if planned[kind] != 1 else kind[:-1]}"
+        for kind in ("conversations", "turns")
+        if planned[kind]
+    )
     if not items:
         return ""
     if engine.dry_run:

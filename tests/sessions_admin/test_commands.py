@@ -99,7 +99,7 @@ def test_deletes_idle_sessions_with_all_their_conversations(chats):
     output = run("--idle-days", "30", "--noinput")
 
     assert output.strip().splitlines()[-1] == (
-        "Deleted 1 sessions, 2 conversations, 5 messages, 2 replies; at Coze: 2 conversations deleted."
+        "Deleted 1 session, 2 conversations, 5 messages, 2 replies; at Coze: 2 conversations deleted."
     )
     assert not ChatSession.objects.filter(pk=chats["c"].pk).exists()
     assert ChatSession.objects.count() == 3
@@ -139,9 +139,9 @@ def test_asks_for_confirmation_unless_noinput(chats, monkeypatch):
 
     assert "Cancelled: nothing was deleted." in run("--session-id", "beta")
     assert ChatSession.objects.filter(session_id="beta").exists()
-    assert "Deleted 1 sessions" in run("--session-id", "beta")
+    assert "Deleted 1 session," in run("--session-id", "beta")
     assert not ChatSession.objects.filter(session_id="beta").exists()
-    assert "1 sessions, 1 conversations, 2 messages, 1 replies" in prompts[0]
+    assert "1 session, 1 conversation, 2 messages, 1 reply" in prompts[0]
 
 
 def test_sessions_with_a_reply_in_progress_are_skipped_unless_asked(chats):

@@ -136,7 +136,7 @@ def world(settings, coze_deletions):
 # idle: a session, its conversation, 5 messages, 2 replies, a rating and a file; living: its old
 # conversation (2 messages, a reply) and its old turn (2 messages, a reply, a rating, a file);
 # gone: a session, its conversation, 2 messages, a reply; and the orphan file.
-EXPECTED = "2 sessions, 3 conversations, 11 messages, 5 replies, 2 feedback, 3 files"
+EXPECTED = "2 sessions, 3 conversations, 11 messages, 5 replies, 2 ratings, 3 files"
 
 
 def test_prune_deletes_each_record_past_its_owners_window(world):
@@ -145,7 +145,7 @@ def test_prune_deletes_each_record_past_its_owners_window(world):
     assert "Keeping API client short: 30 days" in output
     assert "Keeping every other owner (CHAT_RETENTION_DAYS): 60 days" in output
     assert last_line(output) == (
-        f"Deleted {EXPECTED} (left 1 sessions with a reply streaming); at Coze: 3 conversations and 1 turns deleted."
+        f"Deleted {EXPECTED} (left 1 session with a reply streaming); at Coze: 3 conversations and 1 turn deleted."
     )
     assert set(ChatSession.objects.values_list("session_id", flat=True)) == {"living", "kept", "plain-50", "busy"}
     assert set(Conversation.objects.filter(session=world["living"]).values_list("pk", flat=True)) == {
@@ -194,7 +194,7 @@ def test_the_dry_run_says_what_it_would_delete_by_kind_and_deletes_nothing(world
     before = {model: model.objects.count() for model in (ChatSession, Conversation, Message, Reply, Feedback, ChatFile)}
     output = prune("--dry-run")
     assert last_line(output) == (
-        f"Would delete {EXPECTED} (left 1 sessions with a reply streaming); at Coze: 3 conversations and 1 turns. "
+        f"Would delete {EXPECTED} (left 1 session with a reply streaming); at Coze: 3 conversations and 1 turn. "
         "Dry run: nothing was deleted."
     )
     assert {model: model.objects.count() for model in before} == before
@@ -259,7 +259,7 @@ def test_without_any_window_only_files_never_attached_go(world, settings):
     sessions = ChatSession.objects.count()
     output = prune("--noinput")
     assert "No retention window is set" in output
-    assert last_line(output) == "Deleted 0 sessions, 0 conversations, 0 messages, 0 replies, 1 files."
+    assert last_line(output) == "Deleted 0 sessions, 0 conversations, 0 messages, 0 replies, 1 file."
     assert ChatSession.objects.count() == sessions
     assert set(ChatFile.objects.filter(messages__isnull=True).values_list("coze_file_id", flat=True)) == {"o2"}
 
@@ -273,7 +273,7 @@ def test_it_asks_before_deleting_unless_noinput(world, monkeypatch):
 def test_coze_not_wired_is_said_plainly(world, monkeypatch):
     monkeypatch.undo()  # the engine's own send_coze_deletions, as shipped
     assert last_line(prune("--noinput")).endswith(
-        "at Coze: 3 conversations and 1 turns (not sent: no Coze deletion call is wired in yet)."
+        "at Coze: 3 conversations and 1 turn (not sent: no Coze deletion call is wired in yet)."
     )
 
 
@@ -283,7 +283,7 @@ def test_a_failing_coze_call_is_counted_and_the_local_deletion_stands(world, mon
 
     monkeypatch.setattr(retention, "send_coze_deletions", broken)
     output = prune("--noinput")
-    assert last_line(output).endswith("at Coze: 3 conversations and 1 turns (0 deleted, 4 failed, see the log).")
+    assert last_line(output).endswith("at Coze: 3 conversations and 1 turn (0 deleted, 4 failed, see the log).")
     assert not ChatSession.objects.filter(session_id="idle").exists()
 
 
@@ -318,7 +318,7 @@ def test_replay_buffers_of_deleted_replies_go_from_redis(world, settings):
         dry = prune("--dry-run")
         assert "3 files, 2 replay buffers" in last_line(dry)
         output = prune("--noinput")
-        assert "2 feedback, 3 files, 2 replay buffers" in last_line(output)
+        assert "2 ratings, 3 files, 2 replay buffers" in last_line(output)
         assert [bool(client.exists(key)) for key in keys] == [False, False, True]
     finally:
         client.delete(*keys)

@@ -17,7 +17,15 @@ from django.utils import timezone
 
 from sessions_admin.models import ApiClient
 from sessions_admin.progress import ProgressBar
-from sessions_admin.retention import DeletionEngine, NoWindow, coze_summary, prune, retention_windows, summary
+from sessions_admin.retention import (
+    DeletionEngine,
+    NoWindow,
+    counted,
+    coze_summary,
+    prune,
+    retention_windows,
+    summary,
+)
 
 
 class Command(BaseCommand):
@@ -88,7 +96,9 @@ class Command(BaseCommand):
             orphan_owners=Q(owner_key=api_client.owner_key) if api_client else None,
             progress=progress,
         )
-        skipped = f" (left {report.skipped_busy:,} sessions with a reply streaming)" if report.skipped_busy else ""
+        skipped = (
+            f" (left {counted(report.skipped_busy, 'sessions')} with a reply streaming)" if report.skipped_busy else ""
+        )
         coze = coze_summary(engine)
         if dry_run:
             self.stdout.write(f"Would delete {summary(engine.counts)}{skipped}{coze}. Dry run: nothing was deleted.")

@@ -531,8 +531,13 @@ def _axes(
         )
     slot = frame.plot_width / max(len(labels), 1)
     every = max(1, math.ceil(len(labels) / 10))
+    # Every `every`-th label, and the last day's in place of the one before it (they would touch).
+    shown = set(range(0, len(labels), every))
+    if labels and len(labels) - 1 not in shown:
+        shown.discard(max(shown))
+        shown.add(len(labels) - 1)
     for index, label in enumerate(labels):
-        if index % every == 0 or index == len(labels) - 1:
+        if index in shown:
             x = frame.left + slot * (index + 0.5)
             parts.append(
                 f'<text x="{x:.1f}" y="{frame.height - frame.bottom + 16}" text-anchor="middle" class="tick">'

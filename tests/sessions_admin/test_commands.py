@@ -74,7 +74,7 @@ def test_dry_run_reports_and_deletes_nothing(chats):
         "Would delete 2 sessions, 2 conversations, 6 messages, 3 replies; at Coze: 2 conversations. "
         "Dry run: nothing was deleted."
     )
-    assert "alpha" in output and "browser:" in output
+    assert "  alpha  of anonymous browser dddddddd, last activity " in output and "browser:" not in output
     assert counts() == (4, 5, 13, 6)
 
 

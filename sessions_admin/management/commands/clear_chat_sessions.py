@@ -26,6 +26,7 @@ from django.core.management.base import BaseCommand, CommandError
 from django.db.models import Max, Q
 from django.utils import timezone
 
+from sessions_admin.dashboard import owner_labels
 from sessions_admin.models import ChatSession
 from sessions_admin.progress import ProgressBar
 from sessions_admin.retention import DeletionEngine, coze_summary, summary
@@ -142,7 +143,8 @@ class Command(BaseCommand):
         rows = list(
             sessions.order_by("-last_activity").values_list("owner_key", "session_id", "last_activity")[: limit + 1]
         )
+        labels = owner_labels([owner_key for owner_key, _, _ in rows[:limit]])
         for owner_key, session_id, last_activity in rows[:limit]:
-            self.stdout.write(f"  {owner_key}  {session_id}  last activity {last_activity:%Y-%m-%d %H:%M}")
+            self.stdout.write(f"  {session_id}  of {labels[owner_key]}, last activity {last_activity:%Y-%m-%d %H:%M}")
         if len(rows) > limit:
             self.stdout.write("  …")

@@ -28,6 +28,7 @@ from datetime import date, datetime, timedelta
 
 from django.db import connection, transaction
 from django.db.models import Count, Min, Q, Sum
+from django.db.models.functions import TruncDate
 from django.utils import timezone
 
 from sessions_admin.models import TTFT_BUCKET_BOUNDS_MS, TTFT_BUCKET_FIELDS, DailyUsage, PrunedUsageDay, Reply
@@ -108,6 +109,30 @@ def record_reply(*, reply_pk: int) -> None:
     values = [usage_day(reply["started_at"]), reply["bot_id"], reply["owner_key"], *counters.values()]
     with connection.cursor() as cursor:
         cursor.execute(_upsert_sql(), values)
+
+
+def record_replies(replies) -> int:
+    """Add many ended replies (a queryset) to the rollup at once; returns the rows written.
+
+    For bulk loads (`seed_chat_data`) of replies the rollup has never counted: one grouped query
+    over them, by day, bot and owner, then the same additive upsert as `record_reply`, row by
+    row. Replies still in progress are left out, as everywhere.
+    """
+    groups = (
+        replies.exclude(status=Reply.Status.IN_PROGRESS)
+        .annotate(usage_day=TruncDate("started_at", tzinfo=timezone.get_default_timezone()))
+        .values("usage_day", "bot_id", "owner_key")
+        .annotate(**_day_aggregates())
+        .order_by()
+    )
+    rows = [
+        [group["usage_day"], group["bot_id"], group["owner_key"], *(group[name] or 0 for name in COUNTER_FIELDS)]
+        for group in groups
+    ]
+    if rows:
+        with connection.cursor() as cursor:
+            cursor.executemany(_upsert_sql(), rows)
+    return len(rows)
 
 
 # --- rebuilding -------------------------------------------------------------------------------

@@ -9,7 +9,7 @@ from django.core.management import CommandError, call_command
 from django.db.models import Sum
 from django.utils import timezone
 
-from sessions_admin.models import ChatSession, Conversation, Message, Reply
+from sessions_admin.models import ChatSession, Conversation, Feedback, Message, Reply
 from sessions_admin.recovery import mark_interrupted_replies
 from tests.sessions_admin.factories import make_chat, make_conversation, make_session, make_turn
 
@@ -282,8 +282,28 @@ def test_seed_chat_data_fills_consistent_records_at_the_requested_scale():
     make_chat(turns=1)
 
 
+def test_seed_chat_data_rates_answers_like_the_api_would_and_adds_to_an_earlier_seed():
+    shape = ["--conversations=20", "--replies=60", "--messages=130", "--clients=1", "--users=1"]
+    call_command("seed_chat_data", *shape, "--ratings=1", stdout=StringIO())
+    answers = Message.objects.filter(kind="answer").count()
+    ratings = Feedback.objects.select_related("message")
+    assert ratings.count() == answers > 0
+    for rating in ratings:
+        assert rating.message.kind == "answer" and rating.conversation_id == rating.message.conversation_id
+        assert rating.answered_at == rating.message.created_at <= rating.created_at
+    assert {"up", "down"} == set(ratings.values_list("rating", flat=True))
+
+    out = StringIO()
+    call_command("seed_chat_data", *shape, "--ratings=0", stdout=out)  # the same seed again: new rows
+    assert "Seeded 17 sessions, 20 conversations, 60 replies" in out.getvalue() and ", 0 ratings" in out.getvalue()
+    assert Conversation.objects.count() == 40 and Feedback.objects.count() == answers
+    assert_no_orphans()
+
+
 def test_seed_chat_data_refuses_impossible_shapes():
     with pytest.raises(CommandError):
         call_command("seed_chat_data", "--conversations=10", "--replies=5", stdout=StringIO())
     with pytest.raises(CommandError):
         call_command("seed_chat_data", "--conversations=10", "--replies=20", "--messages=10", stdout=StringIO())
+    with pytest.raises(CommandError, match="--ratings"):
+        call_command("seed_chat_data", "--conversations=10", "--ratings=1.5", stdout=StringIO())

@@ -307,3 +307,22 @@ def test_seed_chat_data_refuses_impossible_shapes():
         call_command("seed_chat_data", "--conversations=10", "--replies=20", "--messages=10", stdout=StringIO())
     with pytest.raises(CommandError, match="--ratings"):
         call_command("seed_chat_data", "--conversations=10", "--ratings=1.5", stdout=StringIO())
+
+
+@pytest.mark.django_db(transaction=True)
+def test_seed_chat_data_on_its_own_rebuilds_every_index_it_dropped():
+    from django.db import connection
+
+    def indexes() -> set[str]:
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT indexname FROM pg_indexes WHERE tablename LIKE 'sessions_admin_%%'")
+            return {row[0] for row in cursor.fetchall()}
+
+    if connection.vendor != "postgresql":
+        pytest.skip("indexes are dropped and rebuilt on PostgreSQL only")
+    before = indexes()
+    out = StringIO()
+    call_command("seed_chat_data", "--conversations=10", "--replies=30", "--messages=60", stdout=out)
+    assert "two at a time" in out.getvalue()
+    assert indexes() == before and "message_content_trgm" in before
+    assert Message.objects.filter(content__icontains="order").exists()

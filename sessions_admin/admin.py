@@ -56,6 +56,7 @@ from sessions_admin.models import (
     Conversation,
     DailyUsage,
     Feedback,
+    FeedbackForward,
     Message,
     Reply,
     hash_api_key,
@@ -1228,3 +1229,41 @@ class BudgetAlertAdmin(BigTableAdmin):
     @admin.display(description="delivery")
     def delivery(self, obj: BudgetAlert) -> str:
         return alert_delivery(obj)
+
+
+class ForwardStateFilter(admin.SimpleListFilter):
+    title = "state"
+    parameter_name = "state"
+
+    def lookups(self, request, model_admin):
+        return [("pending", "Pending"), ("given_up", "Given up"), ("done", "Sent")]
+
+    def queryset(self, request, queryset):
+        from sessions_admin.feedback import MAX_FORWARD_ATTEMPTS
+
+        if self.value() == "pending":
+            return queryset.filter(done=False, attempts__lt=MAX_FORWARD_ATTEMPTS)
+        if self.value() == "given_up":
+            return queryset.filter(done=False, attempts__gte=MAX_FORWARD_ATTEMPTS)
+        if self.value() == "done":
+            return queryset.filter(done=True)
+        return queryset
+
+
+@admin.register(FeedbackForward)
+class FeedbackForwardAdmin(BigTableAdmin):
+    """Ratings on their way to Coze's feedback API (the outbox of sessions_admin.feedback)."""
+
+    list_display = ["updated_at", "action", "coze_message_id", "state", "attempts", "next_attempt_at", "last_error"]
+    list_filter = [ForwardStateFilter, "action"]
+    ordering = ["-updated_at"]
+    search_fields = ["=coze_message_id", "=coze_conversation_id"]
+    search_help_text = "Exact Coze message or conversation id."
+
+    @admin.display(description="state")
+    def state(self, obj: FeedbackForward) -> str:
+        from sessions_admin.feedback import MAX_FORWARD_ATTEMPTS
+
+        if obj.done:
+            return "sent"
+        return "given up" if obj.attempts >= MAX_FORWARD_ATTEMPTS else "pending"

@@ -208,3 +208,15 @@ def test_alerts_recorded_without_a_webhook_say_so(staff_client, settings):
     )
     html = staff_client.get(reverse("admin:sessions_admin_budgetalert_changelist")).content.decode()
     assert "recorded (no CHAT_BUDGET_ALERT_WEBHOOK set)" in html
+
+
+def test_the_outbox_to_coze_is_listed_by_state(staff_client, rated):
+    from sessions_admin.models import FeedbackForward
+
+    FeedbackForward.objects.filter(pk=FeedbackForward.objects.order_by("pk").first().pk).update(
+        attempts=fb.MAX_FORWARD_ATTEMPTS, last_error="HTTP 502"
+    )
+    url = reverse("admin:sessions_admin_feedbackforward_changelist")
+    assert len(staff_client.get(url, {"state": "pending"}).context["cl"].result_list) == 3
+    given_up = staff_client.get(url, {"state": "given_up"})
+    assert len(given_up.context["cl"].result_list) == 1 and "HTTP 502" in given_up.content.decode()

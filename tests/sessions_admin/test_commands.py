@@ -318,11 +318,21 @@ def test_seed_chat_data_on_its_own_rebuilds_every_index_it_dropped():
             cursor.execute("SELECT indexname FROM pg_indexes WHERE tablename LIKE 'sessions_admin_%%'")
             return {row[0] for row in cursor.fetchall()}
 
+    def foreign_keys() -> set[tuple]:
+        with connection.cursor() as cursor:
+            cursor.execute(
+                "SELECT conname, pg_get_constraintdef(oid), convalidated FROM pg_constraint "
+                "WHERE contype = 'f' AND conrelid::regclass::text LIKE 'sessions_admin_%%'"
+            )
+            return set(cursor.fetchall())
+
     if connection.vendor != "postgresql":
         pytest.skip("indexes are dropped and rebuilt on PostgreSQL only")
-    before = indexes()
+    before, keys = indexes(), foreign_keys()
     out = StringIO()
     call_command("seed_chat_data", "--conversations=10", "--replies=30", "--messages=60", stdout=out)
-    assert "two at a time" in out.getvalue()
+    assert "two at a time" in out.getvalue() and "foreign keys validated" in out.getvalue()
     assert indexes() == before and "message_content_trgm" in before
+    # Dropped for the load, back and validated, as they were.
+    assert foreign_keys() == keys and all(validated for _, _, validated in keys)
     assert Message.objects.filter(content__icontains="order").exists()

@@ -216,6 +216,7 @@ class Command(BaseCommand):
         outer = connection.in_atomic_block
         with transaction.atomic():
             dropped = self._drop_indexes()
+            foreign_keys = self._drop_foreign_keys()
             if connection.vendor == "postgresql":
                 # Sessions point at conversations written after them: the checks wait for the end
                 # (also when an outer transaction, e.g. a test's, made them immediate before).
@@ -247,9 +248,14 @@ class Command(BaseCommand):
                 if writer is not None:
                     writer.finish()
             self._reset_sequences()
+            self._add_foreign_keys(foreign_keys)
+            if outer:
+                self._validate_foreign_keys(foreign_keys)
             if dropped and outer:
                 self.log(f"Rebuilding {len(dropped)} indexes…")
                 self._create_indexes(dropped)
+        if foreign_keys and not outer:
+            self._validate_foreign_keys(foreign_keys)
         if dropped and not outer:
             self.log(f"Rebuilding {len(dropped)} indexes, two at a time…")
             self._create_indexes_in_parallel(dropped)
@@ -585,6 +591,43 @@ class Command(BaseCommand):
             for name, _ in indexes:
                 cursor.execute(f"DROP INDEX {connection.ops.quote_name(name)}")
         return [definition for _, definition in indexes]
+
+    def _drop_foreign_keys(self) -> list[tuple[str, str, str]]:
+        """PostgreSQL: drop the seeded tables' foreign keys; returns (table, name, definition) of each.
+
+        Checked row by row at commit, they were the slowest part of a big seed (2 minutes for 5
+        million messages); added back NOT VALID and then validated, each is one join instead."""
+        if connection.vendor != "postgresql":
+            return []
+        tables = [model._meta.db_table for model, _, _ in TABLES]
+        with connection.cursor() as cursor:
+            cursor.execute(
+                """
+                SELECT c.conrelid::regclass::text, c.conname, pg_get_constraintdef(c.oid) FROM pg_constraint c
+                WHERE c.contype = 'f' AND c.conrelid = ANY(%s::regclass[])
+                """,
+                [tables],
+            )
+            keys = cursor.fetchall()
+            for table, name, _ in keys:
+                cursor.execute(f"ALTER TABLE {table} DROP CONSTRAINT {connection.ops.quote_name(name)}")
+        return keys
+
+    def _add_foreign_keys(self, keys: list[tuple[str, str, str]]) -> None:
+        """Add the foreign keys back, NOT VALID: they hold for new rows at once; see `_validate_foreign_keys`."""
+        with connection.cursor() as cursor:
+            for table, name, definition in keys:
+                cursor.execute(
+                    f"ALTER TABLE {table} ADD CONSTRAINT {connection.ops.quote_name(name)} {definition} NOT VALID"
+                )
+
+    def _validate_foreign_keys(self, keys: list[tuple[str, str, str]]) -> None:
+        """Check the seeded rows against their foreign keys, one join per key."""
+        started = time.monotonic()
+        with connection.cursor() as cursor:
+            for table, name, _ in keys:
+                cursor.execute(f"ALTER TABLE {table} VALIDATE CONSTRAINT {connection.ops.quote_name(name)}")
+        self.log(f"  {len(keys)} foreign keys validated ({time.monotonic() - started:.1f} s)")
 
     def _create_indexes(self, definitions: list[str]) -> None:
         with connection.cursor() as cursor:

@@ -45,10 +45,7 @@ def rated():
     return chats
 
 
-@pytest.mark.parametrize("limit", [None, 1])  # the ids path, and the per-row check for common ratings
-def test_conversations_filter_by_rating(staff_client, rated, monkeypatch, limit):
-    if limit is not None:
-        monkeypatch.setattr(records_admin, "STATUS_ID_LIMIT", limit)
+def test_conversations_filter_by_rating(staff_client, rated):
     assert listed(staff_client, rating="down") == {"disliked", "both"}
     assert listed(staff_client, rating="up") == {"liked", "both"}
     assert listed(staff_client, rating="any") == {"liked", "disliked", "both"}
@@ -57,10 +54,7 @@ def test_conversations_filter_by_rating(staff_client, rated, monkeypatch, limit)
     assert "Has a thumbs-down" in filters and "Has a thumbs-up" in filters
 
 
-@pytest.mark.parametrize("limit", [None, 1])
-def test_conversations_filter_by_any_reply_ending_each_way(staff_client, monkeypatch, limit):
-    if limit is not None:
-        monkeypatch.setattr(records_admin, "STATUS_ID_LIMIT", limit)
+def test_conversations_filter_by_any_reply_ending_each_way(staff_client):
     by_status = {}
     for status in Reply.Status:
         by_status[status] = {f"has-{status}-1", f"has-{status}-2"}
@@ -220,3 +214,16 @@ def test_the_outbox_to_coze_is_listed_by_state(staff_client, rated):
     assert len(staff_client.get(url, {"state": "pending"}).context["cl"].result_list) == 3
     given_up = staff_client.get(url, {"state": "given_up"})
     assert len(given_up.context["cl"].result_list) == 1 and "HTTP 502" in given_up.content.decode()
+
+
+@pytest.mark.parametrize("limit", [5_000, 0])  # rare: by the replies' ids; common: each conversation's last reply
+def test_the_last_reply_status_filter_finds_the_same_either_way(staff_client, monkeypatch, limit):
+    monkeypatch.setattr(records_admin, "STATUS_ID_LIMIT", limit)
+    expected = {}
+    for status in (Reply.Status.FAILED, Reply.Status.CANCELLED, Reply.Status.INTERRUPTED, Reply.Status.COMPLETED):
+        conversation = make_conversation(make_session(session_id=f"last-{status}"))
+        make_turn(conversation, status=Reply.Status.FAILED)  # an earlier failure doesn't count
+        make_turn(conversation, status=status)
+        expected[status] = f"last-{status}"
+    assert listed(staff_client, status="failed") == {expected[Reply.Status.FAILED]}
+    assert listed(staff_client, status="cut") == {expected[Reply.Status.CANCELLED], expected[Reply.Status.INTERRUPTED]}

@@ -148,6 +148,43 @@ def reply_json(row: tuple) -> dict:
     }
 
 
+def _conversation_pieces(row: tuple, owner_name: str, messages: _Peek, replies: _Peek, stats: ExportStats):
+    """One conversation's line, in pieces: the head, each message, each reply, the usage."""
+    pk, coze_id, bot_id, created_at, last_activity, session_id, owner_key, coze_user_id = row
+    head = {
+        "schema": SCHEMA,
+        "id": pk,
+        "conversation_id": coze_id or None,
+        "session_id": session_id,
+        "owner": owner_key,
+        "owner_name": owner_name,
+        "user_id": coze_user_id,
+        "bot_id": bot_id,
+        "created_at": created_at,
+        "last_activity": last_activity,
+    }
+    yield dumps(head)[:-1] + ',"messages":['
+    separator = ""
+    for message in messages.take_while(pk):
+        yield separator + dumps(message_json(message))
+        separator = ","
+        stats.messages += 1
+        stats.ratings += message[9] is not None
+    yield '],"replies":['
+    usage = {"replies": 0, "input_tokens": 0, "output_tokens": 0, "total_tokens": 0}
+    separator = ""
+    for reply in replies.take_while(pk):
+        yield separator + dumps(reply_json(reply))
+        separator = ","
+        usage["replies"] += 1
+        usage["input_tokens"] += reply[6]
+        usage["output_tokens"] += reply[7]
+        usage["total_tokens"] += reply[8]
+        stats.replies += 1
+    yield '],"usage":' + dumps(usage) + "}\n"
+    stats.conversations += 1
+
+
 def iter_export(
     conversations: QuerySet[Conversation],
     *,
@@ -155,8 +192,8 @@ def iter_export(
     progress: Callable[[int], None] | None = None,
 ) -> Iterator[str]:
     """JSON Lines for `conversations` (any filtered queryset), in primary key order, in chunks of
-    about CHUNK_CHARS. `stats` is filled as it goes; `progress` is called with the number of
-    conversations of each page written."""
+    about CHUNK_CHARS (a long conversation's line spans several). `stats` is filled as it goes;
+    `progress` is called with the number of conversations of each page written."""
     stats = stats if stats is not None else ExportStats()
     conversations = conversations.order_by()
     buffer: list[str] = []
@@ -173,48 +210,13 @@ def iter_export(
         labels = owner_labels(sorted({row[6] for row in page}))
         messages = _Peek(_rows(Message, pks, MESSAGE_FIELDS))
         replies = _Peek(_rows(Reply, pks, REPLY_FIELDS))
-        for pk, coze_id, bot_id, created_at, last_activity, session_id, owner_key, coze_user_id in page:
-            head = {
-                "schema": SCHEMA,
-                "id": pk,
-                "conversation_id": coze_id or None,
-                "session_id": session_id,
-                "owner": owner_key,
-                "owner_name": labels[owner_key],
-                "user_id": coze_user_id,
-                "bot_id": bot_id,
-                "created_at": created_at,
-                "last_activity": last_activity,
-            }
-            parts = [dumps(head)[:-1], ',"messages":[']
-            first = True
-            for row in messages.take_while(pk):
-                parts.append(("" if first else ",") + dumps(message_json(row)))
-                first = False
-                stats.messages += 1
-                stats.ratings += row[9] is not None
-                if len(parts) >= 256:
-                    buffer.append("".join(parts))
-                    size += len(buffer[-1])
-                    parts = []
-            parts.append('],"replies":[')
-            usage = {"replies": 0, "input_tokens": 0, "output_tokens": 0, "total_tokens": 0}
-            first = True
-            for row in replies.take_while(pk):
-                parts.append(("" if first else ",") + dumps(reply_json(row)))
-                first = False
-                usage["replies"] += 1
-                usage["input_tokens"] += row[6]
-                usage["output_tokens"] += row[7]
-                usage["total_tokens"] += row[8]
-                stats.replies += 1
-            parts.append('],"usage":' + dumps(usage) + "}\n")
-            buffer.append("".join(parts))
-            size += len(buffer[-1])
-            stats.conversations += 1
-            if size >= CHUNK_CHARS:
-                yield "".join(buffer)
-                buffer, size = [], 0
+        for row in page:
+            for piece in _conversation_pieces(row, labels[row[6]], messages, replies, stats):
+                buffer.append(piece)
+                size += len(piece)
+                if size >= CHUNK_CHARS:
+                    yield "".join(buffer)
+                    buffer, size = [], 0
         if progress:
             progress(len(page))
     if buffer:

@@ -125,10 +125,16 @@ def test_pages_of_any_size_give_the_same_lines_and_every_query_is_bounded(record
     assert reads and all("LIMIT 3" in sql for sql in reads)
 
 
-def test_chunks_stream_instead_of_one_string(records, monkeypatch):
-    monkeypatch.setattr(export, "CHUNK_CHARS", 10)
+def test_chunks_stay_small_even_inside_a_long_conversation(records, monkeypatch):
+    long = make_conversation(make_session(session_id="long"))
+    for number in range(30):
+        make_turn(long, question=f"question {number} " + "x" * 200)
+    whole = "".join(export.iter_export(Conversation.objects.all()))
+    monkeypatch.setattr(export, "CHUNK_CHARS", 1000)
     chunks = list(export.iter_export(Conversation.objects.all()))
-    assert len(chunks) == 2 and all(chunk.endswith("\n") for chunk in chunks)
+    # About CHUNK_CHARS each, the one long line spread over many of them, nothing lost.
+    assert len(chunks) > 10 and max(len(chunk) for chunk in chunks) < 2000
+    assert "".join(chunks) == whole
 
 
 def test_the_async_iterator_gives_the_same_lines(records):

@@ -191,23 +191,23 @@ class DeletionEngine:
     def sessions(self, session_pks: list[int], *, still: Q | None = None, include_busy: bool = False) -> None:
         """Delete these sessions with everything under them.
 
-        The bulk goes chunk by chunk; then, in one short transaction, the sessions are locked
-        (skipping any a turn holds this moment) and re-checked against `still` (a filter on
-        ChatSession they must still match) and, unless `include_busy`, against having no live
-        reply lock; the rest of them goes. A session that no longer matches is left, without
-        whatever of it went before.
+        In one short transaction: the sessions are locked (skipping any a turn holds this moment)
+        and re-checked against `still` (a filter on ChatSession they must still match) and, unless
+        `include_busy`, against having no live reply lock; what they hold is deleted table by table
+        with one statement each, and then they are. The messages of a long conversation among them
+        (over `chunk` / 2 counted messages) go first, chunk by chunk, so no statement grows past a
+        few thousand rows.
         """
         if not session_pks:
             return
         if self.dry_run:
             self.count_sessions(session_pks)
             return
-        self._delete_files(list(files_of_sessions(session_pks).values_list("pk", flat=True)))
-        conversation_pks = list(
-            Conversation.objects.filter(session__in=session_pks).order_by("pk").values_list("pk", flat=True)
-        )
-        self._empty_conversations(conversation_pks)
         now = timezone.now()
+        long = Conversation.objects.filter(session__in=session_pks, message_count__gt=self.chunk // 2)
+        if still is not None:
+            long = long.filter(session__in=ChatSession.objects.filter(still))
+        self._empty_conversations(list(long.values_list("pk", flat=True)))
         with transaction.atomic():
             keep = ChatSession.objects.select_for_update(skip_locked=True).filter(pk__in=session_pks)
             if not include_busy:
@@ -219,11 +219,13 @@ class DeletionEngine:
                 Conversation.objects.filter(session__in=keep).values_list("pk", "coze_conversation_id")
             )
             gone = [pk for pk, _ in conversations]
-            # Rows a turn added since the bulk went (it raced the run): they go too.
-            self._delete_conversation_children(gone)
-            ChatSession.objects.filter(pk__in=keep).update(current_conversation=None)
+            self._delete_files(list(files_of_sessions(keep).values_list("pk", flat=True)))
+            replies = self._delete_conversation_children(gone)
+            # The sessions pointing at these conversations go in this transaction too: the
+            # foreign keys, checked at commit, hold without clearing `current_conversation` first.
             self.counts["conversations"] += _delete_rows(Conversation, "id", gone)
             self.counts["sessions"] += _delete_rows(ChatSession, "id", keep)
+        self._replay_buffers(replies, drop=True)
         self._send_coze(CozeDeletions(conversations=[coze_id for _, coze_id in conversations if coze_id]))
 
     # --- whole conversations of sessions that live on
@@ -246,7 +248,13 @@ class DeletionEngine:
         if self.dry_run:
             self.count_conversations(conversation_pks)
             return
-        self._empty_conversations(conversation_pks)
+        self._empty_conversations(
+            list(
+                Conversation.objects.filter(pk__in=conversation_pks, message_count__gt=self.chunk // 2).values_list(
+                    "pk", flat=True
+                )
+            )
+        )
         with transaction.atomic():
             current = ChatSession.objects.filter(current_conversation__in=conversation_pks).values_list(
                 "current_conversation_id", flat=True
@@ -257,8 +265,9 @@ class DeletionEngine:
                 .values_list("pk", "coze_conversation_id")
             )
             gone = [pk for pk, _ in rows]
-            self._delete_conversation_children(gone)
+            replies = self._delete_conversation_children(gone)
             self.counts["conversations"] += _delete_rows(Conversation, "id", gone)
+        self._replay_buffers(replies, drop=True)
         self._send_coze(CozeDeletions(conversations=[coze_id for _, coze_id in rows if coze_id]))
 
     # --- single turns and messages of conversations that live on
@@ -373,18 +382,26 @@ class DeletionEngine:
                     self._delete_replies(replies)
                 self._replay_buffers([pk for pk, _ in replies], drop=True)
 
-    def _delete_conversation_children(self, conversation_pks: list[int]) -> None:
-        """Inside the caller's transaction: whatever is still under these conversations."""
+    def _delete_conversation_children(self, conversation_pks: list[int]) -> list[int]:
+        """Inside the caller's transaction: everything under these conversations, one statement a
+        table (the foreign keys are checked at commit, so the order within it is free). Returns the
+        replies deleted, whose replay buffers the caller drops once this has committed."""
         if not conversation_pks:
-            return
-        self.counts["messages"] += self._delete_messages(
-            list(Message.objects.filter(conversation__in=conversation_pks).values_list("pk", flat=True))
-        )
+            return []
+        quote = connection.ops.quote_name
+        where, params = _in(quote("conversation_id"), conversation_pks)
+        messages = f"SELECT {quote('id')} FROM {quote(Message._meta.db_table)} WHERE {where}"  # noqa: S608
         replies = list(Reply.objects.filter(conversation__in=conversation_pks).values_list("pk", "started_at"))
-        self._delete_replies(replies)
+        with connection.cursor() as cursor:
+            for model in (FeedbackForward, FILE_LINKS):
+                cursor.execute(
+                    f"DELETE FROM {quote(model._meta.db_table)} WHERE {quote('message_id')} IN ({messages})",  # noqa: S608
+                    params,
+                )
         self.counts["feedback"] += _delete_rows(Feedback, "conversation_id", conversation_pks)
-        if replies:
-            transaction.on_commit(lambda: self._replay_buffers([pk for pk, _ in replies], drop=True))
+        self.counts["messages"] += _delete_rows(Message, "conversation_id", conversation_pks)
+        self._delete_replies(replies)
+        return [pk for pk, _ in replies]
 
     def _delete_messages(self, message_pks: list[int]) -> int:
         """Inside the caller's transaction: the messages with their ratings, outbox rows and file links."""

@@ -360,3 +360,23 @@ def test_staff_edit_a_clients_retention_window_in_admin(staff_client):
     assert client.retention_days == 14
     refused = staff_client.post(url, {**form, "retention_days": "0"})
     assert refused.status_code == 200 and "greater than or equal to 1" in refused.content.decode()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_each_deletion_commits_with_every_foreign_key_holding(settings, coze_deletions):
+    """Committed for real (the other tests roll back, and the foreign keys are checked at commit)."""
+    settings.CHAT_RETENTION_DAYS = 30
+    client = make_client("committed")
+    for age in (40, 2):
+        session = make_session(client=client, last_activity=ago(age))
+        cleared = make_conversation(session)
+        make_turn(cleared, started_at=ago(age + 5))
+        current = make_conversation(session)
+        old = make_turn(current, started_at=ago(age + 1))
+        fb.feedback_set(owner_key=client.owner_key, message_id=answer_of(old).pk, rating="down")
+        attach_file(old.messages.get(kind="question"), owner_key=client.owner_key, uploaded_at=ago(age + 1))
+        make_turn(current, started_at=ago(age))
+    prune("--noinput")
+    assert ChatSession.objects.count() == 1 and Conversation.objects.count() == 2
+    call_command("clear_chat_sessions", "--all", "--noinput", stdout=StringIO())
+    assert not ChatSession.objects.exists() and not Message.objects.exists() and not Feedback.objects.exists()

@@ -166,6 +166,11 @@ def owner_link(changelist_url: str, owner_key: str, label: str, *, cut: bool = F
     return format_html('<a href="{}?{}">{}</a>', changelist_url, query, label)
 
 
+def plural(count: int, noun: str) -> str:
+    """"1 message", "2 messages", "1,024 messages"."""
+    return f"{count:,} {noun}{'' if count == 1 else 's'}"
+
+
 def cut_text(text: str):
     """Text that a narrow column cuts with an ellipsis (the `cut` class), whole in its tooltip."""
     return format_html('<span class="cut" title="{}">{}</span>', text, text)
@@ -765,13 +770,13 @@ class ChatSessionAdmin(PricedFieldsMixin, BigTableAdmin):
             return "none"
         rows = format_html_join(
             "",
-            '<li><a href="{}">{}</a> · {} messages · {} tokens · last activity {}{}</li>',
+            '<li><a href="{}">{}</a> · {} · {} tokens · last activity {}{}</li>',
             (
                 (
                     reverse("admin:sessions_admin_conversation_change", args=[conversation.pk]),
                     conversation.coze_conversation_id or f"#{conversation.pk}",
-                    conversation.message_count,
-                    conversation.total_tokens,
+                    plural(conversation.message_count, "message"),
+                    f"{conversation.total_tokens:,}",
                     conversation.last_activity.strftime("%Y-%m-%d %H:%M"),
                     " (current)" if conversation.pk == obj.current_conversation_id else "",
                 )
@@ -1045,7 +1050,7 @@ def alert_delivery(alert: BudgetAlert) -> str:
     if alert.delivered_at is not None:
         return f"delivered {timezone.localtime(alert.delivered_at):%Y-%m-%d %H:%M:%S} (attempt {alert.attempts})"
     if alert.attempts:
-        return f"not delivered after {alert.attempts} attempt(s): {alert.last_error}"
+        return f"not delivered after {plural(alert.attempts, 'attempt')}: {alert.last_error}"
     return "sending"
 
 
@@ -1181,12 +1186,12 @@ class ApiClientAdmin(admin.ModelAdmin):
     @admin.action(description="Deactivate selected clients (their keys stop working)", permissions=["change"])
     def deactivate(self, request, queryset):
         count = queryset.update(is_active=False)
-        self.message_user(request, f"Deactivated {count} client(s).", messages.SUCCESS)
+        self.message_user(request, f"Deactivated {plural(count, 'client')}.", messages.SUCCESS)
 
     @admin.action(description="Reactivate selected clients", permissions=["change"])
     def activate(self, request, queryset):
         count = queryset.update(is_active=True)
-        self.message_user(request, f"Reactivated {count} client(s).", messages.SUCCESS)
+        self.message_user(request, f"Reactivated {plural(count, 'client')}.", messages.SUCCESS)
 
     def save_model(self, request, obj: ApiClient, form, change):
         if not change:

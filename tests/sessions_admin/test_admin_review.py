@@ -227,3 +227,13 @@ def test_the_last_reply_status_filter_finds_the_same_either_way(staff_client, mo
         expected[status] = f"last-{status}"
     assert listed(staff_client, status="failed") == {expected[Reply.Status.FAILED]}
     assert listed(staff_client, status="cut") == {expected[Reply.Status.CANCELLED], expected[Reply.Status.INTERRUPTED]}
+
+
+def test_counts_read_in_the_singular_when_there_is_one(staff_client):
+    session = make_session(session_id="single")
+    conversation = make_conversation(session, coze_id="conv-one")
+    make_turn(conversation, answer=None, status=Reply.Status.FAILED)  # the question alone: one message
+    html = staff_client.get(reverse("admin:sessions_admin_chatsession_change", args=[session.pk])).content.decode()
+    assert "conv-one</a> · 1 message · 30 tokens" in html
+    assert records_admin.plural(1, "attempt") == "1 attempt"
+    assert records_admin.plural(2_000, "client") == "2,000 clients"

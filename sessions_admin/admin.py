@@ -167,7 +167,7 @@ def owner_link(changelist_url: str, owner_key: str, label: str, *, cut: bool = F
 
 
 def plural(count: int, noun: str) -> str:
-    """"1 message", "2 messages", "1,024 messages"."""
+    """ "1 message", "2 messages", "1,024 messages"."""
     return f"{count:,} {noun}{'' if count == 1 else 's'}"
 
 

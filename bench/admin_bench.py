@@ -45,7 +45,7 @@ from django.urls import reverse  # noqa: E402
 from django.utils import timezone  # noqa: E402
 
 from sessions_admin.admin import ReplyAdmin  # noqa: E402
-from sessions_admin.models import ApiClient, ChatSession, Conversation, Message, Reply  # noqa: E402
+from sessions_admin.models import ApiClient, ChatSession, Conversation, Feedback, Message, Reply  # noqa: E402
 
 # No collectstatic for a benchmark: serve admin assets' URLs without the manifest.
 PLAIN_STATIC_STORAGE = "django.contrib.staticfiles.storage.StaticFilesStorage"
@@ -57,6 +57,7 @@ def row_counts() -> dict[str, int]:
         "conversations": Conversation.objects.count(),
         "messages": Message.objects.count(),
         "replies": Reply.objects.count(),
+        "ratings": Feedback.objects.count(),
     }
 
 
@@ -96,7 +97,7 @@ def pages(targets: dict) -> list[tuple[str, str]]:
     # As the admin's own "Past 7 days" filter link writes it.
     midnight = timezone.localtime().replace(hour=0, minute=0, second=0, microsecond=0)
     week_ago = urlencode({"gte": (midnight - timedelta(days=7)).isoformat(" ")})[4:]
-    tokens_column = ReplyAdmin.list_display.index("total_tokens")
+    tokens_column = ReplyAdmin.list_display.index("tokens")
     client = targets["client"]
     owner = f"owner={client.owner_key}" if client else "owner=browsers"
     items = [
@@ -106,6 +107,12 @@ def pages(targets: dict) -> list[tuple[str, str]]:
         ("conversations: filter owner", f"{conversations}?{owner}"),
         ("conversations: filter status=failed", f"{conversations}?status=failed"),
         ("conversations: filter past 7 days", f"{conversations}?last_activity__gte={week_ago}"),
+        ("conversations: filter rating=down", f"{conversations}?rating=down"),
+        ("conversations: filter rating=up", f"{conversations}?rating=up"),
+        ("conversations: filter a reply completed", f"{conversations}?reply_status=completed"),
+        ("conversations: filter a reply interrupted", f"{conversations}?reply_status=interrupted"),
+        ("conversations: filter a reply requires_action", f"{conversations}?reply_status=requires_action"),
+        ("conversations: rating=down + a reply failed", f"{conversations}?rating=down&reply_status=failed"),
         ("conversations: search session id", f"{conversations}?q={targets['session'].session_id}"),
         ("conversations: search message text", f"{conversations}?q={targets['rare']}"),
         ("conversations: search common word", f"{conversations}?q=refund"),

@@ -218,12 +218,30 @@ for _upload_type in CHAT_UPLOAD_TYPES:
 # loads the image from its URL, which the operator's browser then fetches (and Coze URLs expire).
 CHAT_ADMIN_IMAGE_THUMBNAILS = env_bool("CHAT_ADMIN_IMAGE_THUMBNAILS", False)
 CHAT_SSE_HEARTBEAT = env_number("CHAT_SSE_HEARTBEAT", 15.0, minimum=0.05)
-# Price of 1,000 Coze tokens in your currency, for the admin's estimated spend (unset: not shown).
-_token_price = env.str("CHAT_TOKEN_PRICE_PER_1K", default="")
-try:
-    CHAT_TOKEN_PRICE_PER_1K = Decimal(_token_price) if _token_price else None
-except InvalidOperation:
-    raise ImproperlyConfigured(f"CHAT_TOKEN_PRICE_PER_1K must be a decimal number, got {_token_price!r}") from None
+
+
+def env_price(name: str) -> Decimal | None:
+    raw = env.str(name, default="").strip()
+    try:
+        price = Decimal(raw) if raw else None
+    except InvalidOperation:
+        raise ImproperlyConfigured(f"{name} must be a decimal number, got {raw!r}") from None
+    if price is not None and (not price.is_finite() or price < 0):
+        raise ImproperlyConfigured(f"{name} must be a price of zero or more, got {raw!r}")
+    return price
+
+
+# Prices of 1,000 Coze tokens in your currency, for the admin's estimated spend: input and output
+# tokens each, or one price for both (CHAT_TOKEN_PRICE_PER_1K, used where the other is unset).
+# Unset: the admin shows no cost, and says why.
+CHAT_TOKEN_PRICE_PER_1K = env_price("CHAT_TOKEN_PRICE_PER_1K")
+CHAT_PRICE_PER_1K_INPUT_TOKENS = env_price("CHAT_PRICE_PER_1K_INPUT_TOKENS")
+CHAT_PRICE_PER_1K_OUTPUT_TOKENS = env_price("CHAT_PRICE_PER_1K_OUTPUT_TOKENS")
+# Retention (docs/admin.md, "Retention"): days messages are kept, each by its own age, when an
+# API client has no window of its own (unset: kept); `prune_chat_data` deletes what is older.
+CHAT_RETENTION_DAYS = env_number("CHAT_RETENTION_DAYS", 0, minimum=1, cast=int) or None
+# Uploaded files never attached to a message are deleted by `prune_chat_data` after this long.
+CHAT_ORPHAN_FILE_HOURS = env_number("CHAT_ORPHAN_FILE_HOURS", 24.0, minimum=1)
 # /metrics tells anyone who can read it the traffic, error rates, bot ids and token spend, so
 # outside debug it is closed unless a scraper token is set (CHAT_METRICS_TOKEN: Bearer required)
 # or the operator opens it on purpose (CHAT_METRICS_PUBLIC=1, e.g. behind nginx's allow-list).

@@ -34,9 +34,10 @@ from django.utils.http import urlencode
 from django.utils.safestring import mark_safe
 
 from chat.access.alerts import mask_webhook_in
-from sessions_admin import csv_export
+from sessions_admin import csv_export, export
 from sessions_admin.dashboard import (
     ERROR_STATUSES,
+    NO_PRICE_NOTE,
     budget_bar,
     client_budgets,
     compact,
@@ -44,6 +45,7 @@ from sessions_admin.dashboard import (
     horizontal_bar_chart,
     owner_labels,
     token_cost,
+    token_prices,
     usage_dashboard,
 )
 from sessions_admin.models import (
@@ -54,6 +56,8 @@ from sessions_admin.models import (
     ChatSession,
     Conversation,
     DailyUsage,
+    Feedback,
+    FeedbackForward,
     Message,
     Reply,
     hash_api_key,
@@ -163,9 +167,25 @@ def owner_link(changelist_url: str, owner_key: str, label: str, *, cut: bool = F
     return format_html('<a href="{}?{}">{}</a>', changelist_url, query, label)
 
 
+def plural(count: int, noun: str) -> str:
+    """ "1 message", "2 messages", "1,024 messages"."""
+    return f"{count:,} {noun}{'' if count == 1 else 's'}"
+
+
 def cut_text(text: str):
     """Text that a narrow column cuts with an ellipsis (the `cut` class), whole in its tooltip."""
     return format_html('<span class="cut" title="{}">{}</span>', text, text)
+
+
+def short_time(moment):
+    """A time as "Dec 02 14:05" (this year's dates need no year), whole in its tooltip."""
+    if moment is None:
+        return None
+    local = timezone.localtime(moment)
+    short = local.strftime("%b %d %H:%M" if local.year == timezone.localtime().year else "%b %d %Y")
+    return format_html(
+        '<time datetime="{}" title="{}">{}</time>', local.isoformat(), local.strftime("%Y-%m-%d %H:%M:%S %Z"), short
+    )
 
 
 def milliseconds_text(milliseconds: int | None) -> str | None:
@@ -182,9 +202,19 @@ def milliseconds_text(milliseconds: int | None) -> str | None:
     return format_html('<span title="{} ms">{}</span>', f"{milliseconds:,}", short)
 
 
-def cost_text(tokens: int | None) -> str:
-    cost = token_cost(tokens)
+def cost_text(input_tokens: int | None, output_tokens: int | None) -> str:
+    cost = token_cost(input_tokens, output_tokens)
     return "" if cost is None else f"≈ {cost}"
+
+
+class PricedFieldsMixin:
+    """Leaves the "estimated cost" field out of a change page while no token prices are set."""
+
+    def get_fields(self, request, obj=None):
+        fields = list(super().get_fields(request, obj))
+        if token_prices() is None and "cost" in fields:
+            fields.remove("cost")
+        return fields
 
 
 def distinct_values(model, column: str) -> list[str]:
@@ -250,8 +280,12 @@ class OwnerFilter(admin.SimpleListFilter):
         yield from super().choices(changelist)
         value = self.value()
         if value and value not in {choice for choice, _ in self.lookup_choices}:
-            # An owner picked from a row (a user or a browser): show it as the selected choice.
-            yield {"selected": True, "query_string": changelist.get_query_string(), "display": value}
+            # An owner picked from a row (a user or a browser): show it, by name, as the selected choice.
+            yield {
+                "selected": True,
+                "query_string": changelist.get_query_string(),
+                "display": owner_labels([value])[value],
+            }
 
 
 class SessionOwnerFilter(OwnerFilter):
@@ -265,23 +299,24 @@ def last_reply_status():
     return Subquery(Reply.objects.filter(conversation=OuterRef("pk")).order_by("-pk").values("status")[:1])
 
 
-STATUS_ID_LIMIT = 50_000
+STATUS_ID_LIMIT = 5_000
 
 
 def conversations_whose_last_reply(statuses) -> Q:
-    """Conversations whose newest reply has one of `statuses`.
+    """Conversations whose newest reply has one of `statuses` (the list annotates `last_status`).
 
-    Found from the (few) replies with those statuses, through the status index and then each
-    one's conversation (is there a later reply?), and handed to the list as primary keys, so the
-    ordered walk over conversations only probes a hash. A subquery instead would make PostgreSQL
-    check every conversation it walks past, one index probe each.
+    A rare status is found from its replies, through the status index and then each one's
+    conversation (is there a later reply?), and handed to the list as primary keys, so the ordered
+    walk over conversations only checks a short list. A common one (more than STATUS_ID_LIMIT such
+    replies) is checked on each conversation the walk passes, by its `last_status` (one backward
+    index probe), and the page fills after a few dozen. (A subquery with the "no later reply"
+    check inside, or a list of 50,000 ids, took over a second at 500,000 conversations.)
     """
+    with_status = Reply.objects.filter(status__in=statuses)
+    if len(with_status.values_list("pk", flat=True)[: STATUS_ID_LIMIT + 1]) > STATUS_ID_LIMIT:
+        return Q(last_status__in=statuses)  # common (read from the status index alone)
     later = Reply.objects.filter(conversation=OuterRef("conversation"), pk__gt=OuterRef("pk"))
-    last_with_status = Reply.objects.filter(status__in=statuses).exclude(Exists(later)).values("conversation_id")
-    ids = list(last_with_status.values_list("conversation_id", flat=True)[: STATUS_ID_LIMIT + 1])
-    if len(ids) > STATUS_ID_LIMIT:
-        return Q(pk__in=last_with_status)
-    return Q(pk__in=ids)
+    return Q(pk__in=list(with_status.exclude(Exists(later)).values_list("conversation_id", flat=True)))
 
 
 class ConversationStatusFilter(admin.SimpleListFilter):
@@ -314,11 +349,67 @@ class ConversationStatusFilter(admin.SimpleListFilter):
         return queryset
 
 
+def conversations_with(rows) -> Q:
+    """Conversations named by `rows` (a queryset of another table with a `conversation_id`).
+
+    As a plain (uncorrelated) subquery, so PostgreSQL picks the plan by how common the value is:
+    for a rare one it reads the few rows through their index and fetches those conversations; for a
+    common one it walks the conversations in the list's order, one index probe each, and stops
+    when the page is full. (Handing it the ids as a list of parameters instead took over a second
+    with 25,000 of them: PostgreSQL compares each conversation with the list one by one.)
+    """
+    return Q(pk__in=rows.values("conversation_id"))
+
+
+class RatingFilter(admin.SimpleListFilter):
+    """Conversations with an answer rated down, or up (docs/api.md §15)."""
+
+    title = "rating"
+    parameter_name = "rating"
+
+    def lookups(self, request, model_admin):
+        return [("down", "Has a thumbs-down"), ("up", "Has a thumbs-up"), ("any", "Has any rating")]
+
+    def queryset(self, request, queryset):
+        value = self.value()
+        if value in Feedback.Rating.values:
+            return queryset.filter(conversations_with(Feedback.objects.filter(rating=value)))
+        if value == "any":
+            return queryset.filter(conversations_with(Feedback.objects.all()))
+        return queryset
+
+
+REPLY_ENDED_LABELS = {
+    Reply.Status.COMPLETED: "completed",
+    Reply.Status.FAILED: "failed (an upstream error)",
+    Reply.Status.CANCELLED: "cancelled",
+    Reply.Status.INTERRUPTED: "interrupted (its worker died)",
+    Reply.Status.REQUIRES_ACTION: "waiting for tool outputs (requires_action)",
+    Reply.Status.IN_PROGRESS: "still in progress",
+}
+
+
+class ReplyEndedFilter(admin.SimpleListFilter):
+    """Conversations with at least one reply in each status of docs/api.md §6, whichever reply it was."""
+
+    title = "has a reply that ended"
+    parameter_name = "reply_status"
+
+    def lookups(self, request, model_admin):
+        return [(status, label) for status, label in REPLY_ENDED_LABELS.items()]
+
+    def queryset(self, request, queryset):
+        if self.value() in REPLY_ENDED_LABELS:
+            return queryset.filter(conversations_with(Reply.objects.filter(status=self.value())))
+        return queryset
+
+
 STATUS_LABELS = {
     Reply.Status.COMPLETED: "ok",
     Reply.Status.FAILED: "failed last reply",
     Reply.Status.CANCELLED: "last reply cancelled",
     Reply.Status.INTERRUPTED: "last reply interrupted",
+    Reply.Status.REQUIRES_ACTION: "waiting for tool outputs",
 }
 
 
@@ -360,27 +451,32 @@ def search_conversations(queryset, term: str):
 
 
 @admin.register(Conversation)
-class ConversationAdmin(BigTableAdmin):
+class ConversationAdmin(PricedFieldsMixin, BigTableAdmin):
+    # Narrow enough for a 1,280 px screen beside the filters, as the token usage list: long ids
+    # are cut with an ellipsis and shown whole on hover; numbers and times never wrap.
     list_display = [
         "conversation",
         "session_id_column",
         "owner",
-        "coze_user_id",
-        "bot_id",
-        "message_count",
-        "total_tokens",
-        "last_activity",
+        "user_column",
+        "bot",
+        "messages",
+        "tokens",
+        "last_active",
         "status",
     ]
+    list_display_links = ["conversation"]
     list_select_related = ["session", "session__api_client", "session__user"]
     list_filter = [
         BotFilter,
         SessionOwnerFilter,
         ConversationStatusFilter,
+        RatingFilter,
+        ReplyEndedFilter,
         ("last_activity", admin.DateFieldListFilter),
     ]
     ordering = ["-last_activity"]
-    sortable_by = ["last_activity", "message_count", "total_tokens"]
+    sortable_by = ["last_active", "messages", "tokens"]
     search_fields = ["session__session_id"]  # shows the search box; `get_search_results` does the work
     search_help_text = (
         "Exact session id, Coze conversation id or Coze user id; or text in a message "
@@ -401,19 +497,46 @@ class ConversationAdmin(BigTableAdmin):
     ]
     readonly_fields = fields
 
+    actions = ["export_jsonl"]
+
     def get_queryset(self, request):
         return super().get_queryset(request).annotate(last_status=last_reply_status())
 
     def get_search_results(self, request, queryset, search_term):
         return search_conversations(queryset, search_term), False
 
-    @admin.display(description="conversation")
-    def conversation(self, obj: Conversation) -> str:
-        return obj.coze_conversation_id or f"#{obj.pk} (no Coze id yet)"
+    @admin.action(description="Export selected conversations (JSON Lines)", permissions=["view"])
+    def export_jsonl(self, request, queryset):
+        # Streamed: a page of conversations, and a page of their messages and replies, at a time.
+        return export.export_response(request, Conversation.objects.filter(pk__in=queryset.values("pk")))
 
-    @admin.display(description="session id")
-    def session_id_column(self, obj: Conversation) -> str:
-        return obj.session.session_id
+    @admin.display(description="conversation")
+    def conversation(self, obj: Conversation):
+        return cut_text(obj.coze_conversation_id or f"#{obj.pk} (no Coze id yet)")
+
+    @admin.display(description="session")
+    def session_id_column(self, obj: Conversation):
+        return cut_text(obj.session.session_id)
+
+    @admin.display(description="user")
+    def user_column(self, obj: Conversation):
+        return cut_text(obj.session.coze_user_id)
+
+    @admin.display(description="bot")
+    def bot(self, obj: Conversation):
+        return cut_text(obj.bot_id)
+
+    @admin.display(description="messages", ordering="message_count")
+    def messages(self, obj: Conversation) -> str:
+        return f"{obj.message_count:,}"
+
+    @admin.display(description="tokens", ordering="total_tokens")
+    def tokens(self, obj: Conversation) -> str:
+        return f"{obj.total_tokens:,}"
+
+    @admin.display(description="last activity", ordering="last_activity")
+    def last_active(self, obj: Conversation):
+        return short_time(obj.last_activity)
 
     @admin.display(description="session")
     def session_link(self, obj: Conversation):
@@ -424,7 +547,7 @@ class ConversationAdmin(BigTableAdmin):
     def owner(self, obj: Conversation):
         session = obj.session
         label = owner_label(session.owner_key, session.api_client, session.user)
-        return owner_link(reverse("admin:sessions_admin_conversation_changelist"), session.owner_key, label)
+        return owner_link(reverse("admin:sessions_admin_conversation_changelist"), session.owner_key, label, cut=True)
 
     @admin.display(description="Coze user id")
     def coze_user_id(self, obj: Conversation) -> str:
@@ -432,11 +555,26 @@ class ConversationAdmin(BigTableAdmin):
 
     @admin.display(description="estimated cost")
     def cost(self, obj: Conversation) -> str:
-        return cost_text(obj.total_tokens) or "(set CHAT_TOKEN_PRICE_PER_1K)"
+        tokens = Reply.objects.filter(conversation=obj).aggregate(
+            input=Sum("input_tokens", default=0), output=Sum("output_tokens", default=0)
+        )
+        return cost_text(tokens["input"], tokens["output"])
 
     @admin.display(description="status")
     def status(self, obj: Conversation) -> str:
         return conversation_status(obj)
+
+    def changelist_view(self, request, extra_context=None):
+        intro = (
+            "One row per Coze conversation. A chat session (the session_id a client sends) has one or more: "
+            "clearing a session starts a new conversation, and the old one stays here for review. Open one for "
+            "its transcript and ratings; filter by rating or by how its replies ended."
+        )
+        return super().changelist_view(request, extra_context={"intro": intro, **(extra_context or {})})
+
+    def get_fieldsets(self, request, obj=None):
+        # Collapsed: the transcript, right under the page's summary line, is what staff come for.
+        return [("All fields", {"fields": self.get_fields(request, obj), "classes": ["collapse"]})]
 
     def get_object(self, request, object_id, from_field=None):
         queryset = self.get_queryset(request).select_related(*self.list_select_related)
@@ -450,19 +588,23 @@ class ConversationAdmin(BigTableAdmin):
         extra_context = extra_context or {}
         if conversation is not None and self.has_view_permission(request, conversation):
             extra_context["transcript"] = transcript(conversation, page=request.GET.get("page"))
+            session = conversation.session
+            extra_context["owner_label"] = owner_label(session.owner_key, session.api_client, session.user)
             # Off by default: a thumbnail makes the operator's browser fetch the user's link.
             extra_context["image_thumbnails"] = settings.CHAT_ADMIN_IMAGE_THUMBNAILS
         return super().change_view(request, object_id, form_url, extra_context)
 
 
 def transcript(conversation: Conversation, *, page) -> dict:
-    """One page of a conversation as turns: the user's message, the answer, follow-ups, and the reply's record."""
+    """One page of a conversation as turns: the user's message, the answer (with its rating),
+    follow-ups, and the reply's record; and the conversation's ratings, counted."""
     replies = Reply.objects.filter(conversation=conversation).order_by("pk")
     paginator = Paginator(replies, TRANSCRIPT_TURNS_PER_PAGE)
     page_obj = paginator.get_page(page)
     page_replies = list(page_obj.object_list)
     by_reply = {reply.pk: {"reply": reply, "questions": [], "answers": [], "follow_ups": []} for reply in page_replies}
-    for message in Message.objects.filter(reply_id__in=list(by_reply)).order_by("pk"):
+    messages = list(Message.objects.filter(reply_id__in=list(by_reply)).select_related("feedback").order_by("pk"))
+    for message in messages:
         turn = by_reply[message.reply_id]
         if message.role == Message.Role.USER:
             turn["questions"].append(message)
@@ -470,6 +612,7 @@ def transcript(conversation: Conversation, *, page) -> dict:
             turn["follow_ups"].append(message)
         else:
             turn["answers"].append(message)
+            message.rating = getattr(message, "feedback", None)
     turns = []
     for reply in page_replies:
         turn = by_reply[reply.pk]
@@ -479,7 +622,16 @@ def transcript(conversation: Conversation, *, page) -> dict:
     if not page_obj.has_next():
         # Messages not tied to a reply (none are written today); shown so nothing is hidden.
         loose = list(Message.objects.filter(conversation=conversation, reply__isnull=True).order_by("pk"))
-    return {"turns": turns, "page": page_obj, "loose_messages": loose, "reply_count": paginator.count}
+    ratings = dict(
+        Feedback.objects.filter(conversation=conversation).values_list("rating").annotate(count=Count("pk")).order_by()
+    )
+    return {
+        "turns": turns,
+        "page": page_obj,
+        "loose_messages": loose,
+        "reply_count": paginator.count,
+        "ratings": {"up": ratings.get(Feedback.Rating.UP, 0), "down": ratings.get(Feedback.Rating.DOWN, 0)},
+    }
 
 
 def reply_outcome(reply: Reply) -> dict:
@@ -488,6 +640,8 @@ def reply_outcome(reply: Reply) -> dict:
         return {"label": "completed", "problem": False}
     if reply.status == Reply.Status.IN_PROGRESS:
         return {"label": "in progress", "problem": False}
+    if reply.status == Reply.Status.REQUIRES_ACTION:
+        return {"label": "waiting for tool outputs", "problem": False}
     label = {
         Reply.Status.FAILED: "failed",
         Reply.Status.CANCELLED: "cut off: cancelled",
@@ -522,21 +676,22 @@ class SessionBotFilter(BotFilter):
 
 
 @admin.register(ChatSession)
-class ChatSessionAdmin(BigTableAdmin):
+class ChatSessionAdmin(PricedFieldsMixin, BigTableAdmin):
     list_display = [
-        "session_id",
+        "session",
         "owner",
-        "coze_user_id",
-        "bot_id",
-        "message_count",
-        "total_tokens",
-        "last_activity",
+        "user_column",
+        "bot",
+        "messages",
+        "tokens",
+        "last_active",
         "lock_status",
     ]
+    list_display_links = ["session"]
     list_select_related = ["api_client", "user"]
     list_filter = [SessionBotFilter, OwnerFilter, SessionBusyFilter, ("last_activity", admin.DateFieldListFilter)]
     ordering = ["-last_activity"]
-    sortable_by = ["last_activity"]
+    sortable_by = ["last_active"]
     search_fields = ["session_id"]
     search_help_text = "Exact session id or Coze user id."
     fields = [
@@ -563,10 +718,43 @@ class ChatSessionAdmin(BigTableAdmin):
             return queryset, False
         return queryset.filter(Q(session_id=term) | Q(coze_user_id=term)), False
 
+    def changelist_view(self, request, extra_context=None):
+        intro = (
+            "One row per session: the session_id a client sends, scoped to its owner (two owners may both use "
+            '"s1"). Its messages are those of its current conversation; a cleared session starts a new '
+            "conversation, and its page links them all."
+        )
+        return super().changelist_view(request, extra_context={"intro": intro, **(extra_context or {})})
+
     @admin.display(description="owner")
     def owner(self, obj: ChatSession):
         label = owner_label(obj.owner_key, obj.api_client, obj.user)
-        return owner_link(reverse("admin:sessions_admin_chatsession_changelist"), obj.owner_key, label)
+        return owner_link(reverse("admin:sessions_admin_chatsession_changelist"), obj.owner_key, label, cut=True)
+
+    @admin.display(description="session id")
+    def session(self, obj: ChatSession):
+        return cut_text(obj.session_id)
+
+    @admin.display(description="user")
+    def user_column(self, obj: ChatSession):
+        return cut_text(obj.coze_user_id)
+
+    @admin.display(description="bot")
+    def bot(self, obj: ChatSession):
+        return cut_text(obj.bot_id)
+
+    @admin.display(description="messages")
+    def messages(self, obj: ChatSession):
+        # Of the current conversation (the session API's message_count); cleared ones are not counted.
+        return format_html('<span title="in its current conversation">{}</span>', f"{obj.message_count:,}")
+
+    @admin.display(description="tokens")
+    def tokens(self, obj: ChatSession) -> str:
+        return f"{obj.total_tokens:,}"
+
+    @admin.display(description="last activity", ordering="last_activity")
+    def last_active(self, obj: ChatSession):
+        return short_time(obj.last_activity)
 
     @admin.display(description="status")
     def lock_status(self, obj: ChatSession) -> str:
@@ -574,7 +762,7 @@ class ChatSessionAdmin(BigTableAdmin):
 
     @admin.display(description="estimated cost")
     def cost(self, obj: ChatSession) -> str:
-        return cost_text(obj.total_tokens) or "(set CHAT_TOKEN_PRICE_PER_1K)"
+        return cost_text(obj.input_tokens, obj.output_tokens)
 
     @admin.display(description="conversations")
     def conversation_links(self, obj: ChatSession):
@@ -583,13 +771,13 @@ class ChatSessionAdmin(BigTableAdmin):
             return "none"
         rows = format_html_join(
             "",
-            '<li><a href="{}">{}</a> · {} messages · {} tokens · last activity {}{}</li>',
+            '<li><a href="{}">{}</a> · {} · {} tokens · last activity {}{}</li>',
             (
                 (
                     reverse("admin:sessions_admin_conversation_change", args=[conversation.pk]),
                     conversation.coze_conversation_id or f"#{conversation.pk}",
-                    conversation.message_count,
-                    conversation.total_tokens,
+                    plural(conversation.message_count, "message"),
+                    f"{conversation.total_tokens:,}",
                     conversation.last_activity.strftime("%Y-%m-%d %H:%M"),
                     " (current)" if conversation.pk == obj.current_conversation_id else "",
                 )
@@ -607,7 +795,7 @@ class ReplyBotFilter(BotFilter):
 
 
 @admin.register(Reply)
-class ReplyAdmin(BigTableAdmin):
+class ReplyAdmin(PricedFieldsMixin, BigTableAdmin):
     """Token usage: one row per reply, with totals for the current filter, CSV export and the dashboard."""
 
     # Narrow enough for a 1,280 px screen beside the filters: one tokens column (total, with input
@@ -718,7 +906,7 @@ class ReplyAdmin(BigTableAdmin):
 
     @admin.display(description="estimated cost")
     def cost(self, obj: Reply) -> str:
-        return cost_text(obj.total_tokens) or "(set CHAT_TOKEN_PRICE_PER_1K)"
+        return cost_text(obj.input_tokens, obj.output_tokens)
 
     @admin.display(description="resumable")
     def resumable_end(self, obj: Reply) -> str:
@@ -739,7 +927,13 @@ class ReplyAdmin(BigTableAdmin):
         ]
 
     def changelist_view(self, request, extra_context=None):
-        response = super().changelist_view(request, extra_context={"title": "Token usage", **(extra_context or {})})
+        intro = (
+            "One row per reply stored now, with its tokens and timing. Replies deleted with their conversations "
+            "(clear_chat_sessions, prune_chat_data, the session API) are no longer here, so these totals can be "
+            "lower than the usage dashboard's: the dashboard reads the daily usage totals, which keep them."
+        )
+        context = {"title": "Replies: token usage per reply", "intro": intro, "no_price_note": NO_PRICE_NOTE}
+        response = super().changelist_view(request, extra_context={**context, **(extra_context or {})})
         context = getattr(response, "context_data", None) or {}
         changelist = context.get("cl")
         if changelist is not None:
@@ -793,6 +987,8 @@ class ReplyAdmin(BigTableAdmin):
             "days": days,
             "cost": board.cost,
             "error_rate_percent": board.error_rate * 100,
+            "down_share_percent": board.down_share * 100,
+            "no_price_note": NO_PRICE_NOTE,
             "tokens_compact": compact(board.tokens),
             "cache_seconds": DASHBOARD_CACHE_SECONDS,
             "changelist_url": changelist,
@@ -822,7 +1018,7 @@ def usage_totals(queryset) -> dict:
     )
     for name in ("input_tokens", "output_tokens", "total_tokens"):
         totals[name] = totals[name] or 0
-    totals["cost"] = token_cost(totals["total_tokens"])
+    totals["cost"] = token_cost(totals["input_tokens"], totals["output_tokens"])
     totals["error_rate"] = totals["errors"] / totals["replies"] if totals["replies"] else 0
     return totals
 
@@ -861,11 +1057,13 @@ class ChatFileAdmin(BigTableAdmin):
 
 
 def alert_delivery(alert: BudgetAlert) -> str:
+    if alert.delivered_at is None and not alert.attempts and not settings.CHAT_BUDGET_ALERT_WEBHOOK:
+        return "recorded (no CHAT_BUDGET_ALERT_WEBHOOK set)"
     if alert.delivered_at is not None:
         return f"delivered {timezone.localtime(alert.delivered_at):%Y-%m-%d %H:%M:%S} (attempt {alert.attempts})"
     if alert.attempts:
         # Masked again here for errors stored before the webhook was masked in them.
-        return f"not delivered after {alert.attempts} attempt(s): {mask_webhook_in(alert.last_error)}"
+        return f"not delivered after {plural(alert.attempts, 'attempt')}: {mask_webhook_in(alert.last_error)}"
     return "sending"
 
 
@@ -890,6 +1088,7 @@ LIMIT_FIELDS = [
     "daily_token_budget",
     "monthly_token_budget",
     "allowed_bot_ids",
+    "retention_days",
 ]
 
 
@@ -906,8 +1105,11 @@ class ApiClientAdmin(admin.ModelAdmin):
 
     def get_fieldsets(self, request, obj=None):
         limits_section = (
-            "Limits and budgets",
-            {"fields": LIMIT_FIELDS, "description": "Leave a limit empty to use the server-wide default."},
+            "Limits, budgets and retention",
+            {
+                "fields": LIMIT_FIELDS,
+                "description": "Leave a limit empty to use the server-wide default (retention: CHAT_RETENTION_DAYS).",
+            },
         )
         if obj is None:
             return [(None, {"fields": ["name"]}), limits_section]
@@ -997,12 +1199,12 @@ class ApiClientAdmin(admin.ModelAdmin):
     @admin.action(description="Deactivate selected clients (their keys stop working)", permissions=["change"])
     def deactivate(self, request, queryset):
         count = queryset.update(is_active=False)
-        self.message_user(request, f"Deactivated {count} client(s).", messages.SUCCESS)
+        self.message_user(request, f"Deactivated {plural(count, 'client')}.", messages.SUCCESS)
 
     @admin.action(description="Reactivate selected clients", permissions=["change"])
     def activate(self, request, queryset):
         count = queryset.update(is_active=True)
-        self.message_user(request, f"Reactivated {count} client(s).", messages.SUCCESS)
+        self.message_user(request, f"Reactivated {plural(count, 'client')}.", messages.SUCCESS)
 
     def save_model(self, request, obj: ApiClient, form, change):
         if not change:
@@ -1044,3 +1246,41 @@ class BudgetAlertAdmin(BigTableAdmin):
     @admin.display(description="delivery")
     def delivery(self, obj: BudgetAlert) -> str:
         return alert_delivery(obj)
+
+
+class ForwardStateFilter(admin.SimpleListFilter):
+    title = "state"
+    parameter_name = "state"
+
+    def lookups(self, request, model_admin):
+        return [("pending", "Pending"), ("given_up", "Given up"), ("done", "Sent")]
+
+    def queryset(self, request, queryset):
+        from sessions_admin.feedback import MAX_FORWARD_ATTEMPTS
+
+        if self.value() == "pending":
+            return queryset.filter(done=False, attempts__lt=MAX_FORWARD_ATTEMPTS)
+        if self.value() == "given_up":
+            return queryset.filter(done=False, attempts__gte=MAX_FORWARD_ATTEMPTS)
+        if self.value() == "done":
+            return queryset.filter(done=True)
+        return queryset
+
+
+@admin.register(FeedbackForward)
+class FeedbackForwardAdmin(BigTableAdmin):
+    """Ratings on their way to Coze's feedback API (the outbox of sessions_admin.feedback)."""
+
+    list_display = ["updated_at", "action", "coze_message_id", "state", "attempts", "next_attempt_at", "last_error"]
+    list_filter = [ForwardStateFilter, "action"]
+    ordering = ["-updated_at"]
+    search_fields = ["=coze_message_id", "=coze_conversation_id"]
+    search_help_text = "Exact Coze message or conversation id."
+
+    @admin.display(description="state")
+    def state(self, obj: FeedbackForward) -> str:
+        from sessions_admin.feedback import MAX_FORWARD_ATTEMPTS
+
+        if obj.done:
+            return "sent"
+        return "given up" if obj.attempts >= MAX_FORWARD_ATTEMPTS else "pending"

@@ -39,7 +39,8 @@ COLUMNS = [
     ("duration_ms", "duration_ms"),
 ]
 HEADER = [name for name, _ in COLUMNS] + ["estimated_cost"]
-TOTAL_TOKENS = [name for name, _ in COLUMNS].index("total_tokens")
+INPUT_TOKENS = [name for name, _ in COLUMNS].index("input_tokens")
+OUTPUT_TOKENS = [name for name, _ in COLUMNS].index("output_tokens")
 # Spreadsheets run cells starting with these as formulas: a client named "=HYPERLINK(…)" must stay text.
 FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
 
@@ -66,7 +67,7 @@ def csv_cell(value) -> str | int:
 
 
 def csv_line(row: tuple) -> str:
-    cost = token_cost(row[TOTAL_TOKENS])
+    cost = token_cost(row[INPUT_TOKENS], row[OUTPUT_TOKENS])
     return _writer.writerow([csv_cell(value) for value in row] + ["" if cost is None else str(cost)])
 
 

@@ -15,9 +15,18 @@ from html import escape
 
 from django.conf import settings
 from django.db.models import Count, Q, Sum
+from django.db.models.functions import TruncDate
 from django.utils import timezone
 
-from sessions_admin.models import TTFT_BUCKET_BOUNDS_MS, TTFT_BUCKET_FIELDS, ApiClient, ChatSession, DailyUsage, Reply
+from sessions_admin.models import (
+    TTFT_BUCKET_BOUNDS_MS,
+    TTFT_BUCKET_FIELDS,
+    ApiClient,
+    ChatSession,
+    DailyUsage,
+    Feedback,
+    Reply,
+)
 from sessions_admin.rollup import STATUS_FIELDS, day_start
 
 # Replies that count as errors in the error rate: the upstream or the server failed. A user's
@@ -40,6 +49,16 @@ class DayUsage:
     errors: int
     ttft_avg_ms: float | None
     ttft_p95_ms: float | None  # estimated from the rollup's histogram, see histogram_percentile
+    rated_up: int = 0  # ratings of the answers written that day (docs/api.md §15)
+    rated_down: int = 0
+
+    @property
+    def rated(self) -> int:
+        return self.rated_up + self.rated_down
+
+    @property
+    def down_share(self) -> float:
+        return self.rated_down / self.rated if self.rated else 0.0
 
     @property
     def tokens(self) -> int:
@@ -76,6 +95,8 @@ class Dashboard:
     tokens: int = 0
     ttft_avg_ms: float | None = None
     ttft_p95_ms: float | None = None  # an estimate, as DayUsage's
+    rated_up: int = 0
+    rated_down: int = 0
     extra: dict = field(default_factory=dict)
 
     @property
@@ -83,16 +104,44 @@ class Dashboard:
         return self.errors / self.replies if self.replies else 0.0
 
     @property
+    def rated(self) -> int:
+        return self.rated_up + self.rated_down
+
+    @property
+    def down_share(self) -> float:
+        return self.rated_down / self.rated if self.rated else 0.0
+
+    @property
     def cost(self) -> Decimal | None:
-        return token_cost(self.tokens)
+        return token_cost(self.input_tokens, self.output_tokens)
 
 
-def token_cost(tokens: int | None) -> Decimal | None:
-    """Estimated spend for `tokens`, from the optional CHAT_TOKEN_PRICE_PER_1K setting (None if unset)."""
-    price = getattr(settings, "CHAT_TOKEN_PRICE_PER_1K", None)
-    if price in (None, "") or tokens is None:
+PRICE_SETTINGS = "CHAT_PRICE_PER_1K_INPUT_TOKENS and CHAT_PRICE_PER_1K_OUTPUT_TOKENS"
+NO_PRICE_NOTE = f"No token prices are set, so no cost is shown: set {PRICE_SETTINGS} (docs/admin.md, Spend)."
+
+
+def token_prices() -> tuple[Decimal, Decimal] | None:
+    """The prices of 1,000 input and of 1,000 output tokens, or None when either is not set.
+
+    Each is its own setting, or CHAT_TOKEN_PRICE_PER_1K (one price for both) where it is unset.
+    """
+    shared = getattr(settings, "CHAT_TOKEN_PRICE_PER_1K", None)
+    prices = []
+    for name in ("CHAT_PRICE_PER_1K_INPUT_TOKENS", "CHAT_PRICE_PER_1K_OUTPUT_TOKENS"):
+        price = getattr(settings, name, None)
+        price = shared if price in (None, "") else price
+        if price in (None, ""):
+            return None
+        prices.append(Decimal(str(price)))
+    return prices[0], prices[1]
+
+
+def token_cost(input_tokens: int | None, output_tokens: int | None) -> Decimal | None:
+    """Estimated spend for these tokens at the configured prices (None without prices)."""
+    prices = token_prices()
+    if prices is None or input_tokens is None or output_tokens is None:
         return None
-    return (Decimal(str(price)) * tokens / 1000).quantize(Decimal("0.01"))
+    return ((prices[0] * input_tokens + prices[1] * output_tokens) / 1000).quantize(Decimal("0.01"))
 
 
 def percentile(values: Sequence[float], fraction: float) -> float | None:
@@ -176,6 +225,7 @@ def usage_dashboard(*, days: int = 30, top: int = 10, now: datetime | None = Non
         input_tokens += row["input_tokens"]
         output_tokens += row["output_tokens"]
 
+    ratings = ratings_per_day(start, end)
     day_list = []
     for offset in range(days):
         day = start + timedelta(days=offset)
@@ -188,6 +238,8 @@ def usage_dashboard(*, days: int = 30, top: int = 10, now: datetime | None = Non
                 errors=errors,
                 ttft_avg_ms=ttft_sum / ttft_count if ttft_count else None,
                 ttft_p95_ms=histogram_percentile(buckets[day], 0.95) if day in buckets else None,
+                rated_up=ratings.get(day, (0, 0))[0],
+                rated_down=ratings.get(day, (0, 0))[1],
             )
         )
     ttft_sum = sum(value[2] for value in counts.values())
@@ -207,7 +259,27 @@ def usage_dashboard(*, days: int = 30, top: int = 10, now: datetime | None = Non
         tokens=sum(bot_totals.values()),
         ttft_avg_ms=ttft_sum / ttft_count if ttft_count else None,
         ttft_p95_ms=histogram_percentile(all_buckets, 0.95),
+        rated_up=sum(up for up, _ in ratings.values()),
+        rated_down=sum(down for _, down in ratings.values()),
     )
+
+
+def ratings_per_day(first: date, last: date) -> dict[date, tuple[int, int]]:
+    """Ratings (up, down) of the answers written each day from `first` to `last` (TIME_ZONE days).
+
+    From the ratings table itself (its `answered_at` index): one grouped query over the window's
+    ratings, which are a small share of the answers.
+    """
+    rows = (
+        Feedback.objects.filter(answered_at__gte=day_start(first), answered_at__lt=day_start(last + timedelta(days=1)))
+        .annotate(day=TruncDate("answered_at", tzinfo=timezone.get_default_timezone()))
+        .values("day")
+        .annotate(
+            up=Count("pk", filter=Q(rating=Feedback.Rating.UP)), down=Count("pk", filter=Q(rating=Feedback.Rating.DOWN))
+        )
+        .order_by()
+    )
+    return {row["day"]: (row["up"], row["down"]) for row in rows}
 
 
 @dataclass(frozen=True, slots=True)
@@ -274,16 +346,24 @@ def budget_bar(used: int, budget: int | None) -> str:
         return escape(f"{used:,} tokens (no budget)")
     percent = used * 100 / budget if budget else 100.0
     return (
-        f'<span class="budget-use"><progress value="{min(used, budget)}" max="{max(budget, 1)}"></progress> '
-        f"{escape(f'{used:,} of {budget:,} tokens ({percent:.0f}%)')}</span>"
+        f'<span class="budget-use{" over-budget" if used >= budget else ""}">'
+        f'<progress value="{min(used, budget)}" max="{max(budget, 1)}"></progress> '
+        f"{escape(f'{used:,} of {budget:,} tokens ({percent:.0f}%)')}"
+        f"{'<strong> over budget</strong>' if used >= budget else ''}</span>"
     )
 
 
 def owner_labels(owner_keys: Sequence[str]) -> dict[str, str]:
-    """Readable names for owner keys: the API client's name, the user's username, or "anonymous browser"."""
-    client_ids = [int(key.split(":", 1)[1]) for key in owner_keys if key.startswith("client:")]
-    user_ids = [int(key.split(":", 1)[1]) for key in owner_keys if key.startswith("user:")]
+    """Readable names for owner keys: "API client <name>", "user <username>" or "anonymous browser
+    <first characters>"; an owner whose record is gone is named by its kind and number."""
+
+    def ids(prefix: str) -> list[int]:
+        return [
+            int(key[len(prefix) :]) for key in owner_keys if key.startswith(prefix) and key[len(prefix) :].isdigit()
+        ]
+
     labels = {}
+    client_ids, user_ids = ids("client:"), ids("user:")
     if client_ids:
         for pk, name in ApiClient.objects.filter(pk__in=client_ids).values_list("pk", "name"):
             labels[f"client:{pk}"] = f"API client {name}"
@@ -296,7 +376,12 @@ def owner_labels(owner_keys: Sequence[str]) -> dict[str, str]:
     for key in owner_keys:
         if key not in labels:
             kind, _, ident = key.partition(":")
-            labels[key] = f"anonymous browser {ident[:8]}" if kind == "browser" else key
+            if kind == "browser":
+                labels[key] = f"anonymous browser {ident[:8]}"
+            elif kind in ("client", "user") and ident.isdigit():
+                labels[key] = f"{'API client' if kind == 'client' else 'user'} #{ident} (deleted)"
+            else:
+                labels[key] = key
     return labels
 
 
@@ -406,11 +491,11 @@ class Frame:
     """Plot geometry: an SVG of `width` by `height` with margins for the axes and the legend."""
 
     width: int = 720
-    height: int = 240
-    left: int = 56
+    height: int = 250
+    left: int = 64
     right: int = 16
-    top: int = 28
-    bottom: int = 34
+    top: int = 30
+    bottom: int = 36
 
     @property
     def plot_width(self) -> float:
@@ -446,8 +531,13 @@ def _axes(
         )
     slot = frame.plot_width / max(len(labels), 1)
     every = max(1, math.ceil(len(labels) / 10))
+    # Every `every`-th label, and the last day's in place of the one before it (they would touch).
+    shown = set(range(0, len(labels), every))
+    if labels and len(labels) - 1 not in shown:
+        shown.discard(max(shown))
+        shown.add(len(labels) - 1)
     for index, label in enumerate(labels):
-        if index % every == 0 or index == len(labels) - 1:
+        if index in shown:
             x = frame.left + slot * (index + 0.5)
             parts.append(
                 f'<text x="{x:.1f}" y="{frame.height - frame.bottom + 16}" text-anchor="middle" class="tick">'
@@ -469,7 +559,7 @@ def _legend(frame: Frame, names: Sequence[str], colours: Sequence[str], *, line:
         else:
             parts.append(f'<rect x="{x}" y="4" width="12" height="12" fill="{colour}"/>')
         parts.append(f'<text x="{x + 18}" y="14" class="legend">{escape(name)}</text>')
-        x += 30 + 7 * len(name)
+        x += 34 + 9 * len(name)  # about the width of the name at the stylesheet's 15 px
     return parts
 
 
@@ -584,7 +674,7 @@ def horizontal_bar_chart(rows: Sequence[tuple[str, float, str]], *, title: str, 
     for index, (label, value, link) in enumerate(rows):
         y = frame.top + index * row_height
         width = frame.plot_width * value / top
-        shown = label if len(label) <= 44 else label[:43] + "…"
+        shown = label if len(label) <= 34 else label[:33] + "…"
         text = f'<text x="{label_width - 8}" y="{y + 15}" text-anchor="end" class="label">{escape(shown)}</text>'
         if link:
             text = f'<a href="{escape(link)}">{text}</a>'
@@ -611,6 +701,14 @@ def dashboard_charts(board: Dashboard) -> dict[str, str]:
             title="Replies and error rate per day",
             bar_name="replies",
             rate_name="error rate",
+        ),
+        "ratings": bar_and_rate_chart(
+            labels,
+            [day.rated for day in board.days],
+            [day.down_share for day in board.days],
+            title="Rated answers and the share rated down per day",
+            bar_name="rated answers",
+            rate_name="rated down",
         ),
         "ttft": line_chart(
             labels,

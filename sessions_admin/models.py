@@ -11,6 +11,7 @@ import re
 import secrets
 
 from django.conf import settings
+from django.core.validators import MinValueValidator
 from django.db import models
 from django.utils import timezone
 
@@ -57,6 +58,13 @@ class ApiClient(models.Model):
         blank=True,
         default="",
         help_text="Comma-separated bot ids this client may use (within COZE_ALLOWED_BOT_IDS); empty = all of those.",
+    )
+    # Retention (docs/admin.md, "Retention"): read by `prune_chat_data`.
+    retention_days = models.PositiveIntegerField(
+        null=True,
+        blank=True,
+        validators=[MinValueValidator(1)],
+        help_text="Days this client's messages are kept (each by its own age); empty = CHAT_RETENTION_DAYS.",
     )
 
     class Meta:
@@ -326,6 +334,81 @@ class ChatFile(models.Model):
         }
 
 
+class Feedback(models.Model):
+    """A rating of one answer (docs/api.md §15): up or down, with an optional comment.
+
+    One per answer message; a second rating replaces the first. Its owner is the owner of the
+    message's session. `conversation` and `answered_at` repeat the message's, so the admin's
+    rating filter and the dashboard's ratings per day read this (small) table through its own
+    indexes instead of joining the messages.
+    """
+
+    class Rating(models.TextChoices):
+        UP = "up"
+        DOWN = "down"
+
+    message = models.OneToOneField(Message, on_delete=models.CASCADE, related_name="feedback")
+    conversation = models.ForeignKey(Conversation, on_delete=models.CASCADE, related_name="feedback")
+    rating = models.CharField(max_length=4, choices=Rating.choices)
+    comment = models.TextField(blank=True, default="")
+    answered_at = models.DateTimeField(help_text="When the rated answer was written (the message's time).")
+    created_at = models.DateTimeField(default=timezone.now)
+    updated_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        verbose_name_plural = "feedback"
+        indexes = [
+            # The admin's "has a thumbs-down / thumbs-up" filters.
+            models.Index(fields=["rating", "conversation"], name="feedback_rating_conversation"),
+            # The dashboard's share of down ratings per day.
+            models.Index(fields=["answered_at"], name="feedback_answered"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.rating} on message {self.message_id}"
+
+
+class FeedbackForward(models.Model):
+    """The outbox that forwards ratings to Coze's feedback API, durably.
+
+    One row per rated answer, holding the state Coze should end up with: `like` / `unlike` with
+    the comment (`POST /v1/conversations/{cid}/messages/{mid}/feedback`), or `delete` after a
+    rating was removed (`DELETE` on the same path). Each change of the rating rewrites the row
+    and bumps `version`, so a sender that took an older version never marks the newer one done.
+    Senders claim due rows by moving `next_attempt_at` forward, retry with backoff, and give up
+    after `sessions_admin.feedback.MAX_FORWARD_ATTEMPTS`. The Coze ids are copied, so the row
+    says where to send without joins.
+    """
+
+    class Action(models.TextChoices):
+        LIKE = "like"
+        UNLIKE = "unlike"
+        DELETE = "delete"
+
+    message = models.OneToOneField(Message, on_delete=models.CASCADE, related_name="feedback_forward")
+    coze_conversation_id = models.CharField(max_length=64)
+    coze_message_id = models.CharField(max_length=64)
+    action = models.CharField(max_length=8, choices=Action.choices)
+    comment = models.TextField(blank=True, default="")
+    version = models.PositiveIntegerField(default=1)
+    attempts = models.PositiveSmallIntegerField(default=0)
+    next_attempt_at = models.DateTimeField(default=timezone.now)
+    last_error = models.CharField(max_length=300, blank=True, default="")
+    done = models.BooleanField(default=False)
+    done_at = models.DateTimeField(null=True, blank=True)
+    created_at = models.DateTimeField(default=timezone.now)
+    updated_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        indexes = [
+            # What senders look for: rows not yet done, by when they are due.
+            models.Index(fields=["next_attempt_at"], name="feedback_forward_due", condition=models.Q(done=False)),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.action} {self.coze_message_id} v{self.version}"
+
+
 # The time-to-first-token histogram of DailyUsage: bucket 0 counts replies under 50 ms, bucket i
 # those from TTFT_BUCKET_BOUNDS_MS[i - 1] up to (not including) TTFT_BUCKET_BOUNDS_MS[i], and the
 # last one everything from 25.6 s up. The bounds grow by √2 (50 · √2^i, rounded), so a
@@ -434,3 +517,22 @@ class BudgetAlert(models.Model):
 
     def __str__(self) -> str:
         return f"{self.api_client_id} {self.period} {self.period_start} {self.threshold}%"
+
+
+class PrunedUsageDay(models.Model):
+    """A day (in TIME_ZONE, by reply start) some of whose replies were deleted.
+
+    The daily usage rollup keeps counting them (spend history and budgets rely on it), so these
+    days can no longer be recomputed from the replies: `rebuild_daily_usage` leaves them as they
+    are. Written by the deletion engine (`sessions_admin.retention`).
+    """
+
+    day = models.DateField(primary_key=True)
+    replies_deleted = models.PositiveBigIntegerField(default=0)
+    last_deleted_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["-day"]
+
+    def __str__(self) -> str:
+        return f"{self.day}: {self.replies_deleted} replies deleted"

@@ -10,11 +10,14 @@ and a histogram, see `TTFT_BUCKET_BOUNDS_MS`). Replies still in progress are not
   the reply by primary key and runs one upsert (`INSERT … ON CONFLICT DO UPDATE SET n = n +
   excluded.n`, atomic on PostgreSQL and SQLite alike): constant work per turn, and concurrent
   replies of the same day, bot and owner can't lose each other's counts.
-* `rebuild_days` recomputes whole days from the replies (existing data, or to forget deleted
-  sessions): the `rebuild_daily_usage` command and `seed_chat_data` use it.
+* `rebuild_days` recomputes days from the replies (data that predates the rollup, replies changed
+  outside the chat service): the `rebuild_daily_usage` command and `seed_chat_data` use it.
 
-The rollup is not touched when sessions are deleted, so spend history outlives
-`clear_chat_sessions`; a rebuild makes the days it covers match the replies that are left.
+The rollup is not touched when replies are deleted (`clear_chat_sessions`, `prune_chat_data`,
+the session API), so spend history and budgets outlive the transcripts, and a rebuild never
+erases what it cannot recompute: it leaves alone the days the deletion engine noted
+(`PrunedUsageDay`), and any row that counts more replies than are still stored (deleted some
+other way), and it never removes rows of days without replies.
 """
 
 import bisect
@@ -25,9 +28,10 @@ from datetime import date, datetime, timedelta
 
 from django.db import connection, transaction
 from django.db.models import Count, Min, Q, Sum
+from django.db.models.functions import TruncDate
 from django.utils import timezone
 
-from sessions_admin.models import TTFT_BUCKET_BOUNDS_MS, TTFT_BUCKET_FIELDS, DailyUsage, Reply
+from sessions_admin.models import TTFT_BUCKET_BOUNDS_MS, TTFT_BUCKET_FIELDS, DailyUsage, PrunedUsageDay, Reply
 
 KEY_FIELDS = ("day", "bot_id", "owner_key")
 TOKEN_FIELDS = ("input_tokens", "output_tokens", "total_tokens")
@@ -107,6 +111,30 @@ def record_reply(*, reply_pk: int) -> None:
         cursor.execute(_upsert_sql(), values)
 
 
+def record_replies(replies) -> int:
+    """Add many ended replies (a queryset) to the rollup at once; returns the rows written.
+
+    For bulk loads (`seed_chat_data`) of replies the rollup has never counted: one grouped query
+    over them, by day, bot and owner, then the same additive upsert as `record_reply`, row by
+    row. Replies still in progress are left out, as everywhere.
+    """
+    groups = (
+        replies.exclude(status=Reply.Status.IN_PROGRESS)
+        .annotate(usage_day=TruncDate("started_at", tzinfo=timezone.get_default_timezone()))
+        .values("usage_day", "bot_id", "owner_key")
+        .annotate(**_day_aggregates())
+        .order_by()
+    )
+    rows = [
+        [group["usage_day"], group["bot_id"], group["owner_key"], *(group[name] or 0 for name in COUNTER_FIELDS)]
+        for group in groups
+    ]
+    if rows:
+        with connection.cursor() as cursor:
+            cursor.executemany(_upsert_sql(), rows)
+    return len(rows)
+
+
 # --- rebuilding -------------------------------------------------------------------------------
 
 
@@ -147,11 +175,12 @@ def day_rows(day: date) -> list[DailyUsage]:
 
 @dataclass(slots=True)
 class RebuildResult:
-    days: int = 0
-    rows: int = 0
-    replies: int = 0  # counted in the rebuilt days now
+    days: int = 0  # days covered (rebuilt or kept)
+    rows: int = 0  # rows those days have now
+    replies: int = 0  # counted in those days now
     replies_before: int = 0  # counted in those days before the rebuild
-    rows_removed_outside: int = 0  # rows of days before the first reply (a full rebuild only)
+    days_kept: int = 0  # days with deleted replies (PrunedUsageDay), left as they were
+    rows_kept: int = 0  # rows left as they were: they count replies no longer stored
 
 
 def first_reply_day() -> date | None:
@@ -166,7 +195,10 @@ def rebuild_days(
     dry_run: bool = False,
     progress: Callable[[date, RebuildResult], None] | None = None,
 ) -> RebuildResult:
-    """Replace the rollup rows of the days `first` to `last` (both included) with what the replies say.
+    """Replace the rollup rows of the days `first` to `last` (both included) with what the replies
+    say, except where the replies no longer say everything: days noted in PrunedUsageDay are left
+    as they are, and so is any row counting more replies than are stored for its day, bot and
+    owner (or counting replies of which none is left).
 
     One short transaction per day. On PostgreSQL each takes a lock on the rollup table that makes
     replies ending meanwhile wait (a few milliseconds) and then count on top: a reply is counted
@@ -174,8 +206,20 @@ def rebuild_days(
     the result says what would be. `progress` is called after each day.
     """
     result = RebuildResult()
+    pruned = set(PrunedUsageDay.objects.filter(day__gte=first, day__lte=last).values_list("day", flat=True))
     day = first
     while day <= last:
+        if day in pruned:
+            kept = DailyUsage.objects.filter(day=day).aggregate(rows=Count("pk"), replies=Sum("replies"))
+            result.days += 1
+            result.days_kept += 1
+            result.rows += kept["rows"]
+            result.replies += kept["replies"] or 0
+            result.replies_before += kept["replies"] or 0
+            if progress:
+                progress(day, result)
+            day += timedelta(days=1)
+            continue
         with transaction.atomic():
             if connection.vendor == "postgresql" and not dry_run:
                 # SHARE ROW EXCLUSIVE conflicts with the upserts' ROW EXCLUSIVE (and with itself):
@@ -184,15 +228,19 @@ def rebuild_days(
                 table = connection.ops.quote_name(DailyUsage._meta.db_table)
                 with connection.cursor() as cursor:
                     cursor.execute(f"LOCK TABLE {table} IN SHARE ROW EXCLUSIVE MODE")
-            existing = DailyUsage.objects.filter(day=day)
-            result.replies_before += existing.aggregate(replies=Sum("replies"))["replies"] or 0
-            rows = day_rows(day)
+            existing = {(row.bot_id, row.owner_key): row for row in DailyUsage.objects.filter(day=day)}
+            result.replies_before += sum(row.replies for row in existing.values())
+            fresh = {(row.bot_id, row.owner_key): row for row in day_rows(day)}
+            # A row that counts more replies than are stored had some deleted: keep what it knows.
+            kept = {key: row for key, row in existing.items() if key not in fresh or row.replies > fresh[key].replies}
+            rows = [row for key, row in fresh.items() if key not in kept]
             if not dry_run:
-                existing.delete()
+                DailyUsage.objects.filter(day=day).exclude(pk__in=[row.pk for row in kept.values()]).delete()
                 DailyUsage.objects.bulk_create(rows, batch_size=1000)
         result.days += 1
-        result.rows += len(rows)
-        result.replies += sum(row.replies for row in rows)
+        result.rows += len(rows) + len(kept)
+        result.rows_kept += len(kept)
+        result.replies += sum(row.replies for row in rows) + sum(row.replies for row in kept.values())
         if progress:
             progress(day, result)
         day += timedelta(days=1)
@@ -206,22 +254,14 @@ def rebuild_days(
 def rebuild(
     *, days: int | None = None, dry_run: bool = False, progress: Callable[[date, RebuildResult], None] | None = None
 ) -> RebuildResult:
-    """Rebuild the last `days` days (today included), or, with None, the whole rollup.
-
-    A whole rebuild covers every day from the first reply's to today and also removes rows of
-    earlier days (left by sessions deleted since), so the rollup matches the replies exactly.
-    """
+    """Rebuild the last `days` days (today included), or, with None, every day from the first
+    reply's to today. Rows of days outside that range stay: their replies are gone (deleted or
+    pruned), and spend history outlives them."""
     today = timezone.localdate(timezone.now(), timezone.get_default_timezone())
     if days is not None:
         return rebuild_days(today - timedelta(days=days - 1), today, dry_run=dry_run, progress=progress)
     first = first_reply_day() or today
-    outside = DailyUsage.objects.filter(Q(day__lt=first) | Q(day__gt=today))
-    removed = outside.count()
-    if removed and not dry_run:
-        outside.delete()
-    result = rebuild_days(first, today, dry_run=dry_run, progress=progress)
-    result.rows_removed_outside = removed
-    return result
+    return rebuild_days(first, today, dry_run=dry_run, progress=progress)
 
 
 class Progress:

@@ -43,9 +43,9 @@ def _spawn(coro) -> asyncio.Task:
 
 
 def check_in_background(*, api_client_id: int, owner_key: str, limits: "client_limits.Limits") -> None:
-    """After a reply of a budgeted client ended: record and send the alerts its use now calls for."""
-    if settings.CHAT_BUDGET_ALERT_WEBHOOK:
-        _spawn(_check_and_send(api_client_id=api_client_id, owner_key=owner_key, budget_limits=limits))
+    """After a reply of a budgeted client ended: record the alerts its use now calls for (in the
+    database, for admin, webhook or not) and send them when a webhook is set."""
+    _spawn(_check_and_send(api_client_id=api_client_id, owner_key=owner_key, budget_limits=limits))
 
 
 def masked_webhook(url: str) -> str:
@@ -160,6 +160,8 @@ async def _check_and_send(*, api_client_id: int, owner_key: str, budget_limits: 
     except Exception:
         logger.warning("Budget alerts: could not check client %s", api_client_id, exc_info=True)
         return
+    if not settings.CHAT_BUDGET_ALERT_WEBHOOK:
+        return  # recorded; admin shows them
     for alert_pk in alert_pks:
         _spawn(adeliver(alert_pk))
 

@@ -187,12 +187,22 @@ def test_an_unreachable_webhook_never_breaks_chatting_and_is_given_up_after_the_
     assert alert.delivered_at is None and "ConnectError" in alert.last_error
 
 
-def test_no_webhook_no_alerts(asgi_server, settings):
+def test_without_a_webhook_alerts_are_recorded_for_admin_and_nothing_is_sent(asgi_server, settings, monkeypatch):
     settings.CHAT_BUDGET_ALERT_WEBHOOK = ""
-    _, key = ApiClient.create_with_key(name="quiet", daily_token_budget=1)
+    settings.CHAT_BUDGET_ALERT_THRESHOLDS = [80, 95, 100]
+    posts = []
+    monkeypatch.setattr(alerts, "adeliver", lambda alert_pk: posts.append(alert_pk))
+    client, key = ApiClient.create_with_key(name="quiet", daily_token_budget=1)
     assert send_turn(asgi_server.url, key, "sync").status == 200
+    wait_until(lambda: BudgetAlert.objects.filter(api_client=client).count() == 3)
     assert send_turn(asgi_server.url, key, "sync").code == "quota_exceeded"
-    assert not BudgetAlert.objects.exists()
+    recorded = BudgetAlert.objects.filter(api_client=client).order_by("threshold")
+    assert [(alert.threshold, alert.limit, alert.attempts, alert.delivered_at) for alert in recorded] == [
+        (80, 1, 0, None),
+        (95, 1, 0, None),
+        (100, 1, 0, None),
+    ]
+    assert posts == []
 
 
 def test_an_alert_whose_sender_died_goes_out_after_the_clients_next_reply(asgi_server, webhook, settings):

@@ -401,7 +401,11 @@ def test_clear_chat_sessions_deletes_the_files_with_their_sessions(http, api_key
     call_command("clear_chat_sessions", "--session-id", "old", "--noinput")
 
     output = capsys.readouterr().out
-    assert output.strip().splitlines()[-1] == "Deleted 1 sessions, 1 conversations, 4 messages, 1 replies, 1 files."
+    assert (
+        output.strip()
+        .splitlines()[-1]
+        .startswith("Deleted 1 session, 1 conversation, 4 messages, 1 reply, 1 file; at Coze: 1 conversation")
+    )
     assert list(ChatFile.objects.values_list("coze_file_id", flat=True)) == [kept]
     assert used != kept
 

@@ -121,15 +121,21 @@ def make_turn(
         finished_at=started_at + timedelta(milliseconds=duration_ms or 0) if finished else None,
     )
 
-    def message(role: str, kind: str, content: str) -> None:
+    def message(role: str, kind: str, content: str, coze_message_id: str = "") -> None:
         Message.objects.create(
-            conversation=conversation, reply=reply, role=role, kind=kind, content=content, created_at=started_at
+            conversation=conversation,
+            reply=reply,
+            role=role,
+            kind=kind,
+            content=content,
+            coze_message_id=coze_message_id,
+            created_at=started_at,
         )
 
     message("user", "question", question)
     stored = 1
     if answer is not None:
-        message("assistant", "answer", answer)
+        message("assistant", "answer", answer, f"76{next(_serial):08d}")
         stored += 1
     for text in follow_ups:
         message("assistant", "follow_up", text)

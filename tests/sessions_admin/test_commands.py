@@ -9,7 +9,7 @@ from django.core.management import CommandError, call_command
 from django.db.models import Sum
 from django.utils import timezone
 
-from sessions_admin.models import ChatSession, Conversation, Message, Reply
+from sessions_admin.models import ChatSession, Conversation, Feedback, Message, Reply
 from sessions_admin.recovery import mark_interrupted_replies
 from tests.sessions_admin.factories import make_chat, make_conversation, make_session, make_turn
 
@@ -40,7 +40,7 @@ def assert_no_orphans() -> None:
 
 
 @pytest.fixture
-def chats():
+def chats(coze_deletions):
     old = timezone.now() - timedelta(days=40)
     a = make_chat(turns=2, session_id="alpha", coze_user_id="u1")[0]
     b = make_chat(turns=1, session_id="beta", coze_user_id="u2")[0]
@@ -71,16 +71,19 @@ def test_dry_run_reports_and_deletes_nothing(chats):
     output = run("--session-id", "alpha", "--dry-run")
 
     assert output.strip().splitlines()[-1] == (
-        "Would delete 2 sessions, 2 conversations, 6 messages, 3 replies. Dry run: nothing was deleted."
+        "Would delete 2 sessions, 2 conversations, 6 messages, 3 replies; at Coze: 2 conversations. "
+        "Dry run: nothing was deleted."
     )
-    assert "alpha" in output and "browser:" in output
+    assert "  alpha  of anonymous browser dddddddd, last activity " in output and "browser:" not in output
     assert counts() == (4, 5, 13, 6)
 
 
 def test_deletes_by_session_id_for_every_owner(chats):
     output = run("--session-id", "alpha", "--noinput")
 
-    assert output.strip().splitlines()[-1] == "Deleted 2 sessions, 2 conversations, 6 messages, 3 replies."
+    assert output.strip().splitlines()[-1] == (
+        "Deleted 2 sessions, 2 conversations, 6 messages, 3 replies; at Coze: 2 conversations deleted."
+    )
     assert set(ChatSession.objects.values_list("session_id", flat=True)) == {"beta", "gamma"}
     assert_no_orphans()
 
@@ -95,7 +98,9 @@ def test_deletes_by_coze_user_id(chats):
 def test_deletes_idle_sessions_with_all_their_conversations(chats):
     output = run("--idle-days", "30", "--noinput")
 
-    assert output.strip().splitlines()[-1] == "Deleted 1 sessions, 2 conversations, 5 messages, 2 replies."
+    assert output.strip().splitlines()[-1] == (
+        "Deleted 1 session, 2 conversations, 5 messages, 2 replies; at Coze: 2 conversations deleted."
+    )
     assert not ChatSession.objects.filter(pk=chats["c"].pk).exists()
     assert ChatSession.objects.count() == 3
     assert_no_orphans()
@@ -115,7 +120,9 @@ def test_all_deletes_everything_in_small_batches_without_orphans(chats):
 
     output = run("--all", "--noinput", "--batch-size", "2", "--chunk", "3")
 
-    assert output.strip().splitlines()[-1] == "Deleted 5 sessions, 6 conversations, 49 messages, 18 replies."
+    assert output.strip().splitlines()[-1] == (
+        "Deleted 5 sessions, 6 conversations, 49 messages, 18 replies; at Coze: 6 conversations deleted."
+    )
     assert counts() == (0, 0, 0, 0)
     assert_no_orphans()
 
@@ -132,9 +139,9 @@ def test_asks_for_confirmation_unless_noinput(chats, monkeypatch):
 
     assert "Cancelled: nothing was deleted." in run("--session-id", "beta")
     assert ChatSession.objects.filter(session_id="beta").exists()
-    assert "Deleted 1 sessions" in run("--session-id", "beta")
+    assert "Deleted 1 session," in run("--session-id", "beta")
     assert not ChatSession.objects.filter(session_id="beta").exists()
-    assert "1 sessions, 1 conversations, 2 messages, 1 replies" in prompts[0]
+    assert "1 session, 1 conversation, 2 messages, 1 reply" in prompts[0]
 
 
 def test_sessions_with_a_reply_in_progress_are_skipped_unless_asked(chats):
@@ -144,7 +151,8 @@ def test_sessions_with_a_reply_in_progress_are_skipped_unless_asked(chats):
     output = run("--all", "--noinput")
 
     assert output.strip().splitlines()[-1] == (
-        "Deleted 4 sessions, 5 conversations, 13 messages, 6 replies (skipped 1 with a reply in progress)."
+        "Deleted 4 sessions, 5 conversations, 13 messages, 6 replies (skipped 1 with a reply in progress); "
+        "at Coze: 5 conversations deleted."
     )
     assert list(ChatSession.objects.values_list("session_id", flat=True)) == ["busy"]
     run("--all", "--noinput", "--include-busy")
@@ -274,8 +282,57 @@ def test_seed_chat_data_fills_consistent_records_at_the_requested_scale():
     make_chat(turns=1)
 
 
+def test_seed_chat_data_rates_answers_like_the_api_would_and_adds_to_an_earlier_seed():
+    shape = ["--conversations=20", "--replies=60", "--messages=130", "--clients=1", "--users=1"]
+    call_command("seed_chat_data", *shape, "--ratings=1", stdout=StringIO())
+    answers = Message.objects.filter(kind="answer").count()
+    ratings = Feedback.objects.select_related("message")
+    assert ratings.count() == answers > 0
+    for rating in ratings:
+        assert rating.message.kind == "answer" and rating.conversation_id == rating.message.conversation_id
+        assert rating.answered_at == rating.message.created_at <= rating.created_at
+    assert {"up", "down"} == set(ratings.values_list("rating", flat=True))
+
+    out = StringIO()
+    call_command("seed_chat_data", *shape, "--ratings=0", stdout=out)  # the same seed again: new rows
+    assert "Seeded 17 sessions, 20 conversations, 60 replies" in out.getvalue() and ", 0 ratings" in out.getvalue()
+    assert Conversation.objects.count() == 40 and Feedback.objects.count() == answers
+    assert_no_orphans()
+
+
 def test_seed_chat_data_refuses_impossible_shapes():
     with pytest.raises(CommandError):
         call_command("seed_chat_data", "--conversations=10", "--replies=5", stdout=StringIO())
     with pytest.raises(CommandError):
         call_command("seed_chat_data", "--conversations=10", "--replies=20", "--messages=10", stdout=StringIO())
+    with pytest.raises(CommandError, match="--ratings"):
+        call_command("seed_chat_data", "--conversations=10", "--ratings=1.5", stdout=StringIO())
+
+
+@pytest.mark.django_db(transaction=True)
+def test_seed_chat_data_on_its_own_rebuilds_every_index_it_dropped():
+    from django.db import connection
+
+    def indexes() -> set[str]:
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT indexname FROM pg_indexes WHERE tablename LIKE 'sessions_admin_%%'")
+            return {row[0] for row in cursor.fetchall()}
+
+    def foreign_keys() -> set[tuple]:
+        with connection.cursor() as cursor:
+            cursor.execute(
+                "SELECT conname, pg_get_constraintdef(oid), convalidated FROM pg_constraint "
+                "WHERE contype = 'f' AND conrelid::regclass::text LIKE 'sessions_admin_%%'"
+            )
+            return set(cursor.fetchall())
+
+    if connection.vendor != "postgresql":
+        pytest.skip("indexes are dropped and rebuilt on PostgreSQL only")
+    before, keys = indexes(), foreign_keys()
+    out = StringIO()
+    call_command("seed_chat_data", "--conversations=10", "--replies=30", "--messages=60", stdout=out)
+    assert "two at a time" in out.getvalue() and "foreign keys validated" in out.getvalue()
+    assert indexes() == before and "message_content_trgm" in before
+    # Dropped for the load, back and validated, as they were.
+    assert foreign_keys() == keys and all(validated for _, _, validated in keys)
+    assert Message.objects.filter(content__icontains="order").exists()

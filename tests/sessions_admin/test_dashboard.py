@@ -147,11 +147,19 @@ def test_percentile_matches_sql_percentile_cont():
     assert dashboard.percentile([10, 20, 30, 40, 50], 0.95) == pytest.approx(48)
 
 
-def test_token_cost_uses_the_optional_price_setting(settings):
+def test_token_cost_prices_input_and_output_tokens_each(settings):
     settings.CHAT_TOKEN_PRICE_PER_1K = None
-    assert dashboard.token_cost(1000) is None
-    settings.CHAT_TOKEN_PRICE_PER_1K = "0.5"
-    assert str(dashboard.token_cost(3000)) == "1.50"
+    settings.CHAT_PRICE_PER_1K_INPUT_TOKENS = None
+    settings.CHAT_PRICE_PER_1K_OUTPUT_TOKENS = None
+    assert dashboard.token_cost(1000, 1000) is None
+    settings.CHAT_PRICE_PER_1K_INPUT_TOKENS = "0.5"
+    assert dashboard.token_cost(1000, 1000) is None  # half the prices is no estimate
+    settings.CHAT_PRICE_PER_1K_OUTPUT_TOKENS = "2"
+    assert str(dashboard.token_cost(3000, 1000)) == "3.50"
+    # One price for both, where either is unset.
+    settings.CHAT_PRICE_PER_1K_OUTPUT_TOKENS = None
+    settings.CHAT_TOKEN_PRICE_PER_1K = "1"
+    assert str(dashboard.token_cost(3000, 1000)) == "2.50"
 
 
 def test_nice_ticks_and_compact_numbers():
@@ -194,9 +202,9 @@ def test_dashboard_page_shows_the_charts_and_numbers(usage, staff_client):
 
     html = response.content.decode()
     assert response.status_code == 200
-    for chart in ("chart-tokens", "chart-replies", "chart-ttft", "chart-owners", "chart-sessions"):
+    for chart in ("chart-tokens", "chart-replies", "chart-ratings", "chart-ttft", "chart-owners", "chart-sessions"):
         assert f'id="{chart}"' in html
-    assert html.count('<svg class="chart"') == 5
+    assert html.count('<svg class="chart"') == 6
     assert "<script" not in html.split('id="content-main"')[1]
     board = response.context["board"]
     assert board.replies >= 1 and len(board.days) == 30

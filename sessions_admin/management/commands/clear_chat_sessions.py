@@ -15,31 +15,21 @@ How it stays safe on big tables and a live server:
 
 Uploaded files (`ChatFile`) attached by a deleted session's messages are deleted with it, first
 (their link to the session goes through the messages); files never attached are not touched.
+The deleting is done by the deletion engine `prune_chat_data` uses too (`sessions_admin.retention`):
+ratings and replay buffers go with their messages and replies, the sessions' conversations are
+deleted at Coze, and the daily usage rollup stays.
 """
 
-import time
 from datetime import timedelta
 
 from django.core.management.base import BaseCommand, CommandError
-from django.db import transaction
 from django.db.models import Max, Q
 from django.utils import timezone
 
-from chat.files.attachments import files_of_sessions
-from sessions_admin.models import ChatFile, ChatSession, Conversation, Message, Reply
-
-COUNTED = {
-    "sessions": ChatSession._meta.label,
-    "conversations": Conversation._meta.label,
-    "messages": Message._meta.label,
-    "replies": Reply._meta.label,
-    "files": ChatFile._meta.label,
-}
-
-
-def summary(counts: dict[str, int]) -> str:
-    # Files are named only when there are some: most deployments never upload any.
-    return ", ".join(f"{counts.get(name, 0):,} {name}" for name in COUNTED if name != "files" or counts.get(name))
+from sessions_admin.dashboard import owner_labels
+from sessions_admin.models import ChatSession
+from sessions_admin.progress import ProgressBar
+from sessions_admin.retention import DeletionEngine, coze_summary, summary
 
 
 class Command(BaseCommand):
@@ -92,16 +82,16 @@ class Command(BaseCommand):
                 "login sessions, is a different command.)"
             )
         self.verbosity = options["verbosity"]
-        self.chunk = options["chunk"]
         now = timezone.now()
 
-        matching = ChatSession.objects.all()
+        wanted = Q()
         if session_ids:
-            matching = matching.filter(session_id__in=session_ids)
+            wanted &= Q(session_id__in=session_ids)
         if user_ids:
-            matching = matching.filter(coze_user_id__in=user_ids)
+            wanted &= Q(coze_user_id__in=user_ids)
         if idle_days is not None:
-            matching = matching.filter(last_activity__lt=now - timedelta(days=idle_days))
+            wanted &= Q(last_activity__lt=now - timedelta(days=idle_days))
+        matching = ChatSession.objects.filter(wanted)
         # Sessions created after the start are never part of this run.
         upper = matching.aggregate(top=Max("pk"))["top"] or 0
         matching = matching.filter(pk__lte=upper)
@@ -109,14 +99,18 @@ class Command(BaseCommand):
         targets = matching if options["include_busy"] else matching.exclude(busy)
         skipped = 0 if options["include_busy"] else matching.filter(busy).count()
 
-        planned = self.count(targets)
+        plan = DeletionEngine(dry_run=True)
+        plan.count_sessions(targets)
+        planned = plan.counts
         skipped_note = f" (skipped {skipped:,} with a reply in progress)" if skipped else ""
         if options["dry_run"]:
             self.list_some(targets)
-            self.stdout.write(f"Would delete {summary(planned)}{skipped_note}. Dry run: nothing was deleted.")
+            self.stdout.write(
+                f"Would delete {summary(planned)}{skipped_note}{coze_summary(plan)}. Dry run: nothing was deleted."
+            )
             return
         if not planned["sessions"]:
-            self.stdout.write(f"Deleted {summary({})}{skipped_note}: no matching sessions.")
+            self.stdout.write(f"Deleted {summary(planned)}{skipped_note}: no matching sessions.")
             return
         if options["interactive"]:
             answer = input(f"This will permanently delete {summary(planned)}. Type 'yes' to continue: ")
@@ -124,8 +118,10 @@ class Command(BaseCommand):
                 self.stdout.write("Cancelled: nothing was deleted.")
                 return
 
-        deleted = dict.fromkeys(COUNTED, 0)
-        started = last_report = time.monotonic()
+        engine = DeletionEngine(chunk=options["chunk"])
+        bar = ProgressBar(
+            self.stdout._out if self.verbosity else None, label="sessions", total=planned["sessions"], unit="sessions"
+        )
         after = 0
         while True:
             batch_query = matching.filter(pk__gt=after)
@@ -136,24 +132,10 @@ class Command(BaseCommand):
             if not batch:
                 break
             after = batch[-1]
-            for name, count in self.delete_sessions(batch).items():
-                deleted[name] += count
-            if self.verbosity and time.monotonic() - last_report >= 2:
-                last_report = time.monotonic()
-                self.stdout.write(
-                    f"  … {deleted['sessions']:,}/{planned['sessions']:,} sessions deleted "
-                    f"({deleted['messages']:,} messages, {time.monotonic() - started:.0f} s)"
-                )
-        self.stdout.write(f"Deleted {summary(deleted)}{skipped_note}.")
-
-    def count(self, sessions) -> dict[str, int]:
-        return {
-            "sessions": sessions.count(),
-            "conversations": Conversation.objects.filter(session__in=sessions).count(),
-            "messages": Message.objects.filter(conversation__session__in=sessions).count(),
-            "replies": Reply.objects.filter(session__in=sessions).count(),
-            "files": files_of_sessions(sessions).count(),
-        }
+            engine.sessions(batch, still=wanted, include_busy=options["include_busy"])
+            bar.update(len(batch))
+        bar.close()
+        self.stdout.write(f"Deleted {summary(engine.counts)}{skipped_note}{coze_summary(engine)}.")
 
     def list_some(self, sessions, limit: int = 20) -> None:
         if not self.verbosity:
@@ -161,34 +143,8 @@ class Command(BaseCommand):
         rows = list(
             sessions.order_by("-last_activity").values_list("owner_key", "session_id", "last_activity")[: limit + 1]
         )
+        labels = owner_labels([owner_key for owner_key, _, _ in rows[:limit]])
         for owner_key, session_id, last_activity in rows[:limit]:
-            self.stdout.write(f"  {owner_key}  {session_id}  last activity {last_activity:%Y-%m-%d %H:%M}")
+            self.stdout.write(f"  {session_id}  of {labels[owner_key]}, last activity {last_activity:%Y-%m-%d %H:%M}")
         if len(rows) > limit:
             self.stdout.write("  …")
-
-    def delete_sessions(self, session_pks: list[int]) -> dict[str, int]:
-        """Children first, in chunks, each chunk its own short transaction; the sessions last."""
-        deleted = dict.fromkeys(COUNTED, 0)
-        steps = [
-            files_of_sessions(session_pks),
-            Message.objects.filter(conversation__session__in=session_pks),
-            Reply.objects.filter(session__in=session_pks),
-            Conversation.objects.filter(session__in=session_pks),
-        ]
-        ChatSession.objects.filter(pk__in=session_pks).update(current_conversation=None)
-        for rows in steps:
-            while True:
-                pks = list(rows.order_by().values_list("pk", flat=True)[: self.chunk])
-                if not pks:
-                    break
-                with transaction.atomic():
-                    # Django's delete also takes rows that appeared meanwhile (a turn that raced us).
-                    self.add(deleted, rows.model.objects.filter(pk__in=pks).delete()[1])
-        with transaction.atomic():
-            self.add(deleted, ChatSession.objects.filter(pk__in=session_pks).delete()[1])
-        return deleted
-
-    @staticmethod
-    def add(deleted: dict[str, int], by_label: dict[str, int]) -> None:
-        for name, label in COUNTED.items():
-            deleted[name] += by_label.get(label, 0)

@@ -11,6 +11,13 @@ def whole_number(value: str) -> int:
     return number
 
 
+def positive_number(value: str) -> int:
+    number = int(value)
+    if number < 1:
+        raise ValueError(value)
+    return number
+
+
 class Command(BaseCommand):
     help = (
         "Create an API client and print its secret key as the last line of output. "
@@ -33,6 +40,13 @@ class Command(BaseCommand):
         parser.add_argument(
             "--bots", help="Comma-separated bot ids this client may use, within COZE_ALLOWED_BOT_IDS. Default: all."
         )
+        parser.add_argument(
+            "--retention-days",
+            type=positive_number,
+            metavar="N",
+            help="Keep this client's messages N days; prune_chat_data deletes older ones. "
+            "Default: CHAT_RETENTION_DAYS.",
+        )
 
     def handle(self, *args, name: str, **options):
         name = name.strip()
@@ -53,6 +67,7 @@ class Command(BaseCommand):
             daily_token_budget=options["daily_tokens"],
             monthly_token_budget=options["monthly_tokens"],
             allowed_bot_ids=",".join(bots),
+            retention_days=options["retention_days"],
         )
         self.stdout.write(
             f"Created API client {client.name!r} (id {client.pk}). Store this key now; it can't be shown again:"

@@ -1,9 +1,10 @@
 """Recompute the usage dashboard's daily rollup (DailyUsage) from the replies.
 
-The rollup is kept up to date as replies end; this is for data that predates it, for replies
-changed outside the chat service (e.g. marked interrupted after a crash), and for making the
-rollup forget sessions deleted by `clear_chat_sessions` (it keeps their history otherwise). One
-short transaction per day, safe while the server runs: see `sessions_admin.rollup.rebuild_days`.
+The rollup is kept up to date as replies end; this is for data that predates it, and for replies
+changed outside the chat service (e.g. marked interrupted after a crash). It never erases what it
+cannot recompute: days some of whose replies were deleted keep their rows (spend history and
+budgets rely on them). One short transaction per day, safe while the server runs: see
+`sessions_admin.rollup.rebuild_days`.
 """
 
 import time
@@ -16,8 +17,7 @@ from sessions_admin.rollup import Progress, rebuild
 class Command(BaseCommand):
     help = (
         "Recompute the usage dashboard's daily rollup from the replies: the last N days with --days, otherwise "
-        "every day since the first reply (rows of older days are removed). Deleted sessions' usage is forgotten "
-        "for the days rebuilt."
+        "every day since the first reply. Days and rows whose replies were partly deleted are kept as they are."
     )
 
     def add_arguments(self, parser):
@@ -36,6 +36,11 @@ class Command(BaseCommand):
             f"{verb} {days_text}: {result.rows:,} rows counting {result.replies:,} replies "
             f"(before: {result.replies_before:,})"
         )
-        if result.rows_removed_outside:
-            line += f"; {'would remove' if dry_run else 'removed'} {result.rows_removed_outside:,} rows of older days"
+        kept = []
+        if result.days_kept:
+            kept.append(f"{result.days_kept:,} day{'' if result.days_kept == 1 else 's'} with deleted replies")
+        if result.rows_kept:
+            kept.append(f"{result.rows_kept:,} row{'' if result.rows_kept == 1 else 's'} counting deleted replies")
+        if kept:
+            line += f"; kept as {'they are' if not dry_run else 'they would be'}: {', '.join(kept)}"
         self.stdout.write(f"{line}; {time.monotonic() - started:.1f} s.")

@@ -7,30 +7,37 @@ few run to hundreds), replies sometimes fail, get cancelled or are cut off, toke
 context. Everything is consistent with what the chat service writes: the counters and token sums
 on conversations and sessions match their replies and messages.
 
+Some answers are rated (`--ratings`, the share of answers; a quarter of the ratings down, more
+for cut or failed replies, some with a comment), as the API's feedback would store them.
+
 On PostgreSQL the rows go in with COPY in one transaction, with the tables' secondary indexes
-dropped first and rebuilt at the end (the whole default scale takes a few minutes on two cores);
-elsewhere `bulk_create` in batches. The tables are locked meanwhile: seed a benchmark database,
-not a live one. At the end the dashboard's daily rollup is rebuilt for the days written (the same
-code as `rebuild_daily_usage`).
+dropped first and rebuilt at the end; a second thread writes each batch while the next one is
+generated, so the database's work overlaps Python's. Elsewhere `bulk_create` in batches. The
+tables are locked meanwhile: seed a benchmark database, not a live one. At the end the new
+replies are added to the dashboard's daily rollup in one grouped pass
+(`sessions_admin.rollup.record_replies`).
 """
 
 import math
+import queue
 import random
 import secrets
+import threading
 import time
 import uuid
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
+import psycopg
 from django.contrib.auth import get_user_model
 from django.core.management.base import BaseCommand, CommandError
 from django.core.management.color import no_style
 from django.db import connection, transaction
-from django.db.models import Max, Min
+from django.db.models import Max
 from django.utils import timezone
 
-from sessions_admin.models import ApiClient, ChatSession, Conversation, Message, Reply, hash_api_key
-from sessions_admin.rollup import Progress, rebuild_days, usage_day
+from sessions_admin.models import ApiClient, ChatSession, Conversation, Feedback, Message, Reply, hash_api_key
+from sessions_admin.rollup import record_replies
 
 STATUS_WEIGHTS = {
     Reply.Status.COMPLETED: 940,
@@ -62,6 +69,15 @@ WORDS = (
 ).split()
 # Zipf-like: common words much more often than the tail, as in real text.
 WORD_WEIGHTS = [1 / (rank + 8) for rank in range(len(WORDS))]
+COMMENTS = [
+    "Wrong order number.",
+    "That is not what I asked.",
+    "Too long.",
+    "The price is out of date.",
+    "It stopped in the middle.",
+    "Helpful, thanks!",
+    "Exactly right.",
+]
 
 
 @dataclass(slots=True)
@@ -70,6 +86,7 @@ class Batch:
     conversations: list[tuple] = field(default_factory=list)
     replies: list[tuple] = field(default_factory=list)
     messages: list[tuple] = field(default_factory=list)
+    feedback: list[tuple] = field(default_factory=list)
 
 
 SESSION_COLUMNS = (
@@ -85,11 +102,13 @@ REPLY_COLUMNS = (
     "duration_ms worker_channel started_at finished_at"
 ).split()
 MESSAGE_COLUMNS = ("id conversation_id reply_id role kind content content_type coze_message_id created_at").split()
+FEEDBACK_COLUMNS = "id message_id conversation_id rating comment answered_at created_at updated_at".split()
 TABLES = [
     (ChatSession, SESSION_COLUMNS, "sessions"),
     (Conversation, CONVERSATION_COLUMNS, "conversations"),
     (Reply, REPLY_COLUMNS, "replies"),
     (Message, MESSAGE_COLUMNS, "messages"),
+    (Feedback, FEEDBACK_COLUMNS, "ratings"),
 ]
 
 
@@ -139,6 +158,9 @@ class Command(BaseCommand):
         parser.add_argument("--days", type=int, default=90, help="Spread activity over this many past days.")
         parser.add_argument("--seed", type=int, default=1, help="Random seed, for repeatable data.")
         parser.add_argument("--chunk", type=int, default=5000, help="Sessions generated and written per step.")
+        parser.add_argument(
+            "--ratings", type=float, default=0.04, help="Share of the answers rated up or down (default 0.04)."
+        )
 
     def handle(self, *args, **options):
         conversations = options["conversations"]
@@ -153,9 +175,14 @@ class Command(BaseCommand):
             raise CommandError("--messages must be at least --replies (every reply has the user's message).")
         if options["days"] < 1 or options["bots"] < 1 or options["clients"] < 0 or options["users"] < 0:
             raise CommandError("--days and --bots must be positive; --clients and --users not negative.")
+        if not 0 <= options["ratings"] <= 1:
+            raise CommandError("--ratings is a share of the answers, from 0 to 1.")
 
         self.verbosity = options["verbosity"]
-        self.rng = random.Random(options["seed"])
+        self.next_id = {model: (model.objects.aggregate(m=Max("id"))["m"] or 0) + 1 for model, _, _ in TABLES}
+        # Repeatable for a seed and what is already there, and never the same ids as an earlier run.
+        self.rng = random.Random(f"{options['seed']}:{self.next_id[ChatSession]}")
+        self.rating_share = options["ratings"]
         self.text = TextMaker(self.rng)
         self.now = timezone.now()
         self.days = options["days"]
@@ -180,33 +207,58 @@ class Command(BaseCommand):
         follow_ups = self._follow_ups(statuses, has_answer, messages - replies - sum(has_answer))
         self.statuses, self.has_answer, self.follow_ups = statuses, has_answer, follow_ups
 
-        self.next_id = {model: (model.objects.aggregate(m=Max("id"))["m"] or 0) + 1 for model, _, _ in TABLES}
         first_reply_pk = self.next_id[Reply]
         self.chat_serial = self.rng.randrange(10**17, 10**18 - replies - 1)
         self.reply_index = 0
         written = dict.fromkeys(TABLES_NAMES, 0)
+        # Inside an outer transaction (a test's) everything happens in it; otherwise the rows commit
+        # first and the indexes are then built on two connections at once.
+        outer = connection.in_atomic_block
         with transaction.atomic():
             dropped = self._drop_indexes()
+            foreign_keys = self._drop_foreign_keys()
+            if connection.vendor == "postgresql":
+                # Sessions point at conversations written after them: the checks wait for the end
+                # (also when an outer transaction, e.g. a test's, made them immediate before).
+                with connection.cursor() as cursor:
+                    cursor.execute("SET CONSTRAINTS ALL DEFERRED")
+            writer = BatchWriter() if connection.vendor == "postgresql" else None
             session_index = 0
             conversation_index = 0
-            while session_index < sessions:
-                batch = Batch()
-                for _ in range(min(options["chunk"], sessions - session_index)):
-                    count = conversations_per_session[session_index]
-                    self._session(batch, replies_per_conversation[conversation_index : conversation_index + count])
-                    session_index += 1
-                    conversation_index += count
-                self._write(batch)
-                for name, rows in zip(TABLES_NAMES, self._batch_rows(batch), strict=True):
-                    written[name] += len(rows)
-                self.log(
-                    f"  {written['sessions']:,}/{sessions:,} sessions, {written['conversations']:,} conversations, "
-                    f"{written['replies']:,} replies, {written['messages']:,} messages"
-                )
-            if dropped:
+            try:
+                while session_index < sessions:
+                    batch = Batch()
+                    for _ in range(min(options["chunk"], sessions - session_index)):
+                        count = conversations_per_session[session_index]
+                        self._session(batch, replies_per_conversation[conversation_index : conversation_index + count])
+                        session_index += 1
+                        conversation_index += count
+                    if writer is not None:
+                        writer.put(self._batch_rows(batch))
+                    else:
+                        self._write(self._batch_rows(batch))
+                    for name, rows in zip(TABLES_NAMES, self._batch_rows(batch), strict=True):
+                        written[name] += len(rows)
+                    self.log(
+                        f"  {written['sessions']:,}/{sessions:,} sessions, {written['conversations']:,} "
+                        f"conversations, {written['replies']:,} replies, {written['messages']:,} messages, "
+                        f"{written['ratings']:,} ratings"
+                    )
+            finally:
+                if writer is not None:
+                    writer.finish()
+            self._reset_sequences()
+            self._add_foreign_keys(foreign_keys)
+            if outer:
+                self._validate_foreign_keys(foreign_keys)
+            if dropped and outer:
                 self.log(f"Rebuilding {len(dropped)} indexes…")
                 self._create_indexes(dropped)
-            self._reset_sequences()
+        if foreign_keys and not outer:
+            self._validate_foreign_keys(foreign_keys)
+        if dropped and not outer:
+            self.log(f"Rebuilding {len(dropped)} indexes, two at a time…")
+            self._create_indexes_in_parallel(dropped)
         if connection.vendor == "postgresql":
             # VACUUM sets the visibility map (index-only scans) and fresh statistics; inside an outer
             # transaction (tests) only ANALYZE is possible.
@@ -215,21 +267,17 @@ class Command(BaseCommand):
             with connection.cursor() as cursor:
                 for model, _, _ in TABLES:
                     cursor.execute(f"{command} {connection.ops.quote_name(model._meta.db_table)}")
-        rollup_rows = self._rebuild_rollup(first_reply_pk)
+        rollup_rows = self._add_to_rollup(first_reply_pk)
         self.stdout.write(
             f"Seeded {written['sessions']:,} sessions, {written['conversations']:,} conversations, "
-            f"{written['replies']:,} replies, {written['messages']:,} messages ({rollup_rows:,} daily usage rows) "
-            f"in {self.elapsed()}."
+            f"{written['replies']:,} replies, {written['messages']:,} messages, {written['ratings']:,} ratings "
+            f"({rollup_rows:,} daily usage rows) in {self.elapsed()}."
         )
 
-    def _rebuild_rollup(self, first_reply_pk: int) -> int:
-        """Recompute the daily usage rollup for the days the new replies fall on; returns its row count."""
-        first = Reply.objects.filter(pk__gte=first_reply_pk).aggregate(first=Min("started_at"))["first"]
-        if first is None:
-            return 0
-        self.log("Rebuilding the daily usage rollup…")
-        result = rebuild_days(usage_day(first), usage_day(timezone.now()), progress=Progress(self.log))
-        return result.rows
+    def _add_to_rollup(self, first_reply_pk: int) -> int:
+        """Add the new replies to the daily usage rollup; returns the rows written."""
+        self.log("Adding the new replies to the daily usage rollup…")
+        return record_replies(Reply.objects.filter(pk__gte=first_reply_pk))
 
     # --- generation ---------------------------------------------------------------------------
 
@@ -289,7 +337,7 @@ class Command(BaseCommand):
         coze_user_id = f"user_{rng.randint(1, 40_000)}"
         # Generated from a provisional start, then shifted so the session ends where it should:
         # most activity is recent; turns are minutes apart, a session's conversations days apart.
-        marks = (len(batch.conversations), len(batch.replies), len(batch.messages))
+        marks = (len(batch.conversations), len(batch.replies), len(batch.messages), len(batch.feedback))
         clock = created_at = self.now
         ends_ago = timedelta(seconds=self.days * 86400 * rng.betavariate(1.1, 1.8) + 30)
         tokens_in = tokens_out = 0
@@ -431,9 +479,10 @@ class Command(BaseCommand):
             answer = self.text.text(max(1, round(rng.lognormvariate(math.log(4), 0.6))))
             if status != Reply.Status.COMPLETED:
                 answer = answer[: max(1, len(answer) // 3)]
+            answer_pk = self._take_id(Message)
             messages.append(
                 (
-                    self._take_id(Message),
+                    answer_pk,
                     conversation_pk,
                     reply_pk,
                     "assistant",
@@ -445,6 +494,23 @@ class Command(BaseCommand):
                 )
             )
             counted += 1
+            if rng.random() < self.rating_share:
+                # Cut answers are disliked more often than whole ones.
+                down = rng.random() < (0.25 if status == Reply.Status.COMPLETED else 0.7)
+                comment = rng.choice(COMMENTS[:5] if down else COMMENTS[5:]) if rng.random() < 0.3 else ""
+                rated_at = finished_at + timedelta(seconds=rng.expovariate(1 / 120) + 2)
+                batch.feedback.append(
+                    (
+                        self._take_id(Feedback),
+                        answer_pk,
+                        conversation_pk,
+                        "down" if down else "up",
+                        comment,
+                        finished_at,
+                        rated_at,
+                        rated_at,
+                    )
+                )
         for _ in range(follow_ups):
             messages.append(
                 (
@@ -468,12 +534,12 @@ class Command(BaseCommand):
         }
 
     @staticmethod
-    def _shift(batch: Batch, marks: tuple[int, int, int], shift: timedelta) -> None:
+    def _shift(batch: Batch, marks: tuple[int, int, int, int], shift: timedelta) -> None:
         """Move the rows appended since `marks` back in time by `shift`."""
         for rows, start, columns in zip(
-            (batch.conversations, batch.replies, batch.messages),
+            (batch.conversations, batch.replies, batch.messages, batch.feedback),
             marks,
-            ((4, 5), (19, 20), (8,)),
+            ((4, 5), (19, 20), (8,), (5, 6, 7)),
             strict=True,
         ):
             for position in range(start, len(rows)):
@@ -492,21 +558,13 @@ class Command(BaseCommand):
 
     @staticmethod
     def _batch_rows(batch: Batch) -> list[list[tuple]]:
-        return [batch.sessions, batch.conversations, batch.replies, batch.messages]
+        return [batch.sessions, batch.conversations, batch.replies, batch.messages, batch.feedback]
 
-    def _write(self, batch: Batch) -> None:
-        for (model, columns, _), rows in zip(TABLES, self._batch_rows(batch), strict=True):
-            if connection.vendor == "postgresql":
-                table = connection.ops.quote_name(model._meta.db_table)
-                names = ", ".join(connection.ops.quote_name(column) for column in columns)
-                with connection.cursor() as cursor, cursor.cursor.copy(f"COPY {table} ({names}) FROM STDIN") as copy:
-                    for row in rows:
-                        copy.write_row(row)
-            else:
-                attnames = [column if column == "id" else self._attname(model, column) for column in columns]
-                model.objects.bulk_create(
-                    (model(**dict(zip(attnames, row, strict=True))) for row in rows), batch_size=500
-                )
+    def _write(self, tables_rows: list[list[tuple]]) -> None:
+        """Elsewhere than on PostgreSQL (BatchWriter does it there)."""
+        for (model, columns, _), rows in zip(TABLES, tables_rows, strict=True):
+            attnames = [column if column == "id" else self._attname(model, column) for column in columns]
+            model.objects.bulk_create((model(**dict(zip(attnames, row, strict=True))) for row in rows), batch_size=500)
 
     @staticmethod
     def _attname(model, column: str) -> str:
@@ -534,6 +592,43 @@ class Command(BaseCommand):
                 cursor.execute(f"DROP INDEX {connection.ops.quote_name(name)}")
         return [definition for _, definition in indexes]
 
+    def _drop_foreign_keys(self) -> list[tuple[str, str, str]]:
+        """PostgreSQL: drop the seeded tables' foreign keys; returns (table, name, definition) of each.
+
+        Checked row by row at commit, they were the slowest part of a big seed (2 minutes for 5
+        million messages); added back NOT VALID and then validated, each is one join instead."""
+        if connection.vendor != "postgresql":
+            return []
+        tables = [model._meta.db_table for model, _, _ in TABLES]
+        with connection.cursor() as cursor:
+            cursor.execute(
+                """
+                SELECT c.conrelid::regclass::text, c.conname, pg_get_constraintdef(c.oid) FROM pg_constraint c
+                WHERE c.contype = 'f' AND c.conrelid = ANY(%s::regclass[])
+                """,
+                [tables],
+            )
+            keys = cursor.fetchall()
+            for table, name, _ in keys:
+                cursor.execute(f"ALTER TABLE {table} DROP CONSTRAINT {connection.ops.quote_name(name)}")
+        return keys
+
+    def _add_foreign_keys(self, keys: list[tuple[str, str, str]]) -> None:
+        """Add the foreign keys back, NOT VALID: they hold for new rows at once; see `_validate_foreign_keys`."""
+        with connection.cursor() as cursor:
+            for table, name, definition in keys:
+                cursor.execute(
+                    f"ALTER TABLE {table} ADD CONSTRAINT {connection.ops.quote_name(name)} {definition} NOT VALID"
+                )
+
+    def _validate_foreign_keys(self, keys: list[tuple[str, str, str]]) -> None:
+        """Check the seeded rows against their foreign keys, one join per key."""
+        started = time.monotonic()
+        with connection.cursor() as cursor:
+            for table, name, _ in keys:
+                cursor.execute(f"ALTER TABLE {table} VALIDATE CONSTRAINT {connection.ops.quote_name(name)}")
+        self.log(f"  {len(keys)} foreign keys validated ({time.monotonic() - started:.1f} s)")
+
     def _create_indexes(self, definitions: list[str]) -> None:
         with connection.cursor() as cursor:
             # The deferred foreign-key checks must run first: PostgreSQL won't index a table that has some pending.
@@ -545,6 +640,49 @@ class Command(BaseCommand):
                 took = time.monotonic() - started
                 if took > 1 or self.verbosity > 1:
                     self.log(f"  {definition.split(' ON ')[0].removeprefix('CREATE ')} ({took:.1f} s)")
+
+    def _create_indexes_in_parallel(self, definitions: list[str]) -> None:
+        """Build the indexes after the rows have committed, on this connection and a second one: the
+        trigram (GIN) index, about half of the work and never built in parallel by PostgreSQL
+        itself, goes on the second while the others go on this one (B-trees use PostgreSQL's own
+        parallel workers). If this fails, the missing indexes are named: create them with psql."""
+        gin = [definition for definition in definitions if " USING gin " in definition]
+        rest = [definition for definition in definitions if definition not in gin]
+        errors: list[BaseException] = []
+
+        def build(cursor, batch: list[str]) -> None:
+            cursor.execute("SET maintenance_work_mem = '512MB'")
+            for definition in batch:
+                started = time.monotonic()
+                cursor.execute(definition)
+                took = time.monotonic() - started
+                if took > 1 or self.verbosity > 1:
+                    self.log(f"  {definition.split(' ON ')[0].removeprefix('CREATE ')} ({took:.1f} s)")
+
+        def second() -> None:
+            try:
+                with psycopg.connect(self._conninfo(), autocommit=True) as conn:
+                    build(conn.cursor(), gin)
+            except BaseException as exc:  # noqa: BLE001 - raised below, on the main thread
+                errors.append(exc)
+
+        thread = threading.Thread(target=second, name="seed-gin-index")
+        thread.start()
+        try:
+            with connection.cursor() as cursor:
+                build(cursor, rest)
+        finally:
+            thread.join()
+        if errors:
+            raise CommandError(f"Building the trigram index failed ({errors[0]}); create it with: {'; '.join(gin)}")
+
+    @staticmethod
+    def _conninfo() -> str:
+        """The command's database, for a second connection of its own."""
+        params = connection.get_connection_params()
+        return psycopg.conninfo.make_conninfo(
+            **{key: value for key, value in params.items() if key in CONNINFO_KEYS and value not in (None, "")}
+        )
 
     def _reset_sequences(self) -> None:
         models = [ApiClient, get_user_model(), *(model for model, _, _ in TABLES)]
@@ -562,3 +700,53 @@ class Command(BaseCommand):
 
 
 TABLES_NAMES = [name for _, _, name in TABLES]
+CONNINFO_KEYS = {"dbname", "user", "password", "host", "port", "sslmode", "options"}
+
+
+class BatchWriter:
+    """COPYs batches into PostgreSQL on a second thread, so generating the next batch (Python, one
+    core) overlaps the database's work on this one (the server, the other core).
+
+    It uses the command's own connection, inside its transaction: the main thread doesn't touch
+    the connection between `put`s and `finish`. At most two batches wait, so memory stays bounded.
+    A failure on the writer is raised on the main thread at the next `put` or at `finish`.
+    """
+
+    def __init__(self):
+        self.raw = connection.connection  # psycopg's connection, in the command's transaction
+        self.pending: queue.Queue = queue.Queue(maxsize=2)
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self._run, name="seed-copy", daemon=True)
+        self.thread.start()
+
+    def put(self, tables_rows: list[list[tuple]]) -> None:
+        self._raise()
+        self.pending.put(tables_rows)
+
+    def finish(self) -> None:
+        self.pending.put(None)
+        self.thread.join()
+        self._raise()
+
+    def _raise(self) -> None:
+        if self.error is not None:
+            raise self.error
+
+    def _run(self) -> None:
+        while True:
+            tables_rows = self.pending.get()
+            if tables_rows is None:
+                return
+            if self.error is not None:
+                continue  # drain, so `put` never blocks on a dead writer
+            try:
+                for (model, columns, _), rows in zip(TABLES, tables_rows, strict=True):
+                    if not rows:
+                        continue
+                    table = connection.ops.quote_name(model._meta.db_table)
+                    names = ", ".join(connection.ops.quote_name(column) for column in columns)
+                    with self.raw.cursor() as cursor, cursor.copy(f"COPY {table} ({names}) FROM STDIN") as copy:
+                        for row in rows:
+                            copy.write_row(row)
+            except BaseException as exc:  # noqa: BLE001 - handed to the main thread
+                self.error = exc

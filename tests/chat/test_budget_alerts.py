@@ -253,7 +253,7 @@ def test_the_webhook_url_is_masked_in_logs_the_database_and_admin(asgi_server, w
     shown = "\n".join(page.content.decode() for page in pages)
     assert [page.status_code for page in pages] == [200, 200, 200]
     assert alert.last_error == "HTTP 404 Not Found"
-    assert "not delivered after 2 attempt(s): HTTP 404 Not Found" in shown
+    assert "not delivered after 2 attempts: HTTP 404 Not Found" in shown
     assert f"for url &#x27;{webhook.url.rsplit('/', 1)[0]}/…&#x27;" in shown  # the old row, masked
     for secret in ("pathS3cret", "queryS3cret"):
         assert secret not in caplog.text

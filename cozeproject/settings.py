@@ -242,6 +242,9 @@ CHAT_PRICE_PER_1K_OUTPUT_TOKENS = env_price("CHAT_PRICE_PER_1K_OUTPUT_TOKENS")
 CHAT_RETENTION_DAYS = env_number("CHAT_RETENTION_DAYS", 0, minimum=1, cast=int) or None
 # Uploaded files never attached to a message are deleted by `prune_chat_data` after this long.
 CHAT_ORPHAN_FILE_HOURS = env_number("CHAT_ORPHAN_FILE_HOURS", 24.0, minimum=1)
+# Ratings go to Coze's feedback API through an outbox (sessions_admin/feedback_outbox.py): each
+# worker's sender looks for due rows this often (and at once after a rating made in its process).
+CHAT_FEEDBACK_POLL_SECONDS = env_number("CHAT_FEEDBACK_POLL_SECONDS", 5.0, minimum=0.05)
 # /metrics tells anyone who can read it the traffic, error rates, bot ids and token spend, so
 # outside debug it is closed unless a scraper token is set (CHAT_METRICS_TOKEN: Bearer required)
 # or the operator opens it on purpose (CHAT_METRICS_PUBLIC=1, e.g. behind nginx's allow-list).

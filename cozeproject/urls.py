@@ -36,6 +36,7 @@ urlpatterns = [
     path("api/sessions/<str:session_id>/clear", rest.SessionClearApi.as_view(), name="session-clear"),
     path("api/sessions/<str:session_id>/stream", sse.session_stream_view, name="session-stream"),
     path("api/sessions/<str:session_id>/cancel", rest.SessionCancelApi.as_view(), name="session-cancel"),
+    path("api/messages/<str:message_id>/feedback", rest.MessageFeedbackApi.as_view(), name="message-feedback"),
     # The earlier FastAPI services' paths (docs/api.md §8).
     path("chat", compat.legacy_chat_view, name="legacy-chat"),
     path("chat/stream", compat.legacy_chat_stream_view, name="legacy-chat-stream"),
@@ -65,6 +66,11 @@ urlpatterns = [
         "v1/conversations/<str:conversation_id>/clear",
         coze_conversations.conversation_clear_view,
         name="coze-conversation-clear",
+    ),
+    path(
+        "v1/conversations/<str:conversation_id>/messages/<str:message_id>/feedback",
+        coze_conversations.message_feedback_view,
+        name="coze-message-feedback",
     ),
     path("v1/conversation/message/list", coze_conversations.message_list_view, name="coze-message-list"),
     path("v1/files/upload", coze_conversations.file_upload_view, name="coze-file-upload"),

@@ -42,15 +42,21 @@ ACTION_OF_RATING = {
 }
 
 
-def _answer_of(*, owner_key: str, message_id) -> Message:
-    """The owner's answer message `message_id`; ChatError not_found / invalid otherwise."""
-    try:
-        message_pk = int(message_id)
-    except (TypeError, ValueError):
-        raise ChatError("not_found", "No such message.") from None
+def _answer_of(*, owner_key: str, coze_user_id: str | None, message_id) -> Message:
+    """The owner's answer message `message_id` (narrowed to the sessions of `coze_user_id` when
+    given: an end-user token's); ChatError not_found / invalid otherwise."""
+    # A whole number, or its digits (a path segment); never a bool or a float that int() would take.
+    if isinstance(message_id, str) and message_id.isascii() and message_id.isdigit():
+        message_id = int(message_id)
+    if isinstance(message_id, bool) or not isinstance(message_id, int) or not 0 < message_id < 2**63:
+        raise ChatError("not_found", "No such message.")
+    message_pk = message_id
+    scope = {"conversation__session__owner_key": owner_key}
+    if coze_user_id is not None:
+        scope["conversation__session__coze_user_id"] = coze_user_id
     message = (
         Message.objects.select_related("conversation")
-        .filter(pk=message_pk, conversation__session__owner_key=owner_key)
+        .filter(pk=message_pk, **scope)
         .only("pk", "role", "kind", "coze_message_id", "created_at", "conversation__coze_conversation_id")
         .first()
     )
@@ -126,15 +132,16 @@ def _forwardable(message: Message) -> bool:
     return bool(message.coze_message_id and message.conversation.coze_conversation_id)
 
 
-def feedback_set(*, owner_key: str, message_id, rating, comment="") -> Feedback:
+def feedback_set(*, owner_key: str, message_id, rating, comment="", coze_user_id: str | None = None) -> Feedback:
     """Rate the owner's answer `message_id` ("up" or "down", with an optional comment), replacing
-    any earlier rating, and queue the rating for Coze. Returns the stored rating.
+    any earlier rating, and queue the rating for Coze. Returns the stored rating. `coze_user_id`
+    narrows the owner to one end user's sessions (an end-user token, `Owner.end_user_id`).
 
     Raises ChatError: not_found (unknown or another owner's message), invalid (not an answer, a
     bad rating, a comment that is not a string or longer than MAX_COMMENT_CHARS).
     """
     rating, comment = _validated(rating, comment)
-    message = _answer_of(owner_key=owner_key, message_id=message_id)
+    message = _answer_of(owner_key=owner_key, coze_user_id=coze_user_id, message_id=message_id)
     now = timezone.now()
     with transaction.atomic():
         # One statement, so two ratings of the same answer at once can't both insert.
@@ -159,13 +166,13 @@ def feedback_set(*, owner_key: str, message_id, rating, comment="") -> Feedback:
     return Feedback.objects.get(message_id=message.pk)
 
 
-def feedback_clear(*, owner_key: str, message_id) -> bool:
+def feedback_clear(*, owner_key: str, message_id, coze_user_id: str | None = None) -> bool:
     """Remove the owner's rating of answer `message_id` (and, through the outbox, Coze's copy).
     Returns whether there was one. Clearing an answer that has no rating is not an error.
 
     Raises ChatError: not_found (unknown or another owner's message), invalid (not an answer).
     """
-    message = _answer_of(owner_key=owner_key, message_id=message_id)
+    message = _answer_of(owner_key=owner_key, coze_user_id=coze_user_id, message_id=message_id)
     with transaction.atomic():
         deleted, _ = Feedback.objects.filter(message_id=message.pk).delete()
         # Only where something was (or is about to be) sent: a row exists for every forwarded rating.
@@ -284,4 +291,13 @@ def forward_failed(task: ForwardTask, error: str) -> None:
         last_error=error[:300],
         next_attempt_at=now + timedelta(seconds=forward_retry_delay(task.attempt)),
         updated_at=now,
+    )
+
+
+def forward_given_up(task: ForwardTask, error: str) -> None:
+    """Coze refused `task` for good (a message it does not know, a route it does not have): count
+    the attempt and stop, as after the last attempt. A rating changed meanwhile is left as it is."""
+    now = timezone.now()
+    FeedbackForward.objects.filter(pk=task.pk, version=task.version).update(
+        attempts=MAX_FORWARD_ATTEMPTS, last_error=error[:300], updated_at=now
     )

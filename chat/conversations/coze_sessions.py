@@ -258,6 +258,21 @@ def _message_pk(session: ChatSession, message_id: str) -> int:
     return pk
 
 
+@db_async
+def message_pk(*, owner: Owner, session_id: str, message_id: str) -> int:
+    """Our id of the message `message_id` (Coze's id, or ours for one Coze gave none) in the
+    owner's conversation `session_id`: `not_found` for an unknown conversation (4002) or a message
+    not in it (naming `message_id`)."""
+    session = ChatSession.objects.filter(**owner.scope(), session_id=session_id).only("pk").first()
+    if session is None:
+        raise no_conversation()
+    try:
+        return _message_pk(session, message_id)
+    except ChatError:
+        detail = f"No message {message_id} in this conversation."
+        raise ChatError("not_found", detail, errors={"message_id": [detail]}) from None
+
+
 # How long a lookup of a chat waits for the id of a reply that has just started to be recorded.
 CHAT_ID_WAIT_SECONDS = 2.0
 

@@ -60,7 +60,9 @@ def session_messages(*, owner: Owner, session_id: str):
     if session.current_conversation_id is None:
         return Message.objects.none()
     return (
-        Message.objects.filter(conversation_id=session.current_conversation_id).select_related("reply").order_by("pk")
+        Message.objects.filter(conversation_id=session.current_conversation_id)
+        .select_related("reply", "feedback")  # each answer's rating in the same query
+        .order_by("pk")
     )
 
 

@@ -3,7 +3,8 @@
 It owns the shared `AsyncCoze` client (one per event loop, i.e. one per worker process;
 `chat.coze.client`), builds requests and translates cozepy's stream into our own `Upstream*`
 events, continues chats paused for local tools (`chat.coze.chats`), creates conversations ahead of
-their first chat (`chat.coze.conversations`), uploads files (`chat.coze.files`), and maps every cozepy or transport
+their first chat (`chat.coze.conversations`), uploads files (`chat.coze.files`), forwards ratings
+(`chat.coze.feedback`), and maps every cozepy or transport
 failure to a `ChatError` with a code from docs/api.md §3 (`chat.coze.errors`). Details never carry
 the token. The rest of the project uses the names exported here.
 
@@ -51,6 +52,7 @@ from chat.coze.client import (  # noqa: E402
 )
 from chat.coze.conversations import aconversation_create  # noqa: E402
 from chat.coze.errors import error_from_coze_code, map_exception  # noqa: E402
+from chat.coze.feedback import afeedback_create, afeedback_delete  # noqa: E402
 from chat.coze.files import UploadedFile, aupload_file  # noqa: E402
 
 __all__ = [
@@ -70,6 +72,8 @@ __all__ = [
     "achat_open",
     "achat_submit_tool_outputs",
     "aconversation_create",
+    "afeedback_create",
+    "afeedback_delete",
     "aget_client",
     "attachment_item",
     "aupload_file",

@@ -1,5 +1,5 @@
 """Coze's own API (docs/api.md §13): the conversation routes — create, retrieve, list, clear,
-delete, message list — and file upload. A conversation is a session: the same key reads, lists,
+delete, message list, a message's feedback — and file upload. A conversation is a session: the same key reads, lists,
 clears and deletes it through the gateway's own session API too. Authentication, errors and the
 envelope as in `coze_api`.
 """
@@ -7,11 +7,12 @@ envelope as in `coze_api`.
 from django.http import HttpRequest, HttpResponse
 from django.http.multipartparser import MultiPartParserError
 
-from chat.access import admission
+from chat.access import admission, rates
 from chat.conversations import coze_sessions
 from chat.domain.errors import ChatError
 from chat.domain.inputs import Owner
 from chat.files import uploads
+from chat.runtime.db import db_async
 from chat.transports import coze_wire
 from chat.transports.coze_api import coze_view
 from chat.transports.coze_requests import (
@@ -20,8 +21,13 @@ from chat.transports.coze_requests import (
     int_param,
     json_body,
     parse_conversation,
+    parse_feedback,
     parse_message_query,
 )
+from sessions_admin import feedback, feedback_outbox
+
+_feedback_set = db_async(feedback.feedback_set)
+_feedback_clear = db_async(feedback.feedback_clear)
 
 
 def _conversation_id(request: HttpRequest, body: dict | None = None) -> str:
@@ -109,6 +115,27 @@ async def message_list_view(request: HttpRequest, owner: Owner) -> HttpResponse:
         last_id=messages[-1]["id"] if messages else "0",
         has_more=page.has_more,
     )
+
+
+@coze_view("POST", "DELETE")
+async def message_feedback_view(
+    request: HttpRequest, owner: Owner, conversation_id: str, message_id: str
+) -> HttpResponse:
+    """POST|DELETE /v1/conversations/{id}/messages/{id}/feedback: Coze's like / unlike (with
+    `reason_types` and `comment`) of an answer, or its removal; the rating of POST
+    /api/messages/{id}/feedback, forwarded to Coze the same way."""
+    await rates.acheck_request(owner)
+    body = json_body(request) if request.method == "POST" else {}
+    pk = await coze_sessions.message_pk(owner=owner, session_id=conversation_id, message_id=message_id)
+    if request.method == "POST":
+        rating, comment = parse_feedback(body)
+        await _feedback_set(
+            owner_key=owner.key, coze_user_id=owner.end_user_id, message_id=pk, rating=rating, comment=comment
+        )
+    else:
+        await _feedback_clear(owner_key=owner.key, coze_user_id=owner.end_user_id, message_id=pk)
+    feedback_outbox.wake()
+    return coze_wire.ok({})
 
 
 @coze_view("POST")

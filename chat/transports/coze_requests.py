@@ -353,3 +353,23 @@ def parse_message_query(body: dict) -> MessageQuery:
         raise _invalid("before_id", "Give before_id or after_id, not both.")
     limit = int_param(body, "limit", default=MAX_MESSAGE_LIMIT, low=1, high=MAX_MESSAGE_LIMIT)
     return MessageQuery(order=order, limit=limit, **cursors)
+
+
+# Coze's feedback types as our ratings (docs/api.md §15).
+RATING_OF_FEEDBACK_TYPE = {"like": "up", "unlike": "down"}
+MAX_REASON_TYPES = 20
+
+
+def parse_feedback(body: dict) -> tuple[str, str]:
+    """The rating and comment of Coze's feedback body `{feedback_type, reason_types?, comment?}`.
+    `reason_types` (a list of Coze's reason names) is checked for its shape and not kept."""
+    feedback_type = body.get("feedback_type")
+    if feedback_type not in RATING_OF_FEEDBACK_TYPE:
+        raise _invalid("feedback_type", 'Must be "like" or "unlike".')
+    reasons = body.get("reason_types")
+    if reasons is not None and not (
+        isinstance(reasons, list) and len(reasons) <= MAX_REASON_TYPES and all(isinstance(r, str) for r in reasons)
+    ):
+        raise _invalid("reason_types", f"Must be a list of at most {MAX_REASON_TYPES} strings.")
+    comment = body.get("comment")
+    return RATING_OF_FEEDBACK_TYPE[feedback_type], "" if comment is None else comment

@@ -64,7 +64,7 @@ COZE_CODES = {
     "upstream_rate_limited": 4009,
 }
 COZE_INTERNAL_ERROR = 5000
-COZE_CONVERSATION_NOT_FOUND, COZE_CHAT_NOT_FOUND = 4002, 4001
+COZE_CONVERSATION_NOT_FOUND, COZE_CHAT_NOT_FOUND, COZE_BAD_PARAMETER = 4002, 4001, 4000
 # Coze's own codes relayed as they came; never the server's Coze credentials failing (that is the
 # server's problem, not to be told to the client as if its own token were wrong).
 RELAYED = frozenset({"upstream_error", "upstream_rate_limited", "session_busy"})
@@ -82,6 +82,8 @@ def is_coze_path(path: str) -> bool:
 def coze_code(error: ChatError) -> int:
     """The Coze code for a ChatError (docs/api.md §13)."""
     if error.code == "not_found":
+        if error.errors and "message_id" in error.errors:
+            return COZE_BAD_PARAMETER  # what Coze answers for a message it does not have
         return COZE_CHAT_NOT_FOUND if error.errors and "chat_id" in error.errors else COZE_CONVERSATION_NOT_FOUND
     if error.code in RELAYED and error.upstream_code:
         return error.upstream_code

@@ -19,14 +19,17 @@ from chat.domain.errors import ChatError
 from chat.files import uploads
 from chat.transports.serializers import (
     ChatRequestSerializer,
+    FeedbackSerializer,
     MessageSerializer,
     SessionSerializer,
     TokenRequestSerializer,
     UsageSerializer,
     parse_chat_request,
+    parse_feedback_request,
     parse_token_request,
 )
 from chat.turn import service
+from sessions_admin import feedback, feedback_outbox
 from sessions_admin.models import Reply, hash_api_key
 
 ERROR_RESPONSE = inline_serializer(
@@ -240,6 +243,39 @@ class SessionClearApi(APIView):
                 "message": SESSION_CLEARED_MESSAGE,
             }
         )
+
+
+FEEDBACK_RESPONSE = inline_serializer(
+    "FeedbackResponse",
+    {"message_id": serializers.IntegerField(), "feedback": FeedbackSerializer()},
+)
+
+
+class MessageFeedbackApi(APIView):
+    """Rate an answer up or down, with an optional comment, or take the rating back (docs/api.md
+    §15). The rating is stored at once and forwarded to Coze in the background."""
+
+    @extend_schema(
+        tags=["sessions"],
+        request=FeedbackSerializer,
+        responses={200: FEEDBACK_RESPONSE, **ERRORS},
+        summary="Rate an answer (a second rating replaces the first)",
+    )
+    def post(self, request, message_id: str):
+        rating, comment = parse_feedback_request(request.data)
+        owner = request.auth
+        stored = feedback.feedback_set(
+            owner_key=owner.key, coze_user_id=owner.end_user_id, message_id=message_id, rating=rating, comment=comment
+        )
+        feedback_outbox.wake()
+        return Response({"message_id": stored.message_id, "feedback": feedback.feedback_json(stored)})
+
+    @extend_schema(tags=["sessions"], responses={204: None, **ERRORS}, summary="Take an answer's rating back")
+    def delete(self, request, message_id: str):
+        owner = request.auth
+        feedback.feedback_clear(owner_key=owner.key, coze_user_id=owner.end_user_id, message_id=message_id)
+        feedback_outbox.wake()
+        return Response(status=status.HTTP_204_NO_CONTENT)
 
 
 USAGE_RESPONSE = inline_serializer(

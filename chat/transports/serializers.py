@@ -6,11 +6,13 @@ import re
 import threading
 
 from django.conf import settings
+from drf_spectacular.utils import extend_schema_field
 from rest_framework import parsers, serializers
 
 from chat.access import tokens
 from chat.domain.errors import ChatError
 from chat.domain.inputs import ChatRequest
+from sessions_admin import feedback
 from sessions_admin.models import ChatSession, Message
 
 SESSION_ID_RE = re.compile(r"^[A-Za-z0-9_.:-]{1,128}$")
@@ -341,14 +343,50 @@ class SessionSerializer(serializers.ModelSerializer):
         return (conversation.coze_conversation_id or None) if conversation else None
 
 
+class FeedbackSerializer(serializers.Serializer):
+    """A rating of an answer (docs/api.md §15): the request body, and how a message shows it."""
+
+    rating = serializers.ChoiceField(choices=feedback.RATINGS, help_text='"up" or "down".')
+    comment = StrictCharField(
+        required=False,
+        allow_blank=True,
+        max_length=feedback.MAX_COMMENT_CHARS,
+        help_text=f"Optional, up to {feedback.MAX_COMMENT_CHARS} characters; empty or absent for none.",
+    )
+
+
+def parse_feedback_request(data, extra_fields: frozenset[str] = frozenset()) -> tuple[object, object]:
+    """The `rating` and `comment` of a feedback body, unchecked beyond its shape (a JSON object of
+    those fields): `sessions_admin.feedback.feedback_set` validates the values, for every transport."""
+    _known_fields_only(data, FeedbackSerializer, extra_fields)
+    return data.get("rating"), data.get("comment", "")
+
+
 class MessageSerializer(serializers.ModelSerializer):
     type = serializers.CharField(source="kind")
     chat_id = serializers.SerializerMethodField()
     status = serializers.SerializerMethodField()
+    feedback = serializers.SerializerMethodField()
 
     class Meta:
         model = Message
-        fields = ["id", "role", "type", "content", "content_type", "attachments", "chat_id", "status", "created_at"]
+        fields = [
+            "id",
+            "role",
+            "type",
+            "content",
+            "content_type",
+            "attachments",
+            "chat_id",
+            "status",
+            "feedback",
+            "created_at",
+        ]
+
+    @extend_schema_field(FeedbackSerializer(allow_null=True))
+    def get_feedback(self, message: Message) -> dict | None:
+        """The answer's rating, `{"rating","comment"}`, or null (always null on a question)."""
+        return feedback.message_feedback(message)
 
     def get_chat_id(self, message: Message) -> str | None:
         return (message.reply.coze_chat_id or None) if message.reply else None

@@ -1,11 +1,13 @@
 """WebSocket transport, `ws/chat/` (docs/api.md §5, §9).
 
 Frames in: `{"type":"chat", …body}`, `{"type":"resume","session_id","last_event_id"}`,
-`{"type":"cancel"[, "chat_id"]}`, `{"type":"ping"}`.
+`{"type":"cancel"[, "chat_id"]}`, `{"type":"ping"}`, and `{"type":"feedback","message_id",
+"rating","comment"}` (docs/api.md §15; `"rating": null` takes the rating back).
 Frames out: the same objects as the SSE `data` lines, each with the `id` its SSE event has,
-`{"type":"done","id"}` after each reply, and `{"type":"pong"}`. Each reply (or resume) runs in
-its own task so `receive` and `disconnect` never wait on the upstream. A bad frame gets an
-`error` object; the socket stays open.
+`{"type":"done","id"}` after each reply, `{"type":"pong"}`, and `{"type":"feedback",
+"message_id","feedback"}` answering a feedback frame (an `error` naming its `message_id` if
+refused). Each reply (or resume) runs in its own task so `receive` and `disconnect` never wait
+on the upstream. A bad frame gets an `error` object; the socket stays open.
 
 Authentication (docs/api.md §2, §5): `Authorization: Bearer` (an API key or an end-user token), or
 the browser's session cookie. Browsers can't set headers on a WebSocket, so a page offers its
@@ -24,7 +26,7 @@ from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
 from django.conf import settings
 
-from chat.access import tokens
+from chat.access import rates, tokens
 from chat.access.auth import (
     BROWSER_SESSION_KEY,
     aowner_from_api_key,
@@ -38,11 +40,13 @@ from chat.domain.events import PING
 from chat.domain.inputs import ChatRequest, Owner
 from chat.domain.sse import encode_json
 from chat.resume import resuming
+from chat.runtime.db import db_async
 from chat.runtime.logging import new_request_id, request_id_var
 from chat.runtime.tasks import in_background
-from chat.transports.serializers import SESSION_ID_RE, parse_chat_request
+from chat.transports.serializers import SESSION_ID_RE, parse_chat_request, parse_feedback_request
 from chat.turn import service
 from chat.turn.control import TurnControl
+from sessions_admin import feedback, feedback_outbox
 from sessions_admin.models import Reply
 
 logger = logging.getLogger(__name__)
@@ -51,6 +55,7 @@ CLOSE_UNAUTHENTICATED = 4401
 # Offered with an end-user token as a second subprotocol, by browsers that can't send Authorization.
 TOKEN_SUBPROTOCOL = "cozeproject.bearer"
 CHAT_FRAME_EXTRA_FIELDS = frozenset({"type"})
+FEEDBACK_FRAME_EXTRA_FIELDS = frozenset({"type", "message_id"})
 
 
 def _parse_resume(frame: dict) -> tuple[str, int]:
@@ -72,6 +77,10 @@ def _offered_token(scope) -> str | None:
     if TOKEN_SUBPROTOCOL not in offered:
         return None
     return next((value for value in offered if tokens.looks_like_token(value)), "")
+
+
+_feedback_set = db_async(feedback.feedback_set)
+_feedback_clear = db_async(feedback.feedback_clear)
 
 
 class ChatConsumer(AsyncJsonWebsocketConsumer):
@@ -147,7 +156,7 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
 
     async def receive_json(self, content, **kwargs) -> None:
         frame_type = content.get("type") if isinstance(content, dict) else None
-        if frame_type in ("chat", "resume") and not await self._still_authenticated():
+        if frame_type in ("chat", "resume", "feedback") and not await self._still_authenticated():
             return
         if frame_type == "chat":
             try:
@@ -180,8 +189,43 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
                 in_background(self._cancel_session(session_id))
         elif frame_type == "ping":
             await self.send_json({"type": "pong"})
+        elif frame_type == "feedback":
+            await self._rate(content)
         else:
-            await self._send_error(ChatError("invalid", "Unknown frame type; use chat, resume, cancel or ping."))
+            await self._send_error(
+                ChatError("invalid", "Unknown frame type; use chat, resume, cancel, feedback or ping.")
+            )
+
+    async def _rate(self, frame: dict) -> None:
+        """A feedback frame: rate the answer `message_id` as POST /api/messages/{id}/feedback does
+        (`"rating": null`: as DELETE), counted against the owner's rate like any request."""
+        message_id = frame.get("message_id")
+        try:
+            await rates.acheck_request(self.owner)
+            rating, comment = parse_feedback_request(frame, FEEDBACK_FRAME_EXTRA_FIELDS)
+            if "rating" in frame and rating is None:
+                await _feedback_clear(
+                    owner_key=self.owner.key, coze_user_id=self.owner.end_user_id, message_id=message_id
+                )
+                stored = None
+            else:
+                stored = await _feedback_set(
+                    owner_key=self.owner.key,
+                    coze_user_id=self.owner.end_user_id,
+                    message_id=message_id,
+                    rating=rating,
+                    comment=comment,
+                )
+        except ChatError as error:
+            refusal = error.as_event()
+            if isinstance(message_id, (int, str)) and not isinstance(message_id, bool):
+                refusal["message_id"] = message_id
+            if error.errors:
+                refusal["errors"] = error.errors
+            await self.send_json(refusal)
+            return
+        feedback_outbox.wake()
+        await self.send_json({"type": "feedback", "message_id": message_id, "feedback": feedback.feedback_json(stored)})
 
     async def _run_reply(self, chat_request: ChatRequest, control: TurnControl) -> None:
         # Each event carries the id the SSE stream would give it, so a resume can name it (§9).

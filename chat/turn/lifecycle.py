@@ -2,8 +2,8 @@
 
 Start: replies left "in progress" by a crashed worker are marked interrupted, replies whose wait
 for local tool outputs has passed are failed (the `mark_interrupted_replies` command does the same
-on demand), the deadlines of those still waiting are armed in this worker too, and the SIGTERM
-handler is installed.
+on demand), the deadlines of those still waiting are armed in this worker too, the sender of the
+ratings' outbox starts (`sessions_admin.feedback_outbox`), and the SIGTERM handler is installed.
 
 End: on SIGTERM, replies in flight end with a retryable `interrupted` error and are stored as
 interrupted, before the server's own shutdown runs. ASGI servers don't tell the application about
@@ -28,8 +28,10 @@ _background: set[asyncio.Task] = set()
 
 
 def process_started() -> None:
-    """Once per process, on the event loop: recover crashed replies, install the SIGTERM handler."""
+    """Once per process, on the event loop: recover crashed replies, install the SIGTERM handler.
+    On every call: make sure this loop's sender of the ratings' outbox runs."""
     global _started
+    _start_feedback_sender()
     if _started:
         return
     _started = True
@@ -66,6 +68,13 @@ async def _recover_stuck_replies() -> None:
         await tools.arearm_expiries()
     except Exception:  # best effort: crash recovery fails them once their wait has passed
         logger.warning("Could not arm the deadlines of replies waiting for tool outputs", exc_info=True)
+
+
+def _start_feedback_sender() -> None:
+    # Ratings made before a restart, and retries, are sent by whichever worker runs next.
+    from sessions_admin import feedback_outbox
+
+    feedback_outbox.start()
 
 
 def _install_sigterm_handler() -> None:

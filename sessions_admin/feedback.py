@@ -301,3 +301,22 @@ def forward_given_up(task: ForwardTask, error: str) -> None:
     FeedbackForward.objects.filter(pk=task.pk, version=task.version).update(
         attempts=MAX_FORWARD_ATTEMPTS, last_error=error[:300], updated_at=now
     )
+
+
+def forward_counts() -> dict[str, int]:
+    """The outbox's rows by state: `pending` (to be sent, now or after a backoff), `given_up`, `sent`."""
+    rows = FeedbackForward.objects
+    return {
+        "pending": rows.filter(done=False, attempts__lt=MAX_FORWARD_ATTEMPTS).count(),
+        "given_up": rows.filter(done=False, attempts__gte=MAX_FORWARD_ATTEMPTS).count(),
+        "sent": rows.filter(done=True).count(),
+    }
+
+
+def forward_retry_given_up() -> int:
+    """Make every given-up row pending again, due now, with its attempts counted afresh (after an
+    operator fixed what made Coze refuse them). Returns how many."""
+    now = timezone.now()
+    return FeedbackForward.objects.filter(done=False, attempts__gte=MAX_FORWARD_ATTEMPTS).update(
+        attempts=0, next_attempt_at=now, updated_at=now
+    )

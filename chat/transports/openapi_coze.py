@@ -1,6 +1,8 @@
 """The OpenAPI description of Coze's own API (plain Django views, docs/api.md §13): a
 drf-spectacular postprocessing hook."""
 
+from sessions_admin.feedback import MAX_COMMENT_CHARS
+
 ID = {"type": "string", "description": "A Coze-style id (a string of digits)"}
 STRING_MAP = {"type": "object", "additionalProperties": {"type": "string"}}
 MESSAGE = {
@@ -270,6 +272,44 @@ def add_coze_endpoints(result, generator, request, public):
             {"200": _envelope("The new section", {"type": "object", "properties": {"id": ID, "conversation_id": ID}})},
             parameters=conversation_id,
         )
+    }
+    message_path = [
+        *conversation_id,
+        {"name": "message_id", "in": "path", "required": True, "schema": {"type": "string"}},
+    ]
+    paths["/v1/conversations/{conversation_id}/messages/{message_id}/feedback"] = {
+        "post": operation(
+            "coze_message_feedback",
+            "Coze: like or unlike an answer (the rating of POST /api/messages/{id}/feedback)",
+            {"200": _envelope("Stored; forwarded to Coze in the background", {"type": "object"})},
+            parameters=message_path,
+            requestBody={
+                "required": True,
+                "content": {
+                    "application/json": {
+                        "schema": {
+                            "type": "object",
+                            "required": ["feedback_type"],
+                            "properties": {
+                                "feedback_type": {"type": "string", "enum": ["like", "unlike"]},
+                                "reason_types": {
+                                    "type": "array",
+                                    "items": {"type": "string"},
+                                    "description": "Checked, not kept.",
+                                },
+                                "comment": {"type": "string", "maxLength": MAX_COMMENT_CHARS},
+                            },
+                        }
+                    }
+                },
+            },
+        ),
+        "delete": operation(
+            "coze_message_feedback_delete",
+            "Coze: take an answer's like or unlike back",
+            {"200": _envelope("Removed", {"type": "object"})},
+            parameters=message_path,
+        ),
     }
     paths["/v1/conversation/message/list"] = {
         "post": operation(

@@ -284,3 +284,17 @@ def _question(text: str):
     from tests.chat.coze_clients import question
 
     return question(text)[0]
+
+
+def test_the_schema_describes_the_feedback_paths_and_the_rating_on_messages():
+    from tests.chat.test_openapi import load_schema
+
+    schema = load_schema()
+    ours = schema["paths"]["/api/messages/{message_id}/feedback"]
+    assert set(ours) >= {"post", "delete"} and "204" in ours["delete"]["responses"]
+    body = schema["components"]["schemas"]["Feedback"]
+    assert body["properties"]["comment"]["maxLength"] == fb.MAX_COMMENT_CHARS
+    assert body["required"] == ["rating"]
+    assert schema["components"]["schemas"]["Message"]["properties"]["feedback"]["nullable"] is True
+    coze = schema["paths"]["/v1/conversations/{conversation_id}/messages/{message_id}/feedback"]
+    assert set(coze) == {"post", "delete"}

@@ -248,10 +248,15 @@
 
   // --- API ----------------------------------------------------------------------------------------
 
-  async function api(path, { method = "GET" } = {}) {
+  async function api(path, { method = "GET", body } = {}) {
     const headers = { Accept: "application/json" };
     if (method !== "GET") headers["X-CSRFToken"] = csrfToken();
-    const response = await fetch(path, { method, headers, credentials: "same-origin", cache: "no-store" });
+    const init = { method, headers, credentials: "same-origin", cache: "no-store" };
+    if (body !== undefined) {
+      headers["Content-Type"] = "application/json";
+      init.body = JSON.stringify(body);
+    }
+    const response = await fetch(path, init);
     if (response.status === 204) return null;
     const payload = await response.json().catch(() => ({}));
     if (!response.ok) {
@@ -324,6 +329,13 @@
       this.notice.replaceChildren();
       this.meta.replaceChildren();
       this.followUps.replaceChildren();
+      // A retried reply is another answer: rated afresh.
+      if (this.commentForm) this.commentForm.remove();
+      this.feedbackBar = null;
+      this.messageId = null;
+      this.chatId = null;
+      this.feedback = null;
+      delete this.node.dataset.rating;
       this.setStatus("waiting");
     }
 
@@ -340,6 +352,7 @@
     apply(event) {
       switch (event.type) {
         case "session":
+          this.chatId = event.chat_id || this.chatId;
           this.setStatus("streaming");
           this.notice.hidden = true;
           break;
@@ -474,6 +487,95 @@
         }
       });
       this.meta.append(copy);
+      this.addFeedback();
+    }
+
+    /**
+     * Thumbs up and down, and an optional comment, on this answer (docs/api.md §15). `messageId` is
+     * the answer's id in the session's messages: known for history, looked up by the reply's chat id
+     * for an answer that was just streamed. Clicking the pressed thumb takes the rating back.
+     */
+    addFeedback({ messageId = null, feedback = null } = {}) {
+      if (this.feedbackBar) return;
+      if (messageId != null) this.messageId = messageId;
+      this.feedback = feedback;
+      const bar = make("span", "feedback");
+      const button = (rating, label) => {
+        const node = make("button", "icon-button feedback-button");
+        node.type = "button";
+        node.dataset.rating = rating;
+        node.title = label;
+        node.setAttribute("aria-label", label);
+        node.appendChild(svgIcon(rating === "up" ? "thumb-up" : "thumb-down"));
+        node.addEventListener("click", () => this.rate(this.feedback && this.feedback.rating === rating ? null : rating));
+        return node;
+      };
+      this.thumbs = [button("up", "Good answer"), button("down", "Bad answer")];
+      this.commentNote = make("span", "feedback-note");
+      bar.append(...this.thumbs, this.commentNote);
+      this.meta.append(bar);
+      this.commentForm = make("form", "feedback-comment");
+      this.commentForm.hidden = true;
+      this.commentInput = make("input");
+      this.commentInput.type = "text";
+      this.commentInput.maxLength = 2000;
+      this.commentInput.placeholder = "What was good or bad about this answer? (optional)";
+      this.commentInput.setAttribute("aria-label", "Comment on this answer");
+      const save = make("button", "btn btn-small", "Save comment");
+      save.type = "submit";
+      this.commentForm.append(this.commentInput, save);
+      this.commentForm.addEventListener("submit", (event) => {
+        event.preventDefault();
+        if (this.feedback) this.rate(this.feedback.rating, this.commentInput.value.trim());
+      });
+      this.meta.after(this.commentForm);
+      this.feedbackBar = bar;
+      this.showFeedback();
+    }
+
+    showFeedback() {
+      const rating = this.feedback ? this.feedback.rating : null;
+      this.node.dataset.rating = rating || "";
+      for (const thumb of this.thumbs) thumb.setAttribute("aria-pressed", String(thumb.dataset.rating === rating));
+      this.commentNote.textContent = this.feedback && this.feedback.comment ? `“${this.feedback.comment}”` : "";
+      if (!rating) this.commentForm.hidden = true;
+    }
+
+    async resolveMessageId() {
+      if (this.messageId != null) return this.messageId;
+      const sessionId = this.sessionId || state.sessionId;
+      const messages = await apiAllPages(`/api/sessions/${encodeURIComponent(sessionId)}/messages`);
+      const answer = messages.filter((message) => message.type === "answer" && message.chat_id === this.chatId).pop();
+      if (!answer) throw new Error("this answer is not stored yet");
+      this.messageId = answer.id;
+      return this.messageId;
+    }
+
+    async rate(rating, comment) {
+      const commentSaved = comment !== undefined;
+      if (!commentSaved) comment = this.feedback ? this.feedback.comment : "";
+      try {
+        const path = `/api/messages/${encodeURIComponent(await this.resolveMessageId())}/feedback`;
+        if (rating) {
+          const stored = await api(path, { method: "POST", body: { rating, comment } });
+          this.feedback = stored.feedback;
+        } else {
+          await api(path, { method: "DELETE" });
+          this.feedback = null;
+        }
+      } catch (error) {
+        toast(`Could not save the rating: ${error.message}`);
+        return;
+      }
+      this.showFeedback();
+      if (rating && !commentSaved) {
+        // A thumb was clicked: offer the comment (the saved one, to edit); a saved comment closes it.
+        this.commentInput.value = this.feedback.comment;
+        this.commentForm.hidden = false;
+        this.commentInput.focus();
+      } else {
+        this.commentForm.hidden = true;
+      }
     }
   }
 
@@ -818,6 +920,7 @@
       view = new AssistantMessage();
       el.thread.appendChild(view.node);
     }
+    view.sessionId = state.sessionId;
     scrollToBottom(true);
     setBusy(true);
     state.stopRequested = false;
@@ -1105,6 +1208,9 @@
           });
         }
         pendingQuestion = null;
+        view.sessionId = state.sessionId;
+        view.chatId = message.chat_id;
+        view.addFeedback({ messageId: message.id, feedback: message.feedback });
         el.thread.appendChild(view.node);
         lastAnswer = view;
       } else if (message.type === "follow_up" && lastAnswer) {

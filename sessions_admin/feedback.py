@@ -1,9 +1,9 @@
 """Ratings of answers (docs/api.md §15), and the outbox that forwards them to Coze.
 
 * `feedback_set` / `feedback_clear` are what the API, the WebSocket frame and Coze's own feedback
-  path call. They are owner-scoped: another owner's message, or an unknown id, is `not_found`
-  (never `forbidden`, so ids can't be probed); a message that is not an answer is `invalid`. A
-  second rating replaces the first.
+  path call. They are owner-scoped (an end-user token narrowed to its user by `coze_user_id`):
+  another owner's message, or an unknown id, is `not_found` (never `forbidden`, so ids can't be
+  probed); a message that is not an answer is `invalid`. A second rating replaces the first.
 * Each change is written together with its row in the outbox (`FeedbackForward`), in one
   transaction: the rating and the promise to tell Coze commit together or not at all, and the
   user's request never waits for Coze. One outbox row per answer holds the state Coze should end
@@ -15,13 +15,17 @@
   the version the sender took: a rating changed while it was being sent stays pending, and is
   sent again in its new form. Failures are retried with exponential backoff
   (FORWARD_RETRY_BASE_SECONDS, doubled per attempt, at most FORWARD_RETRY_MAX_SECONDS) until
-  MAX_FORWARD_ATTEMPTS; a row survives restarts because it is only ever a database row.
-* Answers without Coze ids (a reply that never got them) are rated here but not forwarded.
+  MAX_FORWARD_ATTEMPTS (`forward_given_up` ends them at once when Coze refuses one for good); a
+  row survives restarts because it is only ever a database row.
+* Answers without Coze ids (a reply that never got them), and every answer when the upstream is a
+  Coze Studio (`COZE_PLATFORM=studio`, which has no feedback API), are rated here but not forwarded.
+* The sender itself, which calls Coze through the adapter, is `sessions_admin.feedback_outbox`.
 """
 
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
+from django.conf import settings
 from django.db import connection, transaction
 from django.db.models import F, QuerySet
 from django.utils import timezone
@@ -129,6 +133,9 @@ def _enqueue(message: Message, *, action: str, comment: str, now: datetime) -> N
 
 
 def _forwardable(message: Message) -> bool:
+    # Coze Studio has no feedback API (docs/api.md §14): there ratings stay here.
+    if settings.COZE_PLATFORM == "studio":
+        return False
     return bool(message.coze_message_id and message.conversation.coze_conversation_id)
 
 

@@ -290,3 +290,30 @@ def test_a_sender_skips_rows_another_sender_holds_instead_of_waiting():
         thread.join(timeout=10)
     assert not thread.is_alive() and not failures, failures
     assert sorted(claimed) == sorted(set(FeedbackForward.objects.values_list("pk", flat=True)) - set(held))
+
+
+def test_against_coze_studio_ratings_are_kept_here_and_not_queued(chat, settings):
+    client, _, _, replies = chat
+    settings.COZE_PLATFORM = "studio"  # Studio has no feedback API
+    fb.feedback_set(owner_key=client.owner_key, message_id=answer_of(replies[0]).pk, rating="down")
+    assert Feedback.objects.exists() and not FeedbackForward.objects.exists()
+
+
+def test_an_end_users_narrowing_reaches_only_that_users_answers(chat):
+    client, session, _, replies = chat
+    answer = answer_of(replies[0])
+    with pytest.raises(ChatError) as caught:
+        fb.feedback_set(
+            owner_key=client.owner_key, coze_user_id=session.coze_user_id + "-other", message_id=answer.pk, rating="up"
+        )
+    assert caught.value.code == "not_found"
+    fb.feedback_set(owner_key=client.owner_key, coze_user_id=session.coze_user_id, message_id=answer.pk, rating="up")
+    assert Feedback.objects.get().rating == "up"
+
+
+@pytest.mark.parametrize("message_id", [True, 1.0, "1.0", " 1", 0, -3, 2**63])
+def test_a_message_id_that_is_not_a_whole_positive_number_is_not_found(chat, message_id):
+    client, _, _, _ = chat
+    with pytest.raises(ChatError) as caught:
+        fb.feedback_set(owner_key=client.owner_key, message_id=message_id, rating="up")
+    assert caught.value.code == "not_found"

@@ -95,11 +95,15 @@ cookie (browsers, whose `Origin` must be allowed). An unauthenticated socket is 
 4401, and so is one whose token has expired or been revoked, at its next `chat` or `resume` frame.
 
 Client frames: `{"type":"chat", …chat request body}`, `{"type":"resume","session_id","last_event_id"}`,
-`{"type":"cancel"[, "chat_id"]}`, `{"type":"ping"}`.
+`{"type":"cancel"[, "chat_id"]}`, `{"type":"ping"}`, and
+`{"type":"feedback","message_id","rating":"up"|"down"|null,"comment"}` (rate an answer as
+`POST /api/messages/{message_id}/feedback` does; `null` takes the rating back).
 
 Server frames: the same JSON objects as the SSE `data:` lines (`session`, `reasoning`, `delta`,
 `follow_up`, `completed`, `error`), each with the `"id"` of its SSE event, then
-`{"type":"done","id"}` after each reply, and `{"type":"pong"}`. `resume` replays a session's
+`{"type":"done","id"}` after each reply, `{"type":"pong"}`, and
+`{"type":"feedback","message_id","feedback":{"rating","comment"}|null}` for a feedback frame (an
+`error` carrying its `message_id` when refused). `resume` replays a session's
 reply after `last_event_id` and follows it, as `GET /api/sessions/{session_id}/stream` does.
 One socket carries many turns; a bad frame gets an `error` object and the socket stays open.
 Frames are limited to 1 MiB.

@@ -187,3 +187,30 @@ def test_a_sender_runs_once_per_event_loop_and_restarts_if_it_died():
         await asyncio.gather(second, return_exceptions=True)
 
     asyncio.run(main())
+
+
+def test_senders_in_several_workers_send_each_rating_exactly_once(http, api_key, simulator):
+    import asyncio
+    import threading
+
+    answers = [answered_turn(http, api_key, f"many{n}") for n in range(12)]
+    owner_key = answers[0].conversation.session.owner_key
+    for answer in answers:
+        fb.feedback_set(owner_key=owner_key, message_id=answer.pk, rating="up", comment=str(answer.pk))
+
+    # Two more workers' senders, each on its own event loop, beside the live server's own.
+    def worker():
+        async def drain():
+            while (await feedback_outbox.aforward_due(limit=3)).claimed:
+                pass
+
+        asyncio.run(drain())
+
+    threads = [threading.Thread(target=worker) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    wait_until(lambda: FeedbackForward.objects.filter(done=True).count() == len(answers), timeout=10)
+    sent = [record["message_id"] for record in received(simulator) if record["comment"]]
+    assert sorted(sent) == sorted(answer.coze_message_id for answer in answers)

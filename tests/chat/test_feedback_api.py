@@ -195,6 +195,19 @@ def test_the_websocket_feedback_frame_rates_replaces_and_takes_back(asgi_server,
     assert not Feedback.objects.exists()
 
 
+def test_websocket_feedback_frames_count_against_the_clients_rate(asgi_server, http, api_key, settings):
+    from tests.chat.limits_helpers import reset_counters
+
+    turn(http, api_key, "s1")
+    answer = answer_id(http, api_key, "s1")
+    reset_counters()
+    settings.CHAT_RATE_LIMIT_PER_MINUTE = 2
+    with connect(f"{asgi_server.ws_url}/ws/chat/", additional_headers=auth(api_key)) as socket:
+        frames = ws_frames(socket, *[{"type": "feedback", "message_id": answer, "rating": "up"}] * 3)
+    assert [frame["type"] for frame in frames] == ["feedback", "feedback", "error"]
+    assert frames[2]["code"] == "rate_limited" and frames[2]["retry_after"] > 0
+
+
 # --- Coze's own feedback path (cozepy over HTTP) ----------------------------------------------------
 
 

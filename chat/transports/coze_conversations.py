@@ -1,7 +1,7 @@
 """Coze's own API (docs/api.md §13): the conversation routes — create, retrieve, list, clear,
-delete, message list, a message's feedback — and file upload. A conversation is a session: the same key reads, lists,
-clears and deletes it through the gateway's own session API too. Authentication, errors and the
-envelope as in `coze_api`.
+delete, message list, a message's feedback — and file upload. A conversation is a session: the
+same key reads, lists, clears and deletes it through the gateway's own session API too.
+Authentication, errors and the envelope as in `coze_api`.
 """
 
 from django.http import HttpRequest, HttpResponse

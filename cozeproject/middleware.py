@@ -6,11 +6,13 @@ from django.conf import settings
 from django.contrib.auth import middleware as auth_middleware
 from django.contrib.messages import middleware as messages_middleware
 from django.contrib.sessions import middleware as sessions_middleware
+from django.http import HttpResponseBadRequest
 from django.middleware import clickjacking, common, csrf, security
 from django.utils.deprecation import MiddlewareMixin
 from whitenoise.middleware import WhiteNoiseMiddleware
 
 from chat.domain.errors import ChatError
+from chat.domain.inputs import check_text
 from chat.runtime.logging import request_context_begin, request_context_end, request_id_var
 from chat.transports.errors import (
     COZE_CODES,
@@ -264,6 +266,23 @@ class StaticFilesMiddleware(WhiteNoiseMiddleware):
     def _static_file(self, path: str):
         # As WhiteNoiseMiddleware.__call__ looks it up.
         return self.find_file(path) if self.autorefresh else self.files.get(path)
+
+
+class TextInputMiddleware(_HooksOnTheLoop, MiddlewareMixin):
+    """Invalid text in the path or the query string (NUL, stray control characters, lone
+    surrogates: `chat.domain.inputs.check_text`, the rule bodies are held to as they are decoded)
+    is `400 invalid` before any view reads it: JSON on the API's paths (Coze's shape on Coze's),
+    a plain-text 400 on the pages people browse."""
+
+    def process_request(self, request):
+        try:
+            check_text(request.path_info, "path")
+            check_text({name: request.GET.getlist(name) for name in request.GET}, "query")
+        except ChatError as error:
+            if not is_api_path(request.path_info):
+                return HttpResponseBadRequest(error.detail, content_type="text/plain; charset=utf-8")
+            return coze_error_response(error) if is_coze_path(request.path_info) else json_error_response(error)
+        return None
 
 
 class JsonErrorsMiddleware(_HooksOnTheLoop, MiddlewareMixin):

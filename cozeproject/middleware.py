@@ -1,6 +1,8 @@
 """Middleware: the body-size limit (ASGI, before Django reads a body), the request context
 (request id, request metrics), and Django's own middleware running on the event loop."""
 
+import tempfile
+
 from asgiref.sync import iscoroutinefunction, markcoroutinefunction, sync_to_async
 from django.conf import settings
 from django.contrib.auth import middleware as auth_middleware
@@ -27,6 +29,8 @@ PAYLOAD_TOO_LARGE = render_json({"detail": "The request body is larger than 1 Mi
 # Paths with their own body limit instead of CHAT_MAX_BODY_BYTES: file uploads, the gateway's own
 # and Coze's API's (docs/api.md §12, §13; deploy/nginx.conf gives both the same limit).
 UPLOAD_PATHS = frozenset({"/api/files", "/v1/files/upload"})
+# How much of a spooled chunked upload is handed to Django at a time.
+SPOOL_CHUNK_BYTES = 64 * 1024
 
 
 def upload_too_large_body() -> bytes:
@@ -52,8 +56,9 @@ class BodySizeLimitMiddleware:
     File uploads (UPLOAD_PATHS) have CHAT_MAX_UPLOAD_BYTES plus the multipart framing instead;
     with a Content-Length within it their body is passed through unbuffered (the server delivers
     no more than that length, and Django spools it to a temporary file), so a 20 MiB upload is
-    never held in memory here. A chunked upload is counted as it is buffered, then given the
-    Content-Length Django's multipart parser needs (without one it sees no file at all).
+    never held in memory here. A chunked upload is counted as it is spooled to a temporary file
+    (in memory up to FILE_UPLOAD_MAX_MEMORY_SIZE, on disk past it), then given to Django with the
+    Content-Length its multipart parser needs (without one it sees no file at all).
     """
 
     def __init__(self, app):
@@ -76,8 +81,10 @@ class BodySizeLimitMiddleware:
                     declared = 0
                 if declared > limit:
                     return await self._refuse(send, upload=is_upload, coze=is_coze_path(scope["path"]))
-        if is_upload and declared is not None:
-            return await self.app(scope, receive, send)
+        if is_upload:
+            if declared is not None:
+                return await self.app(scope, receive, send)
+            return await self._spooled_upload(scope, receive, send, limit)
         chunks, size = [], 0
         while True:
             message = await receive()
@@ -97,9 +104,49 @@ class BodySizeLimitMiddleware:
                 return chunks.pop(0)
             return await receive()
 
-        if is_upload:
-            scope = {**scope, "headers": [*scope.get("headers", []), (b"content-length", str(size).encode())]}
         return await self.app(scope, replay, send)
+
+    async def _spooled_upload(self, scope, receive, send, limit: int) -> None:
+        """A chunked upload: counted and spooled as it comes, then replayed to Django in chunks."""
+        spool = tempfile.SpooledTemporaryFile(max_size=settings.FILE_UPLOAD_MAX_MEMORY_SIZE)
+        try:
+            size, ended = 0, None
+            while True:
+                message = await receive()
+                if message["type"] != "http.request":
+                    ended = message  # disconnected before the body arrived: Django sees it as it would
+                    break
+                body = message.get("body", b"")
+                size += len(body)
+                if size > limit:
+                    return await self._refuse(send, upload=True, coze=is_coze_path(scope["path"]))
+                if getattr(spool, "_rolled", False):  # on disk: write off the event loop
+                    await sync_to_async(spool.write, thread_sensitive=False)(body)
+                else:
+                    spool.write(body)
+                if not message.get("more_body", False):
+                    break
+            spool.seek(0)
+            left = size
+
+            async def replay():
+                nonlocal left, ended
+                if ended is not None:
+                    message, ended = ended, None
+                    return message
+                if left < 0:
+                    return await receive()  # the body was given: what comes now is the disconnect
+                chunk = spool.read(SPOOL_CHUNK_BYTES)
+                left -= len(chunk)
+                more = left > 0
+                if not more:
+                    left = -1
+                return {"type": "http.request", "body": chunk, "more_body": more}
+
+            headers = [*scope.get("headers", []), (b"content-length", str(size).encode())]
+            return await self.app({**scope, "headers": headers}, replay, send)
+        finally:
+            spool.close()
 
     @staticmethod
     async def _refuse(send, *, upload: bool = False, coze: bool = False) -> None:

@@ -1,7 +1,8 @@
 """A turn's spend is stored before its admission is given back (docs/api.md §11), with Redis and
 Postgres: the moment a reply's stream slot leaves the in-flight set, the daily rollup that
 admissions read already holds the reply's tokens — also when the first attempt to store the reply
-failed and a background retry stored it. And the reservation a reply in flight counts for is the
+failed and a background retry stored it; and an admission whose spend read raced such a release
+reads the spend again. And the reservation a reply in flight counts for is the
 average of the replies that spent tokens, not dragged down by cancelled replies that spent none."""
 
 import asyncio
@@ -10,11 +11,13 @@ import time
 import pytest
 from django.conf import settings as django_settings
 
-from chat.access import budgets, counters
+from chat.access import admission, budgets, counters
+from chat.domain.errors import ChatError
+from chat.runtime.db import db_async
 from chat.turn import finish, store
 from sessions_admin.models import ApiClient, DailyUsage, Reply
 from tests.chat.conftest import redis_ok
-from tests.chat.limits_helpers import reset_counters, send_turn
+from tests.chat.limits_helpers import client_owner, reset_counters, send_turn
 from tests.conftest import wait_until
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -108,3 +111,38 @@ def test_cancelled_zero_token_replies_do_not_shrink_the_reservation(settings):
     # Only replies that spent nothing: no average yet, the setting.
     DailyUsage.objects.filter(owner_key=client.owner_key).update(replies=3, cancelled=2, failed=1, total_tokens=0)
     assert budgets.reservation_per_reply(budgets.spend_of(client.owner_key, budgets.now())) == 1000
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("backend", ["redis", "memory"])
+async def test_an_admission_reads_the_spend_again_when_a_reply_ended_while_it_read(settings, monkeypatch, backend):
+    if backend == "memory":
+        settings.REDIS_URL = ""
+    settings.CHAT_BUDGET_RESERVE_TOKENS = 40
+    # Through the service's database threads (closed at the end of the run), not asyncio's.
+    client, _ = await db_async(ApiClient.create_with_key)(name="racing", daily_token_budget=100)
+    owner = client_owner(client)
+    running = await admission.aadmit_turn(owner=owner, bot_id=settings.COZE_BOT_ID)
+    read_spend = budgets.aspend_of
+    spends = []
+
+    async def spend_read_as_the_running_reply_ends(owner_key, at):
+        spend = await read_spend(owner_key, at)
+        if not spends:
+            # The running reply ends between this read and the atomic step: its 100 tokens are
+            # stored, then its slot is given back, in that order.
+            await db_async(DailyUsage.objects.create)(
+                day=at.date(), bot_id="b", owner_key=owner_key, replies=1, total_tokens=100
+            )
+            await admission.arelease_turn(running)
+        spends.append(spend)
+        return spend
+
+    monkeypatch.setattr(budgets, "aspend_of", spend_read_as_the_running_reply_ends)
+
+    with pytest.raises(ChatError) as refused:
+        await admission.aadmit_turn(owner=owner, bot_id=settings.COZE_BOT_ID)
+
+    # The first read missed the 100 tokens and found the slot free; the second read has them.
+    assert [spend.today_tokens for spend in spends] == [0, 100]
+    assert refused.value.code == "quota_exceeded"

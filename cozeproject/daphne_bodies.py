@@ -44,7 +44,10 @@ class SpooledBodyQueue(asyncio.Queue):
         self._start_spooling()
 
     def _start_spooling(self):
-        self._body_bytes, self._spool, self._reading = 0, None, False
+        self._body_bytes, self._spool = 0, None
+        # Where the next spooled chunk is written and read: kept apart, so reads may interleave
+        # with writes (daphne writes all before the application reads, but need not).
+        self._written, self._read = 0, 0
 
     def _put(self, message):
         body = message.get("body") if message.get("type") == "http.request" else None
@@ -53,7 +56,9 @@ class SpooledBodyQueue(asyncio.Queue):
             if self._body_bytes > IN_MEMORY_BYTES:
                 if self._spool is None:
                     self._spool = tempfile.TemporaryFile()
-                self._spool.write(body)  # appended in order; read back in the same order
+                self._spool.seek(self._written)
+                self._spool.write(body)
+                self._written += len(body)
                 message = {**message, "body": _Spooled(len(body))}
         self._queue.append(message)
 
@@ -61,11 +66,9 @@ class SpooledBodyQueue(asyncio.Queue):
         message = self._queue.popleft()
         body = message.get("body")
         if isinstance(body, _Spooled):
-            if not self._reading:
-                self._spool.flush()
-                self._spool.seek(0)
-                self._reading = True
+            self._spool.seek(self._read)  # (a seek flushes what was written)
             message = {**message, "body": self._spool.read(body.size)}
+            self._read += body.size
             if not message.get("more_body", False):
                 self._spool.close()
         return message

@@ -103,3 +103,21 @@ def test_daphnes_input_queue_keeps_a_large_body_on_disk_in_order():
     assert [m["more_body"] for m in received[:-1]] == [True] * 599 + [False]
     assert received[-1] == {"type": "http.disconnect"}
     assert queue._spool.closed  # given back once the body was read
+
+
+def test_daphnes_input_queue_gives_chunks_back_in_order_when_reads_and_writes_interleave():
+    async def scenario():
+        queue = asyncio.Queue()
+        queue.__class__ = SpooledBodyQueue
+        queue._start_spooling()
+        first = b"m" * IN_MEMORY_BYTES  # fills what stays in memory
+        queue.put_nowait({"type": "http.request", "body": first, "more_body": True})
+        got = [await queue.get()]
+        for index in range(5):
+            queue.put_nowait({"type": "http.request", "body": bytes([65 + index]) * 1000, "more_body": index < 4})
+            got.append(await queue.get())
+        return got
+
+    got = asyncio.run(scenario())
+    assert got[0]["body"] == b"m" * IN_MEMORY_BYTES
+    assert [message["body"] for message in got[1:]] == [bytes([65 + index]) * 1000 for index in range(5)]

@@ -6,6 +6,7 @@ from http import HTTPStatus
 
 from django.core.asgi import get_asgi_application
 
+from cozeproject import daphne_bodies
 from cozeproject.configuration import exit_on_configuration_error
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "cozeproject.settings")
@@ -78,6 +79,7 @@ def complete_twisted_reason_phrases() -> None:
 
 
 complete_twisted_reason_phrases()
+daphne_bodies.install()  # under daphne: request bodies past 1 MiB on disk, not in memory
 start_demo_mode()  # before serving: the simulator's start-up and the DEMO MODE log line, once per process
 
 application = build_application(django_asgi_app)

@@ -1,16 +1,20 @@
 """Middleware: the body-size limit (ASGI, before Django reads a body), the request context
 (request id, request metrics), and Django's own middleware running on the event loop."""
 
+import tempfile
+
 from asgiref.sync import iscoroutinefunction, markcoroutinefunction, sync_to_async
 from django.conf import settings
 from django.contrib.auth import middleware as auth_middleware
 from django.contrib.messages import middleware as messages_middleware
 from django.contrib.sessions import middleware as sessions_middleware
+from django.http import HttpResponseBadRequest
 from django.middleware import clickjacking, common, csrf, security
 from django.utils.deprecation import MiddlewareMixin
 from whitenoise.middleware import WhiteNoiseMiddleware
 
 from chat.domain.errors import ChatError
+from chat.domain.inputs import check_text
 from chat.runtime.logging import request_context_begin, request_context_end, request_id_var
 from chat.transports.errors import (
     COZE_CODES,
@@ -25,6 +29,8 @@ PAYLOAD_TOO_LARGE = render_json({"detail": "The request body is larger than 1 Mi
 # Paths with their own body limit instead of CHAT_MAX_BODY_BYTES: file uploads, the gateway's own
 # and Coze's API's (docs/api.md §12, §13; deploy/nginx.conf gives both the same limit).
 UPLOAD_PATHS = frozenset({"/api/files", "/v1/files/upload"})
+# How much of a spooled chunked upload is handed to Django at a time.
+SPOOL_CHUNK_BYTES = 64 * 1024
 
 
 def upload_too_large_body() -> bytes:
@@ -50,8 +56,9 @@ class BodySizeLimitMiddleware:
     File uploads (UPLOAD_PATHS) have CHAT_MAX_UPLOAD_BYTES plus the multipart framing instead;
     with a Content-Length within it their body is passed through unbuffered (the server delivers
     no more than that length, and Django spools it to a temporary file), so a 20 MiB upload is
-    never held in memory here. A chunked upload is counted as it is buffered, then given the
-    Content-Length Django's multipart parser needs (without one it sees no file at all).
+    never held in memory here. A chunked upload is counted as it is spooled to a temporary file
+    (in memory up to FILE_UPLOAD_MAX_MEMORY_SIZE, on disk past it), then given to Django with the
+    Content-Length its multipart parser needs (without one it sees no file at all).
     """
 
     def __init__(self, app):
@@ -74,8 +81,10 @@ class BodySizeLimitMiddleware:
                     declared = 0
                 if declared > limit:
                     return await self._refuse(send, upload=is_upload, coze=is_coze_path(scope["path"]))
-        if is_upload and declared is not None:
-            return await self.app(scope, receive, send)
+        if is_upload:
+            if declared is not None:
+                return await self.app(scope, receive, send)
+            return await self._spooled_upload(scope, receive, send, limit)
         chunks, size = [], 0
         while True:
             message = await receive()
@@ -95,9 +104,49 @@ class BodySizeLimitMiddleware:
                 return chunks.pop(0)
             return await receive()
 
-        if is_upload:
-            scope = {**scope, "headers": [*scope.get("headers", []), (b"content-length", str(size).encode())]}
         return await self.app(scope, replay, send)
+
+    async def _spooled_upload(self, scope, receive, send, limit: int) -> None:
+        """A chunked upload: counted and spooled as it comes, then replayed to Django in chunks."""
+        spool = tempfile.SpooledTemporaryFile(max_size=settings.FILE_UPLOAD_MAX_MEMORY_SIZE)
+        try:
+            size, ended = 0, None
+            while True:
+                message = await receive()
+                if message["type"] != "http.request":
+                    ended = message  # disconnected before the body arrived: Django sees it as it would
+                    break
+                body = message.get("body", b"")
+                size += len(body)
+                if size > limit:
+                    return await self._refuse(send, upload=True, coze=is_coze_path(scope["path"]))
+                if getattr(spool, "_rolled", False):  # on disk: write off the event loop
+                    await sync_to_async(spool.write, thread_sensitive=False)(body)
+                else:
+                    spool.write(body)
+                if not message.get("more_body", False):
+                    break
+            spool.seek(0)
+            left = size
+
+            async def replay():
+                nonlocal left, ended
+                if ended is not None:
+                    message, ended = ended, None
+                    return message
+                if left < 0:
+                    return await receive()  # the body was given: what comes now is the disconnect
+                chunk = spool.read(SPOOL_CHUNK_BYTES)
+                left -= len(chunk)
+                more = left > 0
+                if not more:
+                    left = -1
+                return {"type": "http.request", "body": chunk, "more_body": more}
+
+            headers = [*scope.get("headers", []), (b"content-length", str(size).encode())]
+            return await self.app({**scope, "headers": headers}, replay, send)
+        finally:
+            spool.close()
 
     @staticmethod
     async def _refuse(send, *, upload: bool = False, coze: bool = False) -> None:
@@ -264,6 +313,23 @@ class StaticFilesMiddleware(WhiteNoiseMiddleware):
     def _static_file(self, path: str):
         # As WhiteNoiseMiddleware.__call__ looks it up.
         return self.find_file(path) if self.autorefresh else self.files.get(path)
+
+
+class TextInputMiddleware(_HooksOnTheLoop, MiddlewareMixin):
+    """Invalid text in the path or the query string (NUL, stray control characters, lone
+    surrogates: `chat.domain.inputs.check_text`, the rule bodies are held to as they are decoded)
+    is `400 invalid` before any view reads it: JSON on the API's paths (Coze's shape on Coze's),
+    a plain-text 400 on the pages people browse."""
+
+    def process_request(self, request):
+        try:
+            check_text(request.path_info, "path")
+            check_text({name: request.GET.getlist(name) for name in request.GET}, "query")
+        except ChatError as error:
+            if not is_api_path(request.path_info):
+                return HttpResponseBadRequest(error.detail, content_type="text/plain; charset=utf-8")
+            return coze_error_response(error) if is_coze_path(request.path_info) else json_error_response(error)
+        return None
 
 
 class JsonErrorsMiddleware(_HooksOnTheLoop, MiddlewareMixin):

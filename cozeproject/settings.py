@@ -323,6 +323,7 @@ INSTALLED_APPS = [
 MIDDLEWARE = [
     "cozeproject.middleware.RequestContextMiddleware",
     "cozeproject.middleware.JsonErrorsMiddleware",
+    "cozeproject.middleware.TextInputMiddleware",
     "cozeproject.middleware.SecurityMiddleware",
     "cozeproject.middleware.StaticFilesMiddleware",
     "corsheaders.middleware.CorsMiddleware",

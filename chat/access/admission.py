@@ -13,11 +13,14 @@ Before Coze is called, `aadmit_turn` checks, in this order:
    flight spend beyond their reservations; a running reply is never cut.
 
 Steps 3 and 4 run as one atomic step (a Lua script in Redis with REDIS_URL, a lock in-process
-otherwise), so workers racing for the last slot or the last tokens can't both win. (The spend
-is read just before that step: a reply stored and released in between is missed by this one
-admission, which can then let one more reply in than the bound above.) Spend is read
+otherwise), so workers racing for the last slot or the last tokens can't both win. Spend is read
 from the daily usage rollup (`DailyUsage`), which `turn_finish` updates in the same transaction
-that stores a reply: a reply's tokens count from the moment it is stored, in every worker.
+that stores a reply: a reply's tokens count from the moment it is stored, in every worker. A
+turn gives back its slot only once its reply is stored (`chat.turn.finish.arelease_when_stored`),
+and each release is counted: the spend is read after that count, and the atomic step refuses
+(SPEND_CHANGED) when a slot was released since, so the spend is read again — no admission sees a
+slot free while the spend it read misses that slot's reply (up to SPEND_READS reads; the last
+goes ahead unchecked).
 DailyUsage days are UTC days because TIME_ZONE is UTC; budgets follow them (a reply counts on
 the day it started).
 
@@ -40,6 +43,9 @@ from chat.access import alerts, budgets, client_limits, counters
 from chat.domain.errors import ChatError
 
 logger = logging.getLogger(__name__)
+
+# How many times an admission reads the spend when replies keep ending while it reads (see above).
+SPEND_READS = 3
 
 
 @dataclass(slots=True, eq=False)
@@ -85,16 +91,30 @@ async def aadmit_turn(*, owner, bot_id: str) -> Admission:
     """
     limits = await client_limits.alimits_for(owner)
     _check_bot(limits, bot_id)
-    left, reserve = -1, 0
-    if limits.has_budget:
-        at = budgets.now()
-        spend = await budgets.aspend_of(owner.key, at)
-        left = budgets.check_budgets(limits, spend, at)
-        reserve = budgets.reservation_per_reply(spend)
     slot_id = uuid.uuid4().hex if (limits.max_streams or limits.has_budget) else ""
-    result, ttl, held = await counters.aadmit(
-        owner.key, rpm=limits.rpm, slot_id=slot_id, max_streams=limits.max_streams, reserve=reserve, left=left
-    )
+    for attempt in range(SPEND_READS):
+        left, reserve, releases = -1, 0, ""
+        if limits.has_budget:
+            # The release count first, then the spend: a slot released after this read makes the
+            # atomic step answer SPEND_CHANGED, since the spend read may miss that reply's tokens.
+            # The last attempt goes ahead unchecked, so a client ending many replies a second
+            # can't starve its own admissions.
+            releases = await counters.areleases(owner.key) if attempt < SPEND_READS - 1 else ""
+            at = budgets.now()
+            spend = await budgets.aspend_of(owner.key, at)
+            left = budgets.check_budgets(limits, spend, at)
+            reserve = budgets.reservation_per_reply(spend)
+        result, ttl, held = await counters.aadmit(
+            owner.key,
+            rpm=limits.rpm,
+            slot_id=slot_id,
+            max_streams=limits.max_streams,
+            reserve=reserve,
+            left=left,
+            releases=releases,
+        )
+        if result != counters.SPEND_CHANGED:
+            break
     if result == counters.OVER_RATE:
         raise ChatError(
             "rate_limited",

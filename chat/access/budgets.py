@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 
 from django.conf import settings
-from django.db.models import Q, Sum
+from django.db.models import F, Q, Sum
 
 from chat.access import client_limits
 from chat.access.client_limits import Limits
@@ -49,6 +49,9 @@ class Spend:
     today_replies: int = 0
     month_tokens: int = 0
     month_replies: int = 0
+    # This month's replies that ended without completing (cancelled, failed, interrupted): Coze
+    # counts the tokens of a completed chat, so these mostly stored none.
+    month_ended_early: int = 0
 
 
 def spend_of(owner_key: str, at: datetime) -> Spend:
@@ -60,6 +63,7 @@ def spend_of(owner_key: str, at: datetime) -> Spend:
         today_replies=Sum("replies", filter=today_only),
         month_tokens=Sum("total_tokens"),
         month_replies=Sum("replies"),
+        month_ended_early=Sum(F("cancelled") + F("failed") + F("interrupted")),
     )
     return Spend(**{name: value or 0 for name, value in sums.items()})
 
@@ -103,9 +107,16 @@ def check_budgets(limits: Limits, spend: Spend, at: datetime) -> int:
 
 
 def reservation_per_reply(spend: Spend) -> int:
-    """Tokens a reply in flight is assumed to cost: the client's average this month, else the setting."""
-    if spend.month_replies:
-        return max(1, round(spend.month_tokens / spend.month_replies))
+    """Tokens a reply in flight is assumed to cost: the client's average completed reply this
+    month, else (no completed reply yet) CHAT_BUDGET_RESERVE_TOKENS.
+
+    Replies that ended early — a client that cancels often stores many zero-token replies — are
+    left out of the count, so they can't shrink the reservation below what a reply costs; what
+    tokens they did spend stay in the sum, which errs towards a larger reservation.
+    """
+    completed = spend.month_replies - spend.month_ended_early
+    if completed > 0:
+        return max(1, round(spend.month_tokens / completed))
     return settings.CHAT_BUDGET_RESERVE_TOKENS
 
 

@@ -21,13 +21,17 @@ logger = logging.getLogger(__name__)
 WINDOW_SECONDS = 60
 
 
-ADMITTED, OVER_RATE, OVER_STREAMS, OVER_BUDGET_IN_FLIGHT = 0, 1, 2, 3
+ADMITTED, OVER_RATE, OVER_STREAMS, OVER_BUDGET_IN_FLIGHT, SPEND_CHANGED = 0, 1, 2, 3, 4
 
 # One atomic step per turn. KEYS: the minute window, the in-flight set (slot ids scored by lease
-# expiry, so slots of a crashed worker lapse on their own). ARGV: rpm (0 = off), window seconds,
-# now, lease expiry, max streams (0 = off), slot id ("" = take none), key expiry, tokens reserved
-# per reply in flight, tokens left of the tightest budget (-1 = no budget).
+# expiry, so slots of a crashed worker lapse on their own), the owner's release count. ARGV: rpm
+# (0 = off), window seconds, now, lease expiry, max streams (0 = off), slot id ("" = take none),
+# key expiry, tokens reserved per reply in flight, tokens left of the tightest budget (-1 = no
+# budget), the release count read before the spend ("" = not checked).
+# A slot is released only after its reply's spend is stored; a release since the admission read
+# its spend means that spend may miss the reply whose slot is now free: SPEND_CHANGED, read again.
 ADMIT_SCRIPT = """
+if ARGV[10] ~= '' and (redis.call('GET', KEYS[3]) or '0') ~= ARGV[10] then return {4, 0} end
 local rpm = tonumber(ARGV[1])
 if rpm > 0 then
   local count = redis.call('INCR', KEYS[1])
@@ -53,6 +57,15 @@ if count == 1 then redis.call('EXPIRE', KEYS[1], ARGV[1]) end
 return {count, redis.call('TTL', KEYS[1])}
 """
 
+# Give a slot back; count the release (see ADMIT_SCRIPT) when it was held.
+RELEASE_SCRIPT = """
+if redis.call('ZREM', KEYS[1], ARGV[1]) == 1 then
+  redis.call('INCR', KEYS[2])
+  redis.call('EXPIRE', KEYS[2], ARGV[2])
+end
+return 1
+"""
+
 # Extend a slot's lease if it is still held (XX: never re-add a released slot).
 RENEW_SCRIPT = """
 if redis.call('ZADD', KEYS[1], 'XX', 'CH', ARGV[1], ARGV[2]) == 1 then redis.call('EXPIRE', KEYS[1], ARGV[3]) end
@@ -68,6 +81,10 @@ def streams_key(owner_key: str) -> str:
     return f"cozeproject:streams:{owner_key}"
 
 
+def releases_key(owner_key: str) -> str:
+    return f"cozeproject:streams:{owner_key}:released"
+
+
 def lease_seconds() -> float:
     # As long as a session lock's lease: a crashed worker's slots lapse when its sessions unlock.
     return settings.CHAT_SESSION_LOCK_TTL
@@ -80,6 +97,7 @@ class LocalCounters:
         self.lock = threading.Lock()
         self.windows: dict[str, int] = defaultdict(int)
         self.streams: dict[str, dict[str, float]] = {}
+        self.releases: dict[str, int] = defaultdict(int)
 
     def hit(self, owner_key: str) -> tuple[int, int]:
         key = window_key(owner_key)
@@ -103,10 +121,12 @@ class LocalCounters:
         return slots
 
     def admit(
-        self, owner_key: str, *, rpm: int, slot_id: str, max_streams: int, reserve: int, left: int
+        self, owner_key: str, *, rpm: int, slot_id: str, max_streams: int, reserve: int, left: int, releases: str = ""
     ) -> tuple[int, int]:
         now = time.time()
         with self.lock:
+            if releases and str(self.releases.get(owner_key, 0)) != releases:
+                return SPEND_CHANGED, 0
             if rpm:
                 count, ttl = self._hit(window_key(owner_key))
                 if count > rpm:
@@ -134,7 +154,8 @@ class LocalCounters:
         with self.lock:
             slots = self.streams.get(owner_key)
             if slots is not None:
-                slots.pop(slot_id, None)
+                if slots.pop(slot_id, None) is not None:
+                    self.releases[owner_key] += 1
                 if not slots:
                     del self.streams[owner_key]
 
@@ -161,13 +182,27 @@ def redis_client() -> redis.Redis:
     return _sync_client
 
 
+async def areleases(owner_key: str) -> str:
+    """How many slots `owner_key` has released (a count to hand back to `aadmit`); "" when it
+    can't be read (Redis away: nothing is limited then anyway)."""
+    if not settings.REDIS_URL:
+        return str(local_counters.releases.get(owner_key, 0))
+    try:
+        count = await aredis_client().get(releases_key(owner_key))
+    except redis.RedisError:
+        return ""
+    return count.decode() if count else "0"
+
+
 async def aadmit(
-    owner_key: str, *, rpm: int, slot_id: str, max_streams: int, reserve: int, left: int
+    owner_key: str, *, rpm: int, slot_id: str, max_streams: int, reserve: int, left: int, releases: str = ""
 ) -> tuple[int, int, bool]:
-    """(result, retry-after of the rate window, whether a slot is held)."""
+    """(result, retry-after of the rate window, whether a slot is held). With `releases` (from
+    `areleases`, read before the spend), SPEND_CHANGED when a slot was released since: nothing
+    counted, nothing taken."""
     if not settings.REDIS_URL:
         result, ttl = local_counters.admit(
-            owner_key, rpm=rpm, slot_id=slot_id, max_streams=max_streams, reserve=reserve, left=left
+            owner_key, rpm=rpm, slot_id=slot_id, max_streams=max_streams, reserve=reserve, left=left, releases=releases
         )
         return result, ttl, bool(slot_id) and result == ADMITTED
     lease = lease_seconds()
@@ -175,9 +210,10 @@ async def aadmit(
     try:
         result, ttl = await aredis_client().eval(
             ADMIT_SCRIPT,
-            2,
+            3,
             window_key(owner_key),
             streams_key(owner_key),
+            releases_key(owner_key),
             rpm,
             WINDOW_SECONDS,
             wall,
@@ -187,6 +223,7 @@ async def aadmit(
             int(lease) + 60,
             reserve,
             left,
+            releases,
         )
     except redis.RedisError as exc:
         logger.warning("Rate limiter: Redis unavailable, not limiting: %s", exc)
@@ -212,7 +249,9 @@ async def arelease_slot(owner_key: str, slot_id: str) -> None:
         local_counters.release(owner_key, slot_id)
         return
     try:
-        await aredis_client().zrem(streams_key(owner_key), slot_id)
+        await aredis_client().eval(
+            RELEASE_SCRIPT, 2, streams_key(owner_key), releases_key(owner_key), slot_id, int(lease_seconds()) + 60
+        )
     except redis.RedisError as exc:
         logger.warning("Rate limiter: could not release a stream slot (it lapses by itself): %s", exc)
 

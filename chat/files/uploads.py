@@ -4,15 +4,17 @@ part becomes an attachment the same way."""
 
 import base64
 import binascii
+import io
 import mimetypes
+from dataclasses import dataclass
 from fnmatch import fnmatchcase
 
 import filetype
 from django.conf import settings
-from django.core.files.uploadedfile import SimpleUploadedFile
 
 from chat import coze
 from chat.domain.errors import ChatError
+from chat.domain.inputs import check_text
 from chat.runtime.db import db_async
 from sessions_admin.models import ChatFile
 
@@ -125,6 +127,16 @@ def attachment_kind(content_type: str) -> str:
 # --- upload -----------------------------------------------------------------------------------
 
 
+def _checked_upload(*, size: int, file_name: str, declared: str, head: bytes) -> str:
+    """The checks every upload passes before it may go to Coze; returns its content type."""
+    if size > settings.CHAT_MAX_UPLOAD_BYTES:
+        raise ChatError("payload_too_large", upload_too_large_detail())
+    if not size:
+        raise ChatError("invalid", "The file is empty.", errors={"file": ["The file is empty."]})
+    check_text(file_name, "file")
+    return upload_content_type(declared=declared, file_name=file_name, head=head)
+
+
 @db_async
 def _file_record(*, owner, coze_file: coze.UploadedFile, file_name: str, size: int, content_type: str) -> ChatFile:
     chat_file, _ = ChatFile.objects.update_or_create(
@@ -149,15 +161,13 @@ async def afile_upload(*, owner, uploaded_file) -> ChatFile:
     for a type outside CHAT_UPLOAD_TYPES or content that contradicts it, invalid when empty,
     upstream_* when Coze refuses or can't be reached. Nothing reaches Coze unless the checks pass.
     """
-    if uploaded_file.size > settings.CHAT_MAX_UPLOAD_BYTES:
-        raise ChatError("payload_too_large", upload_too_large_detail())
-    if not uploaded_file.size:
-        raise ChatError("invalid", "The file is empty.", errors={"file": ["The file is empty."]})
     file_name = (uploaded_file.name or "upload")[:255]
     uploaded_file.seek(0)
     head = uploaded_file.read(SNIFF_BYTES)
     uploaded_file.seek(0)
-    content_type = upload_content_type(declared=uploaded_file.content_type or "", file_name=file_name, head=head)
+    content_type = _checked_upload(
+        size=uploaded_file.size, file_name=file_name, declared=uploaded_file.content_type or "", head=head
+    )
     coze_file = await coze.aupload_file(file=uploaded_file.file, file_name=file_name, content_type=content_type)
     return await _file_record(
         owner=owner, coze_file=coze_file, file_name=file_name, size=uploaded_file.size, content_type=content_type
@@ -174,10 +184,23 @@ def file_upload_body(chat_file: ChatFile) -> dict:
     }
 
 
-async def aattachment_from_image_url(*, owner, url: str) -> dict:
-    """The chat body's attachment for an OpenAI `image_url` part: an `https://` link as it is,
-    a `data:image/…;base64,…` URL uploaded to Coze for `owner` (same limits and checks as
-    `POST /api/files`) and attached by its file id. Raises ChatError (invalid, 413, 415, upstream_*).
+# The key of an attachment item still to be uploaded (a data: URL's image, checked already): the
+# turn uploads it once admitted (`aupload_pending`), so a refused turn uploads nothing.
+PENDING_UPLOAD = "pending_upload"
+
+
+@dataclass(frozen=True, slots=True)
+class PendingImage:
+    file_name: str
+    content: bytes
+    content_type: str
+
+
+def attachment_from_image_url(url: str) -> dict:
+    """The chat body's attachment for an OpenAI `image_url` part: an `https://` link as it is; a
+    `data:image/…;base64,…` URL decoded and checked now (the limits and checks of `POST
+    /api/files`) and kept as a pending upload (`PENDING_UPLOAD`), which the turn sends to Coze
+    only once admitted. Raises ChatError (invalid, 413, 415) before anything leaves the building.
     """
     if url[:8].lower() == "https://":
         return {"url": url, "type": "image"}
@@ -191,6 +214,35 @@ async def aattachment_from_image_url(*, owner, url: str) -> dict:
         raise ChatError("invalid", "The data: URL is not valid base64.") from None
     extension = mimetypes.guess_extension(content_type) or ""
     extension = {".jpe": ".jpg", ".jpeg": ".jpg"}.get(extension, extension)
-    image = SimpleUploadedFile(f"image{extension}", content, content_type=content_type)
-    chat_file = await afile_upload(owner=owner, uploaded_file=image)
-    return {"file_id": chat_file.coze_file_id}
+    file_name = f"image{extension}"
+    checked_type = _checked_upload(
+        size=len(content), file_name=file_name, declared=content_type, head=content[:SNIFF_BYTES]
+    )
+    return {PENDING_UPLOAD: PendingImage(file_name=file_name, content=content, content_type=checked_type)}
+
+
+def has_pending_uploads(attachments) -> bool:
+    return any(PENDING_UPLOAD in item for item in attachments)
+
+
+async def aupload_pending(*, owner, attachments: tuple[dict, ...]) -> tuple[dict, ...]:
+    """`attachments` with each pending upload sent to Coze for `owner` and attached by its file
+    id. Raises ChatError (upstream_*) when Coze refuses one."""
+    uploaded = []
+    for item in attachments:
+        pending = item.get(PENDING_UPLOAD)
+        if pending is None:
+            uploaded.append(item)
+            continue
+        coze_file = await coze.aupload_file(
+            file=io.BytesIO(pending.content), file_name=pending.file_name, content_type=pending.content_type
+        )
+        chat_file = await _file_record(
+            owner=owner,
+            coze_file=coze_file,
+            file_name=pending.file_name,
+            size=len(pending.content),
+            content_type=pending.content_type,
+        )
+        uploaded.append({"file_id": chat_file.coze_file_id})
+    return tuple(uploaded)

@@ -16,7 +16,7 @@ from rest_framework import serializers
 
 from chat.conversations.coze_sessions import EnteredMessage
 from chat.domain.errors import ChatError
-from chat.domain.inputs import ChatRequest
+from chat.domain.inputs import ChatRequest, check_text
 from chat.transports.serializers import (
     MAX_ADDITIONAL_MESSAGES,
     MAX_ATTACHMENTS,
@@ -68,6 +68,7 @@ def form_or_json_body(request: HttpRequest) -> dict:
         fields = {name: request.POST.get(name) for name in request.POST}
     else:
         return json_body(request)
+    check_text(fields)
     for name in ("messages", "meta_data"):
         text = fields.get(name)
         if isinstance(text, str):

@@ -301,10 +301,9 @@ async def chat_request_for(owner: Owner, completion: CompletionRequest) -> tuple
     session with earlier messages also carries them as `additional_messages`, which is what goes to
     Coze (the service prefers them over `message` when sending).
     """
-    # Images go to Coze as the turn's attachments: links as they are, data: URLs uploaded first.
-    attachments = tuple(
-        [await uploads.aattachment_from_image_url(owner=owner, url=url) for url in completion.image_urls]
-    )
+    # Images go to Coze as the turn's attachments: links as they are; data: URLs checked now and
+    # uploaded by the turn once it is admitted, so a refused request uploads nothing.
+    attachments = tuple(uploads.attachment_from_image_url(url) for url in completion.image_urls)
     common = {
         "message": completion.question or None,
         "user_id": completion.user,

@@ -11,7 +11,7 @@ from rest_framework import parsers, serializers
 
 from chat.access import tokens
 from chat.domain.errors import ChatError
-from chat.domain.inputs import ChatRequest
+from chat.domain.inputs import ChatRequest, check_text
 from sessions_admin import feedback
 from sessions_admin.models import ChatSession, Message
 
@@ -272,9 +272,10 @@ def _no_constant(name: str):
 
 
 def decode_json(body: bytes):
-    """A JSON body, which must be UTF-8 text (RFC 8259); raises ChatError("invalid") saying which
-    of the two it is not. The one decoder of request bodies: the async views through
-    `parse_json_bytes`, DRF's views through `JsonParser`."""
+    """A JSON body, which must be UTF-8 text (RFC 8259) whose strings are valid text
+    (`chat.domain.inputs.check_text`); raises ChatError("invalid") saying which it is not. The
+    one decoder of request bodies: the async views through `parse_json_bytes`, DRF's views
+    through `JsonParser`."""
     try:
         text = body.decode("utf-8")
     except UnicodeDecodeError as error:
@@ -282,9 +283,11 @@ def decode_json(body: bytes):
             "invalid", f"The request body is not UTF-8 (byte {error.start}); send JSON as UTF-8 text."
         ) from None
     try:
-        return json.loads(text, parse_constant=_no_constant)
+        value = json.loads(text, parse_constant=_no_constant)
     except ValueError:
         raise ChatError("invalid", "Malformed JSON in the request body.") from None
+    check_text(value)  # NUL, stray control characters, lone surrogates: `invalid` in any field
+    return value
 
 
 def parse_json_bytes(body: bytes, content_type: str):

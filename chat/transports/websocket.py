@@ -32,7 +32,7 @@ from chat.access.browsers import BROWSER_SESSION_KEY, owner_for_browser, owner_f
 from chat.conversations import sessions
 from chat.domain.errors import ChatError
 from chat.domain.events import PING
-from chat.domain.inputs import ChatRequest, Owner
+from chat.domain.inputs import ChatRequest, Owner, check_text
 from chat.domain.sse import encode_json
 from chat.resume import resuming
 from chat.runtime.db import db_async
@@ -146,6 +146,11 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
             frame = json.loads(raw)
         except (ValueError, UnicodeDecodeError):
             await self._send_error(ChatError("invalid", "Frames must be JSON objects."))
+            return
+        try:
+            check_text(frame)
+        except ChatError as error:
+            await self._send_error(error)
             return
         await self.receive_json(frame)
 

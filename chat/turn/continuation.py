@@ -84,4 +84,4 @@ async def achat_continue(
             async for event in events:
                 yield event
     finally:
-        in_background(admission.arelease_turn(admitted))
+        in_background(finish.arelease_when_stored(admitted, control.reply_pk))

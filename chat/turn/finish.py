@@ -12,6 +12,7 @@ import time
 from collections.abc import AsyncIterator
 
 from chat import coze
+from chat.access import admission
 from chat.runtime import metrics
 from chat.runtime.tasks import in_background
 from chat.turn import store
@@ -21,6 +22,29 @@ logger = logging.getLogger(__name__)
 
 # Seconds between retries of a finish that could not be stored (the database was away).
 FINISH_RETRY_DELAYS = (1, 2, 4, 8, 16, 32)
+
+# The finishes not yet stored, by reply pk: the storing task, or the background retry that took
+# over from it. A turn gives back its admission slot only once its finish (and so its spend, which
+# the same transaction adds to the daily rollup) is stored or given up (`astored`): an admission
+# must never find the slot free while the reply's tokens are missing from the spend it reads.
+_storing: dict[int, asyncio.Task] = {}
+
+
+def _track(reply_pk: int, task: asyncio.Task) -> None:
+    _storing[reply_pk] = task
+
+    def forget(done: asyncio.Task) -> None:
+        if _storing.get(reply_pk) is done:  # not when a retry took over
+            del _storing[reply_pk]
+
+    task.add_done_callback(forget)
+
+
+async def astored(reply_pk: int | None) -> None:
+    """Wait until the finish of reply `reply_pk` is stored, or given up after its retries (at once
+    when none is pending). Never raises what the storing raised."""
+    while reply_pk is not None and (task := _storing.get(reply_pk)) is not None:
+        await asyncio.wait([task])
 
 
 class Upstream:
@@ -46,7 +70,16 @@ async def afinish_turn(
     request, shutdown), a further cancellation must neither leave the connection open nor lose
     the record.
     """
-    return await asyncio.shield(in_background(_aclose_and_store(turn, outcome, started, upstream, cancel_upstream)))
+    task = in_background(_aclose_and_store(turn, outcome, started, upstream, cancel_upstream))
+    _track(turn.reply_pk, task)
+    return await asyncio.shield(task)
+
+
+async def arelease_when_stored(admitted: admission.Admission, reply_pk: int | None) -> None:
+    """Give back a turn's admission (its stream slot, its reservation) once its spend is stored:
+    the order that keeps a concurrent admission from reading a budget without this reply."""
+    await astored(reply_pk)
+    await admission.arelease_turn(admitted)
 
 
 async def _aclose_and_store(
@@ -72,7 +105,7 @@ async def _aclose_and_store(
         stored = True
     except Exception:
         logger.exception("Could not store the outcome of reply %s; retrying in the background", turn.reply_pk)
-        in_background(_astore_finish_later(turn, outcome))
+        _track(turn.reply_pk, in_background(_astore_finish_later(turn, outcome)))
         stored = False
     error = outcome.error
     metrics.turn_finished(

@@ -87,6 +87,7 @@ async def achat_stream(
     """
     chat_request = chat_request.narrowed_to(owner)
     admitted = await admission.aadmit_turn(owner=owner, bot_id=chat_request.bot_id or settings.COZE_BOT_ID)
+    control = control or TurnControl(owner_key=owner.key)
     try:
         async with contextlib.aclosing(
             _turn_events(
@@ -101,7 +102,8 @@ async def achat_stream(
             async for event in events:
                 yield event
     finally:
-        in_background(admission.arelease_turn(admitted))
+        # control.reply_pk: the reply this turn stored, whose finish the release waits for.
+        in_background(finish.arelease_when_stored(admitted, control.reply_pk))
 
 
 async def _turn_events(

@@ -16,17 +16,20 @@ import uuid
 from collections import OrderedDict
 
 from django.conf import settings
+from django.utils import timezone as django_timezone
 
 from chat import coze
 from chat.domain.errors import ChatError
 from chat.domain.inputs import ChatRequest, Owner
+from chat.files import uploads
 from chat.files.attachments import ResolvedAttachments
 from chat.runtime import metrics
+from chat.runtime.db import db_async
 from chat.runtime.tasks import in_background
 from chat.turn import cancellation, finish, records, store
 from chat.turn.control import TurnControl
 from chat.turn.records import Route, RouteChanged, TurnContext, TurnOutcome, TurnStart
-from sessions_admin.models import Reply
+from sessions_admin.models import ChatSession, Reply
 
 logger = logging.getLogger(__name__)
 
@@ -92,6 +95,15 @@ def _restart(start: TurnStart, moved: RouteChanged) -> TurnStart:
 # --- the start -----------------------------------------------------------------------------------
 
 
+@db_async
+def _asession_locked(*, owner: Owner, session_id: str) -> bool:
+    """Whether the owner's session has a reply in progress now (a read; `turn_start` decides under
+    the row lock)."""
+    return ChatSession.objects.filter(
+        **owner.scope(), session_id=session_id, locked_until__gt=django_timezone.now()
+    ).exists()
+
+
 async def aopen_upstream(*, chat_request: ChatRequest, route: Route, attachments: tuple[dict, ...]) -> finish.Upstream:
     """Send the chat to Coze and wait for its chat object. Raises ChatError; closes what it opened."""
     chat = await coze.achat_open(
@@ -155,6 +167,14 @@ async def astart_turn(
     bot_id = chat_request.bot_id or settings.COZE_BOT_ID
     session_id = chat_request.session_id or uuid.uuid4().hex
     route = await _aroute_for(owner=owner, chat_request=chat_request, session_id=session_id, bot_id=bot_id)
+    if uploads.has_pending_uploads(chat_request.attachments):
+        # Images sent inline (OpenAI's data: URLs) go to Coze only for a turn that will run: the
+        # admission let it in; a busy session is refused here, before the upload, not after.
+        if chat_request.session_id is not None and await _asession_locked(owner=owner, session_id=session_id):
+            raise ChatError("session_busy")
+        chat_request = dataclasses.replace(
+            chat_request, attachments=await uploads.aupload_pending(owner=owner, attachments=chat_request.attachments)
+        )
     # Another owner's file_id fails the turn here (not_found), before anything is stored or sent.
     attachments = (
         await store.resolve_attachments(owner=owner, attachments=list(chat_request.attachments))

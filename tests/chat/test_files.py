@@ -527,10 +527,12 @@ async def test_openai_style_image_urls_become_attachments(simulator, api_key):
     image = png_bytes()
     data_url = "data:image/png;base64," + base64.b64encode(image).decode()
 
-    link = await uploads.aattachment_from_image_url(owner=owner, url="https://example.com/a.png")
-    uploaded = await uploads.aattachment_from_image_url(owner=owner, url=data_url)
+    link = uploads.attachment_from_image_url("https://example.com/a.png")
+    pending = uploads.attachment_from_image_url(data_url)  # checked, not yet sent
+    (uploaded,) = await uploads.aupload_pending(owner=owner, attachments=(pending,))
 
     assert link == {"url": "https://example.com/a.png", "type": "image"}
+    assert uploads.has_pending_uploads([pending]) and not uploads.has_pending_uploads([link, uploaded])
     at_coze = await asyncio.to_thread(sim_get, simulator, f"/_sim/files/{uploaded['file_id']}")
     assert at_coze["file_name"] == "image.png"
     assert at_coze["sha256"] == hashlib.sha256(image).hexdigest()
@@ -539,12 +541,10 @@ async def test_openai_style_image_urls_become_attachments(simulator, api_key):
     assert record.owner_key == owner.key
     for bad in ("http://example.com/a.png", "data:image/png;base64,@@@", "ftp://x"):
         with pytest.raises(ChatError) as raised:
-            await uploads.aattachment_from_image_url(owner=owner, url=bad)
+            uploads.attachment_from_image_url(bad)
         assert raised.value.code == "invalid"
     with pytest.raises(ChatError) as raised:
-        await uploads.aattachment_from_image_url(
-            owner=owner, url="data:image/png;base64," + base64.b64encode(b"%PDF-1.4").decode()
-        )
+        uploads.attachment_from_image_url("data:image/png;base64," + base64.b64encode(b"%PDF-1.4").decode())
     assert raised.value.code == "unsupported_media_type"
 
 

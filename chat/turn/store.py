@@ -24,13 +24,13 @@ from the event loop on `chat.runtime.db`'s async connections; elsewhere the same
 import json
 
 from django.conf import settings
-from django.db import IntegrityError, connection, transaction
+from django.db import IntegrityError, connection
 
 from chat.domain import transcripts
 from chat.domain.errors import ChatError
 from chat.domain.inputs import Owner
 from chat.files import attachments
-from chat.runtime.db import apg_fetchone, db_async, on_postgresql
+from chat.runtime.db import apg_fetchone, bounded_locks, db_async, on_postgresql
 from chat.turn import records, store_orm
 from chat.turn.records import PausedTurn, Route, RouteChanged, TurnContext, TurnOutcome, TurnStart
 from sessions_admin.models import ChatSession, Conversation, Message
@@ -183,7 +183,7 @@ def _started_turn(row: tuple, start: TurnStart) -> TurnContext:
 
 def _turn_start_pg(start: TurnStart) -> TurnContext:
     """`cozeproject_turn_start` and the attachments' links, in one transaction (on a thread)."""
-    with transaction.atomic(), connection.cursor() as cursor:
+    with bounded_locks(), connection.cursor() as cursor:
         cursor.execute(TURN_START_SQL, _turn_start_params(start))
         row = cursor.fetchone()
         turn = _started_turn(row, start)

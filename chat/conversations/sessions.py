@@ -18,7 +18,7 @@ from chat.domain.inputs import Owner
 from chat.files import attachments
 from chat.resume import resuming
 from chat.runtime.db import bounded_locks, db_async
-from chat.turn import cancellation, start, tools
+from chat.turn import cancellation, recovery, start, tools
 from chat.turn.control import active_turns, running_turns
 from chat.turn.records import lock_free
 from sessions_admin.models import ChatFile, ChatSession, Message, Reply
@@ -176,6 +176,9 @@ async def achat_cancel(*, owner: Owner, chat_id: str) -> dict:
         await tools.acancel_paused(owner=owner, session_id=reply.session.session_id, chat_id=chat_id)
         reply = await _reply_for_cancel(owner=owner, chat_id=chat_id)
         return {"chat_id": chat_id, "status": reply.status}
+    if reply.status == Reply.Status.IN_PROGRESS and await _aend_reply_if_dead(reply.pk):
+        # Its worker died (the lease lapsed): ended here as crash recovery ends it, `interrupted`.
+        reply = await _reply_for_cancel(owner=owner, chat_id=chat_id)
     if reply.status != Reply.Status.IN_PROGRESS:
         return {"chat_id": chat_id, "status": reply.status}
     # Running in another worker process: reach it through the channel layer, then watch its record.
@@ -184,7 +187,12 @@ async def achat_cancel(*, owner: Owner, chat_id: str) -> dict:
     while reply.status == Reply.Status.IN_PROGRESS and time.monotonic() < deadline:
         await asyncio.sleep(0.05)
         reply = await _reply_for_cancel(owner=owner, chat_id=chat_id)
-    return {"chat_id": chat_id, "status": "cancelled"}
+    # What happened, not what was asked: still `in_progress` if its worker did not stop it in time
+    # (it ends `interrupted` once its lease lapses, if that worker died meanwhile).
+    return {"chat_id": chat_id, "status": reply.status}
+
+
+_aend_reply_if_dead = db_async(recovery.end_reply_if_dead)
 
 
 async def asession_cancel(*, owner: Owner, session_id: str) -> dict:

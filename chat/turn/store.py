@@ -25,6 +25,7 @@ import json
 
 from django.conf import settings
 from django.db import IntegrityError, connection
+from django.db.models import Q
 
 from chat.domain import transcripts
 from chat.domain.errors import ChatError
@@ -33,7 +34,7 @@ from chat.files import attachments
 from chat.runtime.db import apg_fetchone, bounded_locks, db_async, on_postgresql
 from chat.turn import records, store_orm
 from chat.turn.records import PausedTurn, Route, RouteChanged, TurnContext, TurnOutcome, TurnStart
-from sessions_admin.models import ChatSession, Conversation, Message
+from sessions_admin.models import ChatSession, Conversation, Message, Reply
 from sessions_admin.rollup import ttft_bucket
 
 
@@ -210,8 +211,22 @@ UPSTREAM_STARTED_SQL = "UPDATE sessions_admin_reply SET coze_chat_id = %s, coze_
 
 
 @db_async
-def turn_renew_lock(*, turn: TurnContext) -> None:
-    ChatSession.objects.filter(pk=turn.session_pk, lock_token=turn.lock_token).update(locked_until=records.lease_end())
+def turn_renew_leases(leases: list[tuple[int, int, str]]) -> list[int]:
+    """Renew the session leases of running replies, given as (reply, session, lock token), for
+    CHAT_SESSION_LOCK_TTL from now. Returns the replies crash recovery has ended meanwhile
+    (`interrupted`: their lease had lapsed), which their worker must stop.
+
+    A session row another transaction holds is skipped, not waited for: renewed next round."""
+    with bounded_locks():
+        held = Q()
+        for _, session_pk, lock_token in leases:
+            held |= Q(pk=session_pk, lock_token=lock_token)
+        sessions = ChatSession.objects.select_for_update(skip_locked=True).filter(held)
+        ChatSession.objects.filter(pk__in=list(sessions.values_list("pk", flat=True))).update(
+            locked_until=records.lease_end()
+        )
+        replies = [reply_pk for reply_pk, _, _ in leases]
+        return list(Reply.objects.filter(pk__in=replies, status=Reply.Status.INTERRUPTED).values_list("pk", flat=True))
 
 
 async def turn_finish(*, turn: TurnContext, outcome: TurnOutcome) -> None:
@@ -265,6 +280,16 @@ TURN_FINISH_SQL = "SELECT * FROM cozeproject_turn_finish({})".format(  # noqa: S
 @db_async
 def _turn_finish_in_thread(*, turn: TurnContext, outcome: TurnOutcome) -> None:
     store_orm.turn_finish(turn=turn, outcome=outcome)
+
+
+def turn_finish_here(*, turn: TurnContext, outcome: TurnOutcome) -> None:
+    """`turn_finish` on this thread's connection, inside the caller's transaction (crash recovery
+    ends a dead worker's reply with it): the function on PostgreSQL, the ORM's steps elsewhere."""
+    if on_postgresql():
+        with connection.cursor() as cursor:
+            cursor.execute(TURN_FINISH_SQL, _turn_finish_params(turn, outcome))
+    else:
+        store_orm.turn_finish(turn=turn, outcome=outcome)
 
 
 # --- local tools: the pause and the way back ------------------------------------------------------

@@ -84,6 +84,10 @@ class TurnOutcome:
     first_token_at: float | None = None
     duration: float = 0.0
     finishing: bool = False  # the finish is being stored (and stores Coze's ids with it)
+    # Per event the reply has yielded so far: the characters it added to the answer. Stored with
+    # the finish, so that any event id a client was given can be resumed after the replay window
+    # (docs/api.md §9, `chat.resume.resuming`).
+    event_chars: list[int] = field(default_factory=list)
     # Local tools (docs/api.md §13): the calls the reply pauses for, and the calls of earlier
     # pauses of the same reply with their outputs (what `Reply.required_action` keeps).
     tool_calls: tuple[ToolCall, ...] = ()
@@ -158,6 +162,16 @@ def stored_answer(outcome: TurnOutcome) -> str | None:
     thousands of parts.)"""
     answer = outcome.answer
     return answer if answer or outcome.status == Reply.Status.COMPLETED else None
+
+
+def answer_chars(event) -> int:
+    """The characters an event adds to the reply's answer (its `delta`s carry the answer)."""
+    return len(event.content) if event.type == "delta" else 0
+
+
+def answer_offsets(outcome: TurnOutcome) -> str:
+    """`Reply.answer_offsets`: the characters each event before the last added to the answer."""
+    return ",".join(map(str, outcome.event_chars))
 
 
 def ttft_ms(outcome: TurnOutcome) -> int | None:

@@ -129,12 +129,13 @@ def _end_dead_reply(reply_pk: int, kept: kept_buffers.KeptReply | None) -> ChatE
             logid=reply.coze_logid,
             duration=(timezone.now() - reply.started_at).total_seconds(),
             finishing=True,
+            # The kept events, each with what it added: a resume after the window continues any of
+            # their ids exactly (chat.resume.resuming).
+            event_chars=list(kept.answer_chars) if answer else [],
         )
         store.turn_finish_here(turn=turn, outcome=outcome)
         if reply.resumable:
-            # What a resume after the window needs (chat.resume.resuming), as a live end notes it.
-            offsets = ",".join(map(str, kept.answer_chars)) if answer else ""
-            Reply.objects.filter(pk=reply.pk).update(ended_without_client=True, answer_offsets=offsets)
+            Reply.objects.filter(pk=reply.pk).update(ended_without_client=True)  # as a live end notes it
     return error
 
 

@@ -56,7 +56,7 @@ from chat.domain.inputs import ChatRequest, Owner
 from chat.resume import replay, resuming
 from chat.runtime.logging import coze_logid_var
 from chat.runtime.tasks import in_background
-from chat.turn import continuation, finish, reply, start
+from chat.turn import continuation, finish, records, reply, start
 from chat.turn.control import TurnControl, active_turns, await_stopping_turn, running_turns
 from chat.turn.records import TurnOutcome
 from sessions_admin.models import Reply
@@ -178,6 +178,7 @@ async def _turn_events(
         )
     ) as events:
         async for event in events:
+            outcome.event_chars.append(records.answer_chars(event))  # before its finish reads them
             yield event
 
 
@@ -329,11 +330,7 @@ def _end_recording(
     else:
         recording.end(ErrorEvent.from_error(ChatError("internal_error")))
     if control.reply_pk is not None:
-        in_background(
-            resuming.amark_resumable_end(
-                reply_pk=control.reply_pk, client_gone=client_gone, answer_offsets=recording.answer_offsets()
-            )
-        )
+        in_background(resuming.amark_resumable_end(reply_pk=control.reply_pk, client_gone=client_gone))
 
 
 async def achat_send(*, owner: Owner, chat_request: ChatRequest, transport: str) -> CompletedEvent:

@@ -3,7 +3,7 @@ Reply), finish it (store the answer, usage and timing, release the lock), and fo
 waits for the client's local tools, pause it and claim it back (docs/api.md §13).
 
 Each step is one short transaction, a constant amount of work per turn however long the reply.
-On PostgreSQL the start and the finish are each one function call (migrations 0011 and 0013) run
+On PostgreSQL the start and the finish are each one function call (migrations 0011, and 0013 with 0019) run
 from the event loop on `chat.runtime.db`'s async connections; elsewhere the same steps run through the ORM
 (`chat.turn.store_orm`) on the chat service's database threads. What they guarantee:
 
@@ -243,7 +243,8 @@ async def turn_finish(*, turn: TurnContext, outcome: TurnOutcome) -> None:
 
 
 def _turn_finish_params(turn: TurnContext, outcome: TurnOutcome) -> list:
-    """The arguments of `cozeproject_turn_finish` (sessions_admin/migrations/0013_turn_finish_function.py)."""
+    """The arguments of `cozeproject_turn_finish` (sessions_admin/migrations/0013_turn_finish_function.py,
+    with `answer_offsets` since 0019_turn_finish_answer_offsets.py)."""
     usage, error, ttft_ms = outcome.usage, outcome.error, records.ttft_ms(outcome)
     answer = records.stored_answer(outcome)
     return [
@@ -268,12 +269,13 @@ def _turn_finish_params(turn: TurnContext, outcome: TurnOutcome) -> list:
         outcome.conversation_id if not turn.route.coze_conversation_id else "",
         records.new_transcript_hash(turn, answer),
         settings.TIME_ZONE,
+        records.answer_offsets(outcome),
     ]
 
 
-# Twenty-one arguments; only placeholders are formatted in, never values.
+# Twenty-two arguments; only placeholders are formatted in, never values.
 TURN_FINISH_SQL = "SELECT * FROM cozeproject_turn_finish({})".format(  # noqa: S608
-    ", ".join(["%s"] * 12 + ["%s::integer"] * 3 + ["%s"] * 2 + ["%s::text[]"] + ["%s"] * 3)
+    ", ".join(["%s"] * 12 + ["%s::integer"] * 3 + ["%s"] * 2 + ["%s::text[]"] + ["%s"] * 4)
 )
 
 

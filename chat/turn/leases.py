@@ -3,7 +3,7 @@ lease lapsed because their worker died (`chat.turn.recovery`).
 
 A running reply holds its session's lock as a lease of CHAT_SESSION_LOCK_TTL in the database's
 clock. One task per event loop (a worker has one) renews the leases of all the replies it runs in
-one transaction every `interval()` (a third of the TTL, at most 10 s), however quiet the replies
+one transaction every `interval()` (a third of the TTL, at most 9 s), however quiet the replies
 are, so a reply of any length keeps its lease while its worker lives and loses it within the TTL
 once the worker dies. In the same round it ends other workers' replies whose lease has lapsed, so a
 dead worker's reply is ended `interrupted` within TTL + `interval()` of its last renewal, by
@@ -28,7 +28,8 @@ from chat.turn.records import TurnContext
 
 logger = logging.getLogger(__name__)
 
-MAX_INTERVAL_SECONDS = 10.0
+# At most 9 s, so that a round's own time can't push an ending past the promised TTL + 10 s.
+MAX_INTERVAL_SECONDS = 9.0
 
 
 def interval() -> float:

@@ -8,9 +8,10 @@ from the event loop on `chat.runtime.db`'s async connections; elsewhere the same
 (`chat.turn.store_orm`) on the chat service's database threads. What they guarantee:
 
 * `turn_start` commits the session lock, the user's message and the Reply together or not at
-  all. It reads the session under a row lock (`SELECT … FOR UPDATE`), so a concurrent clear or
-  delete waits for it and then sees the session busy, and it can't continue a conversation that
-  a clear has just left.
+  all. It reads the session under a row lock (`SELECT … FOR UPDATE NOWAIT`, migration 0020), so
+  a concurrent clear or delete waits for it (at most CHAT_DB_LOCK_TIMEOUT) and then sees the
+  session busy, it can't continue a conversation that a clear has just left, and a session whose
+  row another transaction holds is `session_busy` at once, never a wait.
 * The lock is a lease in the database's clock (`NOW()`), never a worker's, so clock skew between
   hosts can't steal a live lock; a crashed worker's lease lapses after CHAT_SESSION_LOCK_TTL.
 * `turn_finish` is idempotent: it stores an outcome only while the Reply is still in progress, so

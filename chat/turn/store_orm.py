@@ -29,7 +29,8 @@ def turn_start(start: TurnStart) -> TurnContext:
     now = timezone.now()
     with transaction.atomic():
         session = (
-            ChatSession.objects.select_for_update(of=("self",))
+            # NOWAIT, as the function (migration 0020): a row held elsewhere is `session_busy` at once.
+            ChatSession.objects.select_for_update(of=("self",), nowait=True)
             .select_related("current_conversation")
             .filter(owner_key=owner.key, session_id=session_id)
             .first()

@@ -68,10 +68,10 @@ def test_a_session_locked_elsewhere_is_busy_at_once_and_other_sessions_go_on(asg
         answers = list(crowded)
 
     assert unrelated.status_code == 200 and unrelated.json()["response"] == "unrelated"
-    assert unrelated_took < 5
+    assert unrelated_took < 3
     assert [(status, code) for status, code, _ in answers] == [(409, "session_busy")] * crowd
-    bound = settings.CHAT_DB_LOCK_TIMEOUT
-    assert max(took for _, _, took in answers) < bound * crowd / settings.CHAT_DB_THREADS + 3
+    # At once: the start takes the session's row with NOWAIT; nothing waits out even the lock timeout.
+    assert max(took for _, _, took in answers) < 3
     # All of that while the row was still held: the lock was never taken from its holder.
     assert held_session.info.transaction_status == psycopg.pq.TransactionStatus.INTRANS
 

@@ -42,7 +42,7 @@ def interval() -> float:
 class _Held:
     session_pk: int
     lock_token: str
-    control: TurnControl
+    control: TurnControl | None  # None: the reply has ended here, its finish is still being stored
     loop: asyncio.AbstractEventLoop
 
 
@@ -50,15 +50,19 @@ _held: dict[int, _Held] = {}  # by reply
 _keepers: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Task]" = weakref.WeakKeyDictionary()
 
 
-def hold(turn: TurnContext, control: TurnControl) -> None:
-    """A reply of this event loop runs: its lease is renewed until `let_go`."""
+def hold(turn: TurnContext, control: TurnControl | None = None) -> None:
+    """A reply of this event loop runs (`control`), or has ended here and its finish is being
+    retried (None: the worker still has its answer, so nobody must end it as crashed meanwhile):
+    its lease is renewed until `let_go` with the same `control`."""
     loop = asyncio.get_running_loop()
     _held[turn.reply_pk] = _Held(turn.session_pk, turn.lock_token, control, loop)
     ensure_keeper()
 
 
-def let_go(turn: TurnContext) -> None:
-    _held.pop(turn.reply_pk, None)
+def let_go(turn: TurnContext, control: TurnControl | None = None) -> None:
+    held = _held.get(turn.reply_pk)
+    if held is not None and held.control is control:
+        del _held[turn.reply_pk]
 
 
 def ensure_keeper() -> None:
@@ -96,7 +100,7 @@ async def arenew() -> int:
     stopped = 0
     for reply_pk in ended:
         control = mine[reply_pk].control
-        if not control.stopping:
+        if control is not None and not control.stopping:
             logger.warning("Reply %s lost its lease (ended as interrupted elsewhere); stopping it", reply_pk)
             control.stop("interrupted")
             stopped += 1

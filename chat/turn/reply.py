@@ -130,5 +130,5 @@ async def areply_events(
         await finish.afinish_turn(turn, outcome, started, upstream)
         raise
     finally:
-        leases.let_go(turn)
+        leases.let_go(turn, control)
         running_turns.pop(outcome.chat_id, None)

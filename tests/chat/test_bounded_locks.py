@@ -10,9 +10,10 @@ import psycopg
 import pytest
 from django.conf import settings
 from django.db import connection
+from django.db.models.functions import Now
 
-from sessions_admin.models import ChatSession
-from tests.conftest import auth
+from sessions_admin.models import ChatSession, Message, Reply
+from tests.conftest import auth, wait_until
 
 pytestmark = [
     pytest.mark.django_db(transaction=True),
@@ -96,3 +97,30 @@ def test_clear_and_delete_of_a_session_locked_elsewhere_are_busy_not_stuck(http,
         "delete": (409, "session_busy"),
     }
     assert ChatSession.objects.filter(session_id="held").exists()
+
+
+def test_a_finish_held_up_by_a_locked_row_is_stored_whole_once_free_not_ended_as_crashed(
+    asgi_server, api_key, settings
+):
+    settings.CHAT_SESSION_LOCK_TTL = 1  # the lease lapses while the row is held; recovery sweeps every 1/3 s
+    body = {"message": "[sim:slow=30][sim:echo]whole answer", "session_id": "late"}
+    with httpx.Client(base_url=asgi_server.url, timeout=30) as client:
+        with client.stream("POST", "/api/chat/stream", json=body, headers=auth(api_key)) as response:
+            lines = response.iter_lines()
+            assert '"type":"session"' in next(line for line in lines if line.startswith("data: "))
+            holder = outside_connection()
+            holder.execute("SELECT id FROM sessions_admin_chatsession WHERE session_id = 'late' FOR UPDATE")
+            rest = list(lines)
+    # The finish could not lock the session: the client was told so, and it is being retried.
+    assert any('"code":"service_unavailable"' in line for line in rest)
+    reply = Reply.objects.get(session__session_id="late")
+    assert reply.status == "in_progress"
+    # The lease lapses while the row is held (the heartbeat skips a held row).
+    wait_until(lambda: ChatSession.objects.filter(session_id="late", locked_until__lt=Now()).exists(), timeout=10)
+    holder.rollback()
+    holder.close()
+
+    stored = wait_until(lambda: Reply.objects.exclude(status="in_progress").filter(pk=reply.pk).first(), timeout=15)
+
+    assert stored.status == "completed"
+    assert Message.objects.get(reply=stored, kind="answer").content == "whole answer"

@@ -16,7 +16,7 @@ from sessions_admin.models import ChatSession, Message, Reply
 from tests.chat.conftest import clear_redis_buffers
 from tests.chat.test_resume import TRICKY, deltas_of, event_data, event_id, resume, split_events, start_and_drop
 from tests.conftest import auth, wait_until
-from tests.test_workers import needs_redis, open_stream, start_worker  # noqa: F401 - start_worker is a fixture
+from tests.test_workers import needs_redis, start_worker  # noqa: F401 - start_worker is a fixture
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -74,21 +74,21 @@ def test_a_killed_workers_reply_is_ended_by_another_with_its_answer_so_far(start
 
 def test_a_single_worker_restarted_after_a_kill_ends_its_reply_without_redis(start_worker, api_key):  # noqa: F811
     first = start_worker("a", REDIS_URL="", CHAT_SESSION_LOCK_TTL=str(TTL))
-    client, _, session = open_stream(
-        first.url, api_key, {"message": "[sim:slow=80][sim:echo]" + TRICKY, "session_id": "restart"}
-    )
+    body = {"message": "[sim:slow=80][sim:echo]" + TRICKY, "session_id": "restart", "resumable": True}
+    seen = start_and_drop(first.url, api_key, body)  # its events are in that worker's memory only
     kill(first)
-    client.close()
     restarted = start_worker("a-again", REDIS_URL="", CHAT_SESSION_LOCK_TTL=str(TTL))
 
-    ended = wait_until(
-        lambda: Reply.objects.exclude(status="in_progress").filter(coze_chat_id=session["chat_id"]).first(),
-        timeout=BOUND + 5,
-    )
+    ended = wait_until(lambda: Reply.objects.exclude(status="in_progress").first(), timeout=BOUND + 5)
 
     assert ended.status == "interrupted"
     assert "was not kept" in ended.error_detail
     assert not Message.objects.filter(reply=ended, kind="answer").exists()
+    # The client comes back: it learns how the reply ended, with ids above the last it had.
+    rest = split_events(resume(restarted.url, api_key, "restart", event_id(seen[-1])).content)
+    kinds = ["done" if f.endswith(b"[DONE]\n\n") else event_data(f)["type"] for f in rest]
+    assert kinds == ["session", "error", "done"] and event_data(rest[1])["code"] == "interrupted"
+    assert event_id(seen[-1]) < event_id(rest[0]) < event_id(rest[1]) < event_id(rest[2])
     after = httpx.post(
         restarted.url + "/api/chat", json={"message": "again", "session_id": "restart"}, headers=auth(api_key)
     )

@@ -16,6 +16,9 @@ numbered 1, 2 (their `error`, then `done`): below every reply's ids, and naming 
 from dataclasses import dataclass
 
 PER_REPLY = 10_000_000
+# A stored reply's `answer_offsets` when where its events were in the answer is not known (a crashed
+# worker's reply whose replay buffer was gone): a resume from inside it gets how it ended.
+UNKNOWN_OFFSETS = "?"
 MAX_NUMBER = PER_REPLY // 2 - 1  # events of one reply that can be told apart
 
 

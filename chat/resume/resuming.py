@@ -85,9 +85,12 @@ class _StoredEvents:
     (`Reply.answer_offsets`), then its last (`completed` or `error`), then `done`."""
 
     answer_chars: list[int]
+    known: bool = True  # False: where the client's events were is not known (a crashed worker's reply)
 
     @classmethod
     def of(cls, answer_offsets: str, text: str) -> "_StoredEvents":
+        if answer_offsets == event_ids.UNKNOWN_OFFSETS:
+            return cls([0, len(text)] if text else [0], known=False)
         if answer_offsets:
             return cls([int(count) for count in answer_offsets.split(",")])
         # Stored before the offsets were (or by a path that had none): `session`, the whole answer.
@@ -125,6 +128,11 @@ def _stored_entries(reply_pk: int, after: event_ids.EventRef) -> list[Entry]:
     text = answer["content"] if answer else ""
     stored = _StoredEvents.of(reply.answer_offsets, text)
     number = after.number
+    if not stored.known and number:
+        # The client had events nobody kept (its worker died with them): it gets how the reply
+        # ended, numbered on above its id; there is no stored answer to continue.
+        stored = _StoredEvents([0] * number, known=False)
+        text = ""
     if number > stored.last:
         return []
     done = Entry(event_ids.event_id(reply_pk, stored.last + 1), "done", "[DONE]")

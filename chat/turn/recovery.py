@@ -131,7 +131,7 @@ def _end_dead_reply(reply_pk: int, kept: kept_buffers.KeptReply | None) -> ChatE
             finishing=True,
             # The kept events, each with what it added: a resume after the window continues any of
             # their ids exactly (chat.resume.resuming).
-            event_chars=list(kept.answer_chars) if answer else [],
+            event_chars=list(kept.answer_chars) if answer else None,
         )
         store.turn_finish_here(turn=turn, outcome=outcome)
         if reply.resumable:

@@ -56,7 +56,7 @@ from chat.domain.inputs import ChatRequest, Owner
 from chat.resume import replay, resuming
 from chat.runtime.logging import coze_logid_var
 from chat.runtime.tasks import in_background
-from chat.turn import continuation, finish, records, reply, start
+from chat.turn import continuation, finish, leases, records, reply, start
 from chat.turn.control import TurnControl, active_turns, await_stopping_turn, running_turns
 from chat.turn.records import TurnOutcome
 from sessions_admin.models import Reply
@@ -138,6 +138,7 @@ async def _turn_events(
             owner=owner, chat_request=chat_request, transport=transport, control=control, started=started
         )
     control.reply_pk, control.coze_user_id = turn.reply_pk, turn.route.coze_user_id
+    leases.hold(turn, control)  # from its start: Coze may take a while to accept the chat
     logger.info("Turn started: session %s, reply %s, via %s", turn.session_id, turn.reply_pk, transport)
     outcome = TurnOutcome()
     upstream: finish.Upstream | None = None
@@ -153,17 +154,20 @@ async def _turn_events(
         outcome.status, outcome.error = Reply.Status.FAILED, error
         outcome.logid = outcome.logid or error.logid or ""
         await finish.afinish_turn(turn, outcome, started)
+        leases.let_go(turn, control)
         raise
     except (asyncio.CancelledError, GeneratorExit):
         outcome.status, outcome.error = start.stopped_status(control), ChatError(control.reason)
         await asyncio.shield(in_background(start.aabandon_upstream(opening)))
         await finish.afinish_turn(turn, outcome, started)
+        leases.let_go(turn, control)
         raise
     except BaseException:
         logger.exception("Chat turn %s failed before the stream started", turn.reply_pk)
         outcome.status, outcome.error = Reply.Status.FAILED, ChatError("internal_error")
         await start.aabandon_upstream(opening)
         await finish.afinish_turn(turn, outcome, started)
+        leases.let_go(turn, control)
         raise
 
     async with contextlib.aclosing(

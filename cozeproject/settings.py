@@ -288,8 +288,13 @@ CHAT_DB_THREADS = env_number("CHAT_DB_THREADS", 4, minimum=1, cast=int)
 # How long a reply paused for the client's local tools (Coze's API, docs/api.md §13) waits for
 # their outputs, its session busy meanwhile, before it ends failed.
 CHAT_TOOL_OUTPUT_TIMEOUT = env_number("CHAT_TOOL_OUTPUT_TIMEOUT", 600.0, minimum=1)
-# A session lock not renewed for this long belongs to a crashed worker and may be taken over.
-CHAT_SESSION_LOCK_TTL = env_number("CHAT_SESSION_LOCK_TTL", COZE_STREAM_IDLE_TIMEOUT * 2 + 30, minimum=1)
+# A session lock not renewed for this long belongs to a crashed worker and may be taken over. A
+# running reply's worker renews it every third of it (chat.turn.leases), however quiet the reply,
+# and every worker ends the replies whose lease lapsed (as interrupted) within 10 s after.
+CHAT_SESSION_LOCK_TTL = env_number("CHAT_SESSION_LOCK_TTL", 30.0, minimum=1)
+# The longest any of the chat's statements waits for a row another transaction holds (PostgreSQL's
+# lock_timeout): a session held that long is answered `session_busy`, and other sessions never wait.
+CHAT_DB_LOCK_TIMEOUT = env_number("CHAT_DB_LOCK_TIMEOUT", 0.5, minimum=0.01)
 # Resumable replies (docs/api.md §9): how long a reply's events stay after it ends, and the bounds
 # of what is kept: events and characters per reply (Redis MAXLEN and memory), replies per process
 # (memory backend only; Redis entries expire instead).

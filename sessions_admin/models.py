@@ -227,8 +227,9 @@ class Reply(models.Model):
         null=True, blank=True, help_text="A resumable reply that ended after its client had gone."
     )
     resume_count = models.PositiveIntegerField(default=0, db_default=0, help_text="Times a client resumed this reply.")
-    # Per event of a resumable reply (ids 1, 2, …), the characters it added to the answer,
-    # comma-separated: a resume after the events expired sends the answer after the client's event.
+    # Per event of the reply before its last (numbers 1, 2, …; docs/api.md §9), the characters it
+    # added to the answer, comma-separated, stored by its finish: a resume after the events expired
+    # sends the answer after the client's event.
     answer_offsets = models.TextField(blank=True, default="", db_default="", editable=False)
     # A reply that paused for the client's local tools (docs/api.md §13): Coze's tool calls, each
     # with the output the client sent once it did, and the answer written before the pause:

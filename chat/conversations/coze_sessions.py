@@ -23,7 +23,7 @@ from chat.conversations import sessions
 from chat.domain import transcripts
 from chat.domain.errors import ChatError
 from chat.domain.inputs import Owner
-from chat.runtime.db import db_async
+from chat.runtime.db import bounded_locks, db_async
 from chat.turn import records
 from chat.turn.records import no_chat, no_conversation
 from sessions_admin.models import ChatSession, Conversation, Message, Reply
@@ -186,7 +186,7 @@ def conversation_clear(*, owner: Owner, session_id: str) -> ChatSession:
         if error.code == "not_found":
             raise no_conversation() from None
         raise
-    with transaction.atomic():
+    with bounded_locks():
         locked = ChatSession.objects.select_for_update().get(pk=session.pk)
         if locked.current_conversation_id is None:  # no turn took it meanwhile
             locked.current_conversation = _new_section(locked)

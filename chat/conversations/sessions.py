@@ -8,7 +8,6 @@ probed (docs/api.md §2).
 import asyncio
 import time
 
-from django.db import transaction
 from django.db.models import OuterRef, Subquery
 from django.db.models.functions import Substr
 from django.utils import timezone
@@ -18,8 +17,8 @@ from chat.domain.errors import ChatError
 from chat.domain.inputs import Owner
 from chat.files import attachments
 from chat.resume import resuming
-from chat.runtime.db import db_async
-from chat.turn import cancellation, start, tools
+from chat.runtime.db import bounded_locks, db_async
+from chat.turn import cancellation, recovery, start, tools
 from chat.turn.control import active_turns, running_turns
 from chat.turn.records import lock_free
 from sessions_admin.models import ChatFile, ChatSession, Message, Reply
@@ -73,11 +72,12 @@ def session_clear(*, owner: Owner, session_id: str) -> ChatSession:
     lock) and then finds the session busy, so a clear can never be undone by that turn.
     """
     session = session_get(owner=owner, session_id=session_id)
-    cleared = (
-        ChatSession.objects.filter(pk=session.pk)
-        .filter(lock_free())
-        .update(current_conversation=None, message_count=0, cleared_at=timezone.now())
-    )
+    with bounded_locks():
+        cleared = (
+            ChatSession.objects.filter(pk=session.pk)
+            .filter(lock_free())
+            .update(current_conversation=None, message_count=0, cleared_at=timezone.now())
+        )
     if not cleared:
         raise ChatError("session_busy", "This session has a reply in progress; cancel it before clearing.")
     start.forget_route(owner.key, session_id)
@@ -87,7 +87,7 @@ def session_clear(*, owner: Owner, session_id: str) -> ChatSession:
 
 def session_delete(*, owner: Owner, session_id: str) -> None:
     """Delete the session with its conversations and messages, unless a reply is in progress."""
-    with transaction.atomic():
+    with bounded_locks():
         session = (
             ChatSession.objects.select_for_update()
             .filter(**owner.scope(), session_id=session_id)
@@ -119,7 +119,7 @@ def sessions_move(*, from_owner: Owner, to_owner: Owner) -> int:
     anonymous browser's, to the user it signs in as (docs/api.md §2). A session id the new owner
     already uses is kept under another (`_free_session_id`). Returns how many sessions moved."""
     owner_fields = {"owner_key": to_owner.key, "user_id": to_owner.user_id, "api_client_id": to_owner.api_client_id}
-    with transaction.atomic():
+    with bounded_locks():
         moving = list(
             ChatSession.objects.select_for_update().filter(owner_key=from_owner.key).values_list("pk", "session_id")
         )
@@ -178,6 +178,9 @@ async def achat_cancel(*, owner: Owner, chat_id: str) -> dict:
         await tools.acancel_paused(owner=owner, session_id=reply.session.session_id, chat_id=chat_id)
         reply = await _reply_for_cancel(owner=owner, chat_id=chat_id)
         return {"chat_id": chat_id, "status": reply.status}
+    if reply.status == Reply.Status.IN_PROGRESS and await _aend_reply_if_dead(reply.pk):
+        # Its worker died (the lease lapsed): ended here as crash recovery ends it, `interrupted`.
+        reply = await _reply_for_cancel(owner=owner, chat_id=chat_id)
     if reply.status != Reply.Status.IN_PROGRESS:
         return {"chat_id": chat_id, "status": reply.status}
     # Running in another worker process: reach it through the channel layer, then watch its record.
@@ -186,7 +189,12 @@ async def achat_cancel(*, owner: Owner, chat_id: str) -> dict:
     while reply.status == Reply.Status.IN_PROGRESS and time.monotonic() < deadline:
         await asyncio.sleep(0.05)
         reply = await _reply_for_cancel(owner=owner, chat_id=chat_id)
-    return {"chat_id": chat_id, "status": "cancelled"}
+    # What happened, not what was asked: still `in_progress` if its worker did not stop it in time
+    # (it ends `interrupted` once its lease lapses, if that worker died meanwhile).
+    return {"chat_id": chat_id, "status": reply.status}
+
+
+_aend_reply_if_dead = db_async(recovery.end_reply_if_dead)
 
 
 async def asession_cancel(*, owner: Owner, session_id: str) -> dict:

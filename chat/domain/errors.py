@@ -33,6 +33,8 @@ ERROR_CODES: dict[str, tuple[int, str, bool]] = {
     "service_unavailable": (503, "The service is temporarily unavailable; retry shortly.", True),
     "interrupted": (503, "The server is shutting down; retry the message.", True),
     "upstream_timeout": (504, "Coze went silent for too long.", True),
+    # A resume names an event of a reply whose events and stored answer are no longer kept (§9).
+    "gone": (410, "That reply is no longer kept; start again from the session's messages.", False),
 }
 
 

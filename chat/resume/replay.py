@@ -1,9 +1,10 @@
 """Replay buffers of resumable replies (docs/api.md §9): one interface, two backends.
 
-A resumable turn records every event it yields, with the `id` its SSE stream gives it (1 for
-`session`, then one more per event, `done` last), so a client that comes back can be sent exactly
-the events after the last one it saw, then follow the rest live. Events are rendered by the same
-functions as the original stream (`Entry.sse`), so replayed bytes equal the original bytes.
+A resumable turn records every event it yields, with its number in the reply (1 for `session`,
+then one more per event, `done` last; its `id` on the wire is `chat.domain.event_ids.event_id` of
+the reply and that number), so a client that comes back can be sent exactly the events after the
+last one it saw, then follow the rest live. Events are rendered by the same functions as the
+original stream (`Entry.sse`), so replayed bytes equal the original bytes.
 
 * **Memory** (no REDIS_URL): the event objects themselves, in this process. Per reply at most
   CHAT_RESUME_MAX_EVENTS events and CHAT_RESUME_MAX_CHARS characters of content (the oldest are
@@ -37,6 +38,7 @@ import redis
 import redis.asyncio as aredis
 from django.conf import settings
 
+from chat.domain import event_ids
 from chat.domain.events import PING, ChatEvent, Ping
 from chat.domain.sse import encode_json, sse_done, sse_event_json
 
@@ -173,18 +175,20 @@ class MemoryReplay:
         buffer = self._buffers.get(reply_pk)
         if buffer is None or after_id + 1 < buffer.first_id:
             return None
-        return self._follow(buffer, after_id, heartbeat)
+        return self._follow(reply_pk, buffer, after_id, heartbeat)
 
-    async def _follow(self, buffer: _MemoryBuffer, after_id: int, heartbeat: float) -> AsyncIterator[Entry | Ping]:
+    async def _follow(
+        self, reply_pk: int, buffer: _MemoryBuffer, after_id: int, heartbeat: float
+    ) -> AsyncIterator[Entry | Ping]:
         next_id = after_id + 1
         while True:
             if buffer.evicted or next_id < buffer.first_id:
                 return  # dropped under a slow follower: it ends without `done` and resumes again
             for event_id, event in list(islice(buffer.events, next_id - buffer.first_id, None)):
                 if event is None:
-                    yield Entry(event_id, "done", "[DONE]")
+                    yield Entry(event_ids.event_id(reply_pk, event_id), "done", "[DONE]")
                     return
-                yield Entry(event_id, event.type, encode_json(event.as_dict()))
+                yield Entry(event_ids.event_id(reply_pk, event_id), event.type, encode_json(event.as_dict()))
                 next_id = event_id + 1
             if buffer.ended_at is not None:
                 return  # the client had everything, `done` included
@@ -338,11 +342,12 @@ class RedisReplay:
             return None
         last_id, last_fields = _entry_id(last[0][0]), last[0][1]
         ended_before = last_fields[b"t"] == b"done" and last_id <= after_id
-        return self._follow(key, after_id, heartbeat, ended_before)
+        return self._follow(reply_pk, after_id, heartbeat, ended_before)
 
     async def _follow(
-        self, key: str, after_id: int, heartbeat: float, ended_before: bool
+        self, reply_pk: int, after_id: int, heartbeat: float, ended_before: bool
     ) -> AsyncIterator[Entry | Ping]:
+        key = f"{KEY_PREFIX}{reply_pk}"
         if ended_before:
             return
         client = _redis()
@@ -367,7 +372,7 @@ class RedisReplay:
                 if event_id != next_id:
                     return  # trimmed under a slow follower: it resumes again
                 kind = fields[b"t"].decode()
-                yield Entry(event_id, kind, fields[b"d"].decode())
+                yield Entry(event_ids.event_id(reply_pk, event_id), kind, fields[b"d"].decode())
                 if kind == "done":
                     return
                 next_id += 1
@@ -389,12 +394,11 @@ class Recording:
     """What a resumable turn does with its events: numbers them as its SSE stream does and writes
     them to the buffer. Opened at the `session` event (the reply's row exists by then)."""
 
-    __slots__ = ("answer_chars", "next_id", "writer")
+    __slots__ = ("next_id", "writer")
 
     def __init__(self):
         self.writer: _MemoryWriter | _RedisWriter | None = None
         self.next_id = 1
-        self.answer_chars: list[int] = []  # per event: characters it added to the answer
 
     def add(self, event: ChatEvent, reply_pk: int | None) -> None:
         if self.writer is None:
@@ -403,11 +407,6 @@ class Recording:
             self.writer = backend().start(reply_pk)
         self.writer.append(self.next_id, event)
         self.next_id += 1
-        self.answer_chars.append(len(event.content) if event.type == "delta" else 0)
-
-    def answer_offsets(self) -> str:
-        """What the Reply keeps so that a resume after the window can send the rest of the answer."""
-        return ",".join(map(str, self.answer_chars))
 
     def end(self, last: ChatEvent | None = None) -> None:
         """The reply ended; `last` is a final event its stream added (a cancel's `error`)."""
@@ -420,5 +419,6 @@ class Recording:
 
 
 async def afollow(reply_pk: int, after_id: int, heartbeat: float) -> AsyncIterator[Entry | Ping] | None:
-    """The reply's events after `after_id`, then live until `done`; None when they are not all kept."""
+    """The reply's events after its event number `after_id` (0: all), then live until `done`; None
+    when they are not all kept."""
     return await backend().follow(reply_pk, after_id, heartbeat)

@@ -1,20 +1,24 @@
-"""Resuming a session's reply (docs/api.md §9): the events after the last one a client saw.
+"""Resuming a reply (docs/api.md §9): the events after the last one a client saw.
 
-The session's latest reply is followed from its replay buffer (`chat.resume.replay`) while the buffer
-holds every event after that one; otherwise — the window passed, the buffer was dropped, or the
-reply runs on a worker whose memory this one can't see — the reply is awaited until it ends and
-its stored form is sent: `session`, one `delta` with the rest of the answer, `completed` (or
-its `error`), `done`. Owner-scoped like every session operation: someone else's session is `not_found`.
-"""
+An event id names its reply (`chat.domain.event_ids`): a resume continues that reply, never
+another; without an id, the session's latest reply from its start. The reply is followed from its
+replay buffer (`chat.resume.replay`) while the buffer holds every event after that one; otherwise
+— the window passed, the buffer was dropped, or the reply runs on a worker whose memory this one
+can't see — the reply is awaited until it ends and its stored form is sent: `session`, one `delta`
+with the rest of the answer, `completed` (or its `error`), `done`, with ids that continue the
+original ones exactly (`_stored_entries`). Owner-scoped like every session operation: someone
+else's session is `not_found`."""
 
 import asyncio
 import contextlib
 import time
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 
 from django.db.models import F
 
 from chat.access import rates
+from chat.domain import event_ids
 from chat.domain.errors import ERROR_CODES, ChatError
 from chat.domain.events import PING, CompletedEvent, DeltaEvent, ErrorEvent, Ping, SessionEvent, Usage
 from chat.domain.inputs import Owner
@@ -65,12 +69,9 @@ END_NOTE_WAIT_SECONDS = 5.0
 
 
 @db_async
-def amark_resumable_end(*, reply_pk: int, client_gone: bool, answer_offsets: str) -> None:
-    """Note on a resumable reply, as it ends, whether its client had gone (for the admin) and how
-    much of the answer each event carried (for a resume after the window)."""
-    Reply.objects.filter(pk=reply_pk).update(
-        resumable=True, ended_without_client=client_gone, answer_offsets=answer_offsets
-    )
+def amark_resumable_end(*, reply_pk: int, client_gone: bool) -> None:
+    """Note on a resumable reply, as it ends, whether its client had gone (for the admin)."""
+    Reply.objects.filter(pk=reply_pk).update(resumable=True, ended_without_client=client_gone)
 
 
 @db_async
@@ -78,67 +79,131 @@ def _end_noted(reply_pk: int) -> bool:
     return not Reply.objects.filter(pk=reply_pk, resumable=True, ended_without_client__isnull=True).exists()
 
 
-def _answer_after(text: str, answer_offsets: str, after_id: int) -> str:
-    """The answer after event `after_id`, from a resumable reply's per-event character counts."""
-    if not after_id or not answer_offsets:
-        return text
-    counts = answer_offsets.split(",")
-    return text[sum(map(int, counts[:after_id])) :]
+@dataclass(frozen=True, slots=True)
+class _StoredEvents:
+    """A stored reply as numbered events: what each event before the last added to the answer
+    (`Reply.answer_offsets`), then its last (`completed` or `error`), then `done`."""
+
+    answer_chars: list[int]
+    known: bool = True  # False: where the client's events were is not known (a crashed worker's reply)
+
+    @classmethod
+    def of(cls, answer_offsets: str, text: str) -> "_StoredEvents":
+        if answer_offsets == event_ids.UNKNOWN_OFFSETS:
+            return cls([0, len(text)] if text else [0], known=False)
+        if answer_offsets:
+            return cls([int(count) for count in answer_offsets.split(",")])
+        # Stored before the offsets were (or by a path that had none): `session`, the whole answer.
+        return cls([0, len(text)] if text else [0])
+
+    @property
+    def last(self) -> int:
+        return len(self.answer_chars) + 1
+
+    def position(self, number: int) -> int:
+        """The characters of the answer delivered through event `number`."""
+        return sum(self.answer_chars[:number])
+
+    def last_delta(self) -> int:
+        """The number of the last event that carried answer (0: none)."""
+        carried = [number for number, chars in enumerate(self.answer_chars, 1) if chars]
+        return carried[-1] if carried else 0
 
 
 @db_async
-def _stored_entries(reply_pk: int, after_id: int) -> list[Entry]:
-    """An ended reply as a resume sends it once its events are gone: `session`, the answer after
-    event `after_id` as one `delta` (the whole answer if the reply was not resumable), `completed`
-    or the `error` it ended with, `done`; numbered on from `after_id`."""
+def _stored_entries(reply_pk: int, after: event_ids.EventRef) -> list[Entry]:
+    """An ended reply as a resume sends it once its events are gone: `session`, the rest of the
+    answer after the client's event as one `delta`, `completed` or the `error` it ended with, `done`.
+
+    With the ids of the events they stand for, so that whatever id of them a client keeps resumes
+    exactly after what it delivered: the `delta` has the id of the reply's last event that carried
+    answer, `completed` (or `error`) and `done` their own; `session` the id of event 1 from the
+    start, else the odd id just above the client's (`event_ids.replayed_session_id`), and none
+    when the client's id was that very replay's `session`. A client that had the last event gets
+    `done` alone, one that had `done` nothing."""
     reply = Reply.objects.select_related("session", "conversation").get(pk=reply_pk)
     answer = (
         Message.objects.filter(reply_id=reply_pk, kind=Message.Kind.ANSWER).values("content", "coze_message_id").first()
     )
     text = answer["content"] if answer else ""
+    stored = _StoredEvents.of(reply.answer_offsets, text)
+    number = after.number
+    if not stored.known and number:
+        # The client had events nobody kept (its worker died with them): it gets how the reply
+        # ended, numbered on above its id; there is no stored answer to continue.
+        stored = _StoredEvents([0] * number, known=False)
+        text = ""
+    if number > stored.last:
+        return []
+    done = Entry(event_ids.event_id(reply_pk, stored.last + 1), "done", "[DONE]")
+    if number == stored.last:
+        return [done]
     session_id, conversation_id = reply.session.session_id, reply.conversation.coze_conversation_id
-    events = [SessionEvent(session_id=session_id, conversation_id=conversation_id, chat_id=reply.coze_chat_id)]
-    rest = _answer_after(text, reply.answer_offsets, after_id)
+    numbered: list[tuple[int, object]] = []
+    if not after.replayed_session:
+        session_event = SessionEvent(session_id=session_id, conversation_id=conversation_id, chat_id=reply.coze_chat_id)
+        first = event_ids.event_id(reply_pk, 1) if number == 0 else event_ids.replayed_session_id(reply_pk, number)
+        numbered.append((first, session_event))
+    rest = text[stored.position(number) :]
     if rest:
-        events.append(DeltaEvent(rest))
+        numbered.append((event_ids.event_id(reply_pk, stored.last_delta()), DeltaEvent(rest)))
     if reply.status == Reply.Status.COMPLETED:
         usage = Usage(reply.input_tokens, reply.output_tokens, reply.total_tokens)
         message_id = (answer and answer["coze_message_id"]) or f"reply-{reply.pk}"
-        events.append(
-            CompletedEvent(
-                message_id=message_id,
-                content=text,
-                usage=usage,
-                conversation_id=conversation_id,
-                session_id=session_id,
-                chat_id=reply.coze_chat_id,
-            )
+        final = CompletedEvent(
+            message_id=message_id,
+            content=text,
+            usage=usage,
+            conversation_id=conversation_id,
+            session_id=session_id,
+            chat_id=reply.coze_chat_id,
         )
     else:
         code = reply.error_code if reply.error_code in ERROR_CODES else "internal_error"
-        events.append(ErrorEvent.from_error(ChatError(code, reply.error_detail or None)))
-    entries = [Entry(index, e.type, encode_json(e.as_dict())) for index, e in enumerate(events, after_id + 1)]
-    return [*entries, Entry(after_id + len(entries) + 1, "done", "[DONE]")]
+        final = ErrorEvent.from_error(ChatError(code, reply.error_detail or None))
+    numbered.append((event_ids.event_id(reply_pk, stored.last), final))
+    return [*(Entry(event_id, e.type, encode_json(e.as_dict())) for event_id, e in numbered), done]
 
 
 async def aopen_reply_stream(
     *, owner: Owner, session_id: str, after_id: int, heartbeat: float
 ) -> AsyncIterator[Entry | Ping]:
-    """The events of the session's latest reply after `after_id` (0: all), live until `done`.
+    """The events after event `after_id` of the reply that id names (0: the session's latest reply,
+    from its start), live until `done`.
 
-    Raises ChatError("not_found") for an unknown or someone else's session, or one with no reply,
-    and ChatError("rate_limited") when the owner is over its requests per minute.
+    Raises ChatError("not_found") for an unknown or someone else's session, or one with no reply;
+    ChatError("gone") for an id that names no reply of this session that is still kept (deleted,
+    pruned, or never one of its own); and ChatError("rate_limited") when the owner is over its
+    requests per minute.
     """
     await rates.acheck_request(owner)  # a resume is a request like any other
-    reply = await alatest_reply(owner=owner, session_id=session_id)
-    in_background(_count_resume(reply.pk))
-    return _reply_events(reply.pk, after_id, heartbeat)
+    after = event_ids.parse(after_id)
+    if after_id == 0:
+        reply_pk = (await alatest_reply(owner=owner, session_id=session_id)).pk
+    else:
+        reply_pk = await _anamed_reply(owner=owner, session_id=session_id, reply_pk=after.reply_pk)
+    in_background(_count_resume(reply_pk))
+    return _reply_events(reply_pk, after, heartbeat)
 
 
-async def _reply_events(reply_pk: int, after_id: int, heartbeat: float) -> AsyncIterator[Entry | Ping]:
+@db_async
+def _anamed_reply(*, owner: Owner, session_id: str, reply_pk: int | None) -> int:
+    """`reply_pk` if it is a reply of the owner's session; ChatError `not_found` without such a
+    session, `gone` without such a reply (an id of another reply is never taken for one of these)."""
+    if (
+        reply_pk is not None
+        and Reply.objects.filter(pk=reply_pk, **owner.scope("session__"), session__session_id=session_id).exists()
+    ):
+        return reply_pk
+    if not ChatSession.objects.filter(**owner.scope(), session_id=session_id).exists():
+        raise ChatError("not_found", "No such session.")
+    raise ChatError("gone", "The reply that event id belongs to is no longer kept.")
+
+
+async def _reply_events(reply_pk: int, after: event_ids.EventRef, heartbeat: float) -> AsyncIterator[Entry | Ping]:
     quiet_since = time.monotonic()
     while True:
-        events = await replay.afollow(reply_pk, after_id, heartbeat)
+        events = await replay.afollow(reply_pk, after.number, heartbeat)
         if events is not None:
             async with contextlib.aclosing(events):
                 async for item in events:
@@ -149,7 +214,7 @@ async def _reply_events(reply_pk: int, after_id: int, heartbeat: float) -> Async
                 if await _end_noted(reply_pk):
                     break
                 await asyncio.sleep(0.05)  # stored a moment ago; its end note follows at once
-            for entry in await _stored_entries(reply_pk, after_id):
+            for entry in await _stored_entries(reply_pk, after):
                 yield entry
             return
         # Running, but its events are not here (not resumable, just starting, or in another

@@ -8,6 +8,7 @@ held while streaming.
 """
 
 import asyncio
+import contextlib
 import functools
 import logging
 import threading
@@ -19,7 +20,7 @@ from typing import ParamSpec, TypeVar
 import psycopg
 from asgiref.sync import sync_to_async
 from django.conf import settings
-from django.db import InterfaceError, OperationalError, connections
+from django.db import InterfaceError, OperationalError, connection, connections, transaction
 
 from chat.domain.errors import ChatError
 
@@ -50,11 +51,55 @@ def _get_executor(pool: str) -> ThreadPoolExecutor:
         return executor
 
 
+# --- bounded lock waits ---------------------------------------------------------------------------
+#
+# No statement of the chat waits on a row lock for longer than CHAT_DB_LOCK_TIMEOUT (PostgreSQL's
+# lock_timeout): a row held by a stuck transaction (a worker frozen mid-transaction, a staff
+# member's open psql session) makes the statement fail at once instead of holding one of the
+# worker's few connections, which would delay every other session's turns behind it. A lock wait
+# that ends so means another transaction holds the session: `session_busy`.
+
+BUSY_DETAIL = "This session is busy in another transaction; retry shortly."
+
+
+def lock_timeout_ms() -> int:
+    return max(1, round(settings.CHAT_DB_LOCK_TIMEOUT * 1000))
+
+
+def session_busy() -> ChatError:
+    return ChatError("session_busy", BUSY_DETAIL)
+
+
+def is_lock_timeout(exc: BaseException) -> bool:
+    """Whether `exc` (psycopg's, or Django's wrapping of it) is a lock wait that ran out."""
+    return isinstance(exc, psycopg.errors.LockNotAvailable) or isinstance(
+        exc.__cause__, psycopg.errors.LockNotAvailable
+    )
+
+
+@contextlib.contextmanager
+def bounded_locks():
+    """A transaction (on this thread's connection) whose lock waits end after CHAT_DB_LOCK_TIMEOUT;
+    one that ends so raises ChatError `session_busy` (the transaction rolled back)."""
+    try:
+        with transaction.atomic():
+            if connection.vendor == "postgresql":
+                with connection.cursor() as cursor:
+                    cursor.execute("SELECT set_config('lock_timeout', %s, true)", [f"{lock_timeout_ms()}ms"])
+            yield
+    except OperationalError as exc:
+        if is_lock_timeout(exc):
+            raise session_busy() from exc
+        raise
+
+
 def _run_guarded(func: Callable[P, R], *args: P.args, **kwargs: P.kwargs) -> R:
     for attempt in (1, 2):
         try:
             return func(*args, **kwargs)
         except (OperationalError, InterfaceError) as exc:
+            if is_lock_timeout(exc):
+                raise session_busy() from exc  # a held row, not a lost connection: no retry
             # A dropped or refused connection: throw it away so the next try reconnects. One
             # retry covers a pooled connection the database closed meanwhile (restart, failover);
             # the functions run in a transaction, so nothing was half-written.
@@ -169,6 +214,9 @@ def _conninfo() -> str:
     for psycopg_only in ("cursor_factory", "context", "server_side_binding", "prepare_threshold"):
         params.pop(psycopg_only, None)
     params.setdefault("connect_timeout", 3)
+    # Every statement sent from the event loop (the turn's functions among them) waits on a row lock
+    # at most CHAT_DB_LOCK_TIMEOUT (see bounded_locks).
+    params["options"] = f"{params.get('options') or ''} -c lock_timeout={lock_timeout_ms()}".strip()
     return psycopg.conninfo.make_conninfo(**{key: value for key, value in params.items() if value is not None})
 
 
@@ -194,7 +242,8 @@ def _finish_connections_of_ended_loops() -> None:
 async def apg_fetchone(sql: str, params: list | dict) -> tuple | None:
     """Run one statement (its own transaction) on PostgreSQL from the event loop; its first row.
 
-    Raises ChatError("service_unavailable") when the database can't be reached, after one retry
+    Raises ChatError("session_busy") when a row it must lock stays held for CHAT_DB_LOCK_TIMEOUT,
+    and ChatError("service_unavailable") when the database can't be reached, after one retry
     on a fresh connection (as `_run_guarded` does for the threads). The statements sent here are
     safe to resend: the turn's start and finish recognise their own earlier commit.
     """
@@ -208,6 +257,9 @@ async def apg_fetchone(sql: str, params: list | dict) -> tuple | None:
         try:
             cursor = await conn.execute(sql, params)
             row = await cursor.fetchone()
+        except psycopg.errors.LockNotAvailable as exc:
+            await pool.release(conn, reusable=True)  # the statement's own transaction rolled back
+            raise session_busy() from exc
         except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
             await pool.release(conn, reusable=False)
             await pool.drop_idle()

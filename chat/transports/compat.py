@@ -116,7 +116,7 @@ async def _parse_coze_chat(owner: Owner, body) -> ChatRequest:
     return parse_chat_request(data)
 
 
-async def _render_legacy_stream(first, events: AsyncIterator) -> AsyncIterator[bytes]:
+async def _render_legacy_stream(first, events: AsyncIterator, _control) -> AsyncIterator[bytes]:
     """`chunk` events with a running index, then `complete`, or `error` (the earlier /chat/stream)."""
     chunks: list[str] = []
     async with contextlib.aclosing(stream_items(first, events)) as items:
@@ -134,7 +134,7 @@ async def _render_legacy_stream(first, events: AsyncIterator) -> AsyncIterator[b
                 yield SSE_PING
 
 
-async def _render_coze_chat_stream(first, events: AsyncIterator) -> AsyncIterator[bytes]:
+async def _render_coze_chat_stream(first, events: AsyncIterator, _control) -> AsyncIterator[bytes]:
     """`delta` and `completed` data lines, then `[DONE]` (the earlier /api/coze-chat)."""
     async with contextlib.aclosing(stream_items(first, events)) as items:
         async for item in items:

@@ -75,13 +75,15 @@ JSON error responses with their status instead of a stream.
 """
 
 RESUME_DESCRIPTION = """\
-Replays the session's current or latest reply after the event named by `Last-Event-ID` (or
-`?last_event_id=`; none: from the start), then follows it live until `done`: the same bytes, with
-the same ids, as an uninterrupted client got. Replies sent with `"resumable": true` keep their
-events for `CHAT_RESUME_WINDOW` seconds after they end; after that (or for a reply that was not
-resumable) a resume gets the stored reply once it has ended: `session`, one `delta` with the rest
-of the answer after the event named (the whole answer for a reply that was not resumable),
-`completed` (or its `error`), `done`, numbered on from the event named.
+Replays the reply that the event named by `Last-Event-ID` (or `?last_event_id=`) belongs to after
+that event — an event id names its reply: `reply * 10,000,000 + 2 * n` for its n-th event — or,
+without one, the session's current or latest reply from the start; then follows it live until
+`done`: the same bytes, with the same ids, as an uninterrupted client got. Replies sent with
+`"resumable": true` keep their events for `CHAT_RESUME_WINDOW` seconds after they end; after that
+(or for a reply that was not resumable) a resume gets the stored reply once it has ended:
+`session`, one `delta` with the rest of the answer after the event named, `completed` (or its
+`error`), `done`, each with the id of what it stands for, so any id given resumes exactly after it.
+An id of a reply that is no longer kept (or not of this session) is `410 gone`.
 """
 
 WEBSOCKET_DESCRIPTION = """
@@ -422,7 +424,7 @@ def add_views_outside_drf(result, generator, request, public):
                     "The events after the one named, with their original ids; the last is `done`.",
                     list(EVENT_SCHEMAS),
                 ),
-                **{code: error_response for code in ("400", "401", "403", "404")},
+                **{code: error_response for code in ("400", "401", "403", "404", "410")},
             },
         }
     }

@@ -18,6 +18,7 @@ from django.views.decorators.http import require_GET, require_POST
 from chat import coze
 from chat.access.auth import aresolve_owner
 from chat.access.browsers import ensure_browser_id
+from chat.domain import event_ids
 from chat.domain.errors import ChatError
 from chat.domain.events import PING, ChatEvent, ErrorEvent, Ping
 from chat.domain.inputs import ChatRequest, Owner
@@ -29,6 +30,7 @@ from chat.runtime.db import db_async
 from chat.transports.errors import json_error_response, json_response
 from chat.transports.serializers import parse_chat_request, parse_json_bytes
 from chat.turn import service
+from chat.turn.control import TurnControl
 from sessions_admin.models import Reply
 
 logger = logging.getLogger(__name__)
@@ -54,16 +56,18 @@ async def stream_items(first, events: AsyncIterator) -> AsyncIterator[ChatEvent 
         await events.aclose()
 
 
-async def _render_sse(first: ChatEvent | Ping, events: AsyncIterator) -> AsyncIterator[bytes]:
-    event_id = 0
+async def _render_sse(first: ChatEvent | Ping, events: AsyncIterator, control: TurnControl) -> AsyncIterator[bytes]:
+    # Each event's id names its reply and its place in it (docs/api.md §9, chat.domain.event_ids);
+    # the reply is stored before its first event, so its number is known by then.
+    number = 0
     async with contextlib.aclosing(stream_items(first, events)) as items:
         async for item in items:
             if item is PING:
                 yield SSE_PING
                 continue
-            event_id += 1
-            yield sse_event(event_id, item.type, item.as_dict())
-    yield sse_done(event_id + 1)
+            number += 1
+            yield sse_event(event_ids.event_id(control.reply_pk, number), item.type, item.as_dict())
+    yield sse_done(event_ids.event_id(control.reply_pk, number + 1))
 
 
 async def _parse_standard(owner: Owner, body) -> ChatRequest:
@@ -75,18 +79,21 @@ async def start_sse_stream(
 ) -> HttpResponse:
     """Authenticate, validate, start the turn; errors before the first event are JSON responses.
 
-    `parse(owner, body)` turns the decoded body into a ChatRequest; `render(first, events)`
-    yields the bytes of the stream. Both are swappable for the compatibility paths.
+    `parse(owner, body)` turns the decoded body into a ChatRequest; `render(first, events, control)`
+    yields the bytes of the stream (`control`: the turn's, which knows its reply once stored). Both
+    are swappable for the compatibility paths.
     """
     try:
         owner = await aresolve_owner(request)
         body = parse_json_bytes(request.body, request.content_type or "")
         chat_request = await parse(owner, body)
+        control = TurnControl(owner_key=owner.key)
         events = service.achat_events(
             owner=owner,
             chat_request=chat_request,
             transport=transport,
             heartbeat=settings.CHAT_SSE_HEARTBEAT,
+            control=control,
         )
         first = await anext(events)
     except RequestDataTooBig:
@@ -94,7 +101,7 @@ async def start_sse_stream(
     except ChatError as error:
         return json_error_response(error)
     return StreamingHttpResponse(
-        render(first, events), content_type="text/event-stream; charset=utf-8", headers=SSE_HEADERS
+        render(first, events, control), content_type="text/event-stream; charset=utf-8", headers=SSE_HEADERS
     )
 
 

@@ -30,6 +30,7 @@ from chat.access import rates, tokens
 from chat.access.auth import aowner_from_api_key, bearer_key
 from chat.access.browsers import BROWSER_SESSION_KEY, owner_for_browser, owner_for_user
 from chat.conversations import sessions
+from chat.domain import event_ids
 from chat.domain.errors import ChatError
 from chat.domain.events import PING
 from chat.domain.inputs import ChatRequest, Owner, check_text
@@ -228,25 +229,28 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
         await self.send_json({"type": "feedback", "message_id": message_id, "feedback": feedback.feedback_json(stored)})
 
     async def _run_reply(self, chat_request: ChatRequest, control: TurnControl) -> None:
-        # Each event carries the id the SSE stream would give it, so a resume can name it (§9).
-        event_id = 0
+        # Each event carries the id the SSE stream would give it, naming its reply and its place in
+        # it, so a resume can name it (§9); a turn refused before its reply existed numbers 1, 2.
+        number = 0
         try:
             async for event in service.achat_events(
                 owner=self.owner, chat_request=chat_request, transport=Reply.Transport.WEBSOCKET, control=control
             ):
                 if event is not PING:
-                    event_id += 1
-                    await self.send_json({**event.as_dict(), "id": event_id})
+                    number += 1
+                    await self.send_json({**event.as_dict(), "id": event_ids.event_id(control.reply_pk, number)})
         except ChatError as error:
-            event_id += 1
-            await self.send_json({**error.as_event(), "id": event_id})
+            number += 1
+            await self.send_json({**error.as_event(), "id": event_ids.event_id(control.reply_pk, number)})
         except asyncio.CancelledError:
             raise
         except Exception:
             logger.exception("WebSocket reply failed")
-            event_id += 1
-            await self.send_json({**ChatError("internal_error").as_event(), "id": event_id})
-        await self.send_json({"type": "done", "id": event_id + 1})
+            number += 1
+            await self.send_json(
+                {**ChatError("internal_error").as_event(), "id": event_ids.event_id(control.reply_pk, number)}
+            )
+        await self.send_json({"type": "done", "id": event_ids.event_id(control.reply_pk, number + 1)})
 
     async def _run_resume(self, session_id: str, after_id: int) -> None:
         """Replay a session's reply after `after_id` and follow it to `done`, as the SSE resume does."""

@@ -15,7 +15,7 @@ from chat.domain.inputs import Owner
 from chat.runtime import metrics
 from chat.runtime.logging import coze_logid_var
 from chat.runtime.tasks import in_background
-from chat.turn import finish, reply, start, store, tools
+from chat.turn import finish, records, reply, start, store, tools
 from chat.turn.control import TurnControl, running_turns
 from sessions_admin.models import Reply
 
@@ -82,6 +82,7 @@ async def achat_continue(
             )
         ) as events:
             async for event in events:
+                outcome.event_chars.append(records.answer_chars(event))
                 yield event
     finally:
         in_background(finish.arelease_when_stored(admitted, control.reply_pk))

@@ -15,7 +15,7 @@ from chat import coze
 from chat.access import admission
 from chat.runtime import metrics
 from chat.runtime.tasks import in_background
-from chat.turn import store
+from chat.turn import leases, store
 from chat.turn.records import TurnContext, TurnOutcome
 
 logger = logging.getLogger(__name__)
@@ -105,6 +105,7 @@ async def _aclose_and_store(
         stored = True
     except Exception:
         logger.exception("Could not store the outcome of reply %s; retrying in the background", turn.reply_pk)
+        leases.hold(turn)  # this worker has the answer: its lease stays renewed while it retries
         _track(turn.reply_pk, in_background(_astore_finish_later(turn, outcome)))
         stored = False
     error = outcome.error
@@ -133,13 +134,16 @@ async def _aclose_and_store(
 async def _astore_finish_later(turn: TurnContext, outcome: TurnOutcome) -> None:
     """Retry a finish the database refused: `turn_finish` is idempotent, so a retry after a commit
     whose acknowledgement was lost stores nothing twice."""
-    for delay in FINISH_RETRY_DELAYS:
-        await asyncio.sleep(delay)
-        try:
-            await store.turn_finish(turn=turn, outcome=outcome)
-        except Exception as exc:  # noqa: BLE001 - logged; the next retry or crash recovery takes over
-            logger.warning("Storing the outcome of reply %s failed again: %s", turn.reply_pk, exc)
-            continue
-        logger.info("Stored the outcome of reply %s after a retry", turn.reply_pk)
-        return
-    logger.error("Gave up storing the outcome of reply %s; crash recovery will mark it interrupted", turn.reply_pk)
+    try:
+        for delay in FINISH_RETRY_DELAYS:
+            await asyncio.sleep(delay)
+            try:
+                await store.turn_finish(turn=turn, outcome=outcome)
+            except Exception as exc:  # noqa: BLE001 - logged; the next retry or crash recovery takes over
+                logger.warning("Storing the outcome of reply %s failed again: %s", turn.reply_pk, exc)
+                continue
+            logger.info("Stored the outcome of reply %s after a retry", turn.reply_pk)
+            return
+        logger.error("Gave up storing the outcome of reply %s; crash recovery will mark it interrupted", turn.reply_pk)
+    finally:
+        leases.let_go(turn)

@@ -1,9 +1,10 @@
 """A worker's start and end.
 
-Start: replies left "in progress" by a crashed worker are marked interrupted, replies whose wait
-for local tool outputs has passed are failed (the `mark_interrupted_replies` command does the same
-on demand), the deadlines of those still waiting are armed in this worker too, the sender of the
-ratings' outbox starts (`sessions_admin.feedback_outbox`), and the SIGTERM handler is installed.
+Start: the worker's heartbeat begins (`chat.turn.leases`: it renews the leases of the replies this
+worker runs and, in every round, ends crashed workers' replies as interrupted and fails replies
+whose wait for local tool outputs has passed; a first round runs at once), the deadlines of the
+replies still waiting for tool outputs are armed in this worker too, the sender of the ratings'
+outbox starts (`sessions_admin.feedback_outbox`), and the SIGTERM handler is installed.
 
 End: on SIGTERM, replies in flight end with a retryable `interrupted` error and are stored as
 interrupted, before the server's own shutdown runs. ASGI servers don't tell the application about
@@ -43,26 +44,10 @@ def process_started() -> None:
 
 
 async def _recover_stuck_replies() -> None:
-    from chat.runtime.db import db_async
-    from sessions_admin.recovery import fail_expired_pauses, mark_interrupted_replies
+    from chat.turn import leases, tools
 
-    try:
-        marked = await db_async(mark_interrupted_replies)()
-        expired = await db_async(fail_expired_pauses)()
-    except Exception:  # recovery is best effort; the command can be run by hand
-        logger.warning("Could not mark replies left in progress by a crashed worker", exc_info=True)
-        return
-    if expired:
-        logger.warning(
-            "Failed %d repl%s whose wait for local tool outputs had passed", expired, "y" if expired == 1 else "ies"
-        )
-    if marked:
-        logger.warning(
-            "Marked %d repl%s left in progress by a crashed worker as interrupted",
-            marked,
-            "y" if marked == 1 else "ies",
-        )
-    from chat.turn import tools
+    leases.ensure_keeper()
+    await leases.asweep()  # the first round at once: replies a crash (maybe this worker's) left
 
     try:
         await tools.arearm_expiries()

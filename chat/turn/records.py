@@ -9,7 +9,7 @@ from django.db import models
 from django.db.models import ExpressionWrapper, Q, Value
 from django.db.models.functions import Now
 
-from chat.domain import transcripts
+from chat.domain import event_ids, transcripts
 from chat.domain.errors import ChatError
 from chat.domain.events import ToolCall, Usage
 from chat.domain.inputs import ChatRequest, Owner
@@ -84,6 +84,11 @@ class TurnOutcome:
     first_token_at: float | None = None
     duration: float = 0.0
     finishing: bool = False  # the finish is being stored (and stores Coze's ids with it)
+    # Per event the reply has yielded so far: the characters it added to the answer. Stored with
+    # the finish, so that any event id a client was given can be resumed after the replay window
+    # (docs/api.md §9, `chat.resume.resuming`).
+    # None: not known (a crashed worker's reply whose replay buffer was gone).
+    event_chars: list[int] | None = field(default_factory=list)
     # Local tools (docs/api.md §13): the calls the reply pauses for, and the calls of earlier
     # pauses of the same reply with their outputs (what `Reply.required_action` keeps).
     tool_calls: tuple[ToolCall, ...] = ()
@@ -158,6 +163,19 @@ def stored_answer(outcome: TurnOutcome) -> str | None:
     thousands of parts.)"""
     answer = outcome.answer
     return answer if answer or outcome.status == Reply.Status.COMPLETED else None
+
+
+def answer_chars(event) -> int:
+    """The characters an event adds to the reply's answer (its `delta`s carry the answer)."""
+    return len(event.content) if event.type == "delta" else 0
+
+
+def answer_offsets(outcome: TurnOutcome) -> str:
+    """`Reply.answer_offsets`: the characters each event before the last added to the answer, or
+    UNKNOWN_OFFSETS when they are not known."""
+    if outcome.event_chars is None:
+        return event_ids.UNKNOWN_OFFSETS
+    return ",".join(map(str, outcome.event_chars))
 
 
 def ttft_ms(outcome: TurnOutcome) -> int | None:

@@ -25,8 +25,7 @@ from chat.domain.events import (
     RequiresActionEvent,
     SessionEvent,
 )
-from chat.runtime.tasks import in_background
-from chat.turn import finish, start, store, tools
+from chat.turn import finish, leases, start, tools
 from chat.turn.control import TurnControl, running_turns
 from chat.turn.records import TurnContext, TurnOutcome
 from sessions_admin.models import Reply
@@ -55,7 +54,7 @@ async def areply_events(
 ) -> AsyncIterator[ChatEvent]:
     """A started (or continued) reply: Coze's events translated into ours, then its end stored —
     finished however it ends, or parked when it pauses for local tools."""
-    lock_renewed_at = started
+    leases.hold(turn, control)  # its worker's heartbeat renews its session's lease until it ends
     try:
         yield SessionEvent(
             session_id=turn.session_id,
@@ -93,11 +92,6 @@ async def areply_events(
                 if not local_tools:
                     raise ChatError("upstream_error", TOOLS_UNSUPPORTED, retryable=False)
                 outcome.status = Reply.Status.REQUIRES_ACTION
-            now = time.monotonic()
-            if now - lock_renewed_at > settings.CHAT_SESSION_LOCK_TTL / 3:
-                # Long replies keep their lease; this runs a few times per hour at most.
-                lock_renewed_at = now
-                in_background(store.turn_renew_lock(turn=turn))
         if outcome.status == Reply.Status.REQUIRES_ACTION:
             if not await tools.apause_turn(turn, outcome, started, upstream):
                 yield ErrorEvent.from_error(outcome.error)
@@ -136,4 +130,5 @@ async def areply_events(
         await finish.afinish_turn(turn, outcome, started, upstream)
         raise
     finally:
+        leases.let_go(turn, control)
         running_turns.pop(outcome.chat_id, None)

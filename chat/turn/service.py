@@ -56,7 +56,7 @@ from chat.domain.inputs import ChatRequest, Owner
 from chat.resume import replay, resuming
 from chat.runtime.logging import coze_logid_var
 from chat.runtime.tasks import in_background
-from chat.turn import continuation, finish, reply, start
+from chat.turn import continuation, finish, leases, records, reply, start
 from chat.turn.control import TurnControl, active_turns, await_stopping_turn, running_turns
 from chat.turn.records import TurnOutcome
 from sessions_admin.models import Reply
@@ -140,6 +140,7 @@ async def _turn_events(
             owner=owner, chat_request=chat_request, transport=transport, control=control, started=started
         )
     control.reply_pk, control.coze_user_id = turn.reply_pk, turn.route.coze_user_id
+    leases.hold(turn, control)  # from its start: Coze may take a while to accept the chat
     logger.info("Turn started: session %s, reply %s, via %s", turn.session_id, turn.reply_pk, transport)
     outcome = TurnOutcome()
     upstream: finish.Upstream | None = None
@@ -155,17 +156,20 @@ async def _turn_events(
         outcome.status, outcome.error = Reply.Status.FAILED, error
         outcome.logid = outcome.logid or error.logid or ""
         await finish.afinish_turn(turn, outcome, started)
+        leases.let_go(turn, control)
         raise
     except (asyncio.CancelledError, GeneratorExit):
         outcome.status, outcome.error = start.stopped_status(control), ChatError(control.reason)
         await asyncio.shield(in_background(start.aabandon_upstream(opening)))
         await finish.afinish_turn(turn, outcome, started)
+        leases.let_go(turn, control)
         raise
     except BaseException:
         logger.exception("Chat turn %s failed before the stream started", turn.reply_pk)
         outcome.status, outcome.error = Reply.Status.FAILED, ChatError("internal_error")
         await start.aabandon_upstream(opening)
         await finish.afinish_turn(turn, outcome, started)
+        leases.let_go(turn, control)
         raise
 
     async with contextlib.aclosing(
@@ -180,6 +184,7 @@ async def _turn_events(
         )
     ) as events:
         async for event in events:
+            outcome.event_chars.append(records.answer_chars(event))  # before its finish reads them
             yield event
 
 
@@ -331,11 +336,7 @@ def _end_recording(
     else:
         recording.end(ErrorEvent.from_error(ChatError("internal_error")))
     if control.reply_pk is not None:
-        in_background(
-            resuming.amark_resumable_end(
-                reply_pk=control.reply_pk, client_gone=client_gone, answer_offsets=recording.answer_offsets()
-            )
-        )
+        in_background(resuming.amark_resumable_end(reply_pk=control.reply_pk, client_gone=client_gone))
 
 
 async def achat_send(*, owner: Owner, chat_request: ChatRequest, transport: str) -> CompletedEvent:

@@ -3,14 +3,15 @@ Reply), finish it (store the answer, usage and timing, release the lock), and fo
 waits for the client's local tools, pause it and claim it back (docs/api.md §13).
 
 Each step is one short transaction, a constant amount of work per turn however long the reply.
-On PostgreSQL the start and the finish are each one function call (migrations 0011 and 0013) run
+On PostgreSQL the start and the finish are each one function call (migrations 0011, and 0013 with 0019) run
 from the event loop on `chat.runtime.db`'s async connections; elsewhere the same steps run through the ORM
 (`chat.turn.store_orm`) on the chat service's database threads. What they guarantee:
 
 * `turn_start` commits the session lock, the user's message and the Reply together or not at
-  all. It reads the session under a row lock (`SELECT … FOR UPDATE`), so a concurrent clear or
-  delete waits for it and then sees the session busy, and it can't continue a conversation that
-  a clear has just left.
+  all. It reads the session under a row lock (`SELECT … FOR UPDATE NOWAIT`, migration 0020), so
+  a concurrent clear or delete waits for it (at most CHAT_DB_LOCK_TIMEOUT) and then sees the
+  session busy, it can't continue a conversation that a clear has just left, and a session whose
+  row another transaction holds is `session_busy` at once, never a wait.
 * The lock is a lease in the database's clock (`NOW()`), never a worker's, so clock skew between
   hosts can't steal a live lock; a crashed worker's lease lapses after CHAT_SESSION_LOCK_TTL.
 * `turn_finish` is idempotent: it stores an outcome only while the Reply is still in progress, so
@@ -24,16 +25,17 @@ from the event loop on `chat.runtime.db`'s async connections; elsewhere the same
 import json
 
 from django.conf import settings
-from django.db import IntegrityError, connection, transaction
+from django.db import IntegrityError, connection
+from django.db.models import Q
 
 from chat.domain import transcripts
 from chat.domain.errors import ChatError
 from chat.domain.inputs import Owner
 from chat.files import attachments
-from chat.runtime.db import apg_fetchone, db_async, on_postgresql
+from chat.runtime.db import apg_fetchone, bounded_locks, db_async, on_postgresql
 from chat.turn import records, store_orm
 from chat.turn.records import PausedTurn, Route, RouteChanged, TurnContext, TurnOutcome, TurnStart
-from sessions_admin.models import ChatSession, Conversation, Message
+from sessions_admin.models import ChatSession, Conversation, Message, Reply
 from sessions_admin.rollup import ttft_bucket
 
 
@@ -183,7 +185,7 @@ def _started_turn(row: tuple, start: TurnStart) -> TurnContext:
 
 def _turn_start_pg(start: TurnStart) -> TurnContext:
     """`cozeproject_turn_start` and the attachments' links, in one transaction (on a thread)."""
-    with transaction.atomic(), connection.cursor() as cursor:
+    with bounded_locks(), connection.cursor() as cursor:
         cursor.execute(TURN_START_SQL, _turn_start_params(start))
         row = cursor.fetchone()
         turn = _started_turn(row, start)
@@ -210,8 +212,22 @@ UPSTREAM_STARTED_SQL = "UPDATE sessions_admin_reply SET coze_chat_id = %s, coze_
 
 
 @db_async
-def turn_renew_lock(*, turn: TurnContext) -> None:
-    ChatSession.objects.filter(pk=turn.session_pk, lock_token=turn.lock_token).update(locked_until=records.lease_end())
+def turn_renew_leases(leases: list[tuple[int, int, str]]) -> list[int]:
+    """Renew the session leases of running replies, given as (reply, session, lock token), for
+    CHAT_SESSION_LOCK_TTL from now. Returns the replies crash recovery has ended meanwhile
+    (`interrupted`: their lease had lapsed), which their worker must stop.
+
+    A session row another transaction holds is skipped, not waited for: renewed next round."""
+    with bounded_locks():
+        held = Q()
+        for _, session_pk, lock_token in leases:
+            held |= Q(pk=session_pk, lock_token=lock_token)
+        sessions = ChatSession.objects.select_for_update(skip_locked=True).filter(held)
+        ChatSession.objects.filter(pk__in=list(sessions.values_list("pk", flat=True))).update(
+            locked_until=records.lease_end()
+        )
+        replies = [reply_pk for reply_pk, _, _ in leases]
+        return list(Reply.objects.filter(pk__in=replies, status=Reply.Status.INTERRUPTED).values_list("pk", flat=True))
 
 
 async def turn_finish(*, turn: TurnContext, outcome: TurnOutcome) -> None:
@@ -228,7 +244,8 @@ async def turn_finish(*, turn: TurnContext, outcome: TurnOutcome) -> None:
 
 
 def _turn_finish_params(turn: TurnContext, outcome: TurnOutcome) -> list:
-    """The arguments of `cozeproject_turn_finish` (sessions_admin/migrations/0013_turn_finish_function.py)."""
+    """The arguments of `cozeproject_turn_finish` (sessions_admin/migrations/0013_turn_finish_function.py,
+    with `answer_offsets` since 0019_turn_finish_answer_offsets.py)."""
     usage, error, ttft_ms = outcome.usage, outcome.error, records.ttft_ms(outcome)
     answer = records.stored_answer(outcome)
     return [
@@ -253,18 +270,29 @@ def _turn_finish_params(turn: TurnContext, outcome: TurnOutcome) -> list:
         outcome.conversation_id if not turn.route.coze_conversation_id else "",
         records.new_transcript_hash(turn, answer),
         settings.TIME_ZONE,
+        records.answer_offsets(outcome),
     ]
 
 
-# Twenty-one arguments; only placeholders are formatted in, never values.
+# Twenty-two arguments; only placeholders are formatted in, never values.
 TURN_FINISH_SQL = "SELECT * FROM cozeproject_turn_finish({})".format(  # noqa: S608
-    ", ".join(["%s"] * 12 + ["%s::integer"] * 3 + ["%s"] * 2 + ["%s::text[]"] + ["%s"] * 3)
+    ", ".join(["%s"] * 12 + ["%s::integer"] * 3 + ["%s"] * 2 + ["%s::text[]"] + ["%s"] * 4)
 )
 
 
 @db_async
 def _turn_finish_in_thread(*, turn: TurnContext, outcome: TurnOutcome) -> None:
     store_orm.turn_finish(turn=turn, outcome=outcome)
+
+
+def turn_finish_here(*, turn: TurnContext, outcome: TurnOutcome) -> None:
+    """`turn_finish` on this thread's connection, inside the caller's transaction (crash recovery
+    ends a dead worker's reply with it): the function on PostgreSQL, the ORM's steps elsewhere."""
+    if on_postgresql():
+        with connection.cursor() as cursor:
+            cursor.execute(TURN_FINISH_SQL, _turn_finish_params(turn, outcome))
+    else:
+        store_orm.turn_finish(turn=turn, outcome=outcome)
 
 
 # --- local tools: the pause and the way back ------------------------------------------------------

@@ -1,5 +1,5 @@
 """The turn's start and finish through the ORM: the steps of `cozeproject_turn_start` and
-`cozeproject_turn_finish` (sessions_admin migrations 0011 and 0013) for databases other than
+`cozeproject_turn_finish` (sessions_admin migrations 0011, and 0013 with 0019) for databases other than
 PostgreSQL, and the pause and resume of a reply waiting for local tools (the statements of
 `chat.turn.store`). `chat.turn.store` decides which path runs; both keep the contract its
 docstring states.
@@ -29,7 +29,8 @@ def turn_start(start: TurnStart) -> TurnContext:
     now = timezone.now()
     with transaction.atomic():
         session = (
-            ChatSession.objects.select_for_update(of=("self",))
+            # NOWAIT, as the function (migration 0020): a row held elsewhere is `session_busy` at once.
+            ChatSession.objects.select_for_update(of=("self",), nowait=True)
             .select_related("current_conversation")
             .filter(owner_key=owner.key, session_id=session_id)
             .first()
@@ -171,6 +172,7 @@ def turn_finish(*, turn: TurnContext, outcome: TurnOutcome) -> None:
             time_to_first_token_ms=records.ttft_ms(outcome),
             duration_ms=round(outcome.duration * 1000),
             finished_at=now,
+            answer_offsets=records.answer_offsets(outcome),
         )
         ours = Q(lock_token=turn.lock_token)
         release_lock = {

@@ -178,6 +178,9 @@ def outcome_after_pause(paused: PausedTurn, *, chat_id: str) -> TurnOutcome:
         conversation_id=paused.turn.route.coze_conversation_id,
         answer_parts=[answer] if answer else [],
         tools_answered=list(paused.required_action.get("tool_calls", [])),
+        # The part before the pause counts as one event of the stored reply: a resume of it knows
+        # only the whole answer, the continuation's own events come after.
+        event_chars=[0, len(answer)] if answer else [0],
     )
 
 

@@ -17,8 +17,8 @@ from django.db import connection
 from django.utils import timezone
 
 from chat.turn import tools
+from chat.turn.recovery import fail_expired_pauses, mark_interrupted_replies
 from sessions_admin.models import ApiClient, ChatSession, Reply
-from sessions_admin.recovery import fail_expired_pauses, mark_interrupted_replies
 from tests.chat.coze_clients import bot, gateway_coze, question, sim_get, stream_turn
 from tests.conftest import auth, await_until, stream_chat, wait_until
 

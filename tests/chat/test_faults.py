@@ -125,7 +125,7 @@ async def test_every_fault_is_an_error_frame_on_the_websocket(api_key, directive
 
     frames = await ws_turn(api_key, {"message": f"{directive} hi"})
 
-    assert frames[-1] == {"type": "done", "id": frames[-2]["id"] + 1}  # every frame carries its id
+    assert frames[-1] == {"type": "done", "id": frames[-2]["id"] + 2}  # every frame carries its (reply's) id
     error = frames[-2]
     assert error["type"] == "error" and error["code"] == code
     assert COZE_TEST_TOKEN not in json.dumps(frames)

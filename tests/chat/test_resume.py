@@ -9,6 +9,7 @@ import httpx
 import pytest
 import redis
 
+from chat.domain import event_ids
 from chat.resume import replay
 from sessions_admin.models import Message, Reply
 from tests.chat.conftest import clear_redis_buffers, redis_ok
@@ -28,6 +29,13 @@ def split_events(raw: bytes) -> list[bytes]:
 
 def event_id(frame: bytes) -> int:
     return int(frame.split(b"\n", 1)[0].removeprefix(b"id: "))
+
+
+def numbers(frames: list[bytes]) -> list[int]:
+    """The frames' places in their reply (event 1 is `session`), checking they all name one reply."""
+    refs = [event_ids.parse(event_id(f)) for f in frames]
+    assert len({ref.reply_pk for ref in refs}) == 1, refs
+    return [ref.number for ref in refs]
 
 
 def event_data(frame: bytes):
@@ -77,7 +85,8 @@ def test_a_dropped_stream_resumes_byte_exact_after_last_event_id(asgi_server, ap
     assert resumed.status_code == 200
     assert resumed.headers["content-type"].startswith("text/event-stream")
     rest = split_events(resumed.content)
-    assert [event_id(f) for f in seen + rest] == list(range(1, len(seen) + len(rest) + 1))
+    assert numbers(seen + rest) == list(range(1, len(seen) + len(rest) + 1))
+    assert event_ids.parse(event_id(seen[0])).reply_pk == Reply.objects.get().pk
     assert rest[-1] == f"id: {event_id(rest[-1])}\nevent: done\ndata: [DONE]\n\n".encode()
     completed = event_data(rest[-2])
     assert completed["type"] == "completed"
@@ -157,8 +166,9 @@ def test_resume_within_the_window_after_the_end_replays_the_kept_events(asgi_ser
         whole = client.post("/api/chat/stream", json=body, headers=auth(api_key)).content
     frames = split_events(whole)
 
-    for after in (0, 1, 5, len(frames) - 1, len(frames)):
-        assert split_events(resume(asgi_server.url, api_key, "later", after).content) == frames[after:]
+    for had in (0, 1, 5, len(frames) - 1, len(frames)):
+        after = event_id(frames[had - 1]) if had else 0
+        assert split_events(resume(asgi_server.url, api_key, "later", after).content) == frames[had:]
 
 
 def test_resume_after_the_window_gets_the_stored_reply(asgi_server, api_key, backend):
@@ -167,19 +177,96 @@ def test_resume_after_the_window_gets_the_stored_reply(asgi_server, api_key, bac
         frames = split_events(client.post("/api/chat/stream", json=body, headers=auth(api_key)).content)
     reply = Reply.objects.get()
     _forget(reply.pk, backend)
+    last_delta = [f for f in frames if b"\nevent: delta\n" in f][-1]
 
-    stored = split_events(resume(asgi_server.url, api_key, "expired", 4).content)
+    stored = split_events(resume(asgi_server.url, api_key, "expired", event_id(frames[3])).content)
     whole = split_events(resume(asgi_server.url, api_key, "expired").content)
 
     data = [event_data(f) for f in stored]
     assert [d if d == "[DONE]" else d["type"] for d in data] == ["session", "delta", "completed", "[DONE]"]
-    assert [event_id(f) for f in stored] == [5, 6, 7, 8]  # numbered on from the client's last id
+    # Each carries the id of what it stands for: the session event a place just above the client's
+    # (odd: a replay's), the one delta the last original delta's, completed and done their own.
+    assert [event_id(f) for f in stored] == [
+        event_id(frames[3]) + 1,
+        event_id(last_delta),
+        event_id(frames[-2]),
+        event_id(frames[-1]),
+    ]
     assert data[0] == event_data(frames[0])
     # One delta with the rest of the answer: after what the client had, byte for byte.
     assert deltas_of(frames[:4]) + data[1]["content"] == data[2]["content"] == TRICKY
     assert data[2] == event_data(frames[-2])
-    assert [event_id(f) for f in whole] == [1, 2, 3, 4] and deltas_of(whole) == TRICKY
+    assert [event_id(f) for f in whole] == [event_id(frames[0]), *map(event_id, stored[1:])]
+    assert deltas_of(whole) == TRICKY
     assert wait_until(lambda: Reply.objects.get().resume_count == 2)
+
+
+def test_after_the_window_every_id_a_client_was_given_resumes_exactly_after_it(asgi_server, api_key, backend):
+    body = {"message": "[sim:echo]" + TRICKY, "session_id": "exact", "resumable": True}
+    with httpx.Client(base_url=asgi_server.url, timeout=30) as client:
+        frames = split_events(client.post("/api/chat/stream", json=body, headers=auth(api_key)).content)
+    _forget(Reply.objects.get().pk, backend)
+
+    def resumed_after(frame_id: int) -> list[bytes]:
+        return split_events(resume(asgi_server.url, api_key, "exact", frame_id).content)
+
+    def types(frames: list[bytes]) -> list[str]:
+        return ["done" if f.endswith(b"[DONE]\n\n") else event_data(f)["type"] for f in frames]
+
+    # Every id of the live stream: the rest of the answer after exactly what that id delivered.
+    for had, frame in enumerate(frames, 1):
+        rest = resumed_after(event_id(frame))
+        assert deltas_of(frames[:had]) + deltas_of(rest) == TRICKY, had
+        assert all(event_id(a) < event_id(b) for a, b in zip([frame, *rest], rest, strict=False)), had
+        if had == len(frames) - 1:  # the client had `completed`: only `done` is missing
+            assert types(rest) == ["done"]
+        if had == len(frames):
+            assert rest == []
+    # Every id a replay of the stored answer gave, again and again: no gap, no duplicate.
+    replayed = resumed_after(event_id(frames[2]))
+    session, delta, completed, done = replayed
+    assert types(resumed_after(event_id(session))) == ["delta", "completed", "done"]
+    assert deltas_of(resumed_after(event_id(session))) == deltas_of(replayed)
+    assert types(resumed_after(event_id(delta))) == ["session", "completed", "done"]
+    assert deltas_of(frames[:3]) + deltas_of([delta]) == TRICKY
+    assert resumed_after(event_id(completed)) == [done]
+    assert resumed_after(event_id(done)) == []
+
+
+def test_an_id_names_its_reply_across_replies_and_transports_or_is_gone(asgi_server, api_key, backend):
+    with httpx.Client(base_url=asgi_server.url, timeout=30) as client:
+
+        def stream(text: str) -> list[bytes]:
+            body = {"message": "[sim:echo]" + text, "session_id": "many", "resumable": True}
+            return split_events(client.post("/api/chat/stream", json=body, headers=auth(api_key)).content)
+
+        first = stream("first answer")
+        # A transport that shows no ids still has its reply, and so its ids, between the others.
+        assert client.post("/api/chat", json={"message": "sync", "session_id": "many"}, headers=auth(api_key))
+        second = stream("second answer")
+    assert event_id(first[-1]) < event_id(second[0])
+
+    # An id of the earlier reply continues that reply, not the later one: kept, then stored.
+    again = split_events(resume(asgi_server.url, api_key, "many", event_id(first[1])).content)
+    assert again == first[2:]
+    earlier = Reply.objects.order_by("pk").first()
+    _forget(earlier.pk, backend)
+    stored = split_events(resume(asgi_server.url, api_key, "many", event_id(first[1])).content)
+    assert deltas_of(first[:2]) + deltas_of(stored) == "first answer"
+    assert event_data(stored[-2])["content"] == "first answer"
+
+    # Once that reply is no longer kept at all, its ids are gone: never the tail of a later reply.
+    earlier.delete()
+    gone = resume(asgi_server.url, api_key, "many", event_id(first[1]))
+    assert gone.status_code == 410 and gone.json()["code"] == "gone"
+    assert httpx.post(
+        f"{asgi_server.url}/api/chat", json={"message": "hi", "session_id": "elsewhere"}, headers=auth(api_key)
+    )
+    elsewhere = Reply.objects.get(session__session_id="elsewhere").pk
+    for foreign in (event_ids.event_id(elsewhere, 2), 5):  # another session's reply, or no reply's
+        refused = resume(asgi_server.url, api_key, "many", foreign)
+        assert refused.status_code == 410 and refused.json()["code"] == "gone"
+    assert split_events(resume(asgi_server.url, api_key, "many", event_id(second[1])).content) == second[2:]
 
 
 def _forget(reply_pk: int, backend: str) -> None:
@@ -285,7 +372,8 @@ def test_redis_keeps_a_reply_for_the_window_and_at_most_about_max_events(asgi_se
     # MAXLEN ~: Redis trims whole nodes of its stream (100 entries each by default).
     assert client.xlen(key) <= 10 + 100
     # The last events replay as they were; from before the kept ones, the rest of the stored answer.
-    assert split_events(resume(asgi_server.url, api_key, "trimmed", len(frames) - 3).content) == frames[-3:]
-    early = split_events(resume(asgi_server.url, api_key, "trimmed", 5).content)
-    assert [event_id(f) for f in early] == [6, 7, 8, 9]
+    assert split_events(resume(asgi_server.url, api_key, "trimmed", event_id(frames[-4])).content) == frames[-3:]
+    early = split_events(resume(asgi_server.url, api_key, "trimmed", event_id(frames[4])).content)
+    last_delta = [f for f in frames if b"\nevent: delta\n" in f][-1]
+    assert [event_id(f) for f in early] == [event_id(frames[4]) + 1, event_id(last_delta), *map(event_id, frames[-2:])]
     assert deltas_of(frames[:5]) + deltas_of(early) == long_text

@@ -9,6 +9,7 @@ import json
 import pytest
 from channels.db import database_sync_to_async  # closes its connection, unlike sync_to_async
 
+from chat.domain import event_ids
 from chat.domain.inputs import ChatRequest, Owner
 from chat.resume import replay, resuming
 from chat.turn import service
@@ -65,14 +66,19 @@ async def test_memory_stays_bounded_with_many_abandoned_resumable_replies(settin
     # reply, a resume gets the stored reply.
     last = await entries_of(owner, "bounded-11", 0)
     assert [entry.type for entry in last] == ["session", "delta", "completed", "done"]
-    kept = replay.memory._buffers[max(replay.memory._buffers)]
-    tail_from = kept.first_id
-    tail = await entries_of(owner, "bounded-11", tail_from - 1)
-    assert [entry.id for entry in tail] == list(range(tail_from, tail_from + len(tail)))
+    kept_pk = max(replay.memory._buffers)
+    tail_from = replay.memory._buffers[kept_pk].first_id
+    tail = await entries_of(owner, "bounded-11", event_ids.event_id(kept_pk, tail_from - 1))
+    assert [entry.id for entry in tail] == [
+        event_ids.event_id(kept_pk, number) for number in range(tail_from, tail_from + len(tail))
+    ]
     assert tail[-1].type == "done" and tail[-2].type == "completed"
-    dropped = await entries_of(owner, "bounded-0", 3)
+    dropped_pk = await database_sync_to_async(lambda: Reply.objects.get(session__session_id="bounded-0").pk)()
+    dropped = await entries_of(owner, "bounded-0", event_ids.event_id(dropped_pk, 3))
     assert [entry.type for entry in dropped] == ["session", "delta", "completed", "done"]
-    assert [entry.id for entry in dropped] == [4, 5, 6, 7]
+    ids = [entry.id for entry in dropped]
+    assert ids[0] == event_ids.event_id(dropped_pk, 3) + 1 and ids == sorted(set(ids))
+    assert {event_ids.parse(entry_id).reply_pk for entry_id in ids} == {dropped_pk}
     # Events 2 and 3 were the answer's first deltas (1 and 2 characters): the rest follows them.
     assert json.loads(dropped[1].json)["content"] == ANSWER[3:]
 

@@ -104,6 +104,7 @@ def completed(answer, conversation_id, **changes):
         "message_id": f"msg-{answer}",
         "first_token_at": 0.0834,
         "duration": 1.2345,
+        "event_chars": [0, 3, len(answer) - 3, 0],
     }
     return TurnOutcome(**{**fields, **changes})
 

@@ -123,7 +123,7 @@ async def test_cancel_frame_stops_the_reply_and_closes_the_upstream_stream(api_k
         "code": "cancelled",
         "detail": frames[-2]["detail"],
         "retryable": False,
-        "id": frames[-1]["id"] - 1,
+        "id": frames[-1]["id"] - 2,
     }
     chat = await upstream_closed_within_a_second(simulator, session["chat_id"])
     assert chat["status"] == "canceled"  # Coze's cancel was called too

@@ -9,8 +9,8 @@ from django.core.management import CommandError, call_command
 from django.db.models import Sum
 from django.utils import timezone
 
+from chat.turn.recovery import mark_interrupted_replies
 from sessions_admin.models import ChatSession, Conversation, Feedback, Message, Reply
-from sessions_admin.recovery import mark_interrupted_replies
 from tests.sessions_admin.factories import make_chat, make_conversation, make_session, make_turn
 
 pytestmark = pytest.mark.django_db

@@ -241,7 +241,7 @@ def test_concurrent_replies_of_one_owner_and_day_lose_no_counts():
 
 
 def test_replies_marked_interrupted_after_a_crash_are_counted_once():
-    from sessions_admin.recovery import mark_interrupted_replies
+    from chat.turn.recovery import mark_interrupted_replies
 
     conversation = make_conversation(make_session(client=make_client("crashy"), bot_id="bot-c"))
     make_turn(conversation, status=Reply.Status.IN_PROGRESS, ttft_ms=None)

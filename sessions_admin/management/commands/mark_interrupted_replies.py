@@ -2,15 +2,16 @@ from datetime import timedelta
 
 from django.core.management.base import BaseCommand, CommandError
 
-from sessions_admin.recovery import fail_expired_pauses, mark_interrupted_replies, stuck_replies
+from chat.turn.recovery import BATCH, fail_expired_pauses, mark_interrupted_replies, stuck_replies
 
 
 class Command(BaseCommand):
     help = (
-        "Mark replies left 'in progress' by a crashed worker as interrupted, fail replies whose wait for local "
-        "tool outputs has passed, and release expired session locks. "
-        "Replies still streaming in a live worker (their session's lock is held) are never touched, so this is "
-        "safe to run at any time; the server also runs it at startup."
+        "Mark replies left 'in progress' by a crashed worker as interrupted (keeping the answer so far when "
+        "its Redis replay buffer holds it), fail replies whose wait for local tool outputs has passed, and "
+        "release expired session locks. Replies still streaming in a live worker (their session's lease is "
+        "renewed) are never touched, so this is safe to run at any time; every server does the same at "
+        "startup and every few seconds while it runs."
     )
 
     def add_arguments(self, parser):
@@ -30,7 +31,12 @@ class Command(BaseCommand):
             count = stuck_replies(older_than=older_than).count()
             self.stdout.write(f"Would mark {count:,} replies as interrupted. Dry run: nothing was changed.")
             return
-        count = mark_interrupted_replies(older_than=older_than)
+        count = 0
+        while True:  # in rounds of recovery.BATCH
+            ended = mark_interrupted_replies(older_than=older_than)
+            count += ended
+            if ended < BATCH:
+                break
         expired = fail_expired_pauses()
         self.stdout.write(f"Marked {count:,} replies as interrupted; released expired session locks.")
         if expired:

@@ -15,6 +15,8 @@ import environ
 from corsheaders.defaults import default_headers as cors_default_headers
 from django.core.exceptions import ImproperlyConfigured
 
+from chat.domain.redaction import parse_kinds as parse_redaction_kinds
+
 BASE_DIR = Path(__file__).resolve().parent.parent
 
 env = environ.Env()
@@ -242,6 +244,12 @@ CHAT_PRICE_PER_1K_OUTPUT_TOKENS = env_price("CHAT_PRICE_PER_1K_OUTPUT_TOKENS")
 CHAT_RETENTION_DAYS = env_number("CHAT_RETENTION_DAYS", 0, minimum=1, cast=int) or None
 # Uploaded files never attached to a message are deleted by `prune_chat_data` after this long.
 CHAT_ORPHAN_FILE_HOURS = env_number("CHAT_ORPHAN_FILE_HOURS", 24.0, minimum=1)
+# Personal data replaced by placeholders in what is stored (docs/api.md §15): a comma list of
+# emails, phones, cards. What is sent to Coze is unchanged.
+try:
+    CHAT_REDACT = parse_redaction_kinds(env.str("CHAT_REDACT", default=""))
+except ValueError as exc:
+    raise ImproperlyConfigured(f"CHAT_REDACT: {exc}") from None
 # /metrics tells anyone who can read it the traffic, error rates, bot ids and token spend, so
 # outside debug it is closed unless a scraper token is set (CHAT_METRICS_TOKEN: Bearer required)
 # or the operator opens it on purpose (CHAT_METRICS_PUBLIC=1, e.g. behind nginx's allow-list).

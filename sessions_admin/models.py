@@ -230,6 +230,11 @@ class Reply(models.Model):
     # Per event of a resumable reply (ids 1, 2, …), the characters it added to the answer,
     # comma-separated: a resume after the events expired sends the answer after the client's event.
     answer_offsets = models.TextField(blank=True, default="", db_default="", editable=False)
+    # The stored answer differs from the one streamed: CHAT_REDACT replaced personal data in it
+    # (docs/api.md §15). Its answer_offsets then count the streamed text, not the stored one, so a
+    # resume after the window sends the stored answer whole. Set after the turn's finish, by a
+    # separate UPDATE only when something was redacted (chat/turn/finish.py).
+    redacted = models.BooleanField(default=False, db_default=False, editable=False)
     # A reply that paused for the client's local tools (docs/api.md §13): Coze's tool calls, each
     # with the output the client sent once it did, and the answer written before the pause:
     # `{"tool_calls": [{"id", "name", "arguments", "output"?}], "answer": "…"}`. Kept after the

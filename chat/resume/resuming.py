@@ -89,7 +89,8 @@ def _answer_after(text: str, answer_offsets: str, after_id: int) -> str:
 @db_async
 def _stored_entries(reply_pk: int, after_id: int) -> list[Entry]:
     """An ended reply as a resume sends it once its events are gone: `session`, the answer after
-    event `after_id` as one `delta` (the whole answer if the reply was not resumable), `completed`
+    event `after_id` as one `delta` (the whole answer if the reply was not resumable, or if its
+    stored answer was redacted: then `completed` says `"redacted": true`), `completed`
     or the `error` it ended with, `done`; numbered on from `after_id`."""
     reply = Reply.objects.select_related("session", "conversation").get(pk=reply_pk)
     answer = (
@@ -98,7 +99,8 @@ def _stored_entries(reply_pk: int, after_id: int) -> list[Entry]:
     text = answer["content"] if answer else ""
     session_id, conversation_id = reply.session.session_id, reply.conversation.coze_conversation_id
     events = [SessionEvent(session_id=session_id, conversation_id=conversation_id, chat_id=reply.coze_chat_id)]
-    rest = _answer_after(text, reply.answer_offsets, after_id)
+    # A redacted answer is not the text the offsets count: it is sent whole, and says so.
+    rest = text if reply.redacted else _answer_after(text, reply.answer_offsets, after_id)
     if rest:
         events.append(DeltaEvent(rest))
     if reply.status == Reply.Status.COMPLETED:
@@ -112,6 +114,7 @@ def _stored_entries(reply_pk: int, after_id: int) -> list[Entry]:
                 conversation_id=conversation_id,
                 session_id=session_id,
                 chat_id=reply.coze_chat_id,
+                redacted=reply.redacted,
             )
         )
     else:

@@ -9,7 +9,7 @@ from django.db import models
 from django.db.models import ExpressionWrapper, Q, Value
 from django.db.models.functions import Now
 
-from chat.domain import transcripts
+from chat.domain import redaction, transcripts
 from chat.domain.errors import ChatError
 from chat.domain.events import ToolCall, Usage
 from chat.domain.inputs import ChatRequest, Owner
@@ -106,9 +106,9 @@ class PausedTurn:
 
 def required_action_of(outcome: TurnOutcome) -> dict:
     """`Reply.required_action` for a reply pausing now: earlier calls with their outputs, the
-    pending ones, and the answer so far."""
+    pending ones, and the answer so far (redacted: it is stored)."""
     pending = [call.as_dict() for call in outcome.tool_calls]
-    return {"tool_calls": [*outcome.tools_answered, *pending], "answer": outcome.answer}
+    return {"tool_calls": [*outcome.tools_answered, *pending], "answer": redacted(outcome.answer)}
 
 
 def pending_calls(required_action: dict | None) -> list[dict]:
@@ -152,12 +152,37 @@ def route_of(*, coze_user_id: str, conversation: dict | None, bot_id: str, reque
     )
 
 
+def redacted(text: str) -> str:
+    """`text` as it is stored: with the personal data CHAT_REDACT names replaced (docs/api.md §15).
+    What is sent to Coze and streamed to the client is never this, but the original."""
+    return redaction.redact(text, settings.CHAT_REDACT)
+
+
+def stored_question(chat_request: ChatRequest) -> str:
+    """The question message the turn stores."""
+    return redacted(chat_request.user_text)
+
+
 def stored_answer(outcome: TurnOutcome) -> str | None:
-    """The answer message the turn leaves: what came of it, or an empty one for a completed reply;
-    None when nothing came and the reply did not complete. (Joined once: a long reply has
-    thousands of parts.)"""
+    """The answer message the turn leaves: what came of it (redacted), or an empty one for a
+    completed reply; None when nothing came and the reply did not complete. (Joined once: a long
+    reply has thousands of parts.)"""
     answer = outcome.answer
-    return answer if answer or outcome.status == Reply.Status.COMPLETED else None
+    return redacted(answer) if answer or outcome.status == Reply.Status.COMPLETED else None
+
+
+def stored_follow_ups(outcome: TurnOutcome) -> list[str]:
+    """The suggested follow-up questions the turn stores (redacted like the answer)."""
+    return [redacted(text) for text in outcome.follow_ups]
+
+
+def answer_was_redacted(outcome: TurnOutcome) -> bool:
+    """Whether the stored answer differs from the one streamed (CHAT_REDACT took something out),
+    so that a resume from a position in the streamed answer can't be served from the stored one."""
+    if not settings.CHAT_REDACT:
+        return False
+    answer = outcome.answer
+    return bool(answer) and redacted(answer) != answer
 
 
 def ttft_ms(outcome: TurnOutcome) -> int | None:

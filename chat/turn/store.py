@@ -33,7 +33,7 @@ from chat.files import attachments
 from chat.runtime.db import apg_fetchone, db_async, on_postgresql
 from chat.turn import records, store_orm
 from chat.turn.records import PausedTurn, Route, RouteChanged, TurnContext, TurnOutcome, TurnStart
-from sessions_admin.models import ChatSession, Conversation, Message
+from sessions_admin.models import ChatSession, Conversation, Message, Reply
 from sessions_admin.rollup import ttft_bucket
 
 
@@ -146,7 +146,7 @@ def _turn_start_params(start: TurnStart) -> list:
         start.bot_id,
         start.transport,
         start.worker_channel,
-        chat_request.user_text,
+        records.stored_question(chat_request),
         chat_request.content_type,
         json.dumps(list(start.attachments.records)),
         start.lock_token,
@@ -209,6 +209,24 @@ _aupstream_started_orm = db_async(store_orm.turn_upstream_started)
 UPSTREAM_STARTED_SQL = "UPDATE sessions_admin_reply SET coze_chat_id = %s, coze_logid = %s WHERE id = %s RETURNING id"
 
 
+async def turn_mark_redacted(*, turn: TurnContext) -> None:
+    """Note on the reply that its stored answer was redacted (`Reply.redacted`). Deliberately not
+    a step of `cozeproject_turn_finish`: a separate UPDATE, sent only for the replies CHAT_REDACT
+    changed, so the turn's SQL functions stay as they are and other turns pay nothing for it."""
+    if on_postgresql():
+        await apg_fetchone(MARK_REDACTED_SQL, [turn.reply_pk])
+    else:
+        await _amark_redacted_orm(reply_pk=turn.reply_pk)
+
+
+@db_async
+def _amark_redacted_orm(*, reply_pk: int) -> None:
+    Reply.objects.filter(pk=reply_pk).update(redacted=True)
+
+
+MARK_REDACTED_SQL = "UPDATE sessions_admin_reply SET redacted = true WHERE id = %s RETURNING id"
+
+
 @db_async
 def turn_renew_lock(*, turn: TurnContext) -> None:
     ChatSession.objects.filter(pk=turn.session_pk, lock_token=turn.lock_token).update(locked_until=records.lease_end())
@@ -249,7 +267,7 @@ def _turn_finish_params(turn: TurnContext, outcome: TurnOutcome) -> list:
         round(outcome.duration * 1000),
         answer,
         outcome.message_id,
-        list(outcome.follow_ups),
+        records.stored_follow_ups(outcome),
         outcome.conversation_id if not turn.route.coze_conversation_id else "",
         records.new_transcript_hash(turn, answer),
         settings.TIME_ZONE,

@@ -104,7 +104,7 @@ def turn_start(start: TurnStart) -> TurnContext:
             reply=reply,
             role=Message.Role.USER,
             kind=Message.Kind.QUESTION,
-            content=chat_request.user_text,
+            content=records.stored_question(chat_request),
             content_type=chat_request.content_type,
             attachments=list(attachments.records),
             created_at=now,
@@ -124,7 +124,7 @@ def turn_start(start: TurnStart) -> TurnContext:
         route=route,
         owner_key=owner.key,
         transport=transport,
-        question=chat_request.user_text,
+        question=records.stored_question(chat_request),
         transcript_hash=conversation.transcript_hash,
     )
 
@@ -207,7 +207,7 @@ def turn_finish(*, turn: TurnContext, outcome: TurnOutcome) -> None:
                 content=text,
                 created_at=now,
             )
-            for text in outcome.follow_ups
+            for text in records.stored_follow_ups(outcome)
         ]
         if messages:
             Message.objects.bulk_create(messages)

@@ -22,11 +22,13 @@
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
+from django.conf import settings
 from django.db import connection, transaction
 from django.db.models import F, QuerySet
 from django.utils import timezone
 
 from chat.domain.errors import ChatError
+from chat.domain.redaction import redact
 from sessions_admin.models import Feedback, FeedbackForward, Message
 
 MAX_COMMENT_CHARS = 2000
@@ -134,6 +136,8 @@ def feedback_set(*, owner_key: str, message_id, rating, comment="") -> Feedback:
     bad rating, a comment that is not a string or longer than MAX_COMMENT_CHARS).
     """
     rating, comment = _validated(rating, comment)
+    # A comment is stored text like a message: CHAT_REDACT applies (and so to its copy for Coze).
+    comment = redact(comment, settings.CHAT_REDACT)
     message = _answer_of(owner_key=owner_key, message_id=message_id)
     now = timezone.now()
     with transaction.atomic():

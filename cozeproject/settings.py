@@ -483,7 +483,14 @@ if LOG_FORMAT not in ("plain", "json"):
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
-    "filters": {"context": {"()": "chat.runtime.logging.ContextFilter"}},
+    "filters": {
+        "context": {"()": "chat.runtime.logging.ContextFilter"},
+        # Message text stays out of the log at any level (docs/api.md §15, chat/runtime/log_privacy.py):
+        # these sit on the loggers, not a handler, so every handler gets the masked record.
+        "sql_params": {"()": "chat.runtime.log_privacy.SqlParamsFilter"},
+        "cozepy_bodies": {"()": "chat.runtime.log_privacy.CozepyBodyFilter"},
+        "http_bodies": {"()": "chat.runtime.log_privacy.HttpBodyFilter"},
+    },
     "formatters": {
         "plain": {"format": "%(asctime)s %(levelname)s %(name)s [req=%(request_id)s coze=%(coze_logid)s] %(message)s"},
         "json": {"()": "chat.runtime.logging.JsonFormatter"},
@@ -492,10 +499,18 @@ LOGGING = {
     "root": {"handlers": ["console"], "level": LOG_LEVEL},
     "loggers": {
         # httpx logs every request URL at INFO; keep it quiet.
-        "httpx": {"level": "WARNING"},
+        "httpx": {"level": "WARNING", "filters": ["http_bodies"]},
         "httpcore": {"level": "WARNING"},
-        # cozepy warns about every failed call; the adapter maps and logs those itself.
-        "cozepy": {"level": "ERROR"},
+        **{
+            f"httpcore.{part}": {"filters": ["http_bodies"]}
+            for part in ("connection", "http11", "http2", "proxy", "socks")
+        },
+        # cozepy warns about every failed call; the adapter maps and logs those itself. Its records
+        # go through our handlers (with the request id), not the stderr handler cozepy adds.
+        "cozepy": {"level": "ERROR", "propagate": True, "filters": ["cozepy_bodies"]},
+        # SQL is logged at DEBUG (with DEBUG on); its parameters and literals are masked.
+        "django.db.backends": {"filters": ["sql_params"]},
+        "django.db.backends.schema": {"filters": ["sql_params"]},
         # websockets (uvicorn's WebSocket server) logs every handshake header at DEBUG, and
         # Authorization and Sec-WebSocket-Protocol carry keys and end-user tokens (docs/api.md §2).
         "websockets": {"level": "INFO"},

@@ -17,7 +17,7 @@ transcripts. The days whose replies it deletes are noted (`PrunedUsageDay`), so
 `rebuild_daily_usage` leaves them as they are instead of rebuilding them from what remains.
 
 Coze: the engine collects what to delete at Coze for each chunk it has committed and hands it to
-`send_coze_deletions` (see there). Retention (`retention_windows`, `prune`) decides which
+`send_coze_deletions`, which deletes it through the Coze adapter and counts what failed. Retention (`retention_windows`, `prune`) decides which
 sessions, conversations, turns and files are past their window, and hands them to the engine.
 """
 
@@ -34,6 +34,7 @@ from django.db.models import Exists, F, Max, OuterRef, Q, QuerySet
 from django.db.models.functions import Greatest
 from django.utils import timezone
 
+from chat import coze
 from chat.files.attachments import files_of_sessions
 from chat.resume.replay import KEY_PREFIX as REPLAY_KEY_PREFIX
 from sessions_admin.models import (
@@ -108,15 +109,26 @@ class CozeOutcome:
 
 
 def send_coze_deletions(deletions: CozeDeletions) -> CozeOutcome:
-    """Delete at Coze what was just deleted here: each conversation in `deletions.conversations`,
-    and the messages of each turn in `deletions.turns`. Called after the chunk's rows are
-    committed; must not raise (log and count a failure instead).
+    """Delete at Coze what was just deleted here, through the Coze adapter: each conversation in
+    `deletions.conversations` (`DELETE /v1/conversations/{id}`), and the messages of each turn in
+    `deletions.turns` (`POST /v1/conversation/message/delete`: the answers recorded, and every
+    message Coze lists for the turn's chat, the question among them). Called after the chunk's
+    rows are committed, so no lock is held while Coze answers.
 
-    THE CALL SITE FOR THE COZE ADAPTER: this is where the adapter's deletion calls go. Until they
-    exist, nothing is sent and every item is counted `not_sent`, which the commands report in
-    their summary line, so an operator is never told that Coze deleted something it did not.
+    Directly, not through an outbox: the records that name them are gone, so a failure is logged
+    by the adapter with the Coze ids (never text) and counted `failed`, which the commands' summary
+    line reports. In demo mode there is no Coze, and nothing is sent (`not_sent`).
     """
-    return CozeOutcome(not_sent=len(deletions))
+    if coze.coze_mode() == "simulator":
+        return CozeOutcome(not_sent=len(deletions))
+    result = coze.delete_at_coze(
+        conversations=list(deletions.conversations),
+        turns=[
+            coze.TurnAtCoze(conversation_id=turn.conversation_id, chat_id=turn.chat_id, message_ids=turn.message_ids)
+            for turn in deletions.turns
+        ],
+    )
+    return CozeOutcome(deleted=result.deleted, failed=result.failed)
 
 
 # --- the engine ------------------------------------------------------------------------------------
@@ -740,7 +752,7 @@ def coze_summary(engine: DeletionEngine) -> str:
     if outcome.deleted == planned["conversations"] + planned["turns"]:
         return f"; at Coze: {items} deleted"
     if outcome.not_sent and not outcome.deleted and not outcome.failed:
-        return f"; at Coze: {items} (not sent: no Coze deletion call is wired in yet)"
+        return f"; at Coze: {items} (not sent: demo mode, no Coze to delete them at)"
     parts = [f"{outcome.deleted:,} deleted"]
     if outcome.failed:
         parts.append(f"{outcome.failed:,} failed, see the log")

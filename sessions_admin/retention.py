@@ -17,8 +17,9 @@ transcripts. The days whose replies it deletes are noted (`PrunedUsageDay`), so
 `rebuild_daily_usage` leaves them as they are instead of rebuilding them from what remains.
 
 Coze: the engine collects what to delete at Coze for each chunk it has committed and hands it to
-`send_coze_deletions`, which deletes it through the Coze adapter and counts what failed. Retention (`retention_windows`, `prune`) decides which
-sessions, conversations, turns and files are past their window, and hands them to the engine.
+`send_coze_deletions`, which deletes it through the Coze adapter and counts what failed.
+Retention (`retention_windows`, `prune`) decides which sessions, conversations, turns and files
+are past their window, and hands them to the engine.
 """
 
 import logging

@@ -25,7 +25,7 @@ from chat.domain.inputs import Owner
 from chat.runtime import metrics
 from chat.runtime.db import db_async
 from chat.runtime.tasks import in_background
-from chat.turn import finish, store
+from chat.turn import finish, records, store
 from chat.turn.records import PausedTurn, TurnContext, TurnOutcome, no_chat, no_conversation, pending_calls
 from sessions_admin.models import ChatSession, Reply
 
@@ -90,6 +90,9 @@ async def _aclose_and_pause(turn: TurnContext, outcome: TurnOutcome, started: fl
         outcome.error = ChatError("service_unavailable", "The reply's wait for local tools could not be stored.")
         await finish.afinish_turn(turn, outcome, started, cancel_upstream=True)
         return False
+    if records.answer_was_redacted(outcome):
+        # The answer kept for the continuation is redacted: the reply's stored answer will be too.
+        await store.turn_mark_redacted(turn=turn)
     metrics.turn_paused(turn.transport)
     _schedule_expiry(owner_key=turn.owner_key, session_id=turn.session_id, chat_id=outcome.chat_id)
     logger.info(

@@ -10,10 +10,13 @@ import openai
 import pytest
 import redis
 from django.core.management import call_command
+from django.test import Client
+from django.urls import reverse
 
 from chat.resume import replay
 from sessions_admin.models import ChatSession, Message, Reply
 from tests.conftest import auth, read_sse, wait_until
+from tests.sessions_admin.factories import make_user
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -54,6 +57,13 @@ def test_saved_question_answer_titles_and_exports_hold_placeholders_while_coze_a
     assert [s.get("title") for s in listed] == [REDACTED[:80]]
     messages = http.get("/api/sessions/pii/messages", headers=auth(api_key)).text
     assert REDACTED in messages and "jane.doe" not in messages and "4111" not in messages
+
+    staff = Client()
+    staff.force_login(make_user("staffer", superuser=True))
+    transcript = staff.get(reverse("admin:sessions_admin_conversation_change", args=[reply.conversation_id]))
+    assert transcript.status_code == 200
+    page = transcript.content.decode()
+    assert "[email]" in page and "jane.doe" not in page and "4111" not in page
 
     out = StringIO()
     call_command("export_chat_data", stdout=out, stderr=StringIO())

@@ -88,6 +88,9 @@ class TurnOutcome:
     # pauses of the same reply with their outputs (what `Reply.required_action` keeps).
     tool_calls: tuple[ToolCall, ...] = ()
     tools_answered: list[dict] = field(default_factory=list)
+    # Whether CHAT_REDACT changed the stored answer: noted by `stored_answer`, so the finish
+    # redacts a long answer once, not twice (`answer_was_redacted`).
+    answer_redacted: bool | None = None
 
     @property
     def answer(self) -> str:
@@ -168,7 +171,11 @@ def stored_answer(outcome: TurnOutcome) -> str | None:
     completed reply; None when nothing came and the reply did not complete. (Joined once: a long
     reply has thousands of parts.)"""
     answer = outcome.answer
-    return redacted(answer) if answer or outcome.status == Reply.Status.COMPLETED else None
+    if not answer and outcome.status != Reply.Status.COMPLETED:
+        return None
+    stored = redacted(answer)
+    outcome.answer_redacted = stored != answer
+    return stored
 
 
 def stored_follow_ups(outcome: TurnOutcome) -> list[str]:
@@ -181,6 +188,8 @@ def answer_was_redacted(outcome: TurnOutcome) -> bool:
     so that a resume from a position in the streamed answer can't be served from the stored one."""
     if not settings.CHAT_REDACT:
         return False
+    if outcome.answer_redacted is not None:
+        return outcome.answer_redacted
     answer = outcome.answer
     return bool(answer) and redacted(answer) != answer
 

@@ -143,3 +143,15 @@ def test_the_openai_path_matches_a_redacted_session_by_its_resent_history(asgi_s
     chat_id = Reply.objects.order_by("pk").last().coze_chat_id
     # Only the last message went to Coze: the conversation was continued there too.
     assert [m["content"] for m in sim_chat(simulator, chat_id)["additional_messages"]] == ["and again"]
+
+
+def test_a_long_question_and_answer_are_redacted_too(http, api_key, redact_all):
+    # Over REDACT_ON_LOOP_MAX_CHARS: redacted on a thread rather than on the event loop.
+    long = PERSONAL + " " + "lorem ipsum " * 500
+    response = http.post(
+        "/api/chat", json={"message": "[sim:echo]" + long, "session_id": "long"}, headers=auth(api_key)
+    )
+    assert response.json()["response"] == long
+    stored = dict(Message.objects.exclude(kind="follow_up").values_list("kind", "content"))
+    assert stored["question"].startswith("[sim:echo]" + REDACTED) and stored["answer"].startswith(REDACTED)
+    assert Reply.objects.get().redacted is True

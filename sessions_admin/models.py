@@ -541,3 +541,34 @@ class PrunedUsageDay(models.Model):
 
     def __str__(self) -> str:
         return f"{self.day}: {self.replies_deleted} replies deleted"
+
+
+class CozeDeletion(models.Model):
+    """The outbox of deletions at Coze (docs/api.md §15, `sessions_admin.coze_outbox`).
+
+    Written by the deletion engine in the transaction that deletes the records here: a whole Coze
+    conversation (`conversation`: its session or conversation went) or one turn's messages
+    (`turn`: the answer ids recorded, and the chat whose messages Coze lists). A row goes once Coze
+    confirms; a failed one keeps its error and is retried with backoff by the next prune until
+    `coze_outbox.MAX_ATTEMPTS`. Coze ids only: the records that held the text are gone.
+    """
+
+    class Kind(models.TextChoices):
+        CONVERSATION = "conversation"
+        TURN = "turn"
+
+    kind = models.CharField(max_length=12, choices=Kind.choices)
+    coze_conversation_id = models.CharField(max_length=64)
+    coze_chat_id = models.CharField(max_length=64, blank=True, default="")
+    coze_message_ids = models.JSONField(default=list, blank=True)
+    attempts = models.PositiveSmallIntegerField(default=0)
+    next_attempt_at = models.DateTimeField(default=timezone.now)
+    last_error = models.CharField(max_length=300, blank=True, default="")
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        indexes = [models.Index(fields=["next_attempt_at"], name="coze_deletion_due")]
+
+    def __str__(self) -> str:
+        target = self.coze_chat_id or ",".join(self.coze_message_ids) if self.kind == self.Kind.TURN else ""
+        return f"{self.kind} {self.coze_conversation_id} {target}".strip()

@@ -4,7 +4,7 @@ context), and deleted — whole, or a turn's messages — when retention deletes
 
 import asyncio
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from chat.coze.chats import build_messages
 from chat.coze.client import aget_client, last_header
@@ -49,11 +49,16 @@ class TurnAtCoze:
 
 @dataclass(slots=True)
 class DeletionResult:
-    """How many of the conversations and turns handed over are gone at Coze, and how many are not
-    (each failure is logged with its ids and Coze's code, never with text)."""
+    """How many of the conversations and turns handed over are gone at Coze, and which are not:
+    `failures` maps each (a conversation id, or a TurnAtCoze) to why, as `code (Coze code N)`.
+    Each failure is logged too, with its ids and Coze's code and log id, never with text."""
 
     deleted: int = 0
-    failed: int = 0
+    failures: dict = field(default_factory=dict)
+
+    @property
+    def failed(self) -> int:
+        return len(self.failures)
 
 
 def delete_at_coze(*, conversations: list[str], turns: list[TurnAtCoze]) -> DeletionResult:
@@ -69,17 +74,17 @@ async def _adelete_at_coze(conversations: list[str], turns: list[TurnAtCoze]) ->
     result = DeletionResult()
     limit = asyncio.Semaphore(DELETE_CONCURRENCY)
 
-    async def one(job) -> None:
+    async def one(item, job) -> None:
         async with limit:
-            ok = await job
-        if ok:
+            failure = await job
+        if failure is None:
             result.deleted += 1
         else:
-            result.failed += 1
+            result.failures[item] = failure
 
-    jobs = [_adelete_conversation(client, conversation_id) for conversation_id in conversations]
-    jobs += [_adelete_turn(client, turn) for turn in turns]
-    await asyncio.gather(*(one(job) for job in jobs))
+    jobs = [(conversation_id, _adelete_conversation(client, conversation_id)) for conversation_id in conversations]
+    jobs += [(turn, _adelete_turn(client, turn)) for turn in turns]
+    await asyncio.gather(*(one(item, job) for item, job in jobs))
     return result
 
 
@@ -87,13 +92,18 @@ def _failure(exc: Exception) -> ChatError:
     return map_exception(exc, logid=last_header("x-tt-logid"), mid_stream=False)
 
 
-async def _adelete_conversation(client, conversation_id: str) -> bool:
+def _reason(error: ChatError) -> str:
+    return f"{error.code} (Coze code {error.upstream_code})" if error.upstream_code is not None else error.code
+
+
+async def _adelete_conversation(client, conversation_id: str) -> str | None:
+    """None when the conversation is gone at Coze, else why not."""
     try:
         await client.conversations.delete(conversation_id=conversation_id)
     except Exception as exc:  # noqa: BLE001 - any failure is mapped, logged and counted
         error = _failure(exc)
         if error.upstream_code == CONVERSATION_GONE:
-            return True
+            return None
         logger.warning(
             "Coze did not delete conversation %s: %s (code %s, logid %s)",
             conversation_id,
@@ -101,12 +111,13 @@ async def _adelete_conversation(client, conversation_id: str) -> bool:
             error.upstream_code,
             error.logid or "-",
         )
-        return False
-    return True
+        return _reason(error)
+    return None
 
 
-async def _adelete_turn(client, turn: TurnAtCoze) -> bool:
-    """Delete the turn's messages: those recorded, and those Coze lists for its chat."""
+async def _adelete_turn(client, turn: TurnAtCoze) -> str | None:
+    """Delete the turn's messages, those recorded and those Coze lists for its chat; None when
+    they are gone at Coze, else why not."""
     message_ids = list(turn.message_ids)
     try:
         if turn.chat_id:
@@ -121,7 +132,7 @@ async def _adelete_turn(client, turn: TurnAtCoze) -> bool:
     except Exception as exc:  # noqa: BLE001 - any failure is mapped, logged and counted
         error = _failure(exc)
         if error.upstream_code == CONVERSATION_GONE:
-            return True
+            return None
         logger.warning(
             "Coze did not delete the messages of chat %s in conversation %s: %s (code %s, logid %s)",
             turn.chat_id or "-",
@@ -130,5 +141,5 @@ async def _adelete_turn(client, turn: TurnAtCoze) -> bool:
             error.upstream_code,
             error.logid or "-",
         )
-        return False
-    return True
+        return _reason(error)
+    return None

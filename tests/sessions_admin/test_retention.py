@@ -284,7 +284,9 @@ def test_a_failing_coze_call_is_counted_and_the_local_deletion_stands(world, mon
 
     monkeypatch.setattr(retention, "send_coze_deletions", broken)
     output = prune("--noinput")
-    assert last_line(output).endswith("at Coze: 3 conversations and 1 turn (0 deleted, 4 failed, see the log).")
+    assert last_line(output).endswith(
+        "at Coze: 3 conversations and 1 turn (0 deleted, 4 failed and kept to retry, see the log)."
+    )
     assert not ChatSession.objects.filter(session_id="idle").exists()
 
 

@@ -11,7 +11,8 @@ import pytest
 from django.core.management import call_command
 from django.utils import timezone
 
-from sessions_admin.models import ChatSession, Conversation, Message, Reply
+from sessions_admin import coze_outbox
+from sessions_admin.models import ChatSession, Conversation, CozeDeletion, Message, Reply
 from tests.conftest import auth
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -100,14 +101,43 @@ def test_what_coze_no_longer_has_counts_as_deleted(simulator, turns):
     assert run("prune_chat_data", "--noinput").endswith("at Coze: 1 conversation and 1 turn deleted.")
 
 
-def test_failures_at_coze_are_counted_in_the_summary_and_the_local_deletion_stands(turns, settings, caplog):
+def test_failures_at_coze_are_kept_in_the_outbox_and_the_next_prune_retries_them(simulator, turns, settings, caplog):
+    base_url = settings.COZE_BASE_URL
     settings.COZE_BASE_URL = "http://127.0.0.1:9"  # nothing listens there
     line = run("prune_chat_data", "--noinput")
-    assert line.endswith("at Coze: 1 conversation and 1 turn (0 deleted, 2 failed, see the log).")
+    assert line.endswith("at Coze: 1 conversation and 1 turn (0 deleted, 2 failed and kept to retry, see the log).")
+    # The local deletion stands; what Coze still holds waits in the outbox, ids and error only.
     assert not ChatSession.objects.filter(session_id="idle").exists()
     assert not Reply.objects.filter(pk=turns["old_turn"].pk).exists()
+    waiting = {row.kind: row for row in CozeDeletion.objects.all()}
+    assert set(waiting) == {"conversation", "turn"}
+    assert waiting["conversation"].coze_conversation_id == turns["idle"]
+    assert waiting["turn"].coze_chat_id == turns["old_turn"].coze_chat_id
+    assert all(row.attempts == 1 and row.last_error.startswith("upstream_unavailable") for row in waiting.values())
     failures = [r.getMessage() for r in caplog.records if r.name == "chat.coze.conversations"]
     assert any(turns["idle"] in text and "upstream_unavailable" in text for text in failures), failures
+
+    # Coze is back; the next run (the next day) sends them.
+    settings.COZE_BASE_URL = base_url
+    CozeDeletion.objects.update(next_attempt_at=timezone.now())
+    line = run("prune_chat_data", "--noinput")
+    assert line.endswith("earlier Coze deletions retried: 2 deleted.")
+    assert not CozeDeletion.objects.exists()
+    deletions = sim(simulator, "/_sim/deletions")["deletions"][turns["seen"] :]
+    assert (turns["idle"], None) in [(d["conversation_id"], d["message_id"]) for d in deletions]
+    assert len([d for d in deletions if d["message_id"]]) == 2
+
+
+def test_deletions_committed_but_never_sent_are_sent_by_the_next_run(simulator, turns, monkeypatch):
+    # As if the process died between the commit and the calls to Coze.
+    monkeypatch.setattr(coze_outbox, "deliver", lambda pks, *, send: coze_outbox.CozeOutcome())
+    run("prune_chat_data", "--noinput")
+    assert CozeDeletion.objects.count() == 2
+    monkeypatch.undo()
+    assert run("prune_chat_data", "--noinput").endswith("earlier Coze deletions retried: 2 deleted.")
+    assert not CozeDeletion.objects.exists()
+    deletions = sim(simulator, "/_sim/deletions")["deletions"][turns["seen"] :]
+    assert len(deletions) == 3  # the idle conversation; the old turn's question and answer
 
 
 def test_clear_chat_sessions_deletes_the_sessions_conversations_at_coze(simulator, turns):

@@ -25,6 +25,9 @@ last_response: contextvars.ContextVar[httpx.Response | None] = contextvars.Conte
 _simulator_lock = threading.Lock()
 _simulator = None  # the demo mode's SimulatorServer, once started
 _clients: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[tuple, AsyncCoze]]" = weakref.WeakKeyDictionary()
+_http_clients: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, list[AsyncHTTPClient]]" = (
+    weakref.WeakKeyDictionary()
+)
 
 
 def coze_mode() -> str:
@@ -202,6 +205,17 @@ def get_client() -> AsyncCoze:
     key = (base_url, credentials, settings.COZE_STREAM_IDLE_TIMEOUT, settings.COZE_CONNECT_TIMEOUT)
     client = per_loop.get(key)
     if client is None:
-        client = AsyncCoze(auth=_build_auth(base_url, credentials), base_url=base_url, http_client=_build_http_client())
+        http_client = _build_http_client()
+        client = AsyncCoze(auth=_build_auth(base_url, credentials), base_url=base_url, http_client=http_client)
         per_loop[key] = client
+        _http_clients.setdefault(loop, []).append(http_client)
     return client
+
+
+async def aclose_clients() -> None:
+    """Close the clients of the running event loop, for code that runs its own short-lived loop
+    (a command's `asyncio.run`): their connections close with it rather than at garbage collection."""
+    loop = asyncio.get_running_loop()
+    _clients.pop(loop, None)
+    for http_client in _http_clients.pop(loop, []):
+        await http_client.aclose()

@@ -7,7 +7,7 @@ import logging
 from dataclasses import dataclass, field
 
 from chat.coze.chats import build_messages
-from chat.coze.client import aget_client, last_header
+from chat.coze.client import aclose_clients, aget_client, last_header
 from chat.coze.errors import map_exception
 from chat.domain.errors import ChatError
 
@@ -84,7 +84,10 @@ async def _adelete_at_coze(conversations: list[str], turns: list[TurnAtCoze]) ->
 
     jobs = [(conversation_id, _adelete_conversation(client, conversation_id)) for conversation_id in conversations]
     jobs += [(turn, _adelete_turn(client, turn)) for turn in turns]
-    await asyncio.gather(*(one(item, job) for item, job in jobs))
+    try:
+        await asyncio.gather(*(one(item, job) for item, job in jobs))
+    finally:
+        await aclose_clients()  # this loop ends with the call
     return result
 
 

@@ -447,7 +447,7 @@ FILE_UPLOAD_MAX_MEMORY_SIZE = 2_621_440
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [
         "chat.access.auth.ApiKeyAuthentication",
-        "chat.access.auth.BrowserSessionAuthentication",
+        "chat.access.browsers.BrowserSessionAuthentication",
     ],
     "DEFAULT_PERMISSION_CLASSES": ["chat.access.auth.IsChatOwner"],
     "DEFAULT_PARSER_CLASSES": ["chat.transports.serializers.JsonParser"],

@@ -1,6 +1,7 @@
 """Who is asking (docs/api.md §2): an API client with a Bearer key (or an end-user token it minted,
 chat.access.tokens: the client narrowed to one end user), a logged-in user, or — when
-CHAT_ALLOW_ANONYMOUS is on — an anonymous browser identified by its session.
+CHAT_ALLOW_ANONYMOUS is on — an anonymous browser identified by its session (those two in
+chat.access.browsers).
 
 The same rules serve DRF views (authentication classes), the async SSE views (`aresolve_owner`)
 and the WebSocket consumer. Session-based callers get CSRF checks on unsafe methods; key-based
@@ -12,22 +13,19 @@ answer is for a browser that has a session cookie and no valid token.
 import asyncio
 import threading
 import time
-import uuid
 from datetime import timedelta
 
 from django.conf import settings
-from django.middleware.csrf import CsrfViewMiddleware
 from django.utils import timezone
 from rest_framework import authentication, exceptions, permissions
 
-from chat.access import auth_failures, tokens
-from chat.domain.errors import ChatError, csrf_detail
+from chat.access import auth_failures, browsers, tokens
+from chat.domain.errors import ChatError
 from chat.domain.inputs import Owner
 from chat.runtime import metrics
 from chat.runtime.db import db_async
 from sessions_admin.models import ApiClient, hash_api_key, looks_like_api_key
 
-BROWSER_SESSION_KEY = "chat_browser_id"
 LAST_USED_PRECISION = timedelta(minutes=1)
 
 
@@ -331,72 +329,16 @@ async def aowner_from_api_key(raw_key: str, *, address: str | None = None) -> Ow
     return owner
 
 
-def owner_for_user(user) -> Owner:
-    return Owner(key=f"user:{user.pk}", user_id=user.pk)
-
-
-def owner_for_browser(browser_id: str) -> Owner:
-    return Owner(key=f"browser:{browser_id}")
-
-
-CSRF_SAFE_METHODS = ("GET", "HEAD", "OPTIONS", "TRACE")
-
-
-def has_session_cookie(request) -> bool:
-    """Whether the caller presents a Django session cookie: a browser that loaded the page or signed in."""
-    return settings.SESSION_COOKIE_NAME in request.COOKIES
-
-
-def csrf_failure(request) -> str | None:
-    """Why Django's CSRF check rejects a session-authenticated request, in Django's words
-    ("CSRF token missing."); None when it passes (safe methods always do)."""
-    if request.method in CSRF_SAFE_METHODS:
-        return None
-
-    def no_response(request):  # pragma: no cover - never called by process_view
-        return None
-
-    check = CsrfViewMiddleware(no_response)
-    check.process_request(request)
-    rejection = check.process_view(request, None, (), {})
-    if rejection is None:
-        return None
-    # CSRF_FAILURE_VIEW (chat.transports.errors.csrf_failure_view) keeps Django's reason on its response.
-    return getattr(rejection, "csrf_reason", "") or "The CSRF token is missing or incorrect."
-
-
-def _csrf_or_raise(request) -> None:
-    reason = csrf_failure(request)
-    if reason:
-        raise ChatError("forbidden", csrf_detail(reason))
-
-
 async def aresolve_owner(request) -> Owner:
-    """For async Django views. Raises ChatError("unauthenticated"/"forbidden")."""
+    """For async Django views: a Bearer key or token, else a browser (chat.access.browsers).
+    Raises ChatError("unauthenticated"/"forbidden")."""
     key = bearer_key(request.headers.get("Authorization", ""))
     if key is not None:
         return await aowner_from_api_key(key, address=request.META.get("REMOTE_ADDR"))
-    user = await request.auser()
-    if user.is_authenticated:
-        _csrf_or_raise(request)
-        return owner_for_user(user)
-    if settings.CHAT_ALLOW_ANONYMOUS and has_session_cookie(request):
-        _csrf_or_raise(request)
-        browser_id = await request.session.aget(BROWSER_SESSION_KEY)
-        if not browser_id:
-            browser_id = uuid.uuid4().hex
-            await request.session.aset(BROWSER_SESSION_KEY, browser_id)
-        return owner_for_browser(browser_id)
-    raise ChatError("unauthenticated")
-
-
-def ensure_browser_id(request) -> str:
-    """Give this browser an owner id in its session (the chat page calls this)."""
-    browser_id = request.session.get(BROWSER_SESSION_KEY)
-    if not browser_id:
-        browser_id = uuid.uuid4().hex
-        request.session[BROWSER_SESSION_KEY] = browser_id
-    return browser_id
+    owner = await browsers.abrowser_owner(request)
+    if owner is None:
+        raise ChatError("unauthenticated")
+    return owner
 
 
 # --- DRF --------------------------------------------------------------------------------------
@@ -420,30 +362,6 @@ class ApiKeyAuthentication(authentication.BaseAuthentication):
 
     def authenticate_header(self, request) -> str:
         return 'Bearer realm="api"'
-
-
-class BrowserSessionAuthentication(authentication.BaseAuthentication):
-    """A logged-in Django session, or an anonymous browser session (a session cookie) when allowed;
-    CSRF enforced. Without a session cookie this does not apply, and IsChatOwner answers 401."""
-
-    def authenticate(self, request):
-        django_request = request._request
-        user = getattr(django_request, "user", None)
-        if user is not None and user.is_authenticated:
-            owner = owner_for_user(user)
-        elif settings.CHAT_ALLOW_ANONYMOUS and has_session_cookie(django_request):
-            browser_id = django_request.session.get(BROWSER_SESSION_KEY)
-            if not browser_id:
-                if request.method in ("GET", "HEAD", "OPTIONS"):
-                    return None  # nothing of theirs to show; don't create a session for it
-                browser_id = ensure_browser_id(django_request)
-            owner = owner_for_browser(browser_id)
-        else:
-            return None
-        reason = csrf_failure(django_request)
-        if reason:
-            raise exceptions.PermissionDenied(csrf_detail(reason))
-        return (user if user is not None and user.is_authenticated else None, owner)
 
 
 class IsChatOwner(permissions.BasePermission):

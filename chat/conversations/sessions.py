@@ -13,7 +13,7 @@ from django.db.models import OuterRef, Subquery
 from django.db.models.functions import Substr
 from django.utils import timezone
 
-from chat.access.auth import BROWSER_SESSION_KEY, owner_for_browser, owner_for_user
+from chat.access.browsers import BROWSER_SESSION_KEY, owner_for_browser, owner_for_user
 from chat.domain.errors import ChatError
 from chat.domain.inputs import Owner
 from chat.files import attachments

@@ -218,7 +218,7 @@ def csrf_failure_view(request, reason: str = ""):
     """CSRF_FAILURE_VIEW: a JSON `forbidden` under the API's paths, Django's page elsewhere.
 
     `reason` is Django's, in words ("CSRF token missing."); it is kept on the response so
-    `chat.access.auth.csrf_failure` can put it in the detail of the errors it raises.
+    `chat.access.browsers.csrf_failure` can put it in the detail of the errors it raises.
     """
     if not is_api_path(request.path_info):
         return django_csrf.csrf_failure(request, reason)

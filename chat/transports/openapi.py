@@ -358,7 +358,7 @@ class ApiKeyScheme(OpenApiAuthenticationExtension):
 
 
 class BrowserSessionScheme(OpenApiAuthenticationExtension):
-    target_class = "chat.access.auth.BrowserSessionAuthentication"
+    target_class = "chat.access.browsers.BrowserSessionAuthentication"
     name = "browserSession"
 
     def get_security_definition(self, auto_schema):

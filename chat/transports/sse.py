@@ -16,7 +16,8 @@ from django.views.decorators.csrf import csrf_exempt, ensure_csrf_cookie
 from django.views.decorators.http import require_GET, require_POST
 
 from chat import coze
-from chat.access.auth import aresolve_owner, ensure_browser_id
+from chat.access.auth import aresolve_owner
+from chat.access.browsers import ensure_browser_id
 from chat.domain.errors import ChatError
 from chat.domain.events import PING, ChatEvent, ErrorEvent, Ping
 from chat.domain.inputs import ChatRequest, Owner

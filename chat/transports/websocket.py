@@ -25,13 +25,8 @@ from channels.generic.websocket import AsyncJsonWebsocketConsumer
 from django.conf import settings
 
 from chat.access import tokens
-from chat.access.auth import (
-    BROWSER_SESSION_KEY,
-    aowner_from_api_key,
-    bearer_key,
-    owner_for_browser,
-    owner_for_user,
-)
+from chat.access.auth import aowner_from_api_key, bearer_key
+from chat.access.browsers import BROWSER_SESSION_KEY, owner_for_browser, owner_for_user
 from chat.conversations import sessions
 from chat.domain.errors import ChatError
 from chat.domain.events import PING

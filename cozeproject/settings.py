@@ -490,6 +490,7 @@ LOGGING = {
         "sql_params": {"()": "chat.runtime.log_privacy.SqlParamsFilter"},
         "cozepy_bodies": {"()": "chat.runtime.log_privacy.CozepyBodyFilter"},
         "http_bodies": {"()": "chat.runtime.log_privacy.HttpBodyFilter"},
+        "websocket_frames": {"()": "chat.runtime.log_privacy.WebSocketFrameFilter"},
     },
     "formatters": {
         "plain": {"format": "%(asctime)s %(levelname)s %(name)s [req=%(request_id)s coze=%(coze_logid)s] %(message)s"},
@@ -514,5 +515,10 @@ LOGGING = {
         # websockets (uvicorn's WebSocket server) logs every handshake header at DEBUG, and
         # Authorization and Sec-WebSocket-Protocol carry keys and end-user tokens (docs/api.md §2).
         "websockets": {"level": "INFO"},
+        # ... and if someone lowers it, frames and header values are masked (so in uvicorn's log,
+        # whose WebSocket protocol logs frames to uvicorn.error).
+        "websockets.server": {"filters": ["websocket_frames"]},
+        "websockets.client": {"filters": ["websocket_frames"]},
+        "uvicorn.error": {"filters": ["websocket_frames"]},
     },
 }

@@ -22,7 +22,19 @@ QUESTION = "Quokka-zebra 7781 wants its parcel at jane@example.org"
 ANSWER_MARK = "You said: Quokka-zebra"
 SECRET_PARTS = ("Quokka-zebra", "quokka-zebra", "jane@example.org", "7781 wants")
 
-DEBUG_LOGGERS = ("chat", "sessions_admin", "cozeproject", "django.db.backends", "cozepy", "httpx", "httpcore")
+DEBUG_LOGGERS = (
+    "chat",
+    "sessions_admin",
+    "cozeproject",
+    "django.db.backends",
+    "cozepy",
+    "httpx",
+    "httpcore",
+    # The WebSocket servers' frame logs (uvicorn's protocol logs to uvicorn.error), and the
+    # test's own client's.
+    "websockets",
+    "uvicorn.error",
+)
 
 
 class Capture(logging.Handler):

@@ -113,3 +113,21 @@ class HttpBodyFilter(logging.Filter):
         elif isinstance(args, dict) and args:
             record.args = {key: MASK if isinstance(value, self.BODY_TYPES) else value for key, value in args.items()}
         return True
+
+
+class WebSocketFrameFilter(logging.Filter):
+    """`websockets.*` and `uvicorn.error` (uvicorn hands its WebSocket protocol that logger): at
+    DEBUG they log every frame (`< TEXT '{"message": …}'`) and every handshake header (`> %s: %s`,
+    Authorization included). Frames are masked, and headers keep their name only."""
+
+    HEADER_LINES = frozenset({"< %s: %s", "> %s: %s"})
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        args = record.args
+        if not isinstance(args, tuple) or not args:
+            return True
+        if record.msg in self.HEADER_LINES and len(args) == 2:
+            record.args = (args[0], MASK)
+        else:
+            record.args = tuple(MASK if type(arg).__name__ == "Frame" else arg for arg in args)
+        return True

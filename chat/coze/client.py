@@ -16,6 +16,23 @@ from django.conf import settings
 
 logger = logging.getLogger(__name__)
 
+
+def _cozepy_logs_through_ours() -> None:
+    """cozepy gives its logger a stderr handler of its own, WARNING and no propagation when it is
+    imported. When that happens after Django configured logging, settings.LOGGING's level, handlers
+    and filters for "cozepy" (the privacy filter among them, docs/api.md §15) would be bypassed:
+    undo it, so its records go through ours. (The filters sit on the logger object and stay.)"""
+    from cozepy import log as cozepy_log
+
+    cozepy_log.logger.removeHandler(cozepy_log.handler)
+    cozepy_log.logger.propagate = True
+    level = getattr(settings, "LOGGING", {}).get("loggers", {}).get("cozepy", {}).get("level")
+    if level:
+        cozepy_log.logger.setLevel(level)
+
+
+_cozepy_logs_through_ours()
+
 # The HTTP response of the last request cozepy sent from this task, set by an httpx response hook
 # (hooks run in the task that awaits the request). It gives the logid and Retry-After of failed
 # calls, and the open response of a chat stream, which cozepy's public API never hands out.

@@ -35,6 +35,8 @@ def masked_sql(sql) -> str:
 
 
 def _masked_params(params) -> str:
+    if isinstance(params, str):  # masked already (Django configures logging again on a second setup)
+        return params
     try:
         count = len(params)
     except TypeError:

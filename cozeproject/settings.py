@@ -15,6 +15,8 @@ import environ
 from corsheaders.defaults import default_headers as cors_default_headers
 from django.core.exceptions import ImproperlyConfigured
 
+from chat.domain.redaction import parse_kinds as parse_redaction_kinds
+
 BASE_DIR = Path(__file__).resolve().parent.parent
 
 env = environ.Env()
@@ -245,6 +247,12 @@ CHAT_ORPHAN_FILE_HOURS = env_number("CHAT_ORPHAN_FILE_HOURS", 24.0, minimum=1)
 # Ratings go to Coze's feedback API through an outbox (sessions_admin/feedback_outbox.py): each
 # worker's sender looks for due rows this often (and at once after a rating made in its process).
 CHAT_FEEDBACK_POLL_SECONDS = env_number("CHAT_FEEDBACK_POLL_SECONDS", 5.0, minimum=0.05)
+# Personal data replaced by placeholders in what is stored (docs/api.md §15): a comma list of
+# emails, phones, cards. What is sent to Coze is unchanged.
+try:
+    CHAT_REDACT = parse_redaction_kinds(env.str("CHAT_REDACT", default=""))
+except ValueError as exc:
+    raise ImproperlyConfigured(f"CHAT_REDACT: {exc}") from None
 # /metrics tells anyone who can read it the traffic, error rates, bot ids and token spend, so
 # outside debug it is closed unless a scraper token is set (CHAT_METRICS_TOKEN: Bearer required)
 # or the operator opens it on purpose (CHAT_METRICS_PUBLIC=1, e.g. behind nginx's allow-list).
@@ -484,7 +492,15 @@ if LOG_FORMAT not in ("plain", "json"):
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
-    "filters": {"context": {"()": "chat.runtime.logging.ContextFilter"}},
+    "filters": {
+        "context": {"()": "chat.runtime.logging.ContextFilter"},
+        # Message text stays out of the log at any level (docs/api.md §15, chat/runtime/log_privacy.py):
+        # these sit on the loggers, not a handler, so every handler gets the masked record.
+        "sql_params": {"()": "chat.runtime.log_privacy.SqlParamsFilter"},
+        "cozepy_bodies": {"()": "chat.runtime.log_privacy.CozepyBodyFilter"},
+        "http_bodies": {"()": "chat.runtime.log_privacy.HttpBodyFilter"},
+        "websocket_frames": {"()": "chat.runtime.log_privacy.WebSocketFrameFilter"},
+    },
     "formatters": {
         "plain": {"format": "%(asctime)s %(levelname)s %(name)s [req=%(request_id)s coze=%(coze_logid)s] %(message)s"},
         "json": {"()": "chat.runtime.logging.JsonFormatter"},
@@ -493,12 +509,25 @@ LOGGING = {
     "root": {"handlers": ["console"], "level": LOG_LEVEL},
     "loggers": {
         # httpx logs every request URL at INFO; keep it quiet.
-        "httpx": {"level": "WARNING"},
+        "httpx": {"level": "WARNING", "filters": ["http_bodies"]},
         "httpcore": {"level": "WARNING"},
-        # cozepy warns about every failed call; the adapter maps and logs those itself.
-        "cozepy": {"level": "ERROR"},
+        **{
+            f"httpcore.{part}": {"filters": ["http_bodies"]}
+            for part in ("connection", "http11", "http2", "proxy", "socks")
+        },
+        # cozepy warns about every failed call; the adapter maps and logs those itself. Its records
+        # go through our handlers (with the request id), not the stderr handler cozepy adds.
+        "cozepy": {"level": "ERROR", "propagate": True, "filters": ["cozepy_bodies"]},
+        # SQL is logged at DEBUG (with DEBUG on); its parameters and literals are masked.
+        "django.db.backends": {"filters": ["sql_params"]},
+        "django.db.backends.schema": {"filters": ["sql_params"]},
         # websockets (uvicorn's WebSocket server) logs every handshake header at DEBUG, and
         # Authorization and Sec-WebSocket-Protocol carry keys and end-user tokens (docs/api.md §2).
         "websockets": {"level": "INFO"},
+        # ... and if someone lowers it, frames and header values are masked (so in uvicorn's log,
+        # whose WebSocket protocol logs frames to uvicorn.error).
+        "websockets.server": {"filters": ["websocket_frames"]},
+        "websockets.client": {"filters": ["websocket_frames"]},
+        "uvicorn.error": {"filters": ["websocket_frames"]},
     },
 }

@@ -31,6 +31,7 @@ from django.db.models import F, QuerySet
 from django.utils import timezone
 
 from chat.domain.errors import ChatError
+from chat.domain.redaction import redact
 from sessions_admin.models import Feedback, FeedbackForward, Message
 
 MAX_COMMENT_CHARS = 2000
@@ -148,6 +149,8 @@ def feedback_set(*, owner_key: str, message_id, rating, comment="", coze_user_id
     bad rating, a comment that is not a string or longer than MAX_COMMENT_CHARS).
     """
     rating, comment = _validated(rating, comment)
+    # A comment is stored text like a message: CHAT_REDACT applies (and so to its copy for Coze).
+    comment = redact(comment, settings.CHAT_REDACT)
     message = _answer_of(owner_key=owner_key, coze_user_id=coze_user_id, message_id=message_id)
     now = timezone.now()
     with transaction.atomic():

@@ -231,6 +231,11 @@ class Reply(models.Model):
     # added to the answer, comma-separated, stored by its finish: a resume after the events expired
     # sends the answer after the client's event.
     answer_offsets = models.TextField(blank=True, default="", db_default="", editable=False)
+    # The stored answer differs from the one streamed: CHAT_REDACT replaced personal data in it
+    # (docs/api.md §15). Its answer_offsets then count the streamed text, not the stored one, so a
+    # resume after the window sends the stored answer whole. Set after the turn's finish, by a
+    # separate UPDATE only when something was redacted (chat/turn/finish.py).
+    redacted = models.BooleanField(default=False, db_default=False, editable=False)
     # A reply that paused for the client's local tools (docs/api.md §13): Coze's tool calls, each
     # with the output the client sent once it did, and the answer written before the pause:
     # `{"tool_calls": [{"id", "name", "arguments", "output"?}], "answer": "…"}`. Kept after the
@@ -537,3 +542,34 @@ class PrunedUsageDay(models.Model):
 
     def __str__(self) -> str:
         return f"{self.day}: {self.replies_deleted} replies deleted"
+
+
+class CozeDeletion(models.Model):
+    """The outbox of deletions at Coze (docs/api.md §15, `sessions_admin.coze_outbox`).
+
+    Written by the deletion engine in the transaction that deletes the records here: a whole Coze
+    conversation (`conversation`: its session or conversation went) or one turn's messages
+    (`turn`: the answer ids recorded, and the chat whose messages Coze lists). A row goes once Coze
+    confirms; a failed one keeps its error and is retried with backoff by the next prune until
+    `coze_outbox.MAX_ATTEMPTS`. Coze ids only: the records that held the text are gone.
+    """
+
+    class Kind(models.TextChoices):
+        CONVERSATION = "conversation"
+        TURN = "turn"
+
+    kind = models.CharField(max_length=12, choices=Kind.choices)
+    coze_conversation_id = models.CharField(max_length=64)
+    coze_chat_id = models.CharField(max_length=64, blank=True, default="")
+    coze_message_ids = models.JSONField(default=list, blank=True)
+    attempts = models.PositiveSmallIntegerField(default=0)
+    next_attempt_at = models.DateTimeField(default=timezone.now)
+    last_error = models.CharField(max_length=300, blank=True, default="")
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        indexes = [models.Index(fields=["next_attempt_at"], name="coze_deletion_due")]
+
+    def __str__(self) -> str:
+        target = self.coze_chat_id or ",".join(self.coze_message_ids) if self.kind == self.Kind.TURN else ""
+        return f"{self.kind} {self.coze_conversation_id} {target}".strip()

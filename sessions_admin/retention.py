@@ -16,15 +16,17 @@ Deleting a reply never touches the daily usage rollup: spend history and budgets
 transcripts. The days whose replies it deletes are noted (`PrunedUsageDay`), so
 `rebuild_daily_usage` leaves them as they are instead of rebuilding them from what remains.
 
-Coze: the engine collects what to delete at Coze for each chunk it has committed and hands it to
-`send_coze_deletions` (see there). Retention (`retention_windows`, `prune`) decides which
-sessions, conversations, turns and files are past their window, and hands them to the engine.
+Coze: for each chunk the engine writes what to delete at Coze into the outbox
+(`sessions_admin.coze_outbox`) in the deleting transaction, and sends it through the Coze adapter
+once that has committed; what fails stays and is retried by the next prune.
+Retention (`retention_windows`, `prune`) decides which sessions, conversations, turns and files
+are past their window, and hands them to the engine.
 """
 
 import logging
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 import redis
@@ -34,8 +36,11 @@ from django.db.models import Exists, F, Max, OuterRef, Q, QuerySet
 from django.db.models.functions import Greatest
 from django.utils import timezone
 
+from chat import coze
 from chat.files.attachments import files_of_sessions
 from chat.resume.replay import KEY_PREFIX as REPLAY_KEY_PREFIX
+from sessions_admin import coze_outbox
+from sessions_admin.coze_outbox import CozeDeletions, CozeOutcome, CozeTurn, send_coze_deletions
 from sessions_admin.models import (
     ApiClient,
     ChatFile,
@@ -68,55 +73,9 @@ SESSION_BATCH = 500
 REPLAY_KEYS_PER_CALL = 1000
 
 
-# --- Coze ------------------------------------------------------------------------------------------
+# --- Coze: what to delete there, and the outbox that does it (sessions_admin.coze_outbox) ---------
 
-
-@dataclass(frozen=True, slots=True)
-class CozeTurn:
-    """One deleted turn's messages at Coze: the answer's ids as recorded, and the chat's id, which
-    finds the user's question (whose Coze id is not recorded)."""
-
-    conversation_id: str
-    chat_id: str
-    message_ids: tuple[str, ...]
-
-
-@dataclass(slots=True)
-class CozeDeletions:
-    """What to delete at Coze after one committed chunk: whole conversations (their session or
-    conversation went) and single turns (their conversation lives on)."""
-
-    conversations: list[str] = field(default_factory=list)
-    turns: list[CozeTurn] = field(default_factory=list)
-
-    def __len__(self) -> int:
-        return len(self.conversations) + len(self.turns)
-
-
-@dataclass(slots=True)
-class CozeOutcome:
-    """What became of the deletions handed to Coze: done, failed (logged), or not sent at all."""
-
-    deleted: int = 0
-    failed: int = 0
-    not_sent: int = 0
-
-    def add(self, other: "CozeOutcome") -> None:
-        self.deleted += other.deleted
-        self.failed += other.failed
-        self.not_sent += other.not_sent
-
-
-def send_coze_deletions(deletions: CozeDeletions) -> CozeOutcome:
-    """Delete at Coze what was just deleted here: each conversation in `deletions.conversations`,
-    and the messages of each turn in `deletions.turns`. Called after the chunk's rows are
-    committed; must not raise (log and count a failure instead).
-
-    THE CALL SITE FOR THE COZE ADAPTER: this is where the adapter's deletion calls go. Until they
-    exist, nothing is sent and every item is counted `not_sent`, which the commands report in
-    their summary line, so an operator is never told that Coze deleted something it did not.
-    """
-    return CozeOutcome(not_sent=len(deletions))
+__all__ = ["CozeDeletions", "CozeOutcome", "CozeTurn", "send_coze_deletions"]
 
 
 # --- the engine ------------------------------------------------------------------------------------
@@ -169,6 +128,7 @@ class DeletionEngine:
         self.counts: Counter = Counter(dict.fromkeys(KINDS, 0))
         self.coze_planned: Counter = Counter(conversations=0, turns=0)
         self.coze = CozeOutcome()
+        self.coze_retried = CozeOutcome()  # outbox rows of earlier runs, sent again (`retry_coze`)
         self._coze_send = coze
         self._replay_failed = False
         self._redis: redis.Redis | None = None
@@ -225,8 +185,9 @@ class DeletionEngine:
             # foreign keys, checked at commit, hold without clearing `current_conversation` first.
             self.counts["conversations"] += _delete_rows(Conversation, "id", gone)
             self.counts["sessions"] += _delete_rows(ChatSession, "id", keep)
+            outbox = self._queue_coze(CozeDeletions(conversations=[coze_id for _, coze_id in conversations if coze_id]))
         self._replay_buffers(replies, drop=True)
-        self._send_coze(CozeDeletions(conversations=[coze_id for _, coze_id in conversations if coze_id]))
+        self._deliver_coze(outbox)
 
     # --- whole conversations of sessions that live on
 
@@ -267,8 +228,9 @@ class DeletionEngine:
             gone = [pk for pk, _ in rows]
             replies = self._delete_conversation_children(gone)
             self.counts["conversations"] += _delete_rows(Conversation, "id", gone)
+            outbox = self._queue_coze(CozeDeletions(conversations=[coze_id for _, coze_id in rows if coze_id]))
         self._replay_buffers(replies, drop=True)
-        self._send_coze(CozeDeletions(conversations=[coze_id for _, coze_id in rows if coze_id]))
+        self._deliver_coze(outbox)
 
     # --- single turns and messages of conversations that live on
 
@@ -292,20 +254,21 @@ class DeletionEngine:
                     )
                 )
                 self._delete_replies([(pk, started_at) for pk, started_at, _, _ in replies])
-            self._uncount(messages)
-            answers = defaultdict(list)
-            for _, _, _, coze_message_id, reply_pk in messages:
-                if coze_message_id:
-                    answers[reply_pk].append(coze_message_id)
-            self._send_coze(
-                CozeDeletions(
-                    turns=[
-                        CozeTurn(conversation_id=coze_conversation, chat_id=chat_id, message_ids=tuple(answers[pk]))
-                        for pk, _, chat_id, coze_conversation in replies
-                        if coze_conversation and (chat_id or answers[pk])
-                    ]
+                answers = defaultdict(list)
+                for _, _, _, coze_message_id, reply_pk in messages:
+                    if coze_message_id:
+                        answers[reply_pk].append(coze_message_id)
+                outbox = self._queue_coze(
+                    CozeDeletions(
+                        turns=[
+                            CozeTurn(conversation_id=coze_conversation, chat_id=chat_id, message_ids=tuple(answers[pk]))
+                            for pk, _, chat_id, coze_conversation in replies
+                            if coze_conversation and (chat_id or answers[pk])
+                        ]
+                    )
                 )
-            )
+            self._uncount(messages)
+            self._deliver_coze(outbox)
             self._replay_buffers([row[0] for row in replies], drop=True)
 
     def _count_turns(self, reply_pks: list[int]) -> None:
@@ -336,16 +299,17 @@ class DeletionEngine:
                 continue
             with transaction.atomic():
                 self.counts["messages"] += self._delete_messages([row[0] for row in rows])
-            self._uncount([(*row[:4], None) for row in rows])
-            self._send_coze(
-                CozeDeletions(
-                    turns=[
-                        CozeTurn(conversation_id=coze_conversation, chat_id="", message_ids=(coze_message,))
-                        for _, _, _, coze_message, coze_conversation in rows
-                        if coze_message and coze_conversation
-                    ]
+                outbox = self._queue_coze(
+                    CozeDeletions(
+                        turns=[
+                            CozeTurn(conversation_id=coze_conversation, chat_id="", message_ids=(coze_message,))
+                            for _, _, _, coze_message, coze_conversation in rows
+                            if coze_message and coze_conversation
+                        ]
+                    )
                 )
-            )
+            self._uncount([(*row[:4], None) for row in rows])
+            self._deliver_coze(outbox)
 
     # --- files
 
@@ -440,17 +404,28 @@ class DeletionEngine:
                 message_count=Greatest(F("message_count") - count, 0)
             )
 
-    def _send_coze(self, deletions: CozeDeletions) -> None:
+    def _queue_coze(self, deletions: CozeDeletions) -> list[int]:
+        """Inside the deleting transaction: the Coze deletions as outbox rows, committed with it.
+        In demo mode there is no Coze: nothing is queued, and they count as not sent."""
         if not len(deletions):
-            return
+            return []
         self.coze_planned["conversations"] += len(deletions.conversations)
         self.coze_planned["turns"] += len(deletions.turns)
-        send = self._coze_send or send_coze_deletions
-        try:
-            self.coze.add(send(deletions))
-        except Exception:
-            logger.exception("Coze deletions failed for %d conversations and %d turns", *self.coze_counts(deletions))
-            self.coze.failed += len(deletions)
+        if coze.coze_mode() == "simulator":
+            self.coze.not_sent += len(deletions)
+            return []
+        return coze_outbox.enqueue(deletions)
+
+    def _deliver_coze(self, outbox: list[int]) -> None:
+        """After the commit: send the rows just queued (those that fail stay for a retry)."""
+        if outbox:
+            self.coze.add(coze_outbox.deliver(outbox, send=self._coze_send or send_coze_deletions))
+
+    def retry_coze(self) -> None:
+        """Send the outbox rows of earlier runs that are due (`coze_retried` says what came of them)."""
+        if self.dry_run or coze.coze_mode() == "simulator":
+            return
+        self.coze_retried.add(coze_outbox.deliver(None, send=self._coze_send or send_coze_deletions))
 
     @staticmethod
     def coze_counts(deletions: CozeDeletions) -> tuple[int, int]:
@@ -603,6 +578,8 @@ def prune(
     with a reply streaming is left alone this time.
     """
     report = PruneReport(windows=windows)
+    # Deletions at Coze that failed in earlier runs first (sessions_admin.coze_outbox).
+    engine.retry_coze()
     now = timezone.now()
 
     def bar(label: str, total: int | None, unit: str):
@@ -732,18 +709,24 @@ def coze_summary(engine: DeletionEngine) -> str:
         for kind in ("conversations", "turns")
         if planned[kind]
     )
+    retried = engine.coze_retried
+    earlier = ""
+    if retried.deleted or retried.failed:
+        earlier = f"; earlier Coze deletions retried: {retried.deleted:,} deleted"
+        if retried.failed:
+            earlier += f", {retried.failed:,} failed again"
     if not items:
-        return ""
+        return earlier
     if engine.dry_run:
         return f"; at Coze: {items}"
     outcome = engine.coze
     if outcome.deleted == planned["conversations"] + planned["turns"]:
-        return f"; at Coze: {items} deleted"
+        return f"; at Coze: {items} deleted{earlier}"
     if outcome.not_sent and not outcome.deleted and not outcome.failed:
-        return f"; at Coze: {items} (not sent: no Coze deletion call is wired in yet)"
+        return f"; at Coze: {items} (not sent: demo mode, no Coze to delete them at){earlier}"
     parts = [f"{outcome.deleted:,} deleted"]
     if outcome.failed:
-        parts.append(f"{outcome.failed:,} failed, see the log")
+        parts.append(f"{outcome.failed:,} failed and kept to retry, see the log")
     if outcome.not_sent:
         parts.append(f"{outcome.not_sent:,} not sent")
-    return f"; at Coze: {items} ({', '.join(parts)})"
+    return f"; at Coze: {items} ({', '.join(parts)}){earlier}"

@@ -238,3 +238,10 @@ def test_settings_do_not_log_a_missing_env_file():
 
     assert result.returncode == 0, result.stderr
     assert ".env" not in result.stderr, result.stderr
+
+
+def test_an_unknown_redaction_kind_refuses_to_start_in_one_line():
+    line = refusal(start("manage.py", production_env(CHAT_DEMO="1", CHAT_REDACT="emails,names")))
+
+    assert "CHAT_REDACT: unknown names; choose from emails, phones, cards" in line
+    assert start("manage.py", production_env(CHAT_DEMO="1", CHAT_REDACT="emails, phones,cards")).returncode == 0

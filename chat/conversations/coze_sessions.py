@@ -129,7 +129,7 @@ def _create_rows(
             conversation=conversation,
             role=Message.Role.USER if m.role == "user" else Message.Role.ASSISTANT,
             kind=Message.Kind.QUESTION if m.role == "user" else Message.Kind.ANSWER,
-            content=m.content,
+            content=records.redacted(m.content),  # Coze got them as entered (aconversation_create)
             content_type=m.content_type,
             created_at=now,
         )

@@ -3,8 +3,9 @@
 It owns the shared `AsyncCoze` client (one per event loop, i.e. one per worker process;
 `chat.coze.client`), builds requests and translates cozepy's stream into our own `Upstream*`
 events, continues chats paused for local tools (`chat.coze.chats`), creates conversations ahead of
-their first chat (`chat.coze.conversations`), uploads files (`chat.coze.files`), forwards ratings
-(`chat.coze.feedback`), and maps every cozepy or transport
+their first chat and deletes them or their messages for retention (`chat.coze.conversations`),
+uploads files (`chat.coze.files`), forwards ratings (`chat.coze.feedback`), and maps every cozepy or
+transport
 failure to a `ChatError` with a code from docs/api.md §3 (`chat.coze.errors`). Details never carry
 the token. The rest of the project uses the names exported here.
 
@@ -50,13 +51,15 @@ from chat.coze.client import (  # noqa: E402
     simulator_base_url,
     start_demo_mode,
 )
-from chat.coze.conversations import aconversation_create  # noqa: E402
+from chat.coze.conversations import DeletionResult, TurnAtCoze, aconversation_create, delete_at_coze  # noqa: E402
 from chat.coze.errors import error_from_coze_code, map_exception  # noqa: E402
 from chat.coze.feedback import afeedback_create, afeedback_delete  # noqa: E402
 from chat.coze.files import UploadedFile, aupload_file  # noqa: E402
 
 __all__ = [
+    "DeletionResult",
     "ShardedTransport",
+    "TurnAtCoze",
     "UploadedFile",
     "UpstreamAnswer",
     "UpstreamChat",
@@ -79,6 +82,7 @@ __all__ = [
     "aupload_file",
     "build_messages",
     "coze_mode",
+    "delete_at_coze",
     "error_from_coze_code",
     "get_client",
     "map_exception",

@@ -16,6 +16,23 @@ from django.conf import settings
 
 logger = logging.getLogger(__name__)
 
+
+def _cozepy_logs_through_ours() -> None:
+    """cozepy gives its logger a stderr handler of its own, WARNING and no propagation when it is
+    imported. When that happens after Django configured logging, settings.LOGGING's level, handlers
+    and filters for "cozepy" (the privacy filter among them, docs/api.md §15) would be bypassed:
+    undo it, so its records go through ours. (The filters sit on the logger object and stay.)"""
+    from cozepy import log as cozepy_log
+
+    cozepy_log.logger.removeHandler(cozepy_log.handler)
+    cozepy_log.logger.propagate = True
+    level = getattr(settings, "LOGGING", {}).get("loggers", {}).get("cozepy", {}).get("level")
+    if level:
+        cozepy_log.logger.setLevel(level)
+
+
+_cozepy_logs_through_ours()
+
 # The HTTP response of the last request cozepy sent from this task, set by an httpx response hook
 # (hooks run in the task that awaits the request). It gives the logid and Retry-After of failed
 # calls, and the open response of a chat stream, which cozepy's public API never hands out.
@@ -25,6 +42,9 @@ last_response: contextvars.ContextVar[httpx.Response | None] = contextvars.Conte
 _simulator_lock = threading.Lock()
 _simulator = None  # the demo mode's SimulatorServer, once started
 _clients: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[tuple, AsyncCoze]]" = weakref.WeakKeyDictionary()
+_http_clients: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, list[AsyncHTTPClient]]" = (
+    weakref.WeakKeyDictionary()
+)
 
 
 def coze_mode() -> str:
@@ -202,6 +222,17 @@ def get_client() -> AsyncCoze:
     key = (base_url, credentials, settings.COZE_STREAM_IDLE_TIMEOUT, settings.COZE_CONNECT_TIMEOUT)
     client = per_loop.get(key)
     if client is None:
-        client = AsyncCoze(auth=_build_auth(base_url, credentials), base_url=base_url, http_client=_build_http_client())
+        http_client = _build_http_client()
+        client = AsyncCoze(auth=_build_auth(base_url, credentials), base_url=base_url, http_client=http_client)
         per_loop[key] = client
+        _http_clients.setdefault(loop, []).append(http_client)
     return client
+
+
+async def aclose_clients() -> None:
+    """Close the clients of the running event loop, for code that runs its own short-lived loop
+    (a command's `asyncio.run`): their connections close with it rather than at garbage collection."""
+    loop = asyncio.get_running_loop()
+    _clients.pop(loop, None)
+    for http_client in _http_clients.pop(loop, []):
+        await http_client.aclose()

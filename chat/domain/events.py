@@ -78,10 +78,13 @@ class CompletedEvent:
     chat_id: str
     follow_ups: list[str] = field(default_factory=list)
     timestamp: str = ""
+    # A resume after the window of a reply whose stored answer was redacted (docs/api.md §15):
+    # `content` is that stored answer, sent whole rather than from the client's position.
+    redacted: bool = False
     type: str = "completed"
 
     def as_dict(self) -> dict:
-        return {
+        event = {
             "type": self.type,
             "message_id": self.message_id,
             "content": self.content,
@@ -90,6 +93,9 @@ class CompletedEvent:
             "conversation_id": self.conversation_id,
             "session_id": self.session_id,
         }
+        if self.redacted:
+            event["redacted"] = True
+        return event
 
 
 @dataclass(frozen=True, slots=True)

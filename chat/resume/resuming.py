@@ -120,7 +120,10 @@ def _stored_entries(reply_pk: int, after: event_ids.EventRef) -> list[Entry]:
     answer, `completed` (or `error`) and `done` their own; `session` the id of event 1 from the
     start, else the odd id just above the client's (`event_ids.replayed_session_id`), and none
     when the client's id was that very replay's `session`. A client that had the last event gets
-    `done` alone, one that had `done` nothing."""
+    `done` alone, one that had `done` nothing.
+
+    A redacted reply's stored answer is not the text its offsets count: the `delta` then carries it
+    whole, and `completed` says `"redacted": true`."""
     reply = Reply.objects.select_related("session", "conversation").get(pk=reply_pk)
     answer = (
         Message.objects.filter(reply_id=reply_pk, kind=Message.Kind.ANSWER).values("content", "coze_message_id").first()
@@ -144,7 +147,7 @@ def _stored_entries(reply_pk: int, after: event_ids.EventRef) -> list[Entry]:
         session_event = SessionEvent(session_id=session_id, conversation_id=conversation_id, chat_id=reply.coze_chat_id)
         first = event_ids.event_id(reply_pk, 1) if number == 0 else event_ids.replayed_session_id(reply_pk, number)
         numbered.append((first, session_event))
-    rest = text[stored.position(number) :]
+    rest = text if reply.redacted else text[stored.position(number) :]
     if rest:
         numbered.append((event_ids.event_id(reply_pk, stored.last_delta()), DeltaEvent(rest)))
     if reply.status == Reply.Status.COMPLETED:
@@ -157,6 +160,7 @@ def _stored_entries(reply_pk: int, after: event_ids.EventRef) -> list[Entry]:
             conversation_id=conversation_id,
             session_id=session_id,
             chat_id=reply.coze_chat_id,
+            redacted=reply.redacted,
         )
     else:
         code = reply.error_code if reply.error_code in ERROR_CODES else "internal_error"

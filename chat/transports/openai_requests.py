@@ -20,7 +20,7 @@ from chat.domain.inputs import ChatRequest, Owner
 from chat.files import uploads
 from chat.runtime.db import db_async
 from chat.transports.serializers import MAX_ADDITIONAL_MESSAGES, SESSION_ID_RE
-from chat.turn.records import pending_calls
+from chat.turn.records import pending_calls, redacted
 from sessions_admin.models import ChatSession, Reply
 
 SESSION_HEADER = "X-Session-Id"
@@ -312,7 +312,9 @@ async def chat_request_for(owner: Owner, completion: CompletionRequest) -> tuple
     }
     if completion.session_id:
         return ChatRequest(session_id=completion.session_id, **common), True
-    history = history_of(completion.earlier)
+    # Stored transcripts hold redacted text (CHAT_REDACT), so the resent history is matched
+    # redacted too; what goes to Coze below (`coze_context`) stays as the client sent it.
+    history = [(role, redacted(text)) for role, text in history_of(completion.earlier)]
     if history:
         session_id = await session_for_history(owner=owner, bot_id=completion.bot_id, history=history)
         if session_id is not None:

@@ -15,7 +15,7 @@ from chat.domain.inputs import Owner
 from chat.runtime import metrics
 from chat.runtime.logging import coze_logid_var
 from chat.runtime.tasks import in_background
-from chat.turn import finish, records, reply, start, store, tools
+from chat.turn import finish, records, reply, start, store_tools, tools
 from chat.turn.control import TurnControl, running_turns
 from sessions_admin.models import Reply
 
@@ -44,7 +44,7 @@ async def achat_continue(
     for_coze = tools.tool_outputs_for(waiting.required_action, outputs)
     admitted = await admission.aadmit_turn(owner=owner, bot_id=waiting.bot_id)
     try:
-        paused = await store.turn_resume(
+        paused = await store_tools.turn_resume(
             owner=owner, session_id=session_id, chat_id=chat_id, outputs=outputs, waiting_only=True
         )
         if paused is None:

@@ -15,7 +15,7 @@ from chat import coze
 from chat.access import admission
 from chat.runtime import metrics
 from chat.runtime.tasks import in_background
-from chat.turn import leases, store
+from chat.turn import leases, records, store
 from chat.turn.records import TurnContext, TurnOutcome
 
 logger = logging.getLogger(__name__)
@@ -101,7 +101,7 @@ async def _aclose_and_store(
     outcome.finishing = True
     outcome.duration = time.monotonic() - started
     try:
-        await store.turn_finish(turn=turn, outcome=outcome)
+        await _astore(turn, outcome)
         stored = True
     except Exception:
         logger.exception("Could not store the outcome of reply %s; retrying in the background", turn.reply_pk)
@@ -131,6 +131,15 @@ async def _aclose_and_store(
     return stored
 
 
+async def _astore(turn: TurnContext, outcome: TurnOutcome) -> None:
+    """Store the outcome; then, only when CHAT_REDACT changed the stored answer, mark the reply
+    redacted (a separate UPDATE outside the turn's SQL function, see `store.turn_mark_redacted`).
+    Both are idempotent, so a retry repeats them safely."""
+    await store.turn_finish(turn=turn, outcome=outcome)
+    if records.answer_was_redacted(outcome):
+        await store.turn_mark_redacted(turn=turn)
+
+
 async def _astore_finish_later(turn: TurnContext, outcome: TurnOutcome) -> None:
     """Retry a finish the database refused: `turn_finish` is idempotent, so a retry after a commit
     whose acknowledgement was lost stores nothing twice."""
@@ -138,7 +147,7 @@ async def _astore_finish_later(turn: TurnContext, outcome: TurnOutcome) -> None:
         for delay in FINISH_RETRY_DELAYS:
             await asyncio.sleep(delay)
             try:
-                await store.turn_finish(turn=turn, outcome=outcome)
+                await _astore(turn, outcome)
             except Exception as exc:  # noqa: BLE001 - logged; the next retry or crash recovery takes over
                 logger.warning("Storing the outcome of reply %s failed again: %s", turn.reply_pk, exc)
                 continue

@@ -9,7 +9,7 @@ from django.db import models
 from django.db.models import ExpressionWrapper, Q, Value
 from django.db.models.functions import Now
 
-from chat.domain import event_ids, transcripts
+from chat.domain import event_ids, redaction, transcripts
 from chat.domain.errors import ChatError
 from chat.domain.events import ToolCall, Usage
 from chat.domain.inputs import ChatRequest, Owner
@@ -93,6 +93,9 @@ class TurnOutcome:
     # pauses of the same reply with their outputs (what `Reply.required_action` keeps).
     tool_calls: tuple[ToolCall, ...] = ()
     tools_answered: list[dict] = field(default_factory=list)
+    # Whether CHAT_REDACT changed the stored answer: noted by `stored_answer`, so the finish
+    # redacts a long answer once, not twice (`answer_was_redacted`).
+    answer_redacted: bool | None = None
 
     @property
     def answer(self) -> str:
@@ -111,9 +114,9 @@ class PausedTurn:
 
 def required_action_of(outcome: TurnOutcome) -> dict:
     """`Reply.required_action` for a reply pausing now: earlier calls with their outputs, the
-    pending ones, and the answer so far."""
+    pending ones, and the answer so far (redacted: it is stored)."""
     pending = [call.as_dict() for call in outcome.tool_calls]
-    return {"tool_calls": [*outcome.tools_answered, *pending], "answer": outcome.answer}
+    return {"tool_calls": [*outcome.tools_answered, *pending], "answer": redacted(outcome.answer)}
 
 
 def pending_calls(required_action: dict | None) -> list[dict]:
@@ -157,12 +160,43 @@ def route_of(*, coze_user_id: str, conversation: dict | None, bot_id: str, reque
     )
 
 
+def redacted(text: str) -> str:
+    """`text` as it is stored: with the personal data CHAT_REDACT names replaced (docs/api.md §15).
+    What is sent to Coze and streamed to the client is never this, but the original."""
+    return redaction.redact(text, settings.CHAT_REDACT)
+
+
+def stored_question(chat_request: ChatRequest) -> str:
+    """The question message the turn stores."""
+    return redacted(chat_request.user_text)
+
+
 def stored_answer(outcome: TurnOutcome) -> str | None:
-    """The answer message the turn leaves: what came of it, or an empty one for a completed reply;
-    None when nothing came and the reply did not complete. (Joined once: a long reply has
-    thousands of parts.)"""
+    """The answer message the turn leaves: what came of it (redacted), or an empty one for a
+    completed reply; None when nothing came and the reply did not complete. (Joined once: a long
+    reply has thousands of parts.)"""
     answer = outcome.answer
-    return answer if answer or outcome.status == Reply.Status.COMPLETED else None
+    if not answer and outcome.status != Reply.Status.COMPLETED:
+        return None
+    stored = redacted(answer)
+    outcome.answer_redacted = stored != answer
+    return stored
+
+
+def stored_follow_ups(outcome: TurnOutcome) -> list[str]:
+    """The suggested follow-up questions the turn stores (redacted like the answer)."""
+    return [redacted(text) for text in outcome.follow_ups]
+
+
+def answer_was_redacted(outcome: TurnOutcome) -> bool:
+    """Whether the stored answer differs from the one streamed (CHAT_REDACT took something out),
+    so that a resume from a position in the streamed answer can't be served from the stored one."""
+    if not settings.CHAT_REDACT:
+        return False
+    if outcome.answer_redacted is not None:
+        return outcome.answer_redacted
+    answer = outcome.answer
+    return bool(answer) and redacted(answer) != answer
 
 
 def answer_chars(event) -> int:

@@ -1,6 +1,6 @@
 """The chat turn's database steps: start it (lock the session, store the user's message, open the
-Reply), finish it (store the answer, usage and timing, release the lock), and for a reply that
-waits for the client's local tools, pause it and claim it back (docs/api.md §13).
+Reply), finish it (store the answer, usage and timing, release the lock). A reply that waits for
+the client's local tools is paused and claimed back by `chat.turn.store_tools` (docs/api.md §13).
 
 Each step is one short transaction, a constant amount of work per turn however long the reply.
 On PostgreSQL the start and the finish are each one function call (migrations 0011, and 0013 with 0019) run
@@ -16,12 +16,9 @@ from the event loop on `chat.runtime.db`'s async connections; elsewhere the same
   hosts can't steal a live lock; a crashed worker's lease lapses after CHAT_SESSION_LOCK_TTL.
 * `turn_finish` is idempotent: it stores an outcome only while the Reply is still in progress, so
   a retry after a commit whose acknowledgement was lost stores nothing twice.
-* `turn_pause` parks an in-progress reply as `requires_action`, its session still locked (busy)
-  until CHAT_TOOL_OUTPUT_TIMEOUT from now; `turn_resume` claims a paused reply back to
-  `in_progress`, once (two concurrent submits can't both continue it), so that its finish stores
-  it like any other reply.
 """
 
+import asyncio
 import json
 
 from django.conf import settings
@@ -34,7 +31,7 @@ from chat.domain.inputs import Owner
 from chat.files import attachments
 from chat.runtime.db import apg_fetchone, bounded_locks, db_async, on_postgresql
 from chat.turn import records, store_orm
-from chat.turn.records import PausedTurn, Route, RouteChanged, TurnContext, TurnOutcome, TurnStart
+from chat.turn.records import Route, RouteChanged, TurnContext, TurnOutcome, TurnStart
 from sessions_admin.models import ChatSession, Conversation, Message, Reply
 from sessions_admin.rollup import ttft_bucket
 
@@ -114,7 +111,11 @@ async def turn_start(start: TurnStart) -> TurnContext:
     (without attachments to link) that is one function call from the event loop.
     """
     if on_postgresql() and not start.attachments.files:
-        row = await apg_fetchone(TURN_START_SQL, _turn_start_params(start))
+        if _redacts_long(len(start.chat_request.user_text)):
+            params = await asyncio.to_thread(_turn_start_params, start)
+        else:
+            params = _turn_start_params(start)
+        row = await apg_fetchone(TURN_START_SQL, params)
         return _started_turn(row, start)
     return await _turn_start_in_thread(start)
 
@@ -135,6 +136,15 @@ def _turn_start_in_thread(start: TurnStart) -> TurnContext:
     raise AssertionError("unreachable")
 
 
+# Redacting text costs about 0.1-0.3 ms per KB (chat/domain/redaction.py): a text longer than
+# this is redacted on a thread rather than on the event loop, which the other streams share.
+REDACT_ON_LOOP_MAX_CHARS = 4096
+
+
+def _redacts_long(chars: int) -> bool:
+    return bool(settings.CHAT_REDACT) and chars > REDACT_ON_LOOP_MAX_CHARS
+
+
 def _turn_start_params(start: TurnStart) -> list:
     """The arguments of `cozeproject_turn_start` (sessions_admin/migrations/0011_turn_start_function.py)."""
     owner, chat_request, expected_route = start.owner, start.chat_request, start.expected_route
@@ -148,7 +158,7 @@ def _turn_start_params(start: TurnStart) -> list:
         start.bot_id,
         start.transport,
         start.worker_channel,
-        chat_request.user_text,
+        records.stored_question(chat_request),
         chat_request.content_type,
         json.dumps(list(start.attachments.records)),
         start.lock_token,
@@ -211,6 +221,24 @@ _aupstream_started_orm = db_async(store_orm.turn_upstream_started)
 UPSTREAM_STARTED_SQL = "UPDATE sessions_admin_reply SET coze_chat_id = %s, coze_logid = %s WHERE id = %s RETURNING id"
 
 
+async def turn_mark_redacted(*, turn: TurnContext) -> None:
+    """Note on the reply that its stored answer was redacted (`Reply.redacted`). Deliberately not
+    a step of `cozeproject_turn_finish`: a separate UPDATE, sent only for the replies CHAT_REDACT
+    changed, so the turn's SQL functions stay as they are and other turns pay nothing for it."""
+    if on_postgresql():
+        await apg_fetchone(MARK_REDACTED_SQL, [turn.reply_pk])
+    else:
+        await _amark_redacted_orm(reply_pk=turn.reply_pk)
+
+
+@db_async
+def _amark_redacted_orm(*, reply_pk: int) -> None:
+    Reply.objects.filter(pk=reply_pk).update(redacted=True)
+
+
+MARK_REDACTED_SQL = "UPDATE sessions_admin_reply SET redacted = true WHERE id = %s RETURNING id"
+
+
 @db_async
 def turn_renew_leases(leases: list[tuple[int, int, str]]) -> list[int]:
     """Renew the session leases of running replies, given as (reply, session, lock token), for
@@ -238,7 +266,11 @@ async def turn_finish(*, turn: TurnContext, outcome: TurnOutcome) -> None:
     this turn's, is released). On PostgreSQL that is one function call from the event loop.
     """
     if on_postgresql():
-        await apg_fetchone(TURN_FINISH_SQL, _turn_finish_params(turn, outcome))
+        if _redacts_long(sum(map(len, outcome.answer_parts))):
+            params = await asyncio.to_thread(_turn_finish_params, turn, outcome)
+        else:
+            params = _turn_finish_params(turn, outcome)
+        await apg_fetchone(TURN_FINISH_SQL, params)
     else:
         await _turn_finish_in_thread(turn=turn, outcome=outcome)
 
@@ -266,7 +298,7 @@ def _turn_finish_params(turn: TurnContext, outcome: TurnOutcome) -> list:
         round(outcome.duration * 1000),
         answer,
         outcome.message_id,
-        list(outcome.follow_ups),
+        records.stored_follow_ups(outcome),
         outcome.conversation_id if not turn.route.coze_conversation_id else "",
         records.new_transcript_hash(turn, answer),
         settings.TIME_ZONE,
@@ -293,145 +325,3 @@ def turn_finish_here(*, turn: TurnContext, outcome: TurnOutcome) -> None:
             cursor.execute(TURN_FINISH_SQL, _turn_finish_params(turn, outcome))
     else:
         store_orm.turn_finish(turn=turn, outcome=outcome)
-
-
-# --- local tools: the pause and the way back ------------------------------------------------------
-
-
-async def turn_pause(*, turn: TurnContext, outcome: TurnOutcome, wait_seconds: float) -> bool:
-    """Park the reply as `requires_action` with `outcome`'s tool calls and answer so far (one
-    transaction): Coze's ids on the Reply (and a new conversation's id on its record, which the
-    continuation needs), the session's lease moved to `wait_seconds` from now. Returns False when
-    the reply was no longer in progress (nothing stored)."""
-    params = _turn_pause_params(turn, outcome, wait_seconds)
-    if on_postgresql():
-        row = await apg_fetchone(TURN_PAUSE_SQL, params)
-        return bool(row and row[0])
-    return await _turn_pause_orm(turn=turn, outcome=outcome, wait_seconds=wait_seconds)
-
-
-_turn_pause_orm = db_async(store_orm.turn_pause)
-
-
-def _turn_pause_params(turn: TurnContext, outcome: TurnOutcome, wait_seconds: float) -> dict:
-    return {
-        "reply": turn.reply_pk,
-        "session": turn.session_pk,
-        "conversation": turn.conversation_pk,
-        "lock_token": turn.lock_token,
-        "chat_id": outcome.chat_id,
-        "logid": outcome.logid,
-        "required_action": json.dumps(records.required_action_of(outcome)),
-        "coze_conversation_id": outcome.conversation_id if not turn.route.coze_conversation_id else "",
-        "wait_seconds": float(wait_seconds),
-    }
-
-
-TURN_PAUSE_SQL = """
-WITH reply AS (
-    UPDATE sessions_admin_reply
-    SET status = 'requires_action', coze_chat_id = %(chat_id)s, coze_logid = %(logid)s,
-        required_action = %(required_action)s::jsonb
-    WHERE id = %(reply)s AND status = 'in_progress'
-    RETURNING id
-), conversation AS (
-    UPDATE sessions_admin_conversation SET coze_conversation_id = %(coze_conversation_id)s
-    WHERE id = %(conversation)s AND coze_conversation_id = '' AND %(coze_conversation_id)s <> ''
-      AND EXISTS (SELECT 1 FROM reply)
-    RETURNING id
-), session AS (
-    UPDATE sessions_admin_chatsession
-    SET locked_until = NOW() + make_interval(secs => %(wait_seconds)s::float8), last_activity = NOW()
-    WHERE id = %(session)s AND lock_token = %(lock_token)s AND EXISTS (SELECT 1 FROM reply)
-    RETURNING id
-)
-SELECT (SELECT count(*) FROM reply), (SELECT count(*) FROM conversation), (SELECT count(*) FROM session)
-"""
-
-
-async def turn_resume(
-    *, owner: Owner, session_id: str, chat_id: str, outputs: dict[str, str], waiting_only: bool
-) -> PausedTurn | None:
-    """Claim the paused reply `chat_id` of the owner's session back to `in_progress` (and its
-    session's lease for CHAT_SESSION_LOCK_TTL), recording `outputs` (by tool call id) on its calls.
-
-    `waiting_only`: only while the reply still waits (its lease, the tool deadline, has not passed)
-    — the client's outputs; otherwise at any time (the deadline's own expiry, a cancel). Either way
-    only the session's latest reply, and only once: None when there is no such paused reply.
-    """
-    params = {
-        "owner": owner.key,
-        "session_id": session_id,
-        "chat_id": chat_id,
-        "outputs": json.dumps(outputs),
-        "waiting_only": waiting_only,
-        "ttl": float(settings.CHAT_SESSION_LOCK_TTL),
-    }
-    if on_postgresql():
-        row = await apg_fetchone(TURN_RESUME_SQL, params)
-        return None if row is None else _paused_turn(row, owner_key=owner.key, session_id=session_id)
-    return await _turn_resume_orm(
-        owner_key=owner.key, session_id=session_id, chat_id=chat_id, outputs=outputs, waiting_only=waiting_only
-    )
-
-
-_turn_resume_orm = db_async(store_orm.turn_resume)
-
-
-def _paused_turn(row: tuple, *, owner_key: str, session_id: str) -> PausedTurn:
-    reply_pk, session_pk, conversation_pk, lock_token, coze_user_id, bot_id, transport = row[:7]
-    required_action, coze_conversation_id, transcript_hash, question = row[7:]
-    turn = TurnContext(
-        session_pk=session_pk,
-        session_id=session_id,
-        conversation_pk=conversation_pk,
-        reply_pk=reply_pk,
-        lock_token=lock_token,
-        route=Route(coze_conversation_id=coze_conversation_id, bot_id=bot_id, coze_user_id=coze_user_id),
-        owner_key=owner_key,
-        transport=transport,
-        question=question or "",
-        transcript_hash=transcript_hash,
-    )
-    return PausedTurn(turn=turn, required_action=required_action or {})
-
-
-# The reply must be the session's latest (a lease that lapsed may have passed to a later reply)
-# and, for the client's outputs, still within its wait. The outputs go onto the calls that have
-# none yet, in the calls' order.
-TURN_RESUME_SQL = """
-WITH target AS (
-    SELECT r.id AS reply_id, s.id AS session_pk
-    FROM sessions_admin_reply r JOIN sessions_admin_chatsession s ON s.id = r.session_id
-    WHERE s.owner_key = %(owner)s AND s.session_id = %(session_id)s AND r.coze_chat_id = %(chat_id)s
-      AND r.status = 'requires_action'
-      AND NOT EXISTS (
-          SELECT 1 FROM sessions_admin_reply later WHERE later.session_id = r.session_id AND later.id > r.id
-      )
-      AND (NOT %(waiting_only)s OR s.locked_until > NOW())
-    FOR UPDATE OF r, s
-), reply AS (
-    UPDATE sessions_admin_reply r
-    SET status = 'in_progress',
-        required_action = jsonb_set(r.required_action, '{tool_calls}', COALESCE((
-            SELECT jsonb_agg(
-                CASE WHEN NOT call ? 'output' AND %(outputs)s::jsonb ? (call ->> 'id')
-                     THEN call || jsonb_build_object('output', %(outputs)s::jsonb -> (call ->> 'id'))
-                     ELSE call END
-                ORDER BY position)
-            FROM jsonb_array_elements(r.required_action -> 'tool_calls') WITH ORDINALITY AS calls(call, position)
-        ), '[]'::jsonb))
-    FROM target WHERE r.id = target.reply_id
-    RETURNING r.id, r.conversation_id, r.bot_id, r.transport, r.required_action
-), session AS (
-    UPDATE sessions_admin_chatsession s
-    SET locked_until = NOW() + make_interval(secs => %(ttl)s::float8), last_activity = NOW()
-    FROM target WHERE s.id = target.session_pk
-    RETURNING s.id, s.lock_token, s.coze_user_id
-)
-SELECT reply.id, session.id, reply.conversation_id, session.lock_token, session.coze_user_id, reply.bot_id,
-       reply.transport, reply.required_action, c.coze_conversation_id, c.transcript_hash,
-       (SELECT m.content FROM sessions_admin_message m
-        WHERE m.reply_id = reply.id AND m.kind = 'question' ORDER BY m.id LIMIT 1)
-FROM reply JOIN session ON TRUE JOIN sessions_admin_conversation c ON c.id = reply.conversation_id
-"""

@@ -105,7 +105,7 @@ def turn_start(start: TurnStart) -> TurnContext:
             reply=reply,
             role=Message.Role.USER,
             kind=Message.Kind.QUESTION,
-            content=chat_request.user_text,
+            content=records.stored_question(chat_request),
             content_type=chat_request.content_type,
             attachments=list(attachments.records),
             created_at=now,
@@ -125,7 +125,7 @@ def turn_start(start: TurnStart) -> TurnContext:
         route=route,
         owner_key=owner.key,
         transport=transport,
-        question=chat_request.user_text,
+        question=records.stored_question(chat_request),
         transcript_hash=conversation.transcript_hash,
     )
 
@@ -209,7 +209,7 @@ def turn_finish(*, turn: TurnContext, outcome: TurnOutcome) -> None:
                 content=text,
                 created_at=now,
             )
-            for text in outcome.follow_ups
+            for text in records.stored_follow_ups(outcome)
         ]
         if messages:
             Message.objects.bulk_create(messages)
@@ -242,7 +242,7 @@ def turn_finish(*, turn: TurnContext, outcome: TurnOutcome) -> None:
 
 
 def turn_pause(*, turn: TurnContext, outcome: TurnOutcome, wait_seconds: float) -> bool:
-    """`turn_pause` through the ORM (chat.turn.store.TURN_PAUSE_SQL's steps)."""
+    """`turn_pause` through the ORM (chat.turn.store_tools.TURN_PAUSE_SQL's steps)."""
     now = timezone.now()
     with transaction.atomic():
         paused = Reply.objects.filter(pk=turn.reply_pk, status=Reply.Status.IN_PROGRESS).update(
@@ -266,7 +266,7 @@ def turn_pause(*, turn: TurnContext, outcome: TurnOutcome, wait_seconds: float) 
 def turn_resume(
     *, owner_key: str, session_id: str, chat_id: str, outputs: dict[str, str], waiting_only: bool
 ) -> PausedTurn | None:
-    """`turn_resume` through the ORM (chat.turn.store.TURN_RESUME_SQL's steps)."""
+    """`turn_resume` through the ORM (chat.turn.store_tools.TURN_RESUME_SQL's steps)."""
     now = timezone.now()
     later = Reply.objects.filter(session=OuterRef("session"), pk__gt=OuterRef("pk"))
     with transaction.atomic():

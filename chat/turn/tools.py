@@ -1,10 +1,10 @@
 """Replies that wait for the client's local tools (docs/api.md §13).
 
 A bot whose plugin runs on the client pauses its Coze chat (`conversation.chat.requires_action`).
-The turn then parks its reply (`store.turn_pause`): status `requires_action`, its session locked,
+The turn then parks its reply (`store_tools.turn_pause`): status `requires_action`, its session locked,
 so busy, until CHAT_TOOL_OUTPUT_TIMEOUT from now; the upstream stream is closed and the turn's
 admission slot given back, so a waiting reply holds no stream slot; crash recovery leaves it alone
-until that deadline. The client's outputs claim it back (`store.turn_resume`) and the chat
+until that deadline. The client's outputs claim it back (`store_tools.turn_resume`) and the chat
 service continues the same Coze chat (`chat.turn.service.achat_continue`); it is then finished like
 any other reply. Outputs that don't come in time end it `failed` (`tool_output_timeout`): by a timer
 in the worker that paused it, or, if that worker died, by crash recovery once the deadline passed.
@@ -25,7 +25,7 @@ from chat.domain.inputs import Owner
 from chat.runtime import metrics
 from chat.runtime.db import db_async
 from chat.runtime.tasks import in_background
-from chat.turn import finish, store
+from chat.turn import finish, records, store, store_tools
 from chat.turn.records import PausedTurn, TurnContext, TurnOutcome, no_chat, no_conversation, pending_calls
 from sessions_admin.models import ChatSession, Reply
 
@@ -81,7 +81,7 @@ async def _aclose_and_pause(turn: TurnContext, outcome: TurnOutcome, started: fl
     outcome.duration = time.monotonic() - started
     wait_seconds = settings.CHAT_TOOL_OUTPUT_TIMEOUT
     try:
-        paused = await store.turn_pause(turn=turn, outcome=outcome, wait_seconds=wait_seconds)
+        paused = await store_tools.turn_pause(turn=turn, outcome=outcome, wait_seconds=wait_seconds)
     except Exception:
         logger.exception("Could not store the pause of reply %s for local tools", turn.reply_pk)
         paused = False
@@ -90,6 +90,9 @@ async def _aclose_and_pause(turn: TurnContext, outcome: TurnOutcome, started: fl
         outcome.error = ChatError("service_unavailable", "The reply's wait for local tools could not be stored.")
         await finish.afinish_turn(turn, outcome, started, cancel_upstream=True)
         return False
+    if records.answer_was_redacted(outcome):
+        # The answer kept for the continuation is redacted: the reply's stored answer will be too.
+        await store.turn_mark_redacted(turn=turn)
     metrics.turn_paused(turn.transport)
     _schedule_expiry(owner_key=turn.owner_key, session_id=turn.session_id, chat_id=outcome.chat_id)
     logger.info(
@@ -150,7 +153,9 @@ async def acancel_paused(*, owner: Owner, session_id: str, chat_id: str) -> bool
 
 
 async def _aclaim(*, owner: Owner, session_id: str, chat_id: str) -> PausedTurn | None:
-    return await store.turn_resume(owner=owner, session_id=session_id, chat_id=chat_id, outputs={}, waiting_only=False)
+    return await store_tools.turn_resume(
+        owner=owner, session_id=session_id, chat_id=chat_id, outputs={}, waiting_only=False
+    )
 
 
 async def aend_paused(paused: PausedTurn, *, chat_id: str, status: str, error: ChatError) -> None:

@@ -16,7 +16,7 @@ from chat.domain.errors import ChatError
 from chat.domain.events import ToolCall, Usage
 from chat.domain.inputs import ChatRequest, Owner
 from chat.files import attachments
-from chat.turn import store, store_orm
+from chat.turn import store, store_orm, store_tools
 from chat.turn.records import TurnOutcome, TurnStart
 from sessions_admin.models import ChatSession, Conversation, DailyUsage, Message, Reply
 
@@ -46,13 +46,13 @@ PATHS = {
 
 def pause(path, turn, outcome) -> bool:
     if path == "sql":
-        return async_to_sync(store.turn_pause)(turn=turn, outcome=outcome, wait_seconds=600)
+        return async_to_sync(store_tools.turn_pause)(turn=turn, outcome=outcome, wait_seconds=600)
     return store_orm.turn_pause(turn=turn, outcome=outcome, wait_seconds=600)
 
 
 def resume(path, session_id, chat_id, outputs, *, waiting_only=True):
     if path == "sql":
-        return async_to_sync(store.turn_resume)(
+        return async_to_sync(store_tools.turn_resume)(
             owner=OWNER, session_id=session_id, chat_id=chat_id, outputs=outputs, waiting_only=waiting_only
         )
     return store_orm.turn_resume(

@@ -91,6 +91,19 @@ def test_a_bad_rating_or_comment_is_invalid_and_names_its_field(chat, rating, co
     assert not Feedback.objects.exists() and not FeedbackForward.objects.exists()
 
 
+def test_a_comment_is_stored_redacted_under_chat_redact_and_so_is_its_copy_for_coze(chat, settings):
+    settings.CHAT_REDACT = frozenset({"emails", "phones"})
+    client, _, _, replies = chat
+    stored = fb.feedback_set(
+        owner_key=client.owner_key,
+        message_id=answer_of(replies[0]).pk,
+        rating="down",
+        comment="wrong, mail me at jo@example.com or +44 20 7946 0958",
+    )
+    assert stored.comment == "wrong, mail me at [email] or [phone]"
+    assert FeedbackForward.objects.get().comment == "wrong, mail me at [email] or [phone]"
+
+
 def test_the_longest_comment_allowed_is_kept_whole(chat):
     client, _, _, replies = chat
     comment = "y" * fb.MAX_COMMENT_CHARS

@@ -270,10 +270,11 @@ def test_it_asks_before_deleting_unless_noinput(world, monkeypatch):
     assert ChatSession.objects.filter(session_id="idle").exists()
 
 
-def test_coze_not_wired_is_said_plainly(world, monkeypatch):
+def test_in_demo_mode_nothing_is_sent_to_coze_and_that_is_said_plainly(world, monkeypatch, settings):
     monkeypatch.undo()  # the engine's own send_coze_deletions, as shipped
+    settings.COZE_API_TOKEN = settings.COZE_OAUTH_APP_ID = ""
     assert last_line(prune("--noinput")).endswith(
-        "at Coze: 3 conversations and 1 turn (not sent: no Coze deletion call is wired in yet)."
+        "at Coze: 3 conversations and 1 turn (not sent: demo mode, no Coze to delete them at)."
     )
 
 
@@ -283,7 +284,9 @@ def test_a_failing_coze_call_is_counted_and_the_local_deletion_stands(world, mon
 
     monkeypatch.setattr(retention, "send_coze_deletions", broken)
     output = prune("--noinput")
-    assert last_line(output).endswith("at Coze: 3 conversations and 1 turn (0 deleted, 4 failed, see the log).")
+    assert last_line(output).endswith(
+        "at Coze: 3 conversations and 1 turn (0 deleted, 4 failed and kept to retry, see the log)."
+    )
     assert not ChatSession.objects.filter(session_id="idle").exists()
 
 

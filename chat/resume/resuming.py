@@ -5,9 +5,11 @@ holds every event after that one; otherwise — the window passed, the buffer wa
 reply runs on a worker whose memory this one can't see — the reply is awaited until it ends and
 its stored form is sent: `session`, one `delta` with the rest of the answer, `completed` (or
 its `error`), `done`. Owner-scoped like every session operation: someone else's session is `not_found`.
+
+The waits are woken by the change itself (`chat.runtime.wakeups`, the reply's topic): its buffer
+opening, its outcome stored, its end note written — in this worker or, with Redis, any other.
 """
 
-import asyncio
 import contextlib
 import time
 from collections.abc import AsyncIterator
@@ -21,12 +23,10 @@ from chat.domain.inputs import Owner
 from chat.domain.sse import encode_json
 from chat.resume import replay
 from chat.resume.replay import Entry
+from chat.runtime import wakeups
 from chat.runtime.db import db_async
 from chat.runtime.tasks import in_background
 from sessions_admin.models import ChatSession, Message, Reply
-
-# How often a resume waiting for a reply it can't follow checks whether that reply has ended.
-POLL_SECONDS = 0.5
 
 
 def latest_reply(*, owner: Owner, session_id: str) -> Reply:
@@ -64,10 +64,15 @@ def _count_resume(reply_pk: int) -> None:
 END_NOTE_WAIT_SECONDS = 5.0
 
 
-@db_async
-def amark_resumable_end(*, reply_pk: int, client_gone: bool, answer_offsets: str) -> None:
+async def amark_resumable_end(*, reply_pk: int, client_gone: bool, answer_offsets: str) -> None:
     """Note on a resumable reply, as it ends, whether its client had gone (for the admin) and how
     much of the answer each event carried (for a resume after the window)."""
+    await _mark_resumable_end(reply_pk=reply_pk, client_gone=client_gone, answer_offsets=answer_offsets)
+    wakeups.publish(wakeups.reply_topic(reply_pk))  # a resume may be waiting for this note
+
+
+@db_async
+def _mark_resumable_end(*, reply_pk: int, client_gone: bool, answer_offsets: str) -> None:
     Reply.objects.filter(pk=reply_pk).update(
         resumable=True, ended_without_client=client_gone, answer_offsets=answer_offsets
     )
@@ -136,25 +141,26 @@ async def aopen_reply_stream(
 
 
 async def _reply_events(reply_pk: int, after_id: int, heartbeat: float) -> AsyncIterator[Entry | Ping]:
-    quiet_since = time.monotonic()
-    while True:
-        events = await replay.afollow(reply_pk, after_id, heartbeat)
-        if events is not None:
-            async with contextlib.aclosing(events):
-                async for item in events:
-                    yield item
-            return
-        if await _reply_status(reply_pk) != Reply.Status.IN_PROGRESS:
-            for _ in range(int(END_NOTE_WAIT_SECONDS / 0.05)):
-                if await _end_noted(reply_pk):
-                    break
-                await asyncio.sleep(0.05)  # stored a moment ago; its end note follows at once
-            for entry in await _stored_entries(reply_pk, after_id):
-                yield entry
-            return
-        # Running, but its events are not here (not resumable, just starting, or in another
-        # worker's memory): wait for it to be kept or stored.
-        await asyncio.sleep(POLL_SECONDS)
-        if time.monotonic() - quiet_since >= heartbeat:
-            quiet_since = time.monotonic()
-            yield PING
+    events = None
+    async with wakeups.watching(wakeups.reply_topic(reply_pk)) as watch:
+        # Watching before each look: a change published after it wakes the wait below.
+        quiet_since = time.monotonic()
+        while (events := await replay.afollow(reply_pk, after_id, heartbeat)) is None:
+            if await _reply_status(reply_pk) != Reply.Status.IN_PROGRESS:
+                # Stored a moment ago; a resumable reply's end note (how much each event carried)
+                # follows at once.
+                deadline = time.monotonic() + END_NOTE_WAIT_SECONDS
+                while not await _end_noted(reply_pk) and await watch.wait(deadline - time.monotonic()):
+                    pass
+                for entry in await _stored_entries(reply_pk, after_id):
+                    yield entry
+                return
+            # Running, but its events are not here (not resumable, just starting, or in another
+            # worker's memory): sleep until it is kept or stored; a ping per quiet heartbeat (and
+            # a fresh look then, for an end stored by a process that does not publish).
+            if not await watch.wait(quiet_since + heartbeat - time.monotonic()):
+                quiet_since = time.monotonic()
+                yield PING
+    async with contextlib.aclosing(events):
+        async for item in events:
+            yield item

@@ -44,6 +44,8 @@ RECONNECT_DELAYS = (0.1, 0.2, 0.5, 1.0, 2.0, 5.0)
 
 # Tags this process's publishes: they come back from Redis, and its watchers were woken already.
 _ORIGIN = uuid.uuid4().hex
+# The subscriptions' Redis client name (CLIENT LIST shows whose connection is whose).
+SUBSCRIBER_NAME = f"cozeproject-wakeups-{_ORIGIN[:12]}"
 
 
 def reply_topic(reply_pk: int) -> str:
@@ -188,7 +190,11 @@ class _Subscriber:
             # No socket timeout: an idle subscription reads nothing for hours, and that is fine;
             # keepalive notices a peer that vanished.
             client = aredis.from_url(
-                settings.REDIS_URL, socket_timeout=None, socket_connect_timeout=2, socket_keepalive=True
+                settings.REDIS_URL,
+                socket_timeout=None,
+                socket_connect_timeout=2,
+                socket_keepalive=True,
+                client_name=SUBSCRIBER_NAME,
             )
             pubsub = client.pubsub()
             try:

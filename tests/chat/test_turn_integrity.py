@@ -101,20 +101,21 @@ def test_a_store_that_fails_after_coze_was_called_stops_the_chat_and_stores_noth
 @pytest.mark.asyncio
 async def test_a_turn_cancelled_while_its_start_is_stored_leaves_the_session_free(monkeypatch):
     real_start = store.turn_start
-    started = threading.Event()
+    started, caller_gone = asyncio.Event(), asyncio.Event()
 
     async def slow_start(start):
         started.set()
-        await asyncio.sleep(0.3)  # the store is still running when its caller goes away
+        await asyncio.wait_for(caller_gone.wait(), 10)  # the store is still running when its caller goes away
         return await real_start(start)
 
     monkeypatch.setattr(store, "turn_start", slow_start)
     request = ChatRequest(message="[sim:slow=50] cancelled early", session_id="early")
     consumer = asyncio.ensure_future(_collect(request))
-    await asyncio.to_thread(started.wait, 5)
+    await asyncio.wait_for(started.wait(), 5)
     consumer.cancel()
     with pytest.raises(asyncio.CancelledError):
         await consumer
+    caller_gone.set()
 
     reply = await _await_db(lambda: Reply.objects.exclude(status="in_progress").first())
     assert reply.status == "cancelled"

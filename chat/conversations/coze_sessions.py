@@ -276,12 +276,15 @@ async def achat_get(*, owner: Owner, session_id: str, chat_id: str) -> Reply:
             reply, unrecorded = await _chat_get(owner=owner, session_id=session_id, chat_id=chat_id)
             if reply is not None:
                 return reply
-            if not unrecorded or not await watch.wait(deadline - time.monotonic()):
+            if not unrecorded or time.monotonic() > deadline:
                 raise no_chat()
+            await watch.wait(wakeups.wait_seconds(deadline - time.monotonic(), *unrecorded))
 
 
 @db_async
-def _chat_get(*, owner: Owner, session_id: str, chat_id: str) -> tuple[Reply | None, bool]:
+def _chat_get(*, owner: Owner, session_id: str, chat_id: str) -> tuple[Reply | None, list[str]]:
+    """The reply, or None and the worker channels of the session's replies in progress whose chat
+    id is not recorded yet."""
     session_pk = ChatSession.objects.filter(**owner.scope(), session_id=session_id).values_list("pk", flat=True).first()
     if session_pk is None:
         raise no_conversation()
@@ -294,7 +297,7 @@ def _chat_get(*, owner: Owner, session_id: str, chat_id: str) -> tuple[Reply | N
         .order_by("-pk")
     )
     reply = next((r for r in candidates if r.coze_chat_id == chat_id), None)
-    return reply, reply is None and bool(candidates)
+    return reply, [] if reply is not None else [r.worker_channel for r in candidates]
 
 
 @db_async

@@ -144,9 +144,9 @@ def browser_sessions_to_user(sender, request, user, **kwargs) -> None:
 
 
 @db_async
-def _find_reply_for_cancel(*, owner: Owner, chat_id: str) -> tuple[Reply | None, bool]:
-    """The owner's reply `chat_id`, or None and whether one of the owner's replies in progress has
-    not recorded its chat id yet (it may be this one, starting in another worker)."""
+def _find_reply_for_cancel(*, owner: Owner, chat_id: str) -> tuple[Reply | None, list[str]]:
+    """The owner's reply `chat_id`, or None and the worker channels of the owner's replies in
+    progress that have not recorded their chat id yet (it may be one of them, just started)."""
     # One statement, one snapshot: with two, the id could be recorded between them and be missed
     # by both.
     candidates = list(
@@ -156,7 +156,7 @@ def _find_reply_for_cancel(*, owner: Owner, chat_id: str) -> tuple[Reply | None,
         .order_by("-pk")
     )
     reply = next((r for r in candidates if r.coze_chat_id == chat_id), None)
-    return reply, reply is None and bool(candidates)
+    return reply, [] if reply is not None else [r.worker_channel for r in candidates]
 
 
 async def _reply_for_cancel(*, owner: Owner, chat_id: str) -> Reply:
@@ -171,8 +171,9 @@ async def _reply_for_cancel(*, owner: Owner, chat_id: str) -> Reply:
             reply, unrecorded = await _find_reply_for_cancel(owner=owner, chat_id=chat_id)
             if reply is not None:
                 return reply
-            if not unrecorded or not await watch.wait(deadline - time.monotonic()):
+            if not unrecorded or time.monotonic() > deadline:
                 raise ChatError("not_found", "No such chat.")
+            await watch.wait(wakeups.wait_seconds(deadline - time.monotonic(), *unrecorded))
 
 
 # How long a cancel request waits for the reply to be stored, so the session is free when it answers.
@@ -206,7 +207,8 @@ async def achat_cancel(*, owner: Owner, chat_id: str) -> dict:
     async with wakeups.watching(wakeups.reply_topic(reply.pk)) as watch:
         await cancellation.asend_cancel(worker_channel=reply.worker_channel, chat_id=chat_id)
         reply = await _reply_for_cancel(owner=owner, chat_id=chat_id)
-        while reply.status == Reply.Status.IN_PROGRESS and await watch.wait(deadline - time.monotonic()):
+        while reply.status == Reply.Status.IN_PROGRESS and time.monotonic() < deadline:
+            await watch.wait(wakeups.wait_seconds(deadline - time.monotonic(), reply.worker_channel))
             reply = await _reply_for_cancel(owner=owner, chat_id=chat_id)
     return {"chat_id": chat_id, "status": "cancelled"}
 
@@ -234,7 +236,8 @@ async def asession_cancel(*, owner: Owner, session_id: str) -> dict:
                 answer = await achat_cancel(owner=owner, chat_id=reply.coze_chat_id)
                 return {"session_id": session_id, **answer}
             # Running elsewhere without its chat id yet: woken when it is recorded (or the reply ends).
-            if not await watch.wait(deadline - time.monotonic()):
+            if time.monotonic() > deadline:
                 break
+            await watch.wait(wakeups.wait_seconds(deadline - time.monotonic(), reply.worker_channel))
             reply = await resuming.alatest_reply(owner=owner, session_id=session_id)
     return {"session_id": session_id, "chat_id": reply.coze_chat_id, "status": reply.status}

@@ -37,7 +37,7 @@ def latest_reply(*, owner: Owner, session_id: str) -> Reply:
     reply = (
         Reply.objects.filter(**owner.scope("session__"), session__session_id=session_id)
         .order_by("-pk")
-        .only("pk", "status", "coze_chat_id")
+        .only("pk", "status", "coze_chat_id", "worker_channel")
         .first()
     )
     if reply is not None:
@@ -51,8 +51,10 @@ alatest_reply = db_async(latest_reply)
 
 
 @db_async
-def _reply_status(reply_pk: int) -> str:
-    return Reply.objects.filter(pk=reply_pk).values_list("status", flat=True).first() or Reply.Status.FAILED
+def _reply_status(reply_pk: int) -> tuple[str, str]:
+    """The reply's status and the channel of the worker it runs on."""
+    row = Reply.objects.filter(pk=reply_pk).values_list("status", "worker_channel").first()
+    return row or (Reply.Status.FAILED, "")
 
 
 @db_async
@@ -146,19 +148,23 @@ async def _reply_events(reply_pk: int, after_id: int, heartbeat: float) -> Async
         # Watching before each look: a change published after it wakes the wait below.
         quiet_since = time.monotonic()
         while (events := await replay.afollow(reply_pk, after_id, heartbeat)) is None:
-            if await _reply_status(reply_pk) != Reply.Status.IN_PROGRESS:
+            status, worker_channel = await _reply_status(reply_pk)
+            if status != Reply.Status.IN_PROGRESS:
                 # Stored a moment ago; a resumable reply's end note (how much each event carried)
                 # follows at once.
                 deadline = time.monotonic() + END_NOTE_WAIT_SECONDS
-                while not await _end_noted(reply_pk) and await watch.wait(deadline - time.monotonic()):
-                    pass
+                while not await _end_noted(reply_pk) and time.monotonic() < deadline:
+                    await watch.wait(wakeups.wait_seconds(deadline - time.monotonic(), worker_channel))
                 for entry in await _stored_entries(reply_pk, after_id):
                     yield entry
                 return
             # Running, but its events are not here (not resumable, just starting, or in another
             # worker's memory): sleep until it is kept or stored; a ping per quiet heartbeat (and
             # a fresh look then, for an end stored by a process that does not publish).
-            if not await watch.wait(quiet_since + heartbeat - time.monotonic()):
+            remaining = quiet_since + heartbeat - time.monotonic()
+            if not await watch.wait(wakeups.wait_seconds(remaining, worker_channel)) and (
+                time.monotonic() - quiet_since >= heartbeat * 0.99
+            ):
                 quiet_since = time.monotonic()
                 yield PING
     async with contextlib.aclosing(events):

@@ -16,6 +16,10 @@ subscription was broken would be lost, so when a subscriber (re)connects it wake
 loop's watchers to re-read. Callers still bound every wait with a deadline (one, not a loop of
 short ones): a state changed by a process that does not publish (an operator's command) is seen
 at that deadline or at the next heartbeat.
+
+Without Redis nothing crosses processes: a wait for a reply that runs in another worker (several
+workers without REDIS_URL, docs/api.md §9) hears nothing, and looks again every
+UNHEARD_POLL_SECONDS instead (`wait_seconds`) — the one case left to polling.
 """
 
 from __future__ import annotations
@@ -46,6 +50,29 @@ RECONNECT_DELAYS = (0.1, 0.2, 0.5, 1.0, 2.0, 5.0)
 _ORIGIN = uuid.uuid4().hex
 # The subscriptions' Redis client name (CLIENT LIST shows whose connection is whose).
 SUBSCRIBER_NAME = f"cozeproject-wakeups-{_ORIGIN[:12]}"
+
+
+# How often a wait looks again for a change it cannot hear about (see the module's docstring).
+UNHEARD_POLL_SECONDS = 0.5
+# This process's cancel channels (chat.turn.cancellation), which a reply records as its worker's.
+_local_channels: set[str] = set()
+
+
+def note_local_channel(name: str) -> None:
+    _local_channels.add(name)
+
+
+def heard_from(worker_channel: str) -> bool:
+    """Whether a change to a reply running on `worker_channel` wakes watchers here."""
+    return bool(settings.REDIS_URL) or not worker_channel or worker_channel in _local_channels
+
+
+def wait_seconds(remaining: float, *worker_channels: str) -> float:
+    """How long to sleep on a watch before looking again: `remaining`, unless one of the replies
+    awaited runs where its changes can't be heard from here."""
+    if all(heard_from(channel) for channel in worker_channels):
+        return remaining
+    return min(remaining, UNHEARD_POLL_SECONDS)
 
 
 def reply_topic(reply_pk: int) -> str:

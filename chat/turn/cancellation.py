@@ -16,6 +16,8 @@ import weakref
 
 from channels.layers import get_channel_layer
 
+from chat.runtime import wakeups
+
 logger = logging.getLogger(__name__)
 
 # One listening channel per event loop (a worker has one; tests create several).
@@ -40,6 +42,7 @@ async def aworker_channel() -> str:
     if loop in _channels:  # another turn won the race while we awaited
         return _channels[loop]
     _channels[loop] = name
+    wakeups.note_local_channel(name)
     _listeners[loop] = loop.create_task(_listen(layer, name))
     return name
 

@@ -122,3 +122,12 @@ async def test_a_watch_wait_is_bounded_by_its_deadline(no_redis):
         started = time.monotonic()
         assert await watch.wait(0.1) is False
         assert 0.05 < time.monotonic() - started < 2
+
+
+def test_without_redis_only_a_reply_of_another_worker_is_looked_at_again_on_a_timer(settings):
+    wakeups.note_local_channel("specific.here!1")
+    settings.REDIS_URL = ""
+    assert wakeups.wait_seconds(10.0, "specific.here!1") == 10.0  # this process publishes its changes
+    assert wakeups.wait_seconds(10.0, "specific.there!2") == wakeups.UNHEARD_POLL_SECONDS  # nobody tells us
+    settings.REDIS_URL = "redis://127.0.0.1:6379/0"
+    assert wakeups.wait_seconds(10.0, "specific.there!2") == 10.0  # Redis carries it

@@ -202,14 +202,17 @@ class _Subscriber:
     def __init__(self):
         self.loop = asyncio.get_running_loop()
         self.subscribed = asyncio.Event()
+        # Set by the first outcome, subscribed or failed: while Redis is away watchers don't wait
+        # for the subscription, only for their own deadline.
+        self.settled = asyncio.Event()
         self.task = self.loop.create_task(self._run())
 
     async def ready(self) -> None:
-        if self.subscribed.is_set():
+        if self.settled.is_set():
             return
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(SUBSCRIBE_WAIT_SECONDS):
-                await self.subscribed.wait()
+                await self.settled.wait()
 
     async def _run(self) -> None:
         failures = 0
@@ -229,6 +232,7 @@ class _Subscriber:
                 async for message in pubsub.listen():
                     if message["type"] == "subscribe":
                         self.subscribed.set()
+                        self.settled.set()
                         failures = 0
                         self._wake_all()  # anything published while we were away is re-read
                     elif message["type"] == "message":
@@ -237,6 +241,7 @@ class _Subscriber:
                 raise
             except (redis.RedisError, OSError) as exc:
                 self.subscribed.clear()
+                self.settled.set()
                 if failures == 0:
                     logger.warning("Wake-ups lost their Redis subscription, resubscribing: %s", exc)
                 await asyncio.sleep(RECONNECT_DELAYS[min(failures, len(RECONNECT_DELAYS) - 1)])

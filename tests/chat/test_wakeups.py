@@ -131,3 +131,15 @@ def test_without_redis_only_a_reply_of_another_worker_is_looked_at_again_on_a_ti
     assert wakeups.wait_seconds(10.0, "specific.there!2") == wakeups.UNHEARD_POLL_SECONDS  # nobody tells us
     settings.REDIS_URL = "redis://127.0.0.1:6379/0"
     assert wakeups.wait_seconds(10.0, "specific.there!2") == 10.0  # Redis carries it
+
+
+@pytest.mark.asyncio
+async def test_with_redis_away_a_watch_waits_for_nothing_but_its_own_deadline(settings):
+    settings.REDIS_URL = "redis://127.0.0.1:1/0"  # nothing listens there
+    started = time.monotonic()
+    async with wakeups.watching("reply:11") as watch:
+        wakeups.publish("reply:11")  # still wakes this process's watchers
+        assert await watch.wait(5) is True
+    async with wakeups.watching("reply:11"):
+        pass
+    assert time.monotonic() - started < wakeups.SUBSCRIBE_WAIT_SECONDS

@@ -26,7 +26,9 @@ for three columns — direct cozepy (the project's sharded pool, as wide as the 
 8. the earlier design under the same burst and N;
 9. every documented way to start the server (Procfile, scripts/serve) under 1,000 connects at once;
 10. Coze's own API: the time to first token of a streamed `/v3/chat` beside `/api/chat/stream` (in
-    step 1's rotation), and cozepy's `create_and_poll` against the reply's own time.
+    step 1's rotation), and cozepy's `create_and_poll` against the reply's own time;
+11. how fast a cancel reaches the upstream and a resumed stream gets an event, one worker and two
+    sharing Redis (`REDIS_URL`, default redis://127.0.0.1:6379/0): bench/waits.py, under uvicorn.
 
 Prints the tables (Markdown) and writes every number to --json. See docs/performance.md.
 """
@@ -51,7 +53,7 @@ import psutil
 import uvloop
 from websockets.asyncio.client import connect as ws_connect
 
-from bench import clients, procs, server_burst
+from bench import clients, procs, server_burst, waits
 from bench.clients import HttpClient
 
 DEFAULT_DB = "cozeproject_bench"
@@ -650,6 +652,15 @@ class Bench:
                 earlier["streams"] = run
             finally:
                 server.stop()
+        if "waits" not in skip:
+            log("cancel and resume latency, one worker and two (bench/waits.py)")
+            self.results["waits"] = await waits.run(
+                db=self.db_name,
+                sim_url=self.sim.url,
+                key=self.key,
+                redis_url=os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0"),
+                samples=args.wait_samples,
+            )
         if "serverburst" not in skip:
             log("documented server commands under 1,000 connects at once")
             env = procs.gateway_env(self.db_name, sim_url=self.sim.url)
@@ -1074,6 +1085,8 @@ def report(results: dict) -> str:
                 f"| {fmt(r['connect_max_ms'], 0)} | {fmt(r['p50_ms'], 0)} / {fmt(r['max_ms'], 0)} |"
             )
         lines.append("")
+    if "waits" in results:
+        lines += ["### Cancel and resume latency (uvicorn)", "", waits.report(results["waits"]), ""]
     return "\n".join(lines)
 
 
@@ -1100,12 +1113,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--db-turns", type=int, default=None)
     parser.add_argument("--coze-poll-samples", type=int, default=None, help="create_and_poll samples")
+    parser.add_argument("--wait-samples", type=int, default=None, help="cancels per row of the waits step")
     parser.add_argument("--earlier-n", type=int, default=None)
     parser.add_argument("--earlier-deadline", type=float, default=150.0)
     parser.add_argument(
         "--skip",
         default="",
-        help="comma list of: ttft, burst, sync, throughput, flood, cozepoll, streams, dbwork, earlier, serverburst",
+        help="comma list of: ttft, burst, sync, throughput, flood, cozepoll, streams, dbwork, earlier, waits, "
+        "serverburst",
     )
     parser.add_argument(
         "--json", default=str(procs.LOG_DIR / "results.json"), help="where to write every number (JSON)"
@@ -1124,6 +1139,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args.db_turns = args.db_turns or (5 if q else 20)
     args.coze_poll_samples = args.coze_poll_samples or (4 if q else 12)
     args.earlier_n = args.earlier_n or (20 if q else 100)
+    args.wait_samples = args.wait_samples or (15 if q else 30)
     args.skip = [s for s in args.skip.split(",") if s]
     return args
 

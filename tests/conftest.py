@@ -7,18 +7,47 @@ The chat service runs its database work on its own threads, so tests that go thr
 
 import asyncio
 import json
+import os
 import socket
 import threading
 import time
 
 import httpx
 import pytest
+import redis
 import uvicorn
 
 from chat.domain.sse import parse_sse
 from chat.simulator import SimulatorConfig, SimulatorServer
 
 COZE_TEST_TOKEN = "pat_test_SECRET_coze_token_0123456789"
+
+# The tests that need Redis use REDIS_URL when it is set, else a Redis on the default port: they
+# run wherever one answers, and say why when they skip. (The rest of the suite uses Redis only
+# when REDIS_URL is set, as the product does.)
+DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
+
+
+def _find_redis() -> str:
+    url = os.environ.get("REDIS_URL") or DEFAULT_REDIS_URL
+    try:
+        return url if redis.from_url(url, socket_connect_timeout=1).ping() else ""
+    except (redis.RedisError, OSError):
+        return ""
+
+
+TEST_REDIS_URL = _find_redis()
+NO_REDIS = f"no Redis answers at {os.environ.get('REDIS_URL') or DEFAULT_REDIS_URL} (REDIS_URL, else the default port)"
+needs_redis = pytest.mark.skipif(not TEST_REDIS_URL, reason=NO_REDIS)
+
+
+@pytest.fixture
+def redis_url(settings) -> str:
+    """The Redis the test uses, set as settings.REDIS_URL (and so passed to worker processes)."""
+    if not TEST_REDIS_URL:
+        pytest.skip(NO_REDIS)
+    settings.REDIS_URL = TEST_REDIS_URL
+    return TEST_REDIS_URL
 
 
 @pytest.fixture(scope="session")

@@ -10,8 +10,8 @@ import pytest
 from chat.access import budgets, client_limits
 from sessions_admin.models import ApiClient, Reply
 from tests.chat.limits_helpers import TRANSPORTS, reset_counters, send_turn
-from tests.conftest import auth, wait_until
-from tests.test_workers import ServerProcess, needs_redis, open_stream, read_rest
+from tests.conftest import TEST_REDIS_URL, auth, needs_redis, wait_until
+from tests.test_workers import ServerProcess, open_stream, read_rest
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -28,6 +28,7 @@ def workers(simulator, tmp_path_factory, django_db_setup, django_db_blocker):
     env = {
         "COZE_ALLOWED_BOT_IDS": OTHER_BOT,
         "CHAT_BUDGET_RESERVE_TOKENS": str(RESERVE_TOKENS),
+        "REDIS_URL": TEST_REDIS_URL,  # the workers share Redis wherever one answers
     }
     with django_db_blocker.unblock():
         pair = [ServerProcess(simulator, tmp_path, name, **env) for name in ("a", "b")]
@@ -37,7 +38,8 @@ def workers(simulator, tmp_path_factory, django_db_setup, django_db_blocker):
 
 
 @pytest.fixture(autouse=True)
-def fresh_counters():
+def fresh_counters(settings):
+    settings.REDIS_URL = TEST_REDIS_URL  # the counters this process resets are the workers'
     reset_counters()
     yield
     reset_counters()

@@ -18,14 +18,13 @@ from tests.chat.test_resume import (
     start_and_drop,
 )
 from tests.conftest import auth, wait_until
-from tests.test_workers import needs_redis, start_worker  # noqa: F401 - start_worker is a fixture
+from tests.test_workers import start_worker  # noqa: F401 - start_worker is a fixture
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
 
-@needs_redis
-def test_a_reply_dropped_on_one_worker_resumes_on_another_through_redis(start_worker, api_key, settings):  # noqa: F811
-    clear_redis_buffers(settings.REDIS_URL)
+def test_a_reply_dropped_on_one_worker_resumes_on_another_through_redis(start_worker, api_key, redis_url):  # noqa: F811
+    clear_redis_buffers(redis_url)
     first, second = start_worker("a"), start_worker("b")
     body = {"message": "[sim:slow=40][sim:echo]" + TRICKY, "session_id": "roaming", "resumable": True}
     seen = start_and_drop(first.url, api_key, body)
@@ -40,9 +39,8 @@ def test_a_reply_dropped_on_one_worker_resumes_on_another_through_redis(start_wo
     assert reply.status == "completed" and reply.resumable and reply.ended_without_client
 
 
-@needs_redis
-def test_a_session_cancel_on_one_worker_stops_a_resumable_reply_running_on_another(start_worker, api_key, settings):  # noqa: F811
-    clear_redis_buffers(settings.REDIS_URL)
+def test_a_session_cancel_on_one_worker_stops_a_resumable_reply_running_on_another(start_worker, api_key, redis_url):  # noqa: F811
+    clear_redis_buffers(redis_url)
     first, second = start_worker("a"), start_worker("b")
     body = {"message": "[sim:slow=100][sim:echo]" + TRICKY, "session_id": "far", "resumable": True}
     seen = start_and_drop(first.url, api_key, body, deltas=2)

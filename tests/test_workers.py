@@ -18,23 +18,11 @@ from django.conf import settings as django_settings
 from django.db import connection
 
 from sessions_admin.models import Reply
-from tests.conftest import COZE_TEST_TOKEN, auth, wait_until
+from tests.conftest import COZE_TEST_TOKEN, auth, needs_redis, wait_until  # noqa: F401 - needs_redis for others
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def redis_available() -> bool:
-    if not django_settings.REDIS_URL:
-        return False
-    try:
-        return bool(redis.from_url(django_settings.REDIS_URL, socket_connect_timeout=1).ping())
-    except redis.RedisError:
-        return False
-
-
-needs_redis = pytest.mark.skipif(not redis_available(), reason="needs REDIS_URL with a running Redis")
 
 
 def database_url() -> str:
@@ -168,8 +156,7 @@ def test_the_session_lock_holds_between_worker_processes(start_worker, api_key):
     assert after.status_code == 200
 
 
-@needs_redis
-def test_a_cancel_sent_to_one_worker_stops_a_reply_streaming_from_another(start_worker, api_key, simulator):
+def test_a_cancel_sent_to_one_worker_stops_a_reply_streaming_from_another(start_worker, api_key, simulator, redis_url):
     first, second = start_worker("a"), start_worker("b")
     client, lines, session = open_stream(first.url, api_key, {"message": "[sim:slow=100] cancel me elsewhere"})
     rest, reader = read_rest(lines)
@@ -192,9 +179,8 @@ def test_a_cancel_sent_to_one_worker_stops_a_reply_streaming_from_another(start_
     assert wait_until(lambda: Reply.objects.get(coze_chat_id=session["chat_id"]).status == "cancelled")
 
 
-@needs_redis
-def test_rate_limits_are_shared_between_workers(start_worker, api_key):
-    client = redis.from_url(django_settings.REDIS_URL)
+def test_rate_limits_are_shared_between_workers(start_worker, api_key, redis_url):
+    client = redis.from_url(redis_url)
     stale = list(client.scan_iter("cozeproject:*"))
     if stale:
         client.delete(*stale)
@@ -227,3 +213,93 @@ def test_sigterm_interrupts_replies_in_flight_and_stores_them(start_worker, api_
     assert reply.status == "interrupted"
     assert reply.messages.filter(kind="answer").exists()
     assert worker.process.wait(15) is not None
+
+
+def _stream_until_session(url: str, key: str, body: dict):
+    """Start an SSE reply and return (client, lines, session event) as soon as its `session` event
+    arrives: the chat id is then the client's, while the worker may not have recorded it yet."""
+    client = httpx.Client(timeout=30)
+    response = client.send(
+        client.build_request("POST", url + "/api/chat/stream", json=body, headers=auth(key)), stream=True
+    )
+    assert response.status_code == 200, response.read()
+    lines = response.iter_lines()
+    for line in lines:
+        if line.startswith("data: {") and json.loads(line[6:])["type"] == "session":
+            return client, lines, json.loads(line[6:])
+    raise AssertionError("the stream ended without a session event")
+
+
+CANCEL_ROUNDS = 12
+RECORD_DELAY_SECONDS = 0.5
+
+
+@pytest.fixture
+def slow_chat_id_records():
+    """A database that takes RECORD_DELAY_SECONDS to record a reply's Coze chat id (a trigger on the
+    test database): a client holding the id from the stream asks another worker before it is there."""
+    if connection.vendor != "postgresql":
+        pytest.skip("the delaying trigger is PostgreSQL's")
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "CREATE FUNCTION test_slow_chat_id() RETURNS trigger LANGUAGE plpgsql AS "
+            f"$$ BEGIN PERFORM pg_sleep({RECORD_DELAY_SECONDS}); RETURN NEW; END $$"
+        )
+        cursor.execute(
+            "CREATE TRIGGER test_slow_chat_id BEFORE UPDATE OF coze_chat_id ON sessions_admin_reply "
+            "FOR EACH ROW WHEN (OLD.coze_chat_id = '' AND NEW.coze_chat_id <> '') EXECUTE FUNCTION test_slow_chat_id()"
+        )
+    yield
+    with connection.cursor() as cursor:
+        cursor.execute("DROP TRIGGER test_slow_chat_id ON sessions_admin_reply")
+        cursor.execute("DROP FUNCTION test_slow_chat_id()")
+
+
+def test_no_cancel_sent_across_workers_is_lost(start_worker, api_key, simulator, redis_url, slow_chat_id_records):
+    """Each cancel goes to B the moment the client has the chat id from A's stream, before A has
+    recorded it; every one reaches the upstream and stores the reply as cancelled."""
+    first, second = start_worker("a"), start_worker("b")
+    for round_ in range(CANCEL_ROUNDS):
+        client, lines, session = _stream_until_session(
+            first.url, api_key, {"message": "[sim:slow=100] cancel me at once", "session_id": f"race-{round_}"}
+        )
+        rest, reader = read_rest(lines)
+
+        cancel = httpx.post(f"{second.url}/api/chats/{session['chat_id']}/cancel", headers=auth(api_key), timeout=30)
+
+        assert (cancel.status_code, cancel.json().get("status")) == (200, "cancelled"), (round_, cancel.text)
+        reader.join(10)
+        client.close()
+        assert any('"code":"cancelled"' in line for line in rest), round_
+        chat = httpx.get(f"{simulator.base_url}/_sim/chats/{session['chat_id']}").json()
+        assert chat["status"] == "canceled" and chat["client_disconnected_at"], round_
+        assert Reply.objects.get(coze_chat_id=session["chat_id"]).status == "cancelled", round_
+
+
+def _bzpopmins(monitor_client, channel: str, count: int, timeout: float) -> None:
+    """Wait (bounded) until Redis has received `count` BZPOPMIN commands on the worker's channel."""
+    seen = 0
+    deadline = time.monotonic() + timeout
+    with monitor_client.monitor() as monitor:
+        while seen < count:
+            assert time.monotonic() < deadline, f"saw {seen} of {count} BZPOPMIN on {channel}"
+            command = monitor.next_command()["command"]
+            if command.upper().startswith("BZPOPMIN") and channel in command:
+                seen += 1
+
+
+def test_an_idle_cancel_listener_logs_no_warning(start_worker, api_key, redis_url):
+    """The listener's blocking pop lasts 5 s; redis-py's default socket timeout (5 s) cut it and the
+    listener logged a traceback every ~6 s. Idle through two whole pops, it says nothing."""
+    worker = start_worker("a")
+    answer = httpx.post(
+        worker.url + "/api/chat", json={"message": "start the listener"}, headers=auth(api_key), timeout=30
+    )
+    assert answer.status_code == 200
+    channel = Reply.objects.get().worker_channel.split("!", 1)[0]  # the process's prefix, the key's name
+
+    # The first pop started with the turn; the third starts only after two have timed out (or failed).
+    _bzpopmins(redis.from_url(redis_url, socket_timeout=20), channel, count=3, timeout=20)
+
+    log = worker.log_path.read_text()
+    assert " WARNING " not in log, log  # the logging format: "<date> <time> WARNING <logger> …"

@@ -9,7 +9,6 @@ continues that. A conversation created without a bot takes the bot of its first 
 (`chat.turn.store.session_route`).
 """
 
-import asyncio
 import secrets
 import time
 from dataclasses import dataclass
@@ -23,6 +22,7 @@ from chat.conversations import sessions
 from chat.domain import transcripts
 from chat.domain.errors import ChatError
 from chat.domain.inputs import Owner
+from chat.runtime import wakeups
 from chat.runtime.db import bounded_locks, db_async
 from chat.turn import records
 from chat.turn.records import no_chat, no_conversation
@@ -282,33 +282,37 @@ async def achat_get(*, owner: Owner, session_id: str, chat_id: str) -> Reply:
 
     A client has the chat id from Coze's first event, as the reply starts, and may look it up
     (retrieve, cancel) before the turn has recorded it, from any worker: while the session has a
-    reply whose id is not recorded yet, the lookup waits for it (up to CHAT_ID_WAIT_SECONDS).
+    reply whose id is not recorded yet, the lookup waits for it (up to CHAT_ID_WAIT_SECONDS),
+    woken as the owner's replies record theirs.
     """
     deadline = time.monotonic() + CHAT_ID_WAIT_SECONDS
-    while True:
-        reply, unrecorded = await _chat_get(owner=owner, session_id=session_id, chat_id=chat_id)
-        if reply is not None:
-            return reply
-        if not unrecorded or time.monotonic() > deadline:
-            raise no_chat()
-        await asyncio.sleep(0.02)
+    async with wakeups.watching(wakeups.owner_topic(owner.key)) as watch:
+        while True:
+            reply, unrecorded = await _chat_get(owner=owner, session_id=session_id, chat_id=chat_id)
+            if reply is not None:
+                return reply
+            if not unrecorded or time.monotonic() > deadline:
+                raise no_chat()
+            await watch.wait(wakeups.wait_seconds(deadline - time.monotonic(), *unrecorded))
 
 
 @db_async
-def _chat_get(*, owner: Owner, session_id: str, chat_id: str) -> tuple[Reply | None, bool]:
+def _chat_get(*, owner: Owner, session_id: str, chat_id: str) -> tuple[Reply | None, list[str]]:
+    """The reply, or None and the worker channels of the session's replies in progress whose chat
+    id is not recorded yet."""
     session_pk = ChatSession.objects.filter(**owner.scope(), session_id=session_id).values_list("pk", flat=True).first()
     if session_pk is None:
         raise no_conversation()
-    reply = (
-        Reply.objects.filter(session_id=session_pk, coze_chat_id=chat_id)
+    # One statement, one snapshot: with two, the id could be recorded between them and be missed
+    # by both.
+    candidates = list(
+        Reply.objects.filter(session_id=session_pk)
+        .filter(Q(coze_chat_id=chat_id) | Q(coze_chat_id="", status=Reply.Status.IN_PROGRESS))
         .select_related("conversation")
         .order_by("-pk")
-        .first()
     )
-    if reply is not None:
-        return reply, False
-    unrecorded = Reply.objects.filter(session_id=session_pk, coze_chat_id="", status=Reply.Status.IN_PROGRESS)
-    return None, unrecorded.exists()
+    reply = next((r for r in candidates if r.coze_chat_id == chat_id), None)
+    return reply, [] if reply is not None else [r.worker_channel for r in candidates]
 
 
 @db_async

@@ -8,7 +8,7 @@ probed (docs/api.md §2).
 import asyncio
 import time
 
-from django.db.models import OuterRef, Subquery
+from django.db.models import OuterRef, Q, Subquery
 from django.db.models.functions import Substr
 from django.utils import timezone
 
@@ -17,6 +17,7 @@ from chat.domain.errors import ChatError
 from chat.domain.inputs import Owner
 from chat.files import attachments
 from chat.resume import resuming
+from chat.runtime import wakeups
 from chat.runtime.db import bounded_locks, db_async
 from chat.turn import cancellation, recovery, start, tools
 from chat.turn.control import active_turns, running_turns
@@ -145,20 +146,42 @@ def browser_sessions_to_user(sender, request, user, **kwargs) -> None:
 
 
 @db_async
-def _reply_for_cancel(*, owner: Owner, chat_id: str) -> Reply:
-    reply = (
-        Reply.objects.filter(**owner.scope("session__"), coze_chat_id=chat_id)
+def _find_reply_for_cancel(*, owner: Owner, chat_id: str) -> tuple[Reply | None, list[str]]:
+    """The owner's reply `chat_id`, or None and the worker channels of the owner's replies in
+    progress that have not recorded their chat id yet (it may be one of them, just started)."""
+    # One statement, one snapshot: with two, the id could be recorded between them and be missed
+    # by both.
+    candidates = list(
+        Reply.objects.filter(**owner.scope("session__"))
+        .filter(Q(coze_chat_id=chat_id) | Q(coze_chat_id="", status=Reply.Status.IN_PROGRESS))
         .select_related("session")
         .order_by("-pk")
-        .first()
     )
-    if reply is None:
-        raise ChatError("not_found", "No such chat.")
-    return reply
+    reply = next((r for r in candidates if r.coze_chat_id == chat_id), None)
+    return reply, [] if reply is not None else [r.worker_channel for r in candidates]
+
+
+async def _reply_for_cancel(*, owner: Owner, chat_id: str) -> Reply:
+    """The owner's reply `chat_id`; ChatError("not_found") when there is none.
+
+    A client has the chat id from the reply's first event, before the worker streaming it has
+    recorded it: while one of the owner's replies in progress has no chat id yet, the cancel waits
+    for it (up to CHAT_ID_WAIT_SECONDS, woken as each is recorded) rather than lose the cancel."""
+    deadline = time.monotonic() + CHAT_ID_WAIT_SECONDS
+    async with wakeups.watching(wakeups.owner_topic(owner.key)) as watch:
+        while True:
+            reply, unrecorded = await _find_reply_for_cancel(owner=owner, chat_id=chat_id)
+            if reply is not None:
+                return reply
+            if not unrecorded or time.monotonic() > deadline:
+                raise ChatError("not_found", "No such chat.")
+            await watch.wait(wakeups.wait_seconds(deadline - time.monotonic(), *unrecorded))
 
 
 # How long a cancel request waits for the reply to be stored, so the session is free when it answers.
 CANCEL_WAIT_SECONDS = 5.0
+# How long a cancel by chat id waits for a reply that has just started to record that id.
+CHAT_ID_WAIT_SECONDS = 2.0
 
 
 async def achat_cancel(*, owner: Owner, chat_id: str) -> dict:
@@ -183,12 +206,15 @@ async def achat_cancel(*, owner: Owner, chat_id: str) -> dict:
         reply = await _reply_for_cancel(owner=owner, chat_id=chat_id)
     if reply.status != Reply.Status.IN_PROGRESS:
         return {"chat_id": chat_id, "status": reply.status}
-    # Running in another worker process: reach it through the channel layer, then watch its record.
-    await cancellation.asend_cancel(worker_channel=reply.worker_channel, chat_id=chat_id)
+    # Running in another worker process: reach it through the channel layer, then wait for its
+    # record to change (woken by its worker's publish once the outcome is stored).
     deadline = time.monotonic() + CANCEL_WAIT_SECONDS
-    while reply.status == Reply.Status.IN_PROGRESS and time.monotonic() < deadline:
-        await asyncio.sleep(0.05)
+    async with wakeups.watching(wakeups.reply_topic(reply.pk)) as watch:
+        await cancellation.asend_cancel(worker_channel=reply.worker_channel, chat_id=chat_id)
         reply = await _reply_for_cancel(owner=owner, chat_id=chat_id)
+        while reply.status == Reply.Status.IN_PROGRESS and time.monotonic() < deadline:
+            await watch.wait(wakeups.wait_seconds(deadline - time.monotonic(), reply.worker_channel))
+            reply = await _reply_for_cancel(owner=owner, chat_id=chat_id)
     # What happened, not what was asked: still `in_progress` if its worker did not stop it in time
     # (it ends `interrupted` once its lease lapses, if that worker died meanwhile).
     return {"chat_id": chat_id, "status": reply.status}
@@ -208,17 +234,20 @@ async def asession_cancel(*, owner: Owner, session_id: str) -> dict:
     if reply.status == Reply.Status.REQUIRES_ACTION:
         return {"session_id": session_id, **await achat_cancel(owner=owner, chat_id=reply.coze_chat_id)}
     deadline = time.monotonic() + CANCEL_WAIT_SECONDS
-    while reply.status == Reply.Status.IN_PROGRESS:
-        control = next((c for c in list(active_turns) if c.reply_pk == reply.pk and c.owner_key == owner.key), None)
-        if control is not None and control.task is not None:
-            control.stop("cancelled")
-            await asyncio.wait([control.task], timeout=CANCEL_WAIT_SECONDS)
-            return {"session_id": session_id, "chat_id": control.chat_id, "status": "cancelled"}
-        if reply.coze_chat_id:
-            answer = await achat_cancel(owner=owner, chat_id=reply.coze_chat_id)
-            return {"session_id": session_id, **answer}
-        if time.monotonic() > deadline:
-            break
-        await asyncio.sleep(0.05)
-        reply = await resuming.alatest_reply(owner=owner, session_id=session_id)
+    async with wakeups.watching(wakeups.reply_topic(reply.pk)) as watch:
+        reply = await resuming.alatest_reply(owner=owner, session_id=session_id)  # again, now watched
+        while reply.status == Reply.Status.IN_PROGRESS:
+            control = next((c for c in list(active_turns) if c.reply_pk == reply.pk and c.owner_key == owner.key), None)
+            if control is not None and control.task is not None:
+                control.stop("cancelled")
+                await asyncio.wait([control.task], timeout=CANCEL_WAIT_SECONDS)
+                return {"session_id": session_id, "chat_id": control.chat_id, "status": "cancelled"}
+            if reply.coze_chat_id:
+                answer = await achat_cancel(owner=owner, chat_id=reply.coze_chat_id)
+                return {"session_id": session_id, **answer}
+            # Running elsewhere without its chat id yet: woken when it is recorded (or the reply ends).
+            if time.monotonic() > deadline:
+                break
+            await watch.wait(wakeups.wait_seconds(deadline - time.monotonic(), reply.worker_channel))
+            reply = await resuming.alatest_reply(owner=owner, session_id=session_id)
     return {"session_id": session_id, "chat_id": reply.coze_chat_id, "status": reply.status}

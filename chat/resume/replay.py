@@ -41,6 +41,7 @@ from django.conf import settings
 from chat.domain import event_ids
 from chat.domain.events import PING, ChatEvent, Ping
 from chat.domain.sse import encode_json, sse_done, sse_event_json
+from chat.runtime import wakeups
 
 logger = logging.getLogger(__name__)
 
@@ -151,6 +152,7 @@ class MemoryReplay:
             self._evict(victim)
         buffer = _MemoryBuffer()
         self._buffers[reply_pk] = buffer
+        wakeups.publish(wakeups.reply_topic(reply_pk))  # a resume waiting for it can follow it now
         return _MemoryWriter(buffer)
 
     def _evict(self, reply_pk: int) -> None:
@@ -226,10 +228,11 @@ class _RedisWriter:
     """One reply's stream. Its events go to this event loop's `_RedisFlusher`, which writes the
     events of every reply in flight together, so the turn never waits for Redis."""
 
-    __slots__ = ("broken", "expires_at", "flusher", "key")
+    __slots__ = ("broken", "expires_at", "flusher", "key", "reply_pk")
 
-    def __init__(self, key: str):
-        self.key = key
+    def __init__(self, reply_pk: int):
+        self.reply_pk = reply_pk
+        self.key = f"{KEY_PREFIX}{reply_pk}"
         self.flusher = _flusher()
         self.broken = False
         self.expires_at = 0.0  # monotonic time until which the key's running TTL is known to hold
@@ -274,6 +277,7 @@ class _RedisFlusher:
         now = time.monotonic()
         commands: list[tuple] = []
         writers: dict[_RedisWriter, None] = {}
+        opened: list[str] = []  # the topics of replies whose stream this batch creates
         for writer, event_id, kind, data, ended in batch:
             if writer.broken:
                 continue
@@ -281,6 +285,7 @@ class _RedisFlusher:
             if event_id == 1:
                 # A stream left under this key by a database that was reset is not this reply's.
                 commands.append(("DEL", writer.key))
+                opened.append(wakeups.reply_topic(writer.reply_pk))
             commands.append(("XADD", writer.key, "MAXLEN", "~", max_events, f"{event_id}-0", "t", kind, "d", data))
             if ended:
                 commands.append(("EXPIRE", writer.key, window))
@@ -300,6 +305,8 @@ class _RedisFlusher:
                 for command in commands:
                     pipe.execute_command(*command)
                 await pipe.execute()
+            if opened:  # a resume waiting in any worker can follow these now
+                wakeups.publish(*opened)
         except (redis.RedisError, OSError) as exc:
             # A stream with a hole would replay wrongly: drop them, resumes get the stored replies.
             logger.warning("Replay buffers could not be written, dropping %d: %s", len(writers), exc)
@@ -326,7 +333,7 @@ class RedisReplay:
     """Replay buffers in Redis Streams, shared by every worker process."""
 
     def start(self, reply_pk: int) -> _RedisWriter:
-        return _RedisWriter(f"{KEY_PREFIX}{reply_pk}")
+        return _RedisWriter(reply_pk)
 
     async def follow(self, reply_pk: int, after_id: int, heartbeat: float) -> AsyncIterator[Entry | Ping] | None:
         key = f"{KEY_PREFIX}{reply_pk}"

@@ -7,9 +7,12 @@ replay buffer (`chat.resume.replay`) while the buffer holds every event after th
 can't see — the reply is awaited until it ends and its stored form is sent: `session`, one `delta`
 with the rest of the answer, `completed` (or its `error`), `done`, with ids that continue the
 original ones exactly (`_stored_entries`). Owner-scoped like every session operation: someone
-else's session is `not_found`."""
+else's session is `not_found`.
 
-import asyncio
+The waits are woken by the change itself (`chat.runtime.wakeups`, the reply's topic): its buffer
+opening, its outcome stored, its end note written — in this worker or, with Redis, any other.
+"""
+
 import contextlib
 import time
 from collections.abc import AsyncIterator
@@ -25,12 +28,10 @@ from chat.domain.inputs import Owner
 from chat.domain.sse import encode_json
 from chat.resume import replay
 from chat.resume.replay import Entry
+from chat.runtime import wakeups
 from chat.runtime.db import db_async
 from chat.runtime.tasks import in_background
 from sessions_admin.models import ChatSession, Message, Reply
-
-# How often a resume waiting for a reply it can't follow checks whether that reply has ended.
-POLL_SECONDS = 0.5
 
 
 def latest_reply(*, owner: Owner, session_id: str) -> Reply:
@@ -41,7 +42,7 @@ def latest_reply(*, owner: Owner, session_id: str) -> Reply:
     reply = (
         Reply.objects.filter(**owner.scope("session__"), session__session_id=session_id)
         .order_by("-pk")
-        .only("pk", "status", "coze_chat_id")
+        .only("pk", "status", "coze_chat_id", "worker_channel")
         .first()
     )
     if reply is not None:
@@ -55,8 +56,10 @@ alatest_reply = db_async(latest_reply)
 
 
 @db_async
-def _reply_status(reply_pk: int) -> str:
-    return Reply.objects.filter(pk=reply_pk).values_list("status", flat=True).first() or Reply.Status.FAILED
+def _reply_status(reply_pk: int) -> tuple[str, str]:
+    """The reply's status and the channel of the worker it runs on."""
+    row = Reply.objects.filter(pk=reply_pk).values_list("status", "worker_channel").first()
+    return row or (Reply.Status.FAILED, "")
 
 
 @db_async
@@ -69,9 +72,14 @@ END_NOTE_WAIT_SECONDS = 5.0
 
 
 @db_async
-def amark_resumable_end(*, reply_pk: int, client_gone: bool) -> None:
-    """Note on a resumable reply, as it ends, whether its client had gone (for the admin)."""
+def _mark_resumable_end(*, reply_pk: int, client_gone: bool) -> None:
     Reply.objects.filter(pk=reply_pk).update(resumable=True, ended_without_client=client_gone)
+
+
+async def amark_resumable_end(*, reply_pk: int, client_gone: bool) -> None:
+    """Note on a resumable reply, as it ends, whether its client had gone (for the admin)."""
+    await _mark_resumable_end(reply_pk=reply_pk, client_gone=client_gone)
+    wakeups.publish(wakeups.reply_topic(reply_pk))  # a resume may be waiting for this note
 
 
 @db_async
@@ -205,25 +213,30 @@ def _anamed_reply(*, owner: Owner, session_id: str, reply_pk: int | None) -> int
 
 
 async def _reply_events(reply_pk: int, after: event_ids.EventRef, heartbeat: float) -> AsyncIterator[Entry | Ping]:
-    quiet_since = time.monotonic()
-    while True:
-        events = await replay.afollow(reply_pk, after.number, heartbeat)
-        if events is not None:
-            async with contextlib.aclosing(events):
-                async for item in events:
-                    yield item
-            return
-        if await _reply_status(reply_pk) != Reply.Status.IN_PROGRESS:
-            for _ in range(int(END_NOTE_WAIT_SECONDS / 0.05)):
-                if await _end_noted(reply_pk):
-                    break
-                await asyncio.sleep(0.05)  # stored a moment ago; its end note follows at once
-            for entry in await _stored_entries(reply_pk, after):
-                yield entry
-            return
-        # Running, but its events are not here (not resumable, just starting, or in another
-        # worker's memory): wait for it to be kept or stored.
-        await asyncio.sleep(POLL_SECONDS)
-        if time.monotonic() - quiet_since >= heartbeat:
-            quiet_since = time.monotonic()
-            yield PING
+    events = None
+    async with wakeups.watching(wakeups.reply_topic(reply_pk)) as watch:
+        # Watching before each look: a change published after it wakes the wait below.
+        quiet_since = time.monotonic()
+        while (events := await replay.afollow(reply_pk, after.number, heartbeat)) is None:
+            status, worker_channel = await _reply_status(reply_pk)
+            if status != Reply.Status.IN_PROGRESS:
+                # Stored a moment ago; a resumable reply's end note (how much each event carried)
+                # follows at once.
+                deadline = time.monotonic() + END_NOTE_WAIT_SECONDS
+                while not await _end_noted(reply_pk) and time.monotonic() < deadline:
+                    await watch.wait(wakeups.wait_seconds(deadline - time.monotonic(), worker_channel))
+                for entry in await _stored_entries(reply_pk, after):
+                    yield entry
+                return
+            # Running, but its events are not here (not resumable, just starting, or in another
+            # worker's memory): sleep until it is kept or stored; a ping per quiet heartbeat (and
+            # a fresh look then, for an end stored by a process that does not publish).
+            remaining = quiet_since + heartbeat - time.monotonic()
+            if not await watch.wait(wakeups.wait_seconds(remaining, worker_channel)) and (
+                time.monotonic() - quiet_since >= heartbeat * 0.99
+            ):
+                quiet_since = time.monotonic()
+                yield PING
+    async with contextlib.aclosing(events):
+        async for item in events:
+            yield item

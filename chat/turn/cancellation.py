@@ -3,6 +3,11 @@
 Each worker process listens on one channel-layer channel (Redis when REDIS_URL is set). A turn
 records that channel name on its Reply; a cancel request handled by any worker sends a message
 there, and the worker that owns the stream stops it. One listener per process, not per stream.
+
+With Redis a cancel is an entry in a sorted set that waits (up to the layer's expiry, 60 s) until
+the listener takes it: one sent while the listener reconnects is delivered after, not lost. The
+layer's connections get a socket timeout longer than its 5 s blocking pop (settings.py), so an
+idle listener reads quietly instead of timing out every few seconds.
 """
 
 import asyncio
@@ -10,6 +15,8 @@ import logging
 import weakref
 
 from channels.layers import get_channel_layer
+
+from chat.runtime import wakeups
 
 logger = logging.getLogger(__name__)
 
@@ -23,6 +30,8 @@ async def aworker_channel() -> str:
     loop = asyncio.get_running_loop()
     name = _channels.get(loop)
     if name is not None:
+        if _listeners[loop].done():  # stopped with its loop's tasks: listen again on the same channel
+            _listeners[loop] = loop.create_task(_listen(get_channel_layer(), name))
         return name
     layer = get_channel_layer()
     if layer is None:
@@ -33,6 +42,7 @@ async def aworker_channel() -> str:
     if loop in _channels:  # another turn won the race while we awaited
         return _channels[loop]
     _channels[loop] = name
+    wakeups.note_local_channel(name)
     _listeners[loop] = loop.create_task(_listen(layer, name))
     return name
 
@@ -40,16 +50,23 @@ async def aworker_channel() -> str:
 async def _listen(layer, name: str) -> None:
     from chat.turn.control import running_turns
 
+    failures = 0
     while True:
         try:
             message = await layer.receive(name)
         except asyncio.CancelledError:
             raise
-        except Exception:
-            # Redis away for a moment: keep listening rather than losing cancels for good.
-            logger.warning("Cancel listener could not read from the channel layer; retrying", exc_info=True)
-            await asyncio.sleep(1)
+        except Exception as exc:  # noqa: BLE001 - whatever the layer raises, the listener must live on
+            # Redis away for a moment: keep listening (the cancels sent meanwhile wait in Redis),
+            # saying so once per outage rather than once per retry.
+            if failures == 0:
+                logger.warning("Cancel listener could not read from the channel layer; retrying: %r", exc)
+            failures += 1
+            await asyncio.sleep(min(0.1 * 2**failures, 2.0))  # a retry's backoff
             continue
+        if failures:
+            logger.warning("Cancel listener reads from the channel layer again")
+            failures = 0
         control = running_turns.get(message.get("chat_id", ""))
         if control is not None:
             control.stop("cancelled")

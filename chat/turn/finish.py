@@ -13,7 +13,7 @@ from collections.abc import AsyncIterator
 
 from chat import coze
 from chat.access import admission
-from chat.runtime import metrics
+from chat.runtime import metrics, wakeups
 from chat.runtime.tasks import in_background
 from chat.turn import leases, records, store
 from chat.turn.records import TurnContext, TurnOutcome
@@ -103,6 +103,7 @@ async def _aclose_and_store(
     try:
         await _astore(turn, outcome)
         stored = True
+        _published_end(turn)
     except Exception:
         logger.exception("Could not store the outcome of reply %s; retrying in the background", turn.reply_pk)
         leases.hold(turn)  # this worker has the answer: its lease stays renewed while it retries
@@ -140,6 +141,12 @@ async def _astore(turn: TurnContext, outcome: TurnOutcome) -> None:
         await store.turn_mark_redacted(turn=turn)
 
 
+def _published_end(turn: TurnContext) -> None:
+    """Wake whoever waits for this reply's end (a cancel, a resume) in any worker; the owner's
+    topic too, since a short reply records its chat id only here."""
+    wakeups.publish(wakeups.reply_topic(turn.reply_pk), wakeups.owner_topic(turn.owner_key))
+
+
 async def _astore_finish_later(turn: TurnContext, outcome: TurnOutcome) -> None:
     """Retry a finish the database refused: `turn_finish` is idempotent, so a retry after a commit
     whose acknowledgement was lost stores nothing twice."""
@@ -148,6 +155,7 @@ async def _astore_finish_later(turn: TurnContext, outcome: TurnOutcome) -> None:
             await asyncio.sleep(delay)
             try:
                 await _astore(turn, outcome)
+                _published_end(turn)
             except Exception as exc:  # noqa: BLE001 - logged; the next retry or crash recovery takes over
                 logger.warning("Storing the outcome of reply %s failed again: %s", turn.reply_pk, exc)
                 continue

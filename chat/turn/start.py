@@ -23,7 +23,7 @@ from chat.domain.errors import ChatError
 from chat.domain.inputs import ChatRequest, Owner
 from chat.files import uploads
 from chat.files.attachments import ResolvedAttachments
-from chat.runtime import metrics
+from chat.runtime import metrics, wakeups
 from chat.runtime.db import db_async
 from chat.runtime.tasks import in_background
 from chat.turn import cancellation, finish, records, store
@@ -258,6 +258,8 @@ async def arecord_upstream_ids(turn: TurnContext, outcome: TurnOutcome) -> bool:
     if outcome.finishing:
         return False
     await store.turn_upstream_started(turn=turn, chat_id=outcome.chat_id, logid=outcome.logid)
+    # A cancel or lookup by this chat id, or a session cancel, may be waiting in any worker.
+    wakeups.publish(wakeups.reply_topic(turn.reply_pk), wakeups.owner_topic(turn.owner_key))
     return True
 
 

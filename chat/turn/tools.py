@@ -22,7 +22,7 @@ from django.utils import timezone
 from chat import coze
 from chat.domain.errors import ChatError
 from chat.domain.inputs import Owner
-from chat.runtime import metrics
+from chat.runtime import metrics, wakeups
 from chat.runtime.db import db_async
 from chat.runtime.tasks import in_background
 from chat.turn import finish, records, store, store_tools
@@ -94,6 +94,7 @@ async def _aclose_and_pause(turn: TurnContext, outcome: TurnOutcome, started: fl
         # The answer kept for the continuation is redacted: the reply's stored answer will be too.
         await store.turn_mark_redacted(turn=turn)
     metrics.turn_paused(turn.transport)
+    wakeups.publish(wakeups.reply_topic(turn.reply_pk), wakeups.owner_topic(turn.owner_key))  # no longer running
     _schedule_expiry(owner_key=turn.owner_key, session_id=turn.session_id, chat_id=outcome.chat_id)
     logger.info(
         "Turn paused for %d local tool call(s): chat %s waits up to %g s for their outputs",

@@ -4,6 +4,7 @@ import pytest
 import redis
 
 from chat.resume import replay
+from tests.conftest import NO_REDIS, TEST_REDIS_URL
 
 
 def redis_ok(url: str) -> bool:
@@ -26,8 +27,9 @@ def backend(request, settings):
     """The replay backend under test: this process's memory, or Redis Streams."""
     if request.param == "memory":
         settings.REDIS_URL = ""
-    elif not redis_ok(settings.REDIS_URL):
-        pytest.skip("needs REDIS_URL with a running Redis")
+    elif not TEST_REDIS_URL:
+        pytest.skip(NO_REDIS)
     else:
+        settings.REDIS_URL = TEST_REDIS_URL
         clear_redis_buffers(settings.REDIS_URL)
     return request.param

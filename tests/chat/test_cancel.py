@@ -37,12 +37,14 @@ def test_closing_the_sse_connection_closes_upstream_within_a_second_and_stores_c
 ):
     client, response, _, session = open_stream(asgi_server, api_key, "[sim:slow=100] a long story to abandon")
 
+    closed_wall = time.time()
     response.close()
     client.close()
     closed_at = time.monotonic()
 
-    chat = wait_until(lambda: sim_chat(simulator, session["chat_id"])["client_disconnected_at"], timeout=1.0)
-    assert chat
+    # Polled with a generous bound; the promise (within a second) is checked on the simulator's clock.
+    disconnected_at = wait_until(lambda: sim_chat(simulator, session["chat_id"])["client_disconnected_at"])
+    assert disconnected_at - closed_wall < 1.0
     reply = wait_until(
         lambda: Reply.objects.filter(coze_chat_id=session["chat_id"]).exclude(status="in_progress").first()
     )
@@ -72,7 +74,6 @@ def test_cancel_api_stops_a_streaming_reply_which_ends_with_an_error_event(asgi_
             sim_chat(simulator, session["chat_id"])["client_disconnected_at"]
             and sim_chat(simulator, session["chat_id"])
         ),
-        timeout=1.0,
     )
     assert chat["status"] == "canceled"
     reply = Reply.objects.get(coze_chat_id=session["chat_id"])

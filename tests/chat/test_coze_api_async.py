@@ -48,8 +48,10 @@ async def test_async_create_then_poll_to_the_end(asgi_server, api_key):
         bot_id=bot(), user_id="u", additional_messages=question("[sim:first_delay=2000] Take your time")
     )
     assert time.monotonic() - started < 1.0 and chat.status == ChatStatus.IN_PROGRESS
+    deadline = time.monotonic() + 10
     while chat.status == ChatStatus.IN_PROGRESS:
-        await asyncio.sleep(0.1)
+        assert time.monotonic() < deadline, "the chat did not end"
+        await asyncio.sleep(0.1)  # the client's own polling, as cozepy's create_and_poll does
         chat = await coze.chat.retrieve(conversation_id=chat.conversation_id, chat_id=chat.id)
     assert chat.status == ChatStatus.COMPLETED
     messages = await coze.chat.messages.list(conversation_id=chat.conversation_id, chat_id=chat.id)

@@ -9,7 +9,7 @@ from channels.testing import WebsocketCommunicator
 
 from cozeproject.asgi import application
 from sessions_admin.models import ChatSession, Message, Reply
-from tests.conftest import COZE_TEST_TOKEN, auth, stream_chat
+from tests.conftest import COZE_TEST_TOKEN, auth, await_until, stream_chat
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -137,7 +137,10 @@ async def test_every_fault_is_an_error_frame_on_the_websocket(api_key, directive
 async def test_two_turns_at_once_on_one_session_answer_session_busy(api_key):
     slow = ws_turn(api_key, {"message": "[sim:slow=50] long one", "session_id": "same"})
     first = asyncio.create_task(slow)
-    await asyncio.sleep(0.3)
+    # The first turn holds the session (polled, with a bound).
+    await await_until(
+        sync_to_async(lambda: Reply.objects.filter(session__session_id="same", status="in_progress").exists())
+    )
 
     frames = await ws_turn(api_key, {"message": "me too", "session_id": "same"})
 

@@ -4,6 +4,7 @@ GET /api/usage, and admin edits taking effect without a restart."""
 
 import asyncio
 import threading
+import time as wall_clock
 from datetime import UTC, date, datetime, time, timedelta
 
 import pytest
@@ -14,7 +15,7 @@ from chat.access import admission, budgets, client_limits, counters
 from chat.domain.errors import ChatError
 from sessions_admin.models import ApiClient, Reply
 from tests.chat.limits_helpers import TRANSPORTS, Owner, client_owner, reset_counters, send_turn
-from tests.conftest import auth, wait_until
+from tests.conftest import auth, await_until, wait_until
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -208,14 +209,43 @@ def test_the_reservation_per_reply_becomes_the_clients_average(settings):
 # --- stream slots (issue 10, item 4) ----------------------------------------------------------
 
 
+async def _past(wall_time: float) -> bool:
+    return wall_clock.time() > wall_time
+
+
+async def await_admitted(owner: Owner, bot_id: str, timeout: float = 5.0) -> admission.Admission:
+    """Admit a turn as soon as the limits let it in (polled, with a bound)."""
+    admitted = []
+
+    async def admit() -> bool:
+        try:
+            admitted.append(await admission.aadmit_turn(owner=owner, bot_id=bot_id))
+        except ChatError as error:
+            assert error.code == "rate_limited"
+        return bool(admitted)
+
+    await await_until(admit, timeout=timeout)
+    return admitted[0]
+
+
 @pytest.mark.asyncio
-async def test_a_stream_slot_is_renewed_while_its_reply_runs_past_the_lease(settings):
+async def test_a_stream_slot_is_renewed_while_its_reply_runs_past_the_lease(settings, monkeypatch):
     settings.CHAT_MAX_CONCURRENT_STREAMS = 1
     settings.CHAT_SESSION_LOCK_TTL = 0.3
     owner = Owner(key="client:long-reply")
+    renewals, four_leases = [], asyncio.Event()
+    real_renew = counters.arenew_slot
+
+    async def counted_renew(owner_key, slot_id):
+        await real_renew(owner_key, slot_id)
+        renewals.append(slot_id)
+        if len(renewals) >= 12:  # renewed three times per lease: four leases have passed
+            four_leases.set()
+
+    monkeypatch.setattr(counters, "arenew_slot", counted_renew)
     running = await admission.aadmit_turn(owner=owner, bot_id=settings.COZE_BOT_ID)
 
-    await asyncio.sleep(1.2)  # four leases
+    await asyncio.wait_for(four_leases.wait(), 10)
     with pytest.raises(ChatError) as refused:
         await admission.aadmit_turn(owner=owner, bot_id=settings.COZE_BOT_ID)
 
@@ -237,7 +267,10 @@ async def test_the_in_process_counters_forget_owners_that_hold_nothing(settings)
     crashed.renewal.cancel()
     assert list(counters.local_counters.streams) == ["browser:crashed"]
 
-    await asyncio.sleep(0.3)
+    # Once the unrenewed slot's recorded expiry has passed (polled, with a bound), the next
+    # admission drops it.
+    expiry = max(counters.local_counters.streams["browser:crashed"].values())
+    await await_until(lambda: _past(expiry))
     await admission.arelease_turn(
         await admission.aadmit_turn(owner=Owner(key="browser:crashed"), bot_id=settings.COZE_BOT_ID)
     )

@@ -9,6 +9,7 @@ from django.conf import settings as django_settings
 from chat.access import admission, client_limits, counters
 from chat.domain.errors import ChatError
 from tests.chat.limits_helpers import Owner
+from tests.chat.test_limits import await_admitted
 from tests.conftest import auth, wait_until
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -87,11 +88,8 @@ async def test_a_stream_slot_of_a_crashed_worker_lapses(settings):
     with pytest.raises(ChatError):
         await admission.aadmit_turn(owner=owner, bot_id=settings.COZE_BOT_ID)
 
-    import asyncio
-
-    await asyncio.sleep(0.3)
-    third = await admission.aadmit_turn(owner=owner, bot_id=settings.COZE_BOT_ID)
-    await admission.arelease_turn(third)
+    # Admitted again once the unrenewed slot has lapsed (polled, with a bound).
+    await admission.arelease_turn(await await_admitted(owner, settings.COZE_BOT_ID))
 
 
 @pytest.mark.asyncio

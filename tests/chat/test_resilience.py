@@ -4,9 +4,11 @@ import logging
 import os
 import subprocess
 import sys
+import threading
 from datetime import timedelta
 
 import httpx
+import psycopg
 import pytest
 from django.db import connection, connections
 from django.utils import timezone
@@ -14,6 +16,7 @@ from django.utils import timezone
 from chat.runtime.db import close_db_threads
 from sessions_admin.models import ApiClient, ChatSession, Message, Reply
 from tests.conftest import COZE_TEST_TOKEN, auth, wait_until
+from tests.test_workers import database_url
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -70,6 +73,69 @@ def test_connections_killed_by_postgres_are_replaced_transparently(http, api_key
     response = http.post("/api/chat", json={"message": "after a database restart"}, headers=auth(api_key))
 
     assert response.status_code == 200, response.text
+
+
+ANSWER_PAUSE_LOCK = 4_242_425  # the advisory lock a paused answer insert waits for
+
+
+@pytest.mark.skipif(os.environ.get("DATABASE_URL", "").startswith("postgres") is False, reason="needs PostgreSQL")
+def test_a_backend_killed_in_the_middle_of_the_finish_statement_is_retried_and_the_turn_stored(asgi_server, api_key):
+    """The finish (one function call) is paused inside, at its answer's insert, by a trigger of the
+    test database waiting for an advisory lock held here; its backend is terminated right there,
+    then the lock let go: the statement is resent on a fresh connection and the turn is stored once."""
+    holder = psycopg.connect(database_url(), autocommit=True)
+    holder.execute("SELECT pg_advisory_lock(%s)", (ANSWER_PAUSE_LOCK,))
+    holder.execute(
+        "CREATE FUNCTION test_pause_answer() RETURNS trigger LANGUAGE plpgsql AS "
+        f"$$ BEGIN PERFORM pg_advisory_lock_shared({ANSWER_PAUSE_LOCK}); "
+        f"PERFORM pg_advisory_unlock_shared({ANSWER_PAUSE_LOCK}); RETURN NEW; END $$"
+    )
+    holder.execute(
+        "CREATE TRIGGER test_pause_answer BEFORE INSERT ON sessions_admin_message "
+        "FOR EACH ROW WHEN (NEW.kind = 'answer') EXECUTE FUNCTION test_pause_answer()"
+    )
+
+    def paused_backends() -> list[tuple[int, str]]:
+        return holder.execute(
+            "SELECT pid, query FROM pg_stat_activity WHERE datname = current_database() "
+            "AND wait_event_type = 'Lock' AND wait_event = 'advisory'"
+        ).fetchall()
+
+    answers = []
+    try:
+        chat = threading.Thread(
+            target=lambda: answers.append(
+                httpx.post(
+                    asgi_server.url + "/api/chat",
+                    json={"message": "stored despite a killed backend", "session_id": "killed"},
+                    headers=auth(api_key),
+                    timeout=30,
+                )
+            )
+        )
+        chat.start()
+        [(first_pid, query)] = wait_until(paused_backends)
+        assert "cozeproject_turn_finish" in query  # paused in the middle of the finish's statement
+
+        holder.execute("SELECT pg_terminate_backend(%s)", (first_pid,))
+
+        # The finish is sent again on a fresh connection, and pauses at the same place.
+        [(_, query)] = wait_until(lambda: [row for row in paused_backends() if row[0] != first_pid])
+        assert "cozeproject_turn_finish" in query
+        holder.execute("SELECT pg_advisory_unlock(%s)", (ANSWER_PAUSE_LOCK,))
+        chat.join(30)
+    finally:
+        holder.execute("SELECT pg_advisory_unlock_all()")
+        holder.execute("DROP TRIGGER IF EXISTS test_pause_answer ON sessions_admin_message")
+        holder.execute("DROP FUNCTION IF EXISTS test_pause_answer()")
+        holder.close()
+
+    assert answers and answers[0].status_code == 200, answers and answers[0].text
+    assert answers[0].json()["response"] == "You said: stored despite a killed backend"
+    reply = Reply.objects.get(session__session_id="killed")
+    assert reply.status == "completed"
+    assert Message.objects.filter(reply=reply, kind="answer").count() == 1
+    assert ChatSession.objects.get(session_id="killed").status == "active"
 
 
 def test_channel_layer_outage_shows_in_health_and_chat_still_works(http, api_key, settings):

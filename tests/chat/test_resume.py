@@ -12,7 +12,7 @@ import redis
 from chat.domain import event_ids
 from chat.resume import replay
 from sessions_admin.models import Message, Reply
-from tests.chat.conftest import clear_redis_buffers, redis_ok
+from tests.chat.conftest import clear_redis_buffers
 from tests.conftest import auth, wait_until
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -353,10 +353,8 @@ def test_a_resume_counts_against_the_owners_rate_limit(asgi_server, api_key, set
     assert third.status_code == 429 and third.json()["code"] == "rate_limited" and "Retry-After" in third.headers
 
 
-def test_redis_keeps_a_reply_for_the_window_and_at_most_about_max_events(asgi_server, api_key, settings):
-    if not redis_ok(settings.REDIS_URL):
-        pytest.skip("needs REDIS_URL with a running Redis")
-    clear_redis_buffers(settings.REDIS_URL)
+def test_redis_keeps_a_reply_for_the_window_and_at_most_about_max_events(asgi_server, api_key, settings, redis_url):
+    clear_redis_buffers(redis_url)
     settings.CHAT_RESUME_WINDOW = 120
     settings.CHAT_RESUME_MAX_EVENTS = 10
     long_text = TRICKY * 4  # about 400 deltas

@@ -5,12 +5,15 @@ a turn is stored once however often it is retried, and the session lock follows 
 clock."""
 
 import asyncio
+import contextlib
 import datetime
 import json
 import threading
 
 import httpx
+import psycopg
 import pytest
+from django.db import connection
 from django.utils import timezone
 
 from chat import coze
@@ -21,6 +24,7 @@ from chat.domain.inputs import ChatRequest, Owner
 from chat.turn import finish, records, service, store
 from sessions_admin.models import ChatSession, Conversation, Message, Reply
 from tests.conftest import auth, await_until, read_sse, wait_until
+from tests.test_workers import database_url
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -97,20 +101,21 @@ def test_a_store_that_fails_after_coze_was_called_stops_the_chat_and_stores_noth
 @pytest.mark.asyncio
 async def test_a_turn_cancelled_while_its_start_is_stored_leaves_the_session_free(monkeypatch):
     real_start = store.turn_start
-    started = threading.Event()
+    started, caller_gone = asyncio.Event(), asyncio.Event()
 
     async def slow_start(start):
         started.set()
-        await asyncio.sleep(0.3)  # the store is still running when its caller goes away
+        await asyncio.wait_for(caller_gone.wait(), 10)  # the store is still running when its caller goes away
         return await real_start(start)
 
     monkeypatch.setattr(store, "turn_start", slow_start)
     request = ChatRequest(message="[sim:slow=50] cancelled early", session_id="early")
     consumer = asyncio.ensure_future(_collect(request))
-    await asyncio.to_thread(started.wait, 5)
+    await asyncio.wait_for(started.wait(), 5)
     consumer.cancel()
     with pytest.raises(asyncio.CancelledError):
         await consumer
+    caller_gone.set()
 
     reply = await _await_db(lambda: Reply.objects.exclude(status="in_progress").first())
     assert reply.status == "cancelled"
@@ -138,32 +143,90 @@ async def _await_db(query, timeout: float = 5.0):
         await asyncio.sleep(0.02)
 
 
+PAUSE_LOCK = 4_242_424  # the advisory lock a paused PostgreSQL turn_start waits for
+
+
+class TurnStartPausedInPostgres:
+    """Pauses PostgreSQL's turn_start function inside its transaction, with the session row locked
+    and marked busy: a BEFORE INSERT trigger on replies (the test database's, not the product's)
+    waits for an advisory lock held here, in a connection of its own, until `release`."""
+
+    def __init__(self):
+        self.conn = psycopg.connect(database_url(), autocommit=True)
+        self.conn.execute("SELECT pg_advisory_lock(%s)", (PAUSE_LOCK,))
+        self.conn.execute(
+            "CREATE FUNCTION test_pause_turn_start() RETURNS trigger LANGUAGE plpgsql AS "
+            f"$$ BEGIN PERFORM pg_advisory_lock({PAUSE_LOCK}); PERFORM pg_advisory_unlock({PAUSE_LOCK}); "
+            "RETURN NEW; END $$"
+        )
+        self.conn.execute(
+            "CREATE TRIGGER test_pause_turn_start BEFORE INSERT ON sessions_admin_reply "
+            "FOR EACH ROW EXECUTE FUNCTION test_pause_turn_start()"
+        )
+
+    def waiting(self, condition: str) -> int:
+        """How many backends of this database wait as `condition` (a pg_stat_activity filter) says."""
+        query = f"SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND {condition}"
+        return self.conn.execute(query).fetchone()[0]
+
+    def release(self) -> None:
+        self.conn.execute("SELECT pg_advisory_unlock(%s)", (PAUSE_LOCK,))
+
+    def close(self) -> None:
+        self.conn.execute("DROP TRIGGER IF EXISTS test_pause_turn_start ON sessions_admin_reply")
+        self.conn.execute("DROP FUNCTION IF EXISTS test_pause_turn_start()")
+        self.conn.close()
+
+
 @pytest.mark.asyncio
 async def test_a_clear_that_succeeds_is_never_undone_by_a_turn_starting_at_the_same_time(monkeypatch):
     first = await service.achat_send(
         owner=OWNER, chat_request=ChatRequest(message="remember this", session_id="race"), transport="sync"
     )
-    inside, go = threading.Event(), threading.Event()
-    real_route = records.route_of
+    postgres = connection.vendor == "postgresql"
+    with contextlib.ExitStack() as stack:
+        if postgres:
+            # The turn's start is one SQL function: pause it inside, then see the clear wait on its lock.
+            pause = await asyncio.to_thread(TurnStartPausedInPostgres)
+            stack.callback(pause.close)
+            go = pause.release
+            paused = "wait_event_type = 'Lock' AND wait_event = 'advisory'"
+            clear_waits = "wait_event_type = 'Lock' AND query LIKE 'UPDATE \"sessions_admin_chatsession\"%'"
+        else:
+            inside, released = threading.Event(), threading.Event()
+            real_route = records.route_of
 
-    def pausing_route(**kwargs):
-        # Inside turn_start's transaction, after it read the session: let a clear run into it now.
-        if not inside.is_set():
-            inside.set()
-            go.wait(5)
-        return real_route(**kwargs)
+            def pausing_route(**kwargs):
+                # Inside turn_start's transaction, after it read the session: let a clear run into it now.
+                if not inside.is_set():
+                    inside.set()
+                    released.wait(5)
+                return real_route(**kwargs)
 
-    # The route is known from the first turn, so the first `route_of` call is inside turn_start.
-    monkeypatch.setattr(records, "route_of", pausing_route)
-    turn = asyncio.ensure_future(
-        service.achat_send(owner=OWNER, chat_request=ChatRequest(message="second", session_id="race"), transport="sync")
-    )
-    await asyncio.to_thread(inside.wait, 5)
-    clearing = asyncio.ensure_future(asyncio.to_thread(_clear_or_busy, "race"))
-    await asyncio.sleep(0.2)
-    go.set()
-    cleared = await clearing
-    await turn
+            # The route is known from the first turn, so the first `route_of` call is inside turn_start.
+            monkeypatch.setattr(records, "route_of", pausing_route)
+            go = released.set
+        turn = asyncio.ensure_future(
+            service.achat_send(
+                owner=OWNER, chat_request=ChatRequest(message="second", session_id="race"), transport="sync"
+            )
+        )
+        if postgres:
+            await asyncio.to_thread(wait_until, lambda: pause.waiting(paused) == 1)
+        else:
+            assert await asyncio.to_thread(inside.wait, 5)
+        clearing = asyncio.ensure_future(asyncio.to_thread(_clear_or_busy, "race"))
+        if postgres:
+            await asyncio.to_thread(wait_until, lambda: pause.waiting(clear_waits) == 1)
+        else:
+            await asyncio.wait([clearing], timeout=0.2)  # SQLite's lock wait is not observable: a bound
+        go()
+        cleared = await clearing
+        await turn
+
+    if postgres:
+        # It waited for the start's transaction and then found the session busy (session_clear's rule).
+        assert cleared is False
 
     third = await service.achat_send(
         owner=OWNER, chat_request=ChatRequest(message="third", session_id="race"), transport="sync"
@@ -180,6 +243,8 @@ def _clear_or_busy(session_id: str) -> bool:
     except ChatError as error:
         assert error.code == "session_busy"
         return False
+    finally:
+        connection.close()  # this thread's: the test database is dropped at the end
     return True
 
 

@@ -26,7 +26,6 @@ from sessions_admin.models import (
     Reply,
 )
 from sessions_admin.rollup import usage_day
-from tests.chat.conftest import redis_ok
 from tests.sessions_admin.factories import make_client, make_conversation, make_session, make_turn
 
 pytestmark = pytest.mark.django_db
@@ -307,9 +306,7 @@ def test_progress_bar_on_a_terminal():
 
 
 @pytest.mark.redis
-def test_replay_buffers_of_deleted_replies_go_from_redis(world, settings):
-    if not redis_ok(settings.REDIS_URL):
-        pytest.skip("needs REDIS_URL with a running Redis")
+def test_replay_buffers_of_deleted_replies_go_from_redis(world, settings, redis_url):
     client = redis.from_url(settings.REDIS_URL)
     # One reply goes as a turn of a session in use, one with its whole session; one stays.
     doomed = [world["old_turn"].pk, Reply.objects.filter(session=world["idle"]).first().pk]

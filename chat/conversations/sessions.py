@@ -146,6 +146,17 @@ def browser_sessions_to_user(sender, request, user, **kwargs) -> None:
 
 
 @db_async
+def _reply_by_chat_id(*, owner: Owner, chat_id: str) -> Reply | None:
+    """The usual case, one indexed lookup: the id is recorded."""
+    return (
+        Reply.objects.filter(**owner.scope("session__"), coze_chat_id=chat_id)
+        .select_related("session")
+        .order_by("-pk")
+        .first()
+    )
+
+
+@db_async
 def _find_reply_for_cancel(*, owner: Owner, chat_id: str) -> tuple[Reply | None, list[str]]:
     """The owner's reply `chat_id`, or None and the worker channels of the owner's replies in
     progress that have not recorded their chat id yet (it may be one of them, just started)."""
@@ -167,6 +178,9 @@ async def _reply_for_cancel(*, owner: Owner, chat_id: str) -> Reply:
     A client has the chat id from the reply's first event, before the worker streaming it has
     recorded it: while one of the owner's replies in progress has no chat id yet, the cancel waits
     for it (up to CHAT_ID_WAIT_SECONDS, woken as each is recorded) rather than lose the cancel."""
+    reply = await _reply_by_chat_id(owner=owner, chat_id=chat_id)
+    if reply is not None:
+        return reply
     deadline = time.monotonic() + CHAT_ID_WAIT_SECONDS
     async with wakeups.watching(wakeups.owner_topic(owner.key)) as watch:
         while True:

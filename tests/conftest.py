@@ -75,6 +75,18 @@ def coze_settings(settings, simulator):
 
 
 @pytest.fixture(autouse=True)
+def _fresh_cache():
+    """Django's cache (local memory, per process) emptied around each test: the admin dashboard is
+    cached for a minute, and a page one test rendered must not answer the next one (the browser
+    tests' servers run in this process)."""
+    from django.core.cache import cache
+
+    cache.clear()
+    yield
+    cache.clear()
+
+
+@pytest.fixture(autouse=True)
 def _request_signals_as_in_production():
     """Django's test Client reconnects `close_old_connections` to `request_started` after each of
     its requests; take it off again, as `ChatConfig.ready` does for the servers (chat/apps.py)."""

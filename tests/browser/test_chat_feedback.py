@@ -59,6 +59,8 @@ def test_an_answer_is_rated_with_a_comment_stored_shown_after_a_reload_and_taken
 
     thumb(answer, "up").click()  # the other thumb replaces the rating, keeping the comment
     page_wait_until(page, lambda: stored_ratings() == [("up", "It left out Sundays.")])
+    # The page shows it once the answer to its request arrives (the row may be stored a moment before).
+    page.wait_for_function("document.querySelector('.msg-assistant').dataset.rating === 'up'")
     assert thumb(answer, "down").get_attribute("aria-pressed") == "false"
     thumb(answer, "up").click()  # the pressed thumb takes the rating back
     page_wait_until(page, lambda: stored_ratings() == [])

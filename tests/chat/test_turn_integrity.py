@@ -18,6 +18,7 @@ from django.utils import timezone
 
 from chat import coze
 from chat.conversations.sessions import session_clear
+from chat.domain import event_ids
 from chat.domain.errors import ChatError
 from chat.domain.events import CompletedEvent, ErrorEvent
 from chat.domain.inputs import ChatRequest, Owner
@@ -52,8 +53,9 @@ def test_the_users_message_is_stored_before_the_first_byte_of_the_reply(asgi_ser
             lines = response.iter_lines()
             first_line = next(lines)
             # The first byte is here: the question, its reply record and the lock are committed.
-            assert first_line.startswith("id: 1")
+            assert first_line.startswith("id: ")
             question = Message.objects.get(conversation__session__session_id="durable", kind="question")
+            assert first_line == f"id: {event_ids.event_id(question.reply_id, 1)}"  # the reply's first event
             assert question.content == "[sim:slow=500] durable first"
             assert question.reply.status == "in_progress"
             session = ChatSession.objects.get(session_id="durable")

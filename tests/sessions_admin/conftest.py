@@ -1,16 +1,7 @@
 import pytest
-from django.core.cache import cache
 from django.test import Client
 
 from tests.sessions_admin.factories import make_user
-
-
-@pytest.fixture(autouse=True)
-def _fresh_cache():
-    # The dashboard is cached for a minute; each test computes its own.
-    cache.clear()
-    yield
-    cache.clear()
 
 
 @pytest.fixture

@@ -217,6 +217,7 @@ async def achat_cancel(*, owner: Owner, chat_id: str) -> dict:
         return {"chat_id": chat_id, "status": reply.status}
     if reply.status == Reply.Status.IN_PROGRESS and await _aend_reply_if_dead(reply.pk):
         # Its worker died (the lease lapsed): ended here as crash recovery ends it, `interrupted`.
+        wakeups.publish(wakeups.reply_topic(reply.pk))
         reply = await _reply_for_cancel(owner=owner, chat_id=chat_id)
     if reply.status != Reply.Status.IN_PROGRESS:
         return {"chat_id": chat_id, "status": reply.status}

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 
 from django.conf import settings
 
+from chat.runtime import wakeups
 from chat.runtime.db import db_async
 from chat.turn import recovery, store
 from chat.turn.control import TurnControl
@@ -111,11 +112,14 @@ async def asweep() -> int:
     """End the replies of dead workers (and the waits for tool outputs that passed). Returns how
     many replies it ended. Never raises."""
     try:
-        ended = await db_async(recovery.mark_interrupted_replies)()
+        ended_replies = await db_async(recovery.end_dead_replies)()
         expired = await db_async(recovery.fail_expired_pauses)()
     except Exception as exc:  # noqa: BLE001 - best effort: the next round tries again
         logger.warning("Could not end the replies of crashed workers: %s", exc)
         return 0
+    # Wake whoever waits for those replies' ends (a resume, a cancel), here and in other workers.
+    wakeups.publish(*(wakeups.reply_topic(reply_pk) for reply_pk in ended_replies))
+    ended = len(ended_replies)
     if expired:
         logger.warning(
             "Failed %d repl%s whose wait for local tool outputs had passed", expired, "y" if expired == 1 else "ies"

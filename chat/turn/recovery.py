@@ -69,8 +69,13 @@ def mark_interrupted_replies(*, older_than: timedelta | None = None) -> int:
     A reply a live worker runs is never touched, whatever `older_than` says; `older_than` only
     narrows further, to replies started at least that long ago. Idempotent.
     """
+    return len(end_dead_replies(older_than=older_than))
+
+
+def end_dead_replies(*, older_than: timedelta | None = None) -> list[int]:
+    """`mark_interrupted_replies`, returning the primary keys of the replies it ended."""
     candidates = list(stuck_replies(older_than=older_than).order_by("pk").values_list("pk", flat=True)[:BATCH])
-    ended = sum(end_reply_if_dead(reply_pk) for reply_pk in candidates)
+    ended = [reply_pk for reply_pk in candidates if end_reply_if_dead(reply_pk)]
     with bounded_locks():
         # A lock past its lease is free already (the next turn may take it); clearing it keeps the
         # session's status honest in the admin and the API.

@@ -26,6 +26,8 @@ def _cozepy_logs_through_ours() -> None:
 
     cozepy_log.logger.removeHandler(cozepy_log.handler)
     cozepy_log.logger.propagate = True
+    if not settings.configured:
+        return  # imported outside Django (the bench's clients): Django's logging set-up comes later
     level = getattr(settings, "LOGGING", {}).get("loggers", {}).get("cozepy", {}).get("level")
     if level:
         cozepy_log.logger.setLevel(level)

@@ -40,7 +40,7 @@ from bench import procs
 
 CANCEL_REPLY = "[sim:slow=20][sim:echo]" + "word " * 200  # 200+ tokens, 20 ms apart: ~5 s
 RESUME_REPLY = "[sim:slow=20][sim:echo]" + "Resumed replies keep their ids. " * 2  # ~30 tokens
-RESUME_AFTER_ID = 3
+RESUME_AFTER_EVENTS = 3  # a resume continues after the live stream's third event (by that event's id)
 
 
 def log(text: str) -> None:
@@ -72,8 +72,13 @@ class Stream:
     reached: dict[int, asyncio.Event] = field(default_factory=dict)
     status: int = 0
 
-    def wait_id(self, event_id: int) -> asyncio.Event:
-        return self.reached.setdefault(event_id, asyncio.Event())
+    def wait_count(self, count: int) -> asyncio.Event:
+        """Set once `count` events have arrived (ids name their reply, docs/api.md §9, so a
+        position is asked for by count and its id read from `events`)."""
+        event = self.reached.setdefault(count, asyncio.Event())
+        if len(self.events) >= count:
+            event.set()
+        return event
 
     async def read(self, response: httpx.Response) -> None:
         self.status = response.status_code
@@ -91,7 +96,7 @@ class Stream:
                 self.events.append((event_id, kind, parsed, at))
                 if kind == "delta":
                     self.first_delta.set()
-                self.wait_id(event_id).set()
+                self.wait_count(len(self.events))
                 if kind == "done":
                     return
                 kind, data = "", ""
@@ -176,10 +181,11 @@ async def resume_lag(g: Gateways, stream_on, resume_on, samples: int, *, resumab
             live, live_task = await _open_stream(
                 client, stream_on, g.key, RESUME_REPLY, session_id, resumable=resumable
             )
-            await asyncio.wait_for(live.wait_id(RESUME_AFTER_ID).wait(), 10)
+            await asyncio.wait_for(live.wait_count(RESUME_AFTER_EVENTS).wait(), 10)
+            after_id = live.events[RESUME_AFTER_EVENTS - 1][0]
             request = client.build_request(
                 "GET",
-                _url(resume_on, f"/api/sessions/{session_id}/stream?last_event_id={RESUME_AFTER_ID}"),
+                _url(resume_on, f"/api/sessions/{session_id}/stream?last_event_id={after_id}"),
                 headers=headers,
             )
             resumed = Stream()

@@ -99,22 +99,24 @@ def _reason(error: ChatError) -> str:
     return f"{error.code} (Coze code {error.upstream_code})" if error.upstream_code is not None else error.code
 
 
+def _deletion_failed(exc: Exception, what: str) -> str | None:
+    """A deletion's failure: None when Coze no longer has the conversation (gone counts as deleted),
+    else logged with `what` was not deleted and returned as the reason."""
+    error = _failure(exc)
+    if error.upstream_code == CONVERSATION_GONE:
+        return None
+    logger.warning(
+        "Coze did not delete %s: %s (code %s, logid %s)", what, error.code, error.upstream_code, error.logid or "-"
+    )
+    return _reason(error)
+
+
 async def _adelete_conversation(client, conversation_id: str) -> str | None:
     """None when the conversation is gone at Coze, else why not."""
     try:
         await client.conversations.delete(conversation_id=conversation_id)
     except Exception as exc:  # noqa: BLE001 - any failure is mapped, logged and counted
-        error = _failure(exc)
-        if error.upstream_code == CONVERSATION_GONE:
-            return None
-        logger.warning(
-            "Coze did not delete conversation %s: %s (code %s, logid %s)",
-            conversation_id,
-            error.code,
-            error.upstream_code,
-            error.logid or "-",
-        )
-        return _reason(error)
+        return _deletion_failed(exc, f"conversation {conversation_id}")
     return None
 
 
@@ -133,16 +135,7 @@ async def _adelete_turn(client, turn: TurnAtCoze) -> str | None:
         for message_id in message_ids:
             await client.conversations.messages.delete(conversation_id=turn.conversation_id, message_id=message_id)
     except Exception as exc:  # noqa: BLE001 - any failure is mapped, logged and counted
-        error = _failure(exc)
-        if error.upstream_code == CONVERSATION_GONE:
-            return None
-        logger.warning(
-            "Coze did not delete the messages of chat %s in conversation %s: %s (code %s, logid %s)",
-            turn.chat_id or "-",
-            turn.conversation_id,
-            error.code,
-            error.upstream_code,
-            error.logid or "-",
+        return _deletion_failed(
+            exc, f"the messages of chat {turn.chat_id or '-'} in conversation {turn.conversation_id}"
         )
-        return _reason(error)
     return None
